@@ -1,0 +1,116 @@
+//! The embedded document store.
+//!
+//! - [`revtree`]: CouchDB revision trees (winner rule, grafting replicated history, pruning).
+//! - [`model`]: what callers write and read: edits, replicated revisions, attachments, changes.
+//! - [`sled_store`]: the sled backend: one sled tree per database with prefixed keys, written
+//!   atomically with `apply_batch` under a per-database write lock, made durable by a shared
+//!   group commit.
+//!
+//! Callers use the [`DatabaseStore`] trait and ask domain questions ("rev tree of doc X",
+//! "changes since S"); nothing here knows HTTP or authentication.
+
+pub mod model;
+pub mod revtree;
+pub mod sled_store;
+
+pub use model::*;
+pub use revtree::{compute_rev, generation, parse_rev, RevNode, RevTree};
+pub use sled_store::{SledDatabase, Store};
+
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::watch;
+
+/// Errors of the storage layer. The API layer maps each variant to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The request is malformed (bad revision id, bad attachment, …).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing document, revision, attachment or principal.
+    #[error("{0}")]
+    NotFound(String),
+    /// The edit does not apply to a current leaf.
+    #[error("{0}")]
+    Conflict(String),
+    /// An attachment stub refers to data the store does not have.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The disk or the engine failed.
+    #[error("storage failure: {0}")]
+    Engine(#[from] sled::Error),
+    /// Stored bytes could not be decoded (corruption or a bug).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A boxed future, for the async parts of the object-safe store trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Marks a write; pass it to [`DatabaseStore::durable`] before acknowledging the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// Kinds of principal records kept beside the documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    User,
+    Role,
+}
+
+/// One database's storage. The sled backend implements it; a networked backend would too.
+pub trait DatabaseStore: Send + Sync {
+    /// Name of the database.
+    fn name(&self) -> &str;
+
+    // --- documents ---------------------------------------------------------------------------
+    /// Metadata (revision tree, sequence) of a document.
+    fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>>;
+    /// The stored body of one revision (user fields plus `_attachments` metadata).
+    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<serde_json::Map<String, serde_json::Value>>>;
+    /// Applies document writes in order, atomically, under the database's write lock.
+    /// Each write gets its own result; the ticket covers all successful ones.
+    fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)>;
+    /// Live documents (winner not deleted).
+    fn doc_count(&self) -> Result<u64>;
+    /// Documents in id order from `start` (inclusive), for `_all_docs`.
+    fn docs_from(&self, start: &str, descending: bool) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_>;
+
+    // --- changes -----------------------------------------------------------------------------
+    /// Last sequence assigned.
+    fn last_seq(&self) -> u64;
+    /// Change entries with sequence > `since`, ascending (or descending).
+    fn changes_since(&self, since: u64, descending: bool) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
+    /// A receiver that sees `last_seq` whenever a write commits: the changes feeds' wake-up.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    // --- attachments -------------------------------------------------------------------------
+    fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>>;
+
+    // --- local documents ---------------------------------------------------------------------
+    fn get_local(&self, id: &str) -> Result<Option<LocalDoc>>;
+    /// Stores a local doc; `rev` must match the stored one (None for a new doc).
+    fn put_local(&self, id: &str, rev: Option<&str>, body: serde_json::Map<String, serde_json::Value>) -> Result<(String, Ticket)>;
+    fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket>;
+
+    // --- principals and sessions (opaque JSON to this layer) ---------------------------------
+    fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores a principal record and assigns it a sequence (grants are ordered with documents).
+    fn put_principal(&self, kind: PrincipalKind, name: &str, value: Vec<u8>) -> Result<(u64, Ticket)>;
+    fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket>;
+    fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>>;
+    fn get_session(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn put_session(&self, key: &str, value: Vec<u8>) -> Result<Ticket>;
+    fn delete_sessions(&self, keys: &[String]) -> Result<Ticket>;
+    fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>>;
+
+    // --- maintenance -------------------------------------------------------------------------
+    /// Purges bodies of non-leaf revisions and unreferenced attachments.
+    fn compact(&self) -> Result<CompactStats>;
+    /// Waits until the write behind `ticket` is on disk.
+    fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>>;
+    /// Documents read from the store (bodies and trees), for the `docs_read` metric.
+    fn docs_read(&self) -> u64;
+}

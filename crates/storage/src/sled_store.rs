@@ -1,0 +1,851 @@
+//! The sled backend.
+//!
+//! Key layout inside one database's sled tree (`db/<name>`):
+//!
+//! | prefix | key rest | value |
+//! |---|---|---|
+//! | `d` | doc id | [`DocMeta`] JSON |
+//! | `b` | u32 id length, id, rev | revision body JSON |
+//! | `s` | u64 BE sequence | [`ChangeEntry`] JSON |
+//! | `l` | local doc id | [`LocalDoc`] JSON |
+//! | `a` | digest | attachment bytes (once per digest) |
+//! | `u`, `r` | user / role name | principal JSON (opaque here) |
+//! | `x` | session key | session JSON (opaque here) |
+//! | `m` | counter name | u64 BE (`last_seq`, `doc_count`) |
+//!
+//! Every write is one `apply_batch` (atomic across keys, so a crash never leaves half a
+//! document), made under the database's write mutex so sequences are assigned and committed in
+//! order (a changes reader never sees seq N+1 before N). Durability is a group commit shared by
+//! all databases: the first waiter flushes for everyone written before it started.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use sled::Batch;
+use tokio::sync::watch;
+
+use crate::model::*;
+use crate::revtree::{compute_rev, generation, parse_rev, RevNode, RevTree};
+use crate::{BoxFuture, DatabaseStore, PrincipalKind, Result, StorageError, Ticket};
+
+const DB_TREE_PREFIX: &str = "db/";
+const REGISTRY_TREE: &str = "registry";
+
+/// Shared group-commit state: writers take a ticket after their batch is applied; waiters flush
+/// once for every ticket issued before the flush started.
+struct GroupCommit {
+    written: AtomicU64,
+    flushed: AtomicU64,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    fn ticket(&self) -> Ticket {
+        Ticket(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    async fn wait(&self, db: &sled::Db, ticket: Ticket) -> Result<()> {
+        if self.flushed.load(Ordering::SeqCst) >= ticket.0 {
+            return Ok(());
+        }
+        let _leader = self.lock.lock().await;
+        if self.flushed.load(Ordering::SeqCst) >= ticket.0 {
+            return Ok(());
+        }
+        let target = self.written.load(Ordering::SeqCst);
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StorageError::Corrupt(format!("flush task failed: {e}")))??;
+        self.flushed.fetch_max(target, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The whole embedded store: one sled database holding every syncgate database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    registry: sled::Tree,
+    commit: Arc<GroupCommit>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StorageError::Engine(sled::Error::Io(e)))?;
+        let db = sled::Config::new().path(path).cache_capacity(64 * 1024 * 1024).open()?;
+        let registry = db.open_tree(REGISTRY_TREE)?;
+        Ok(Store {
+            db,
+            registry,
+            commit: Arc::new(GroupCommit {
+                written: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+                lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Opens one database's keyspace.
+    pub fn database(&self, name: &str) -> Result<Arc<SledDatabase>> {
+        let tree = self.db.open_tree(format!("{DB_TREE_PREFIX}{name}"))?;
+        let last_seq = read_u64(&tree, META_LAST_SEQ)?;
+        let (tx, _) = watch::channel(last_seq);
+        Ok(Arc::new(SledDatabase {
+            name: name.to_string(),
+            db: self.db.clone(),
+            tree,
+            commit: self.commit.clone(),
+            write_lock: Mutex::new(()),
+            last_seq: AtomicU64::new(last_seq),
+            notify: tx,
+            docs_read: AtomicU64::new(0),
+        }))
+    }
+
+    /// Removes a database and all its data.
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        self.db.drop_tree(format!("{DB_TREE_PREFIX}{name}"))?;
+        self.registry.remove(name.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Databases created at run time (by the admin API), with their stored config.
+    pub fn registered_databases(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.registry
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    pub fn register_database(&self, name: &str, config: &[u8]) -> Result<()> {
+        self.registry.insert(name.as_bytes(), config)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Flushes everything (shutdown).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes on disk, for metrics.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+const META_LAST_SEQ: &[u8] = b"m\0last_seq";
+const META_DOC_COUNT: &[u8] = b"m\0doc_count";
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
+    Ok(match tree.get(key)? {
+        Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+        Some(_) => return Err(StorageError::Corrupt(format!("counter {}", String::from_utf8_lossy(key)))),
+        None => 0,
+    })
+}
+
+fn doc_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.len());
+    k.extend_from_slice(b"d");
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn body_key(id: &str, rev: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + id.len() + rev.len());
+    k.push(b'b');
+    k.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(rev.as_bytes());
+    k
+}
+
+fn seq_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b's';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn prefixed(p: u8, s: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + s.len());
+    k.push(p);
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+fn principal_prefix(kind: PrincipalKind) -> u8 {
+    match kind {
+        PrincipalKind::User => b'u',
+        PrincipalKind::Role => b'r',
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // our own types always serialize
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// One database in the sled store.
+pub struct SledDatabase {
+    name: String,
+    db: sled::Db,
+    tree: sled::Tree,
+    commit: Arc<GroupCommit>,
+    /// Serializes writers so sequences are committed in the order they are assigned.
+    write_lock: Mutex<()>,
+    last_seq: AtomicU64,
+    /// Wakes changes feeds after each commit.
+    notify: watch::Sender<u64>,
+    docs_read: AtomicU64,
+}
+
+/// State of one write batch: documents and bodies written earlier in the same batch are visible
+/// to later writes of it.
+struct BatchState<'a> {
+    store: &'a SledDatabase,
+    batch: Batch,
+    metas: HashMap<String, Option<DocMeta>>,
+    bodies: HashMap<(String, String), Map<String, Value>>,
+    blobs: HashSet<String>,
+    next_seq: u64,
+    doc_count: i64,
+}
+
+impl<'a> BatchState<'a> {
+    fn meta(&mut self, id: &str) -> Result<Option<DocMeta>> {
+        if let Some(m) = self.metas.get(id) {
+            return Ok(m.clone());
+        }
+        let m = self.store.load_meta(id)?;
+        self.metas.insert(id.to_string(), m.clone());
+        Ok(m)
+    }
+
+    fn body(&self, id: &str, rev: &str) -> Result<Option<Map<String, Value>>> {
+        if let Some(b) = self.bodies.get(&(id.to_string(), rev.to_string())) {
+            return Ok(Some(b.clone()));
+        }
+        self.store.load_body(id, rev)
+    }
+
+    fn has_blob(&self, digest: &str) -> Result<bool> {
+        Ok(self.blobs.contains(digest) || self.store.tree.contains_key(prefixed(b'a', digest))?)
+    }
+
+    /// Resolves attachment inputs into stored metadata, storing new data once per digest.
+    fn attachments(
+        &mut self,
+        id: &str,
+        parent_rev: Option<&str>,
+        gen: u64,
+        inputs: Vec<(String, AttachmentInput)>,
+    ) -> Result<Map<String, Value>> {
+        let parent_atts: Map<String, Value> = match parent_rev {
+            Some(p) => self
+                .body(id, p)?
+                .and_then(|mut b| b.remove("_attachments"))
+                .and_then(|a| if let Value::Object(m) = a { Some(m) } else { None })
+                .unwrap_or_default(),
+            None => Map::new(),
+        };
+        let mut out = Map::new();
+        for (name, input) in inputs {
+            let meta = match input {
+                AttachmentInput::Data { content_type, data, revpos } => {
+                    let digest = attachment_digest(&data);
+                    if !self.has_blob(&digest)? {
+                        self.batch.insert(prefixed(b'a', &digest), data.as_slice());
+                        self.blobs.insert(digest.clone());
+                    }
+                    AttachmentMeta {
+                        content_type,
+                        digest,
+                        length: data.len() as u64,
+                        revpos: revpos.filter(|r| *r >= 1 && *r <= gen).unwrap_or(gen),
+                        stub: true,
+                    }
+                }
+                AttachmentInput::Stub { digest, revpos, content_type } => {
+                    let from_parent = parent_atts
+                        .get(&name)
+                        .and_then(|v| serde_json::from_value::<AttachmentMeta>(v.clone()).ok())
+                        .filter(|m| digest.as_ref().is_none_or(|d| *d == m.digest));
+                    match (from_parent, digest) {
+                        (Some(m), _) => m,
+                        (None, Some(d)) if self.has_blob(&d)? => {
+                            let length = self
+                                .store
+                                .tree
+                                .get(prefixed(b'a', &d))?
+                                .map(|v| v.len() as u64)
+                                .unwrap_or(0);
+                            AttachmentMeta {
+                                content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                                digest: d,
+                                length,
+                                revpos: revpos.filter(|r| *r >= 1 && *r <= gen).unwrap_or(gen),
+                                stub: true,
+                            }
+                        }
+                        _ => {
+                            return Err(StorageError::PreconditionFailed(format!(
+                                "attachment stub \"{}\" refers to data this server does not have",
+                                crate::revtree::truncate(&name, 100)
+                            )))
+                        }
+                    }
+                }
+            };
+            out.insert(name, serde_json::to_value(meta).unwrap_or(Value::Null));
+        }
+        Ok(out)
+    }
+
+    /// Stores a new revision's body and the document's updated metadata and change entry.
+    fn commit_doc(
+        &mut self,
+        id: &str,
+        old: Option<DocMeta>,
+        mut tree: RevTree,
+        new_rev: &str,
+        body: Map<String, Value>,
+        revs_limit: usize,
+    ) -> Result<u64> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(n) = tree.nodes.iter_mut().find(|n| n.rev == new_rev) {
+            n.seq = seq;
+        }
+        let was_live = old.as_ref().is_some_and(|m| m.is_live());
+        if let Some(old) = &old {
+            self.batch.remove(&seq_key(old.seq));
+        }
+        for removed in tree.prune(revs_limit.max(1)) {
+            self.batch.remove(body_key(id, &removed));
+        }
+        self.batch.insert(body_key(id, new_rev), encode(&body));
+        self.bodies.insert((id.to_string(), new_rev.to_string()), body);
+        let meta = DocMeta { seq, tree };
+        let leaves = meta
+            .tree
+            .sorted_leaves()
+            .iter()
+            .map(|n| ChangeRev { rev: n.rev.clone(), deleted: n.deleted })
+            .collect();
+        let channels = meta.tree.winner().map(|w| w.channels.clone()).unwrap_or_default();
+        let entry = ChangeEntry { seq, id: id.to_string(), leaves, channels };
+        self.batch.insert(&seq_key(seq), encode(&entry));
+        self.batch.insert(doc_key(id), encode(&meta));
+        self.doc_count += meta.is_live() as i64 - was_live as i64;
+        self.metas.insert(id.to_string(), Some(meta));
+        Ok(seq)
+    }
+
+    fn apply(&mut self, write: DocWrite) -> Result<WriteOutcome> {
+        match write {
+            DocWrite::Edit { id, parent, deleted, mut body, attachments, channels, revs_limit, must_exist } => {
+                let old = self.meta(&id)?;
+                let parent_rev: Option<String> = match (&old, parent) {
+                    (None, Some(_)) => return Err(StorageError::Conflict("Document update conflict".into())),
+                    (None, None) if must_exist => return Err(StorageError::NotFound("missing".into())),
+                    (None, None) => None,
+                    (Some(m), None) => match m.winner() {
+                        Some((_, false)) => {
+                            return Err(StorageError::Conflict("Document update conflict".into()))
+                        }
+                        Some((_, true)) if must_exist => return Err(StorageError::NotFound("deleted".into())),
+                        Some((w, true)) => Some(w.to_string()),
+                        None => None,
+                    },
+                    (Some(m), Some(p)) => {
+                        parse_rev(&p)?;
+                        if !m.tree.is_leaf(&p) {
+                            return Err(StorageError::Conflict("Document update conflict".into()));
+                        }
+                        if deleted && m.tree.get(&p).is_some_and(|n| n.deleted) {
+                            return Err(StorageError::Conflict("Document update conflict".into()));
+                        }
+                        Some(p)
+                    }
+                };
+                let gen = parent_rev.as_deref().map(generation).unwrap_or(0) + 1;
+                let atts = self.attachments(&id, parent_rev.as_deref(), gen, attachments)?;
+                let mut hashed = Value::Object(body.clone());
+                if deleted {
+                    hashed["_deleted"] = Value::Bool(true);
+                }
+                let digests: Vec<(String, String)> = atts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v["digest"].as_str().unwrap_or_default().to_string()))
+                    .collect();
+                let rev = compute_rev(parent_rev.as_deref(), &canonical_json(&hashed), &digests);
+                if !atts.is_empty() {
+                    body.insert("_attachments".into(), Value::Object(atts));
+                }
+                let mut tree = old.as_ref().map(|m| m.tree.clone()).unwrap_or_default();
+                tree.add(RevNode { rev: rev.clone(), parent: parent_rev, deleted, seq: 0, has_body: true, channels });
+                let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
+                Ok(WriteOutcome { id, rev, seq })
+            }
+            DocWrite::Replicate { id, history, deleted, mut body, attachments, channels, revs_limit } => {
+                let Some(rev) = history.first().cloned() else {
+                    return Err(StorageError::BadRequest("Bad _revisions: empty history".into()));
+                };
+                let old = self.meta(&id)?;
+                let mut tree = old.as_ref().map(|m| m.tree.clone()).unwrap_or_default();
+                if tree.contains(&rev) {
+                    return Ok(WriteOutcome { id, rev, seq: 0 });
+                }
+                // the newest known ancestor with a body resolves stubs
+                let base = history[1..]
+                    .iter()
+                    .find(|r| tree.get(r).is_some_and(|n| n.has_body))
+                    .cloned();
+                let atts = self.attachments(&id, base.as_deref(), generation(&rev), attachments)?;
+                if !atts.is_empty() {
+                    body.insert("_attachments".into(), Value::Object(atts));
+                }
+                tree.graft(&history, deleted, 0, channels);
+                let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
+                Ok(WriteOutcome { id, rev, seq })
+            }
+        }
+    }
+}
+
+impl SledDatabase {
+    fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
+        match self.tree.get(doc_key(id))? {
+            Some(v) => {
+                self.docs_read.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(decode("document", &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn load_body(&self, id: &str, rev: &str) -> Result<Option<Map<String, Value>>> {
+        match self.tree.get(body_key(id, rev))? {
+            Some(v) => {
+                self.docs_read.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(decode("body", &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // a panic while holding the lock cannot leave sled half-written (batches are atomic)
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a batch and publishes the new last sequence.
+    fn finish(&self, mut batch: Batch, new_last: u64, doc_delta: i64) -> Result<Ticket> {
+        let old_last = self.last_seq.load(Ordering::SeqCst);
+        if new_last != old_last {
+            batch.insert(META_LAST_SEQ, &new_last.to_be_bytes());
+        }
+        if doc_delta != 0 {
+            let count = (read_u64(&self.tree, META_DOC_COUNT)? as i64 + doc_delta).max(0) as u64;
+            batch.insert(META_DOC_COUNT, &count.to_be_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        let ticket = self.commit.ticket();
+        if new_last != old_last {
+            self.last_seq.store(new_last, Ordering::SeqCst);
+            self.notify.send_replace(new_last);
+        }
+        Ok(ticket)
+    }
+
+    fn scan(&self, prefix: u8) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + '_ {
+        self.tree.scan_prefix([prefix]).map(|r| r.map_err(StorageError::from))
+    }
+}
+
+impl DatabaseStore for SledDatabase {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>> {
+        self.load_meta(id)
+    }
+
+    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<Map<String, Value>>> {
+        self.load_body(id, rev)
+    }
+
+    fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)> {
+        let _guard = self.lock();
+        let mut st = BatchState {
+            store: self,
+            batch: Batch::default(),
+            metas: HashMap::new(),
+            bodies: HashMap::new(),
+            blobs: HashSet::new(),
+            next_seq: self.last_seq.load(Ordering::SeqCst) + 1,
+            doc_count: 0,
+        };
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes {
+            // a failed write leaves nothing in the batch: apply() only touches the batch on success
+            // paths after all checks, except attachment blobs, which are harmless (deduplicated,
+            // collected by compaction).
+            results.push(st.apply(w));
+        }
+        let new_last = st.next_seq - 1;
+        let BatchState { batch, doc_count, .. } = st;
+        let ticket = self.finish(batch, new_last, doc_count)?;
+        Ok((results, ticket))
+    }
+
+    fn doc_count(&self) -> Result<u64> {
+        read_u64(&self.tree, META_DOC_COUNT)
+    }
+
+    fn docs_from(&self, start: &str, descending: bool) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_> {
+        let decode_row = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(String, DocMeta)> {
+            let (k, v) = r?;
+            let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            Ok((id, decode("document", &v)?))
+        };
+        if descending {
+            let mut end = doc_key(start);
+            if start.is_empty() {
+                end = vec![b'e'];
+            } else {
+                end.push(0); // inclusive of `start`
+            }
+            Box::new(self.tree.range(b"d".to_vec()..end).rev().map(decode_row))
+        } else {
+            Box::new(self.tree.range(doc_key(start)..b"e".to_vec()).map(decode_row))
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    fn changes_since(&self, since: u64, descending: bool) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let from = seq_key(since.saturating_add(1));
+        let to = [b't'];
+        let dec = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ChangeEntry> {
+            let (_, v) = r?;
+            decode("change", &v)
+        };
+        if descending {
+            Box::new(self.tree.range(from.to_vec()..to.to_vec()).rev().map(dec))
+        } else {
+            Box::new(self.tree.range(from.to_vec()..to.to_vec()).map(dec))
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(b'a', digest))?.map(|v| v.to_vec()))
+    }
+
+    fn get_local(&self, id: &str) -> Result<Option<LocalDoc>> {
+        match self.tree.get(prefixed(b'l', id))? {
+            Some(v) => Ok(Some(decode("local document", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_local(&self, id: &str, rev: Option<&str>, body: Map<String, Value>) -> Result<(String, Ticket)> {
+        let _guard = self.lock();
+        let current = self.get_local(id)?;
+        let next = match (&current, rev) {
+            (None, None) => 1,
+            (None, Some(_)) => return Err(StorageError::NotFound("No previous revision to replace".into())),
+            (Some(c), Some(r)) if c.rev == r => local_gen(&c.rev) + 1,
+            (Some(_), _) => return Err(StorageError::Conflict("Document update conflict".into())),
+        };
+        let doc = LocalDoc { rev: format!("0-{next}"), body };
+        let mut batch = Batch::default();
+        batch.insert(prefixed(b'l', id), encode(&doc));
+        let ticket = self.finish(batch, self.last_seq(), 0)?;
+        Ok((doc.rev, ticket))
+    }
+
+    fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket> {
+        let _guard = self.lock();
+        match self.get_local(id)? {
+            None => Err(StorageError::NotFound("missing".into())),
+            Some(c) if Some(c.rev.as_str()) != rev => Err(StorageError::Conflict("Document update conflict".into())),
+            Some(_) => {
+                let mut batch = Batch::default();
+                batch.remove(prefixed(b'l', id));
+                self.finish(batch, self.last_seq(), 0)
+            }
+        }
+    }
+
+    fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(principal_prefix(kind), name))?.map(|v| v.to_vec()))
+    }
+
+    fn put_principal(&self, kind: PrincipalKind, name: &str, value: Vec<u8>) -> Result<(u64, Ticket)> {
+        let _guard = self.lock();
+        let seq = self.last_seq() + 1;
+        let mut batch = Batch::default();
+        batch.insert(prefixed(principal_prefix(kind), name), value);
+        let ticket = self.finish(batch, seq, 0)?;
+        Ok((seq, ticket))
+    }
+
+    fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket> {
+        let _guard = self.lock();
+        let mut batch = Batch::default();
+        batch.remove(prefixed(principal_prefix(kind), name));
+        let seq = self.last_seq() + 1;
+        self.finish(batch, seq, 0)
+    }
+
+    fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {
+        self.scan(principal_prefix(kind))
+            .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[1..]).into_owned()))
+            .collect()
+    }
+
+    fn get_session(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(b'x', key))?.map(|v| v.to_vec()))
+    }
+
+    fn put_session(&self, key: &str, value: Vec<u8>) -> Result<Ticket> {
+        self.tree.insert(prefixed(b'x', key), value)?;
+        Ok(self.commit.ticket())
+    }
+
+    fn delete_sessions(&self, keys: &[String]) -> Result<Ticket> {
+        let mut batch = Batch::default();
+        for k in keys {
+            batch.remove(prefixed(b'x', k));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(self.commit.ticket())
+    }
+
+    fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.scan(b'x')
+            .map(|r| r.map(|(k, v)| (String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec())))
+            .collect()
+    }
+
+    fn compact(&self) -> Result<CompactStats> {
+        let _guard = self.lock();
+        let mut stats = CompactStats::default();
+        let mut referenced: HashSet<String> = HashSet::new();
+        let mut batch = Batch::default();
+        for row in self.scan(b'd') {
+            let (k, v) = row?;
+            let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            let mut meta: DocMeta = decode("document", &v)?;
+            let leaves: HashSet<String> = meta.tree.leaves().iter().map(|n| n.rev.clone()).collect();
+            let mut changed = false;
+            for n in meta.tree.nodes.iter_mut() {
+                if leaves.contains(&n.rev) {
+                    if let Some(body) = self.tree.get(body_key(&id, &n.rev))? {
+                        let body: Map<String, Value> = decode("body", &body)?;
+                        if let Some(Value::Object(atts)) = body.get("_attachments") {
+                            for a in atts.values() {
+                                if let Some(d) = a.get("digest").and_then(Value::as_str) {
+                                    referenced.insert(d.to_string());
+                                }
+                            }
+                        }
+                    }
+                } else if n.has_body {
+                    batch.remove(body_key(&id, &n.rev));
+                    n.has_body = false;
+                    changed = true;
+                    stats.bodies_removed += 1;
+                }
+            }
+            if changed {
+                batch.insert(k, encode(&meta));
+            }
+        }
+        for row in self.scan(b'a') {
+            let (k, _) = row?;
+            let digest = String::from_utf8_lossy(&k[1..]).into_owned();
+            if !referenced.contains(&digest) {
+                batch.remove(k);
+                stats.attachments_removed += 1;
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(stats)
+    }
+
+    fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.commit.wait(&self.db, ticket))
+    }
+
+    fn docs_read(&self) -> u64 {
+        self.docs_read.load(Ordering::Relaxed)
+    }
+}
+
+fn local_gen(rev: &str) -> u64 {
+    rev.strip_prefix("0-").and_then(|g| g.parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
+        DocWrite::Edit {
+            id: id.into(),
+            parent: parent.map(Into::into),
+            deleted: false,
+            body: body.as_object().cloned().unwrap_or_default(),
+            attachments: vec![],
+            channels: vec![],
+            revs_limit: 1000,
+            must_exist: false,
+        }
+    }
+
+    fn one(db: &SledDatabase, w: DocWrite) -> Result<WriteOutcome> {
+        let (mut r, _) = db.write_docs(vec![w])?;
+        r.remove(0)
+    }
+
+    #[test]
+    fn edit_conflict_changes_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let a = one(&db, edit("doc", None, serde_json::json!({"n":1}))).unwrap();
+        assert_eq!(a.rev, "1-50133ddd8e49efad34ad9ecae4cb9907");
+        assert!(matches!(one(&db, edit("doc", None, serde_json::json!({}))), Err(StorageError::Conflict(_))));
+        let b = one(&db, edit("doc", Some(&a.rev), serde_json::json!({"n":2}))).unwrap();
+        assert!(matches!(one(&db, edit("doc", Some(&a.rev), serde_json::json!({}))), Err(StorageError::Conflict(_))));
+        one(&db, edit("other", None, serde_json::json!({}))).unwrap();
+        let changes: Vec<_> = db.changes_since(0, false).map(|c| c.unwrap()).collect();
+        assert_eq!(changes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["doc", "other"]);
+        assert_eq!(changes[0].leaves[0].rev, b.rev);
+        assert_eq!(db.doc_count().unwrap(), 2);
+        drop(db);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        assert_eq!(db.last_seq(), 3);
+        assert_eq!(db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0, b.rev);
+        assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap()["n"], 2);
+    }
+
+    #[test]
+    fn same_doc_twice_in_one_batch_sees_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let (r, _) = db
+            .write_docs(vec![edit("d", None, serde_json::json!({})), edit("d", None, serde_json::json!({"x":1}))])
+            .unwrap();
+        assert!(r[0].is_ok());
+        assert!(matches!(r[1], Err(StorageError::Conflict(_))));
+        assert_eq!(db.changes_since(0, false).count(), 1);
+    }
+
+    #[test]
+    fn attachments_are_stored_once_and_stubs_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let mut w = edit("a", None, serde_json::json!({}));
+        if let DocWrite::Edit { attachments, .. } = &mut w {
+            attachments.push((
+                "f.txt".into(),
+                AttachmentInput::Data { content_type: "text/plain".into(), data: b"hello".to_vec(), revpos: None },
+            ));
+        }
+        let r1 = one(&db, w).unwrap();
+        let body = db.rev_body("a", &r1.rev).unwrap().unwrap();
+        let meta: AttachmentMeta = serde_json::from_value(body["_attachments"]["f.txt"].clone()).unwrap();
+        assert_eq!(meta.digest, "md5-XUFAKrxLKna5cZ2REBfFkg==");
+        assert_eq!((meta.length, meta.revpos), (5, 1));
+        let mut w2 = edit("a", Some(&r1.rev), serde_json::json!({"v":2}));
+        if let DocWrite::Edit { attachments, .. } = &mut w2 {
+            attachments.push(("f.txt".into(), AttachmentInput::Stub { digest: None, revpos: Some(1), content_type: None }));
+        }
+        let r2 = one(&db, w2).unwrap();
+        let body2 = db.rev_body("a", &r2.rev).unwrap().unwrap();
+        assert_eq!(body2["_attachments"]["f.txt"]["revpos"], 1);
+        assert_eq!(db.attachment(&meta.digest).unwrap().unwrap(), b"hello");
+        let mut bad = edit("a", Some(&r2.rev), serde_json::json!({}));
+        if let DocWrite::Edit { attachments, .. } = &mut bad {
+            attachments.push(("nope".into(), AttachmentInput::Stub { digest: None, revpos: None, content_type: None }));
+        }
+        assert!(matches!(one(&db, bad), Err(StorageError::PreconditionFailed(_))));
+        // compaction keeps the leaf's attachment
+        db.compact().unwrap();
+        assert!(db.attachment(&meta.digest).unwrap().is_some());
+        assert!(db.rev_body("a", &r1.rev).unwrap().is_none());
+    }
+
+    #[test]
+    fn replicate_creates_conflicts_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let rep = |hist: &[&str]| DocWrite::Replicate {
+            id: "c".into(),
+            history: hist.iter().map(|s| s.to_string()).collect(),
+            deleted: false,
+            body: Map::new(),
+            attachments: vec![],
+            channels: vec![],
+            revs_limit: 1000,
+        };
+        assert_eq!(one(&db, rep(&["2-b", "1-a"])).unwrap().seq, 1);
+        assert_eq!(one(&db, rep(&["2-c", "1-a"])).unwrap().seq, 2);
+        assert_eq!(one(&db, rep(&["2-c", "1-a"])).unwrap().seq, 0);
+        let meta = db.doc_meta("c").unwrap().unwrap();
+        assert_eq!(meta.tree.leaves().len(), 2);
+        assert_eq!(meta.winner().unwrap().0, "2-c");
+        let ch: Vec<_> = db.changes_since(0, false).map(|c| c.unwrap()).collect();
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].leaves.len(), 2);
+    }
+
+    #[test]
+    fn local_docs_are_versioned_0_n() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let (r1, _) = db.put_local("cp", None, Map::new()).unwrap();
+        assert_eq!(r1, "0-1");
+        assert!(matches!(db.put_local("cp", None, Map::new()), Err(StorageError::Conflict(_))));
+        let (r2, _) = db.put_local("cp", Some("0-1"), Map::new()).unwrap();
+        assert_eq!(r2, "0-2");
+        assert!(matches!(db.delete_local("cp", Some("0-1")), Err(StorageError::Conflict(_))));
+        db.delete_local("cp", Some("0-2")).unwrap();
+        assert!(db.get_local("cp").unwrap().is_none());
+        assert_eq!(db.last_seq(), 0, "local docs take no sequence");
+    }
+}
