@@ -1,1 +1,86 @@
-fn main() {}
+//! The `syncgate` binary: parses the CLI, loads the config, sets up logging and runs the
+//! [`app::Application`] until SIGINT/SIGTERM.
+
+mod app;
+mod metrics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use syncgate_core::config::ServerConfig;
+
+/// A Sync Gateway-style sync replication server.
+#[derive(Parser, Debug)]
+#[command(name = "syncgate", version, about)]
+struct Cli {
+    /// The JSON config file.
+    #[arg(default_value = "config.json")]
+    config: PathBuf,
+    /// Validate CONFIG and exit (0 = valid, 2 = invalid) without binding any port.
+    #[arg(long, value_name = "CONFIG")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(path) = cli.check_config {
+        return match ServerConfig::load(&path) {
+            Ok(_) => {
+                println!("{}: configuration is valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("syncgate: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match ServerConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("syncgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_level());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("syncgate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let app = match app::Application::build(config).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("syncgate: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        app.run_until_stopped(app::shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_tracing(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ => EnvFilter::new(if level == "none" {
+            "off".to_string()
+        } else {
+            level.to_string()
+        }),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}

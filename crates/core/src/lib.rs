@@ -1,1 +1,25 @@
-//! placeholder
+//! The database context shared by both ports: the config model, the server registry, and the
+//! document and replication handlers. Knows nothing of HTTP frameworks: handlers take parsed
+//! JSON and return JSON values or typed results; the API crates render them.
+//!
+//! - [`config`]: the config file model and its validation.
+//! - [`database`]: [`Server`] (all databases) and [`Database`] (one database's store,
+//!   authenticator, settings and metrics).
+//! - [`docs`]: document CRUD, `_bulk_docs`, `_bulk_get`, `_revs_diff`, `_all_docs`,
+//!   attachments and `_local` docs.
+//! - [`changes`]: the changes feed and its wake-up.
+//! - [`error`]: the one error type, with each variant's HTTP status.
+
+pub mod changes;
+pub mod config;
+pub mod database;
+pub mod docs;
+pub mod error;
+
+pub use database::{Database, Server};
+pub use error::{Error, Result};
+
+/// A client-supplied string shortened for an error message.
+pub(crate) fn short(s: &str) -> String {
+    syncgate_storage::revtree_truncate(s, 64)
+}

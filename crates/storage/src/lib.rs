@@ -14,7 +14,9 @@ pub mod revtree;
 pub mod sled_store;
 
 pub use model::*;
-pub use revtree::{compute_rev, generation, parse_rev, RevNode, RevTree};
+pub use revtree::{
+    compute_rev, generation, parse_rev, truncate as revtree_truncate, RevNode, RevTree,
+};
 pub use sled_store::{SledDatabase, Store};
 
 use std::future::Future;
@@ -69,20 +71,32 @@ pub trait DatabaseStore: Send + Sync {
     /// Metadata (revision tree, sequence) of a document.
     fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>>;
     /// The stored body of one revision (user fields plus `_attachments` metadata).
-    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<serde_json::Map<String, serde_json::Value>>>;
+    fn rev_body(
+        &self,
+        id: &str,
+        rev: &str,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>>;
     /// Applies document writes in order, atomically, under the database's write lock.
     /// Each write gets its own result; the ticket covers all successful ones.
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)>;
     /// Live documents (winner not deleted).
     fn doc_count(&self) -> Result<u64>;
     /// Documents in id order from `start` (inclusive), for `_all_docs`.
-    fn docs_from(&self, start: &str, descending: bool) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_>;
+    fn docs_from(
+        &self,
+        start: &str,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_>;
 
     // --- changes -----------------------------------------------------------------------------
     /// Last sequence assigned.
     fn last_seq(&self) -> u64;
     /// Change entries with sequence > `since`, ascending (or descending).
-    fn changes_since(&self, since: u64, descending: bool) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
+    fn changes_since(
+        &self,
+        since: u64,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
     /// A receiver that sees `last_seq` whenever a write commits: the changes feeds' wake-up.
     fn subscribe(&self) -> watch::Receiver<u64>;
 
@@ -92,13 +106,23 @@ pub trait DatabaseStore: Send + Sync {
     // --- local documents ---------------------------------------------------------------------
     fn get_local(&self, id: &str) -> Result<Option<LocalDoc>>;
     /// Stores a local doc; `rev` must match the stored one (None for a new doc).
-    fn put_local(&self, id: &str, rev: Option<&str>, body: serde_json::Map<String, serde_json::Value>) -> Result<(String, Ticket)>;
+    fn put_local(
+        &self,
+        id: &str,
+        rev: Option<&str>,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(String, Ticket)>;
     fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket>;
 
     // --- principals and sessions (opaque JSON to this layer) ---------------------------------
     fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a principal record and assigns it a sequence (grants are ordered with documents).
-    fn put_principal(&self, kind: PrincipalKind, name: &str, value: Vec<u8>) -> Result<(u64, Ticket)>;
+    fn put_principal(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<(u64, Ticket)>;
     fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket>;
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>>;
     fn get_session(&self, key: &str) -> Result<Option<Vec<u8>>>;

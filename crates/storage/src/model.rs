@@ -27,10 +27,18 @@ impl DocMeta {
 #[derive(Debug, Clone)]
 pub enum AttachmentInput {
     /// New data (decoded from base64 or a standalone upload).
-    Data { content_type: String, data: Vec<u8>, revpos: Option<u64> },
+    Data {
+        content_type: String,
+        data: Vec<u8>,
+        revpos: Option<u64>,
+    },
     /// Unchanged attachment: refers to the parent revision's attachment of the same name, or to
     /// stored data by digest.
-    Stub { digest: Option<String>, revpos: Option<u64>, content_type: Option<String> },
+    Stub {
+        digest: Option<String>,
+        revpos: Option<u64>,
+        content_type: Option<String>,
+    },
 }
 
 /// One document write.
@@ -171,5 +179,8 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
 pub fn attachment_digest(data: &[u8]) -> String {
     use base64::Engine;
     use md5::{Digest, Md5};
-    format!("md5-{}", base64::engine::general_purpose::STANDARD.encode(Md5::digest(data)))
+    format!(
+        "md5-{}",
+        base64::engine::general_purpose::STANDARD.encode(Md5::digest(data))
+    )
 }

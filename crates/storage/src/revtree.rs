@@ -64,7 +64,7 @@ pub fn generation(rev: &str) -> u64 {
     parse_rev(rev).map(|(g, _)| g).unwrap_or(0)
 }
 
-pub(crate) fn truncate(s: &str, max: usize) -> String {
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -111,7 +111,11 @@ impl RevTree {
     }
 
     fn index(&self) -> HashMap<&str, usize> {
-        self.nodes.iter().enumerate().map(|(i, n)| (n.rev.as_str(), i)).collect()
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.rev.as_str(), i))
+            .collect()
     }
 
     pub fn get(&self, rev: &str) -> Option<&RevNode> {
@@ -124,8 +128,15 @@ impl RevTree {
 
     /// Revisions that no other revision names as parent.
     pub fn leaves(&self) -> Vec<&RevNode> {
-        let parents: HashSet<&str> = self.nodes.iter().filter_map(|n| n.parent.as_deref()).collect();
-        self.nodes.iter().filter(|n| !parents.contains(n.rev.as_str())).collect()
+        let parents: HashSet<&str> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.parent.as_deref())
+            .collect();
+        self.nodes
+            .iter()
+            .filter(|n| !parents.contains(n.rev.as_str()))
+            .collect()
     }
 
     pub fn is_leaf(&self, rev: &str) -> bool {
@@ -134,7 +145,9 @@ impl RevTree {
 
     /// CouchDB's winner: live leaves before tombstones, then highest generation, then highest id.
     pub fn winner(&self) -> Option<&RevNode> {
-        self.leaves().into_iter().max_by(|a, b| Self::rank(a).cmp(&Self::rank(b)))
+        self.leaves()
+            .into_iter()
+            .max_by(|a, b| Self::rank(a).cmp(&Self::rank(b)))
     }
 
     fn rank(n: &RevNode) -> (bool, u64, &str) {
@@ -172,13 +185,24 @@ impl RevTree {
 
     /// Inserts a replicated revision given its history (newest first, as `_revisions` lists it).
     /// Missing ancestors are added without bodies. Returns false when the revision already existed.
-    pub fn graft(&mut self, history: &[String], deleted: bool, seq: u64, channels: Vec<String>) -> bool {
-        let Some(newest) = history.first() else { return false };
+    pub fn graft(
+        &mut self,
+        history: &[String],
+        deleted: bool,
+        seq: u64,
+        channels: Vec<String>,
+    ) -> bool {
+        let Some(newest) = history.first() else {
+            return false;
+        };
         if self.contains(newest) {
             return false;
         }
         // Find the newest ancestor already in the tree; everything newer is added.
-        let known = history.iter().position(|r| self.contains(r)).unwrap_or(history.len());
+        let known = history
+            .iter()
+            .position(|r| self.contains(r))
+            .unwrap_or(history.len());
         let mut parent: Option<String> = history.get(known).cloned();
         for (i, rev) in history[..known].iter().enumerate().rev() {
             let is_leaf = i == 0;
@@ -188,7 +212,11 @@ impl RevTree {
                 deleted: is_leaf && deleted,
                 seq,
                 has_body: is_leaf,
-                channels: if is_leaf { channels.clone() } else { Vec::new() },
+                channels: if is_leaf {
+                    channels.clone()
+                } else {
+                    Vec::new()
+                },
             });
             parent = Some(rev.clone());
         }
@@ -226,7 +254,11 @@ impl RevTree {
 
     /// Highest generation among the given revisions that exist in this tree (0 if none).
     pub fn max_known_generation<'a>(&self, revs: impl IntoIterator<Item = &'a String>) -> u64 {
-        revs.into_iter().filter(|r| self.contains(r)).map(|r| generation(r)).max().unwrap_or(0)
+        revs.into_iter()
+            .filter(|r| self.contains(r))
+            .map(|r| generation(r))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -247,9 +279,18 @@ mod tests {
 
     #[test]
     fn sg_rev_vectors() {
-        assert_eq!(compute_rev(None, br#"{"prop":true}"#, &[]), "1-45ca73d819d5b1c9b8eea95290e79004");
-        assert_eq!(compute_rev(None, br#"{"n":1}"#, &[]), "1-50133ddd8e49efad34ad9ecae4cb9907");
-        assert_eq!(compute_rev(None, br#"{"n":2}"#, &[]), "1-035168c88bd4b80fb098a8da72f881ce");
+        assert_eq!(
+            compute_rev(None, br#"{"prop":true}"#, &[]),
+            "1-45ca73d819d5b1c9b8eea95290e79004"
+        );
+        assert_eq!(
+            compute_rev(None, br#"{"n":1}"#, &[]),
+            "1-50133ddd8e49efad34ad9ecae4cb9907"
+        );
+        assert_eq!(
+            compute_rev(None, br#"{"n":2}"#, &[]),
+            "1-035168c88bd4b80fb098a8da72f881ce"
+        );
     }
 
     #[test]
@@ -258,12 +299,25 @@ mod tests {
         assert_eq!(a, compute_rev(Some("1-abc"), b"{}", &[]));
         assert!(a.starts_with("2-"));
         assert_ne!(a, compute_rev(Some("1-abd"), b"{}", &[]));
-        assert_ne!(a, compute_rev(Some("1-abc"), b"{}", &[("a".into(), "md5-x".into())]));
+        assert_ne!(
+            a,
+            compute_rev(Some("1-abc"), b"{}", &[("a".into(), "md5-x".into())])
+        );
     }
 
     #[test]
     fn parse_rev_rejects_garbage() {
-        for bad in ["", "1", "-abc", "0-abc", "x-abc", "1-", "1-a b", "1-ab\"c", "99999999999999999-a"] {
+        for bad in [
+            "",
+            "1",
+            "-abc",
+            "0-abc",
+            "x-abc",
+            "1-",
+            "1-a b",
+            "1-ab\"c",
+            "99999999999999999-a",
+        ] {
             assert!(parse_rev(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_rev("12-abcdef").unwrap(), (12, "abcdef"));
@@ -294,7 +348,12 @@ mod tests {
         assert!(!t.get("1-a").unwrap().has_body);
         assert!(t.get("2-b").unwrap().has_body);
         // a conflicting branch off 1-a
-        assert!(t.graft(&["3-y".into(), "2-x".into(), "1-a".into()], false, 2, vec![]));
+        assert!(t.graft(
+            &["3-y".into(), "2-x".into(), "1-a".into()],
+            false,
+            2,
+            vec![]
+        ));
         assert_eq!(t.leaves().len(), 2);
         assert_eq!(t.winner().unwrap().rev, "3-y");
         assert_eq!(t.history("3-y"), vec!["3-y", "2-x", "1-a"]);

@@ -76,9 +76,11 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| StorageError::Engine(sled::Error::Io(e)))?;
-        let db = sled::Config::new().path(path).cache_capacity(64 * 1024 * 1024).open()?;
+        std::fs::create_dir_all(path).map_err(|e| StorageError::Engine(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
         let registry = db.open_tree(REGISTRY_TREE)?;
         Ok(Store {
             db,
@@ -151,7 +153,12 @@ const META_DOC_COUNT: &[u8] = b"m\0doc_count";
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
     Ok(match tree.get(key)? {
         Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-        Some(_) => return Err(StorageError::Corrupt(format!("counter {}", String::from_utf8_lossy(key)))),
+        Some(_) => {
+            return Err(StorageError::Corrupt(format!(
+                "counter {}",
+                String::from_utf8_lossy(key)
+            )))
+        }
         None => 0,
     })
 }
@@ -261,14 +268,24 @@ impl<'a> BatchState<'a> {
             Some(p) => self
                 .body(id, p)?
                 .and_then(|mut b| b.remove("_attachments"))
-                .and_then(|a| if let Value::Object(m) = a { Some(m) } else { None })
+                .and_then(|a| {
+                    if let Value::Object(m) = a {
+                        Some(m)
+                    } else {
+                        None
+                    }
+                })
                 .unwrap_or_default(),
             None => Map::new(),
         };
         let mut out = Map::new();
         for (name, input) in inputs {
             let meta = match input {
-                AttachmentInput::Data { content_type, data, revpos } => {
+                AttachmentInput::Data {
+                    content_type,
+                    data,
+                    revpos,
+                } => {
                     let digest = attachment_digest(&data);
                     if !self.has_blob(&digest)? {
                         self.batch.insert(prefixed(b'a', &digest), data.as_slice());
@@ -282,7 +299,11 @@ impl<'a> BatchState<'a> {
                         stub: true,
                     }
                 }
-                AttachmentInput::Stub { digest, revpos, content_type } => {
+                AttachmentInput::Stub {
+                    digest,
+                    revpos,
+                    content_type,
+                } => {
                     let from_parent = parent_atts
                         .get(&name)
                         .and_then(|v| serde_json::from_value::<AttachmentMeta>(v.clone()).ok())
@@ -297,7 +318,8 @@ impl<'a> BatchState<'a> {
                                 .map(|v| v.len() as u64)
                                 .unwrap_or(0);
                             AttachmentMeta {
-                                content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                                content_type: content_type
+                                    .unwrap_or_else(|| "application/octet-stream".into()),
                                 digest: d,
                                 length,
                                 revpos: revpos.filter(|r| *r >= 1 && *r <= gen).unwrap_or(gen),
@@ -341,16 +363,29 @@ impl<'a> BatchState<'a> {
             self.batch.remove(body_key(id, &removed));
         }
         self.batch.insert(body_key(id, new_rev), encode(&body));
-        self.bodies.insert((id.to_string(), new_rev.to_string()), body);
+        self.bodies
+            .insert((id.to_string(), new_rev.to_string()), body);
         let meta = DocMeta { seq, tree };
         let leaves = meta
             .tree
             .sorted_leaves()
             .iter()
-            .map(|n| ChangeRev { rev: n.rev.clone(), deleted: n.deleted })
+            .map(|n| ChangeRev {
+                rev: n.rev.clone(),
+                deleted: n.deleted,
+            })
             .collect();
-        let channels = meta.tree.winner().map(|w| w.channels.clone()).unwrap_or_default();
-        let entry = ChangeEntry { seq, id: id.to_string(), leaves, channels };
+        let channels = meta
+            .tree
+            .winner()
+            .map(|w| w.channels.clone())
+            .unwrap_or_default();
+        let entry = ChangeEntry {
+            seq,
+            id: id.to_string(),
+            leaves,
+            channels,
+        };
         self.batch.insert(&seq_key(seq), encode(&entry));
         self.batch.insert(doc_key(id), encode(&meta));
         self.doc_count += meta.is_live() as i64 - was_live as i64;
@@ -360,17 +395,32 @@ impl<'a> BatchState<'a> {
 
     fn apply(&mut self, write: DocWrite) -> Result<WriteOutcome> {
         match write {
-            DocWrite::Edit { id, parent, deleted, mut body, attachments, channels, revs_limit, must_exist } => {
+            DocWrite::Edit {
+                id,
+                parent,
+                deleted,
+                mut body,
+                attachments,
+                channels,
+                revs_limit,
+                must_exist,
+            } => {
                 let old = self.meta(&id)?;
                 let parent_rev: Option<String> = match (&old, parent) {
-                    (None, Some(_)) => return Err(StorageError::Conflict("Document update conflict".into())),
-                    (None, None) if must_exist => return Err(StorageError::NotFound("missing".into())),
+                    (None, Some(_)) => {
+                        return Err(StorageError::Conflict("Document update conflict".into()))
+                    }
+                    (None, None) if must_exist => {
+                        return Err(StorageError::NotFound("missing".into()))
+                    }
                     (None, None) => None,
                     (Some(m), None) => match m.winner() {
                         Some((_, false)) => {
                             return Err(StorageError::Conflict("Document update conflict".into()))
                         }
-                        Some((_, true)) if must_exist => return Err(StorageError::NotFound("deleted".into())),
+                        Some((_, true)) if must_exist => {
+                            return Err(StorageError::NotFound("deleted".into()))
+                        }
                         Some((w, true)) => Some(w.to_string()),
                         None => None,
                     },
@@ -393,20 +443,42 @@ impl<'a> BatchState<'a> {
                 }
                 let digests: Vec<(String, String)> = atts
                     .iter()
-                    .map(|(k, v)| (k.clone(), v["digest"].as_str().unwrap_or_default().to_string()))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v["digest"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
                     .collect();
                 let rev = compute_rev(parent_rev.as_deref(), &canonical_json(&hashed), &digests);
                 if !atts.is_empty() {
                     body.insert("_attachments".into(), Value::Object(atts));
                 }
                 let mut tree = old.as_ref().map(|m| m.tree.clone()).unwrap_or_default();
-                tree.add(RevNode { rev: rev.clone(), parent: parent_rev, deleted, seq: 0, has_body: true, channels });
+                tree.add(RevNode {
+                    rev: rev.clone(),
+                    parent: parent_rev,
+                    deleted,
+                    seq: 0,
+                    has_body: true,
+                    channels,
+                });
                 let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
             }
-            DocWrite::Replicate { id, history, deleted, mut body, attachments, channels, revs_limit } => {
+            DocWrite::Replicate {
+                id,
+                history,
+                deleted,
+                mut body,
+                attachments,
+                channels,
+                revs_limit,
+            } => {
                 let Some(rev) = history.first().cloned() else {
-                    return Err(StorageError::BadRequest("Bad _revisions: empty history".into()));
+                    return Err(StorageError::BadRequest(
+                        "Bad _revisions: empty history".into(),
+                    ));
                 };
                 let old = self.meta(&id)?;
                 let mut tree = old.as_ref().map(|m| m.tree.clone()).unwrap_or_default();
@@ -476,7 +548,9 @@ impl SledDatabase {
     }
 
     fn scan(&self, prefix: u8) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + '_ {
-        self.tree.scan_prefix([prefix]).map(|r| r.map_err(StorageError::from))
+        self.tree
+            .scan_prefix([prefix])
+            .map(|r| r.map_err(StorageError::from))
     }
 }
 
@@ -512,7 +586,9 @@ impl DatabaseStore for SledDatabase {
             results.push(st.apply(w));
         }
         let new_last = st.next_seq - 1;
-        let BatchState { batch, doc_count, .. } = st;
+        let BatchState {
+            batch, doc_count, ..
+        } = st;
         let ticket = self.finish(batch, new_last, doc_count)?;
         Ok((results, ticket))
     }
@@ -521,7 +597,11 @@ impl DatabaseStore for SledDatabase {
         read_u64(&self.tree, META_DOC_COUNT)
     }
 
-    fn docs_from(&self, start: &str, descending: bool) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_> {
+    fn docs_from(
+        &self,
+        start: &str,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_> {
         let decode_row = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(String, DocMeta)> {
             let (k, v) = r?;
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
@@ -536,7 +616,11 @@ impl DatabaseStore for SledDatabase {
             }
             Box::new(self.tree.range(b"d".to_vec()..end).rev().map(decode_row))
         } else {
-            Box::new(self.tree.range(doc_key(start)..b"e".to_vec()).map(decode_row))
+            Box::new(
+                self.tree
+                    .range(doc_key(start)..b"e".to_vec())
+                    .map(decode_row),
+            )
         }
     }
 
@@ -544,7 +628,11 @@ impl DatabaseStore for SledDatabase {
         self.last_seq.load(Ordering::SeqCst)
     }
 
-    fn changes_since(&self, since: u64, descending: bool) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+    fn changes_since(
+        &self,
+        since: u64,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
         let from = seq_key(since.saturating_add(1));
         let to = [b't'];
         let dec = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ChangeEntry> {
@@ -573,16 +661,28 @@ impl DatabaseStore for SledDatabase {
         }
     }
 
-    fn put_local(&self, id: &str, rev: Option<&str>, body: Map<String, Value>) -> Result<(String, Ticket)> {
+    fn put_local(
+        &self,
+        id: &str,
+        rev: Option<&str>,
+        body: Map<String, Value>,
+    ) -> Result<(String, Ticket)> {
         let _guard = self.lock();
         let current = self.get_local(id)?;
         let next = match (&current, rev) {
             (None, None) => 1,
-            (None, Some(_)) => return Err(StorageError::NotFound("No previous revision to replace".into())),
+            (None, Some(_)) => {
+                return Err(StorageError::NotFound(
+                    "No previous revision to replace".into(),
+                ))
+            }
             (Some(c), Some(r)) if c.rev == r => local_gen(&c.rev) + 1,
             (Some(_), _) => return Err(StorageError::Conflict("Document update conflict".into())),
         };
-        let doc = LocalDoc { rev: format!("0-{next}"), body };
+        let doc = LocalDoc {
+            rev: format!("0-{next}"),
+            body,
+        };
         let mut batch = Batch::default();
         batch.insert(prefixed(b'l', id), encode(&doc));
         let ticket = self.finish(batch, self.last_seq(), 0)?;
@@ -593,7 +693,9 @@ impl DatabaseStore for SledDatabase {
         let _guard = self.lock();
         match self.get_local(id)? {
             None => Err(StorageError::NotFound("missing".into())),
-            Some(c) if Some(c.rev.as_str()) != rev => Err(StorageError::Conflict("Document update conflict".into())),
+            Some(c) if Some(c.rev.as_str()) != rev => {
+                Err(StorageError::Conflict("Document update conflict".into()))
+            }
             Some(_) => {
                 let mut batch = Batch::default();
                 batch.remove(prefixed(b'l', id));
@@ -603,10 +705,18 @@ impl DatabaseStore for SledDatabase {
     }
 
     fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(prefixed(principal_prefix(kind), name))?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(prefixed(principal_prefix(kind), name))?
+            .map(|v| v.to_vec()))
     }
 
-    fn put_principal(&self, kind: PrincipalKind, name: &str, value: Vec<u8>) -> Result<(u64, Ticket)> {
+    fn put_principal(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<(u64, Ticket)> {
         let _guard = self.lock();
         let seq = self.last_seq() + 1;
         let mut batch = Batch::default();
@@ -662,7 +772,8 @@ impl DatabaseStore for SledDatabase {
             let (k, v) = row?;
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
             let mut meta: DocMeta = decode("document", &v)?;
-            let leaves: HashSet<String> = meta.tree.leaves().iter().map(|n| n.rev.clone()).collect();
+            let leaves: HashSet<String> =
+                meta.tree.leaves().iter().map(|n| n.rev.clone()).collect();
             let mut changed = false;
             for n in meta.tree.nodes.iter_mut() {
                 if leaves.contains(&n.rev) {
@@ -710,7 +821,9 @@ impl DatabaseStore for SledDatabase {
 }
 
 fn local_gen(rev: &str) -> u64 {
-    rev.strip_prefix("0-").and_then(|g| g.parse().ok()).unwrap_or(0)
+    rev.strip_prefix("0-")
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -742,12 +855,21 @@ mod tests {
         let db = store.database("db").unwrap();
         let a = one(&db, edit("doc", None, serde_json::json!({"n":1}))).unwrap();
         assert_eq!(a.rev, "1-50133ddd8e49efad34ad9ecae4cb9907");
-        assert!(matches!(one(&db, edit("doc", None, serde_json::json!({}))), Err(StorageError::Conflict(_))));
+        assert!(matches!(
+            one(&db, edit("doc", None, serde_json::json!({}))),
+            Err(StorageError::Conflict(_))
+        ));
         let b = one(&db, edit("doc", Some(&a.rev), serde_json::json!({"n":2}))).unwrap();
-        assert!(matches!(one(&db, edit("doc", Some(&a.rev), serde_json::json!({}))), Err(StorageError::Conflict(_))));
+        assert!(matches!(
+            one(&db, edit("doc", Some(&a.rev), serde_json::json!({}))),
+            Err(StorageError::Conflict(_))
+        ));
         one(&db, edit("other", None, serde_json::json!({}))).unwrap();
         let changes: Vec<_> = db.changes_since(0, false).map(|c| c.unwrap()).collect();
-        assert_eq!(changes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["doc", "other"]);
+        assert_eq!(
+            changes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            vec!["doc", "other"]
+        );
         assert_eq!(changes[0].leaves[0].rev, b.rev);
         assert_eq!(db.doc_count().unwrap(), 2);
         drop(db);
@@ -755,7 +877,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let db = store.database("db").unwrap();
         assert_eq!(db.last_seq(), 3);
-        assert_eq!(db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0, b.rev);
+        assert_eq!(
+            db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0,
+            b.rev
+        );
         assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap()["n"], 2);
     }
 
@@ -765,7 +890,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let db = store.database("db").unwrap();
         let (r, _) = db
-            .write_docs(vec![edit("d", None, serde_json::json!({})), edit("d", None, serde_json::json!({"x":1}))])
+            .write_docs(vec![
+                edit("d", None, serde_json::json!({})),
+                edit("d", None, serde_json::json!({"x":1})),
+            ])
             .unwrap();
         assert!(r[0].is_ok());
         assert!(matches!(r[1], Err(StorageError::Conflict(_))));
@@ -781,17 +909,29 @@ mod tests {
         if let DocWrite::Edit { attachments, .. } = &mut w {
             attachments.push((
                 "f.txt".into(),
-                AttachmentInput::Data { content_type: "text/plain".into(), data: b"hello".to_vec(), revpos: None },
+                AttachmentInput::Data {
+                    content_type: "text/plain".into(),
+                    data: b"hello".to_vec(),
+                    revpos: None,
+                },
             ));
         }
         let r1 = one(&db, w).unwrap();
         let body = db.rev_body("a", &r1.rev).unwrap().unwrap();
-        let meta: AttachmentMeta = serde_json::from_value(body["_attachments"]["f.txt"].clone()).unwrap();
+        let meta: AttachmentMeta =
+            serde_json::from_value(body["_attachments"]["f.txt"].clone()).unwrap();
         assert_eq!(meta.digest, "md5-XUFAKrxLKna5cZ2REBfFkg==");
         assert_eq!((meta.length, meta.revpos), (5, 1));
         let mut w2 = edit("a", Some(&r1.rev), serde_json::json!({"v":2}));
         if let DocWrite::Edit { attachments, .. } = &mut w2 {
-            attachments.push(("f.txt".into(), AttachmentInput::Stub { digest: None, revpos: Some(1), content_type: None }));
+            attachments.push((
+                "f.txt".into(),
+                AttachmentInput::Stub {
+                    digest: None,
+                    revpos: Some(1),
+                    content_type: None,
+                },
+            ));
         }
         let r2 = one(&db, w2).unwrap();
         let body2 = db.rev_body("a", &r2.rev).unwrap().unwrap();
@@ -799,9 +939,19 @@ mod tests {
         assert_eq!(db.attachment(&meta.digest).unwrap().unwrap(), b"hello");
         let mut bad = edit("a", Some(&r2.rev), serde_json::json!({}));
         if let DocWrite::Edit { attachments, .. } = &mut bad {
-            attachments.push(("nope".into(), AttachmentInput::Stub { digest: None, revpos: None, content_type: None }));
+            attachments.push((
+                "nope".into(),
+                AttachmentInput::Stub {
+                    digest: None,
+                    revpos: None,
+                    content_type: None,
+                },
+            ));
         }
-        assert!(matches!(one(&db, bad), Err(StorageError::PreconditionFailed(_))));
+        assert!(matches!(
+            one(&db, bad),
+            Err(StorageError::PreconditionFailed(_))
+        ));
         // compaction keeps the leaf's attachment
         db.compact().unwrap();
         assert!(db.attachment(&meta.digest).unwrap().is_some());
@@ -840,10 +990,16 @@ mod tests {
         let db = store.database("db").unwrap();
         let (r1, _) = db.put_local("cp", None, Map::new()).unwrap();
         assert_eq!(r1, "0-1");
-        assert!(matches!(db.put_local("cp", None, Map::new()), Err(StorageError::Conflict(_))));
+        assert!(matches!(
+            db.put_local("cp", None, Map::new()),
+            Err(StorageError::Conflict(_))
+        ));
         let (r2, _) = db.put_local("cp", Some("0-1"), Map::new()).unwrap();
         assert_eq!(r2, "0-2");
-        assert!(matches!(db.delete_local("cp", Some("0-1")), Err(StorageError::Conflict(_))));
+        assert!(matches!(
+            db.delete_local("cp", Some("0-1")),
+            Err(StorageError::Conflict(_))
+        ));
         db.delete_local("cp", Some("0-2")).unwrap();
         assert!(db.get_local("cp").unwrap().is_none());
         assert_eq!(db.last_seq(), 0, "local docs take no sequence");

@@ -1,0 +1,387 @@
+//! `_changes` over HTTP: normal (one JSON body), longpoll, continuous and eventsource.
+//!
+//! Live feeds are streams driven by the client reading them: no task is spawned, so when the
+//! client goes away hyper drops the stream and with it the [`FeedGuard`] that counts it.
+//! Waiting uses the store's commit notification (no polling).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use http::HeaderValue;
+use serde_json::{json, Value};
+use syncgate_auth::Caller;
+use syncgate_core::changes::{ChangesOptions, Since};
+use syncgate_core::{Database, Error, Result};
+
+use crate::reply::{json_reply, Reply};
+use crate::{Request, StreamingBody};
+
+/// Smallest heartbeat accepted (ms).
+pub const MIN_HEARTBEAT_MS: u64 = 1_000;
+/// Longpoll/continuous timeout when none is given and no heartbeat is set (ms).
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Normal,
+    Longpoll,
+    Continuous,
+    EventSource,
+}
+
+/// Counts an open live feed while it exists.
+struct FeedGuard(Arc<Database>);
+
+impl FeedGuard {
+    fn new(db: Arc<Database>) -> Self {
+        db.metrics.feeds_active.fetch_add(1, Ordering::SeqCst);
+        FeedGuard(db)
+    }
+}
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        self.0.metrics.feeds_active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A parameter from the query string, else from the POST body (query wins, as SG).
+fn param(req: &Request, body: &Value, name: &str) -> Option<Value> {
+    match req.q(name) {
+        Some(v) => Some(Value::String(v.to_string())),
+        None => body.get(name).cloned(),
+    }
+}
+
+fn as_bool(v: Option<Value>, name: &str) -> Result<bool> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(b),
+        Some(Value::String(s)) if s == "true" || s == "1" => Ok(true),
+        Some(Value::String(s)) if s == "false" || s == "0" || s.is_empty() => Ok(false),
+        Some(other) => Err(Error::bad(format!(
+            "'{name}' must be true or false, not {}",
+            crate::request::short(&other.to_string())
+        ))),
+    }
+}
+
+fn as_u64(v: Option<Value>, name: &str) -> Result<Option<u64>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| Error::bad(format!("'{name}' must be a non-negative integer"))),
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
+            Error::bad(format!(
+                "'{name}' must be a non-negative integer, not \"{}\"",
+                crate::request::short(&s)
+            ))
+        }),
+        Some(_) => Err(Error::bad(format!(
+            "'{name}' must be a non-negative integer"
+        ))),
+    }
+}
+
+fn string_set(v: Value, name: &str) -> Result<HashSet<String>> {
+    match v {
+        Value::Array(a) => a
+            .into_iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::bad(format!("'{name}' must hold strings")))
+            })
+            .collect(),
+        Value::String(s) => {
+            if s.trim_start().starts_with('[') {
+                let v: Value = serde_json::from_str(&s)
+                    .map_err(|_| Error::bad(format!("'{name}' is not a valid JSON array")))?;
+                string_set(v, name)
+            } else {
+                Ok(s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect())
+            }
+        }
+        _ => Err(Error::bad(format!("'{name}' must be an array of strings"))),
+    }
+}
+
+/// `GET|POST /{db}/_changes`.
+pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result<Reply> {
+    let body = if req.method == http::Method::POST {
+        req.json_or_empty()?
+    } else {
+        json!({})
+    };
+    if !body.is_object() {
+        return Err(Error::bad("_changes body must be a JSON object"));
+    }
+    let feed = match param(req, &body, "feed")
+        .as_ref()
+        .and_then(Value::as_str)
+        .unwrap_or("normal")
+    {
+        "normal" => Feed::Normal,
+        "longpoll" => Feed::Longpoll,
+        "continuous" => Feed::Continuous,
+        "eventsource" => Feed::EventSource,
+        other => {
+            return Err(Error::bad(format!(
+                "Unknown feed type \"{}\"",
+                crate::request::short(other)
+            )))
+        }
+    };
+    let since = match param(req, &body, "since") {
+        None => Since::default(),
+        Some(v) => Since::parse(&v, db.store.last_seq())?,
+    };
+    let mut opts = ChangesOptions {
+        since,
+        limit: as_u64(param(req, &body, "limit"), "limit")?
+            .map(|l| l as usize)
+            .filter(|l| *l > 0),
+        descending: as_bool(param(req, &body, "descending"), "descending")?,
+        include_docs: as_bool(param(req, &body, "include_docs"), "include_docs")?,
+        conflicts: as_bool(param(req, &body, "conflicts"), "conflicts")?,
+        all_docs: param(req, &body, "style").as_ref().and_then(Value::as_str) == Some("all_docs"),
+        active_only: as_bool(param(req, &body, "active_only"), "active_only")?,
+        doc_ids: None,
+        channels: None,
+    };
+    match param(req, &body, "filter").as_ref().and_then(Value::as_str) {
+        None => {}
+        Some("_doc_ids") => {
+            let ids = param(req, &body, "doc_ids")
+                .ok_or_else(|| Error::bad("filter=_doc_ids needs 'doc_ids'"))?;
+            let ids = string_set(ids, "doc_ids")?;
+            if ids.is_empty() {
+                return Err(Error::bad("filter=_doc_ids needs a non-empty 'doc_ids'"));
+            }
+            opts.doc_ids = Some(ids);
+        }
+        Some("sync_gateway/bychannel") => {
+            let ch = param(req, &body, "channels")
+                .ok_or_else(|| Error::bad("Missing 'channels' filter parameter"))?;
+            opts.channels = Some(string_set(ch, "channels")?);
+        }
+        Some(other) => {
+            return Err(Error::bad(format!(
+                "Unknown filter \"{}\"; try sync_gateway/bychannel or _doc_ids",
+                crate::request::short(other)
+            )))
+        }
+    }
+    let heartbeat = as_u64(param(req, &body, "heartbeat"), "heartbeat")?
+        .filter(|h| *h > 0)
+        .map(|h| Duration::from_millis(h.max(MIN_HEARTBEAT_MS)));
+    let timeout = match as_u64(param(req, &body, "timeout"), "timeout")? {
+        Some(0) => None,
+        Some(t) => Some(Duration::from_millis(t)),
+        // a heartbeat without a timeout waits until a change (PouchDB's live pull)
+        None if heartbeat.is_some() => None,
+        None => Some(Duration::from_millis(DEFAULT_TIMEOUT_MS)),
+    };
+
+    if feed == Feed::Normal || opts.descending {
+        let batch = db.changes(&caller, &opts)?;
+        return Ok(json_reply(
+            200,
+            &json!({"results": batch.rows, "last_seq": batch.last_seq}),
+        ));
+    }
+    // a longpoll with changes ready answers at once, without streaming
+    if feed == Feed::Longpoll {
+        let batch = db.changes(&caller, &opts)?;
+        if !batch.rows.is_empty() || db.is_shutting_down() {
+            return Ok(json_reply(
+                200,
+                &json!({"results": batch.rows, "last_seq": batch.last_seq}),
+            ));
+        }
+    }
+    let state = LiveFeed {
+        guard: FeedGuard::new(db.clone()),
+        db,
+        caller,
+        opts,
+        feed,
+        heartbeat,
+        timeout,
+        sent: 0,
+        phase: Phase::Start,
+        idle_since: Instant::now(),
+    };
+    let body = stream::unfold(state, |mut st| async move {
+        st.next_chunk().await.map(|c| (c, st))
+    })
+    .boxed();
+    let content_type = match feed {
+        Feed::EventSource => "text/event-stream",
+        Feed::Continuous => "application/octet-stream",
+        _ => "application/json",
+    };
+    let mut r = Reply::new(Bytes::new().into());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=0, no-cache, no-store"),
+    );
+    r.extensions_mut().insert(StreamingBody::new(body));
+    Ok(r)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Waiting,
+    Done,
+}
+
+struct LiveFeed {
+    #[allow(dead_code)]
+    guard: FeedGuard,
+    db: Arc<Database>,
+    caller: Caller,
+    opts: ChangesOptions,
+    feed: Feed,
+    heartbeat: Option<Duration>,
+    timeout: Option<Duration>,
+    /// Rows sent so far (for `limit`).
+    sent: usize,
+    phase: Phase,
+    /// Start of the current idle period (timeout measures idleness).
+    idle_since: Instant,
+}
+
+impl LiveFeed {
+    fn row_bytes(&self, row: &Value) -> String {
+        match self.feed {
+            Feed::EventSource => format!("id: {}\ndata: {}\n\n", row["seq"], row),
+            _ => format!("{row}\n"),
+        }
+    }
+
+    fn end_bytes(&self) -> String {
+        let last = self.opts.since.seq;
+        match self.feed {
+            Feed::Longpoll => format!("],\n\"last_seq\":{last}}}\n"),
+            Feed::Continuous => format!("{{\"last_seq\":{last}}}\n"),
+            _ => String::new(),
+        }
+    }
+
+    /// Produces the next piece of the body, or `None` at the end.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Start => {
+                    self.phase = Phase::Waiting;
+                    let mut out = String::new();
+                    if self.feed == Feed::Longpoll {
+                        out.push_str("{\"results\":[\n");
+                    }
+                    if self.feed != Feed::Longpoll {
+                        out.push_str(&self.drain());
+                        if self.phase == Phase::Done {
+                            out.push_str(&self.end_bytes());
+                        }
+                    }
+                    return Some(Bytes::from(out));
+                }
+                Phase::Waiting => {
+                    if self.db.is_shutting_down() {
+                        self.phase = Phase::Done;
+                        return Some(Bytes::from(self.end_bytes()));
+                    }
+                    let remaining = self
+                        .timeout
+                        .map(|t| t.saturating_sub(self.idle_since.elapsed()));
+                    if remaining == Some(Duration::ZERO) {
+                        self.phase = Phase::Done;
+                        return Some(Bytes::from(self.end_bytes()));
+                    }
+                    let wait = match (self.heartbeat, remaining) {
+                        (Some(h), Some(r)) => h.min(r),
+                        (Some(h), None) => h,
+                        (None, Some(r)) => r,
+                        (None, None) => Duration::from_secs(3600),
+                    };
+                    let changed = self.db.wait_for_change(self.opts.since.seq, wait).await;
+                    if !changed {
+                        if self.db.is_shutting_down() {
+                            continue;
+                        }
+                        if self.heartbeat.is_some()
+                            && self.timeout.is_none_or(|t| self.idle_since.elapsed() < t)
+                        {
+                            return Some(Bytes::from_static(b"\n"));
+                        }
+                        continue;
+                    }
+                    let rows = self.drain();
+                    if rows.is_empty() {
+                        continue; // a change this caller cannot see
+                    }
+                    let mut out = rows;
+                    if self.feed == Feed::Longpoll {
+                        self.phase = Phase::Done;
+                    }
+                    if self.phase == Phase::Done {
+                        out.push_str(&self.end_bytes());
+                    }
+                    return Some(Bytes::from(out));
+                }
+            }
+        }
+    }
+
+    /// Reads every available row, advancing `since`; marks the feed done when `limit` is met.
+    fn drain(&mut self) -> String {
+        let mut opts = self.opts.clone();
+        if let Some(l) = opts.limit {
+            opts.limit = Some(l.saturating_sub(self.sent));
+        }
+        let batch = match self.db.changes(&self.caller, &opts) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "changes feed failed");
+                self.phase = Phase::Done;
+                return String::new();
+            }
+        };
+        let mut out = String::new();
+        let n = batch.rows.len();
+        for (i, row) in batch.rows.iter().enumerate() {
+            if self.feed == Feed::Longpoll && i > 0 {
+                out.push(',');
+            }
+            out.push_str(&self.row_bytes(row));
+        }
+        self.opts.since = Since {
+            seq: batch.last_seq,
+            backfill: None,
+        };
+        self.sent += n;
+        if n > 0 {
+            self.idle_since = Instant::now();
+        }
+        if self.opts.limit.is_some_and(|l| self.sent >= l) {
+            self.phase = Phase::Done;
+        }
+        out
+    }
+}

@@ -1,0 +1,294 @@
+//! Document and replication routes served on both ports.
+
+use std::sync::Arc;
+
+use http::Method;
+use serde_json::{json, Value};
+use syncgate_auth::Caller;
+use syncgate_core::docs::{AllDocsOptions, GetOptions, GetResult, OpenRevs};
+use syncgate_core::{Database, Error, Result};
+use syncgate_storage::WriteOutcome;
+
+use crate::reply::{bytes_reply, json_reply, with_header, Reply};
+use crate::{feed, Request, VERSION};
+
+/// `GET /` on either port.
+pub fn root(admin: bool) -> Reply {
+    let mut body = json!({
+        "couchdb": "Welcome",
+        "vendor": {"name": "syncgate", "version": VERSION},
+        "version": format!("syncgate/{VERSION}"),
+    });
+    if admin {
+        body["ADMIN"] = Value::Bool(true);
+    }
+    json_reply(200, &body)
+}
+
+/// `GET /_ping`.
+pub fn ping() -> Reply {
+    bytes_reply(200, "text/plain; charset=utf-8", b"OK".to_vec())
+}
+
+fn method_not_allowed(req: &Request) -> Error {
+    Error::MethodNotAllowed(format!("Method {} is not allowed on this URL", req.method))
+}
+
+/// Routes below `/{db}/` shared by both ports; `rest` is the path after the database name.
+/// Port-specific routes (`_session`, `_user`, database create/delete, …) are matched by the
+/// port before this.
+pub async fn db_route(
+    db: Arc<Database>,
+    caller: Caller,
+    req: &Request,
+    rest: &[String],
+) -> Result<Reply> {
+    let m = &req.method;
+    let first = rest.first().map(String::as_str);
+    match first {
+        None => match *m {
+            Method::GET | Method::HEAD => Ok(json_reply(200, &db.info()?)),
+            Method::POST => {
+                let o = db.post_doc(req.json()?).await?;
+                let r = written(201, &o);
+                Ok(with_header(r, "location", &o.id))
+            }
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_all_docs") => match *m {
+            Method::GET | Method::HEAD | Method::POST => all_docs(&db, &caller, req),
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_bulk_docs") if rest.len() == 1 => match *m {
+            Method::POST => Ok(json_reply(
+                201,
+                &Value::Array(db.bulk_docs(req.json()?).await?),
+            )),
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_bulk_get") if rest.len() == 1 => match *m {
+            Method::POST => {
+                let opts = GetOptions {
+                    revs: true,
+                    attachments: req.q_bool("attachments")?,
+                    latest: req.q_bool("latest")?,
+                    ..Default::default()
+                };
+                Ok(json_reply(200, &db.bulk_get(&caller, &req.json()?, &opts)?))
+            }
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_revs_diff") if rest.len() == 1 => match *m {
+            Method::POST => Ok(json_reply(200, &db.revs_diff(&caller, &req.json()?)?)),
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_changes") if rest.len() == 1 => match *m {
+            Method::GET | Method::POST => feed::changes(db, caller, req).await,
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_ensure_full_commit") if rest.len() == 1 => match *m {
+            Method::POST => Ok(json_reply(
+                201,
+                &json!({"ok": true, "instance_start_time": db.start_time.to_string()}),
+            )),
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_local") if rest.len() >= 2 => local(&db, req, &rest[1..].join("/")).await,
+        Some("_design") if rest.len() >= 2 => {
+            let id = format!("_design/{}", rest[1]);
+            doc_or_attachment(&db, &caller, req, &id, &rest[2..]).await
+        }
+        Some(s) if s.starts_with('_') => Err(Error::not_found("unknown URL")),
+        Some(id) => doc_or_attachment(&db, &caller, req, id, &rest[1..]).await,
+    }
+}
+
+fn written(status: u16, o: &WriteOutcome) -> Reply {
+    let r = json_reply(status, &json!({"ok": true, "id": o.id, "rev": o.rev}));
+    with_header(r, "etag", &format!("\"{}\"", o.rev))
+}
+
+async fn doc_or_attachment(
+    db: &Database,
+    caller: &Caller,
+    req: &Request,
+    id: &str,
+    att: &[String],
+) -> Result<Reply> {
+    if !att.is_empty() {
+        return attachment(db, caller, req, id, &att.join("/")).await;
+    }
+    match req.method {
+        Method::GET | Method::HEAD => {
+            let opts = get_options(req)?;
+            match db.get_doc(caller, id, &opts)? {
+                GetResult::Doc(doc) => {
+                    let rev = doc["_rev"].as_str().unwrap_or_default().to_string();
+                    Ok(with_header(
+                        json_reply(200, &doc),
+                        "etag",
+                        &format!("\"{rev}\""),
+                    ))
+                }
+                GetResult::OpenRevs(rows) => Ok(json_reply(200, &Value::Array(rows))),
+            }
+        }
+        Method::PUT => {
+            let new_edits = !matches!(req.q("new_edits"), Some("false"));
+            let o = db
+                .put_doc(id, req.json()?, req.rev_param()?, new_edits)
+                .await?;
+            Ok(written(201, &o))
+        }
+        Method::DELETE => {
+            let o = db.delete_doc(id, req.rev_param()?).await?;
+            Ok(written(200, &o))
+        }
+        _ => Err(method_not_allowed(req)),
+    }
+}
+
+fn string_list(v: Value, name: &str) -> Result<Vec<String>> {
+    match v {
+        Value::Array(a) => a
+            .into_iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(s),
+                _ => Err(Error::bad(format!("'{name}' must be an array of strings"))),
+            })
+            .collect(),
+        _ => Err(Error::bad(format!(
+            "'{name}' must be a JSON array of strings"
+        ))),
+    }
+}
+
+/// Query options of a document GET.
+pub fn get_options(req: &Request) -> Result<GetOptions> {
+    let open_revs = match req.q("open_revs") {
+        None => None,
+        Some("all") => Some(OpenRevs::All),
+        Some(_) => {
+            let v = req.q_json("open_revs").map_err(|_| {
+                Error::bad("bad open_revs: expected \"all\" or a JSON array of revisions")
+            })?;
+            Some(OpenRevs::List(
+                string_list(v.unwrap_or(Value::Null), "open_revs").map_err(|_| {
+                    Error::bad("bad open_revs: expected \"all\" or a JSON array of revisions")
+                })?,
+            ))
+        }
+    };
+    let atts_since = match req.q_json("atts_since")? {
+        None => None,
+        Some(v) => Some(string_list(v, "atts_since")?),
+    };
+    Ok(GetOptions {
+        rev: req.q("rev").map(str::to_string),
+        revs: req.q_bool("revs")?,
+        revs_info: req.q_bool("revs_info")?,
+        conflicts: req.q_bool("conflicts")?,
+        deleted_conflicts: req.q_bool("deleted_conflicts")?,
+        latest: req.q_bool("latest")?,
+        open_revs,
+        attachments: req.q_bool("attachments")?,
+        atts_since,
+    })
+}
+
+/// A key parameter: JSON (`"abc"`) or, leniently, a bare string.
+fn key_param(req: &Request, names: &[&str]) -> Result<Option<String>> {
+    for n in names {
+        if let Some(raw) = req.q(n) {
+            return match serde_json::from_str::<Value>(raw) {
+                Ok(Value::String(s)) => Ok(Some(s)),
+                Ok(_) => Err(Error::bad(format!("'{n}' must be a JSON string"))),
+                Err(_) => Ok(Some(raw.to_string())),
+            };
+        }
+    }
+    Ok(None)
+}
+
+fn all_docs(db: &Database, caller: &Caller, req: &Request) -> Result<Reply> {
+    let mut keys = match req.q_json("keys")? {
+        Some(v) => Some(string_list(v, "keys")?),
+        None => None,
+    };
+    if req.method == Method::POST {
+        let body = req.json_or_empty()?;
+        if !body.is_object() {
+            return Err(Error::bad("_all_docs body must be a JSON object"));
+        }
+        if let Some(k) = body.get("keys") {
+            keys = Some(string_list(k.clone(), "keys")?);
+        }
+    }
+    let opts = AllDocsOptions {
+        keys,
+        include_docs: req.q_bool("include_docs")?,
+        conflicts: req.q_bool("conflicts")?,
+        start: key_param(req, &["startkey", "start_key", "startkey_docid"])?,
+        end: key_param(req, &["endkey", "end_key", "endkey_docid"])?,
+        inclusive_end: !matches!(req.q("inclusive_end"), Some("false")),
+        limit: req.q_u64("limit")?.map(|l| l as usize),
+        skip: req.q_u64("skip")?.unwrap_or(0) as usize,
+        descending: req.q_bool("descending")?,
+        update_seq: req.q_bool("update_seq")?,
+    };
+    Ok(json_reply(200, &db.all_docs(caller, &opts)?))
+}
+
+async fn attachment(
+    db: &Database,
+    caller: &Caller,
+    req: &Request,
+    id: &str,
+    name: &str,
+) -> Result<Reply> {
+    match req.method {
+        Method::GET | Method::HEAD => {
+            let rev = req.q("rev");
+            let (meta, data) = db.get_attachment(caller, id, name, rev)?;
+            let r = bytes_reply(200, &meta.content_type, data);
+            Ok(with_header(r, "etag", &format!("\"{}\"", meta.digest)))
+        }
+        Method::PUT => {
+            let ct = req
+                .header("content-type")
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let o = db
+                .put_attachment(id, name, req.rev_param()?, ct, req.body.to_vec())
+                .await?;
+            Ok(written(201, &o))
+        }
+        Method::DELETE => {
+            let o = db.delete_attachment(id, name, req.rev_param()?).await?;
+            Ok(written(200, &o))
+        }
+        _ => Err(method_not_allowed(req)),
+    }
+}
+
+async fn local(db: &Database, req: &Request, id: &str) -> Result<Reply> {
+    match req.method {
+        Method::GET | Method::HEAD => Ok(json_reply(200, &db.get_local(id)?)),
+        Method::PUT => {
+            let rev = db.put_local(id, req.json()?).await?;
+            Ok(json_reply(
+                201,
+                &json!({"ok": true, "id": format!("_local/{id}"), "rev": rev}),
+            ))
+        }
+        Method::DELETE => {
+            let rev = req.rev_param()?;
+            db.delete_local(id, rev.as_deref()).await?;
+            Ok(json_reply(
+                200,
+                &json!({"ok": true, "id": format!("_local/{id}")}),
+            ))
+        }
+        _ => Err(method_not_allowed(req)),
+    }
+}

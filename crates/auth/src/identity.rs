@@ -1,0 +1,82 @@
+//! Who a request acts as, and what it may read.
+
+use std::collections::BTreeSet;
+
+/// The channel every document is in; a grant of it sees everything.
+pub const ALL_CHANNELS: &str = "*";
+/// The public channel: readable by every user.
+pub const PUBLIC_CHANNEL: &str = "!";
+
+/// An authenticated user (or GUEST, whose `name` is `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserCtx {
+    /// `None` for GUEST.
+    pub name: Option<String>,
+    /// Effective channels: admin ∪ jwt channels ∪ those of every role.
+    pub channels: BTreeSet<String>,
+    /// Effective roles: admin ∪ jwt roles.
+    pub roles: BTreeSet<String>,
+}
+
+impl UserCtx {
+    /// Whether a revision in `channels` is readable.
+    pub fn can_read(&self, channels: &[String]) -> bool {
+        self.channels.contains(ALL_CHANNELS)
+            || channels
+                .iter()
+                .any(|c| c == PUBLIC_CHANNEL || self.channels.contains(c))
+    }
+}
+
+/// The identity behind a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin port: sees and does everything.
+    Admin,
+    /// A user (or GUEST) on the public port.
+    User(UserCtx),
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin)
+    }
+
+    pub fn can_read(&self, channels: &[String]) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::User(u) => u.can_read(channels),
+        }
+    }
+
+    pub fn user(&self) -> Option<&UserCtx> {
+        match self {
+            Caller::Admin => None,
+            Caller::User(u) => Some(u),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_visibility() {
+        let u = UserCtx {
+            name: Some("a".into()),
+            channels: ["x".to_string()].into(),
+            roles: Default::default(),
+        };
+        assert!(u.can_read(&["x".into()]));
+        assert!(u.can_read(&["y".into(), "!".into()]));
+        assert!(!u.can_read(&["y".into()]));
+        assert!(!u.can_read(&[]));
+        let star = UserCtx {
+            channels: ["*".to_string()].into(),
+            ..Default::default()
+        };
+        assert!(star.can_read(&[]));
+        assert!(Caller::Admin.can_read(&[]));
+    }
+}

@@ -1,0 +1,243 @@
+//! The changes feed: rows since a sequence, filtered for the caller, and the wake-up used by
+//! longpoll/continuous feeds.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use syncgate_auth::Caller;
+use syncgate_storage::ChangeEntry;
+
+use crate::database::Database;
+use crate::docs::GetOptions;
+use crate::error::{Error, Result};
+
+/// A position in the feed. `backfill` is the grant sequence of a compound `"G:S"` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Since {
+    pub seq: u64,
+    pub backfill: Option<u64>,
+}
+
+impl Since {
+    /// Parses an integer, a numeric string, a compound `"G:S"` or `now` (given the current seq).
+    pub fn parse(v: &Value, now: u64) -> Result<Since> {
+        match v {
+            Value::Number(n) => n
+                .as_u64()
+                .map(|seq| Since {
+                    seq,
+                    backfill: None,
+                })
+                .ok_or_else(|| Error::bad(format!("Invalid sequence: {n}"))),
+            Value::String(s) => Self::parse_str(s, now),
+            Value::Null => Ok(Since::default()),
+            other => Err(Error::bad(format!("Invalid sequence: {other}"))),
+        }
+    }
+
+    pub fn parse_str(s: &str, now: u64) -> Result<Since> {
+        let bad = || Error::bad(format!("Invalid sequence: \"{}\"", crate::short(s)));
+        let t = s.trim().trim_matches('"');
+        if t == "now" {
+            return Ok(Since {
+                seq: now,
+                backfill: None,
+            });
+        }
+        if t.is_empty() {
+            return Ok(Since::default());
+        }
+        let num = |x: &str| -> Result<u64> {
+            if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            x.parse().map_err(|_| bad())
+        };
+        match t.split(':').collect::<Vec<_>>().as_slice() {
+            [n] => Ok(Since {
+                seq: num(n)?,
+                backfill: None,
+            }),
+            [g, n] => Ok(Since {
+                seq: num(n)?,
+                backfill: Some(num(g)?),
+            }),
+            // SG's low-water form L:G:S; L may be empty
+            [_, g, n] => Ok(Since {
+                seq: num(n)?,
+                backfill: if g.is_empty() { None } else { Some(num(g)?) },
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Options of one `_changes` request.
+#[derive(Debug, Clone, Default)]
+pub struct ChangesOptions {
+    pub since: Since,
+    pub limit: Option<usize>,
+    pub descending: bool,
+    pub include_docs: bool,
+    pub conflicts: bool,
+    /// `style=all_docs`: every leaf in `changes`.
+    pub all_docs: bool,
+    pub active_only: bool,
+    /// `filter=_doc_ids`.
+    pub doc_ids: Option<HashSet<String>>,
+    /// `filter=sync_gateway/bychannel`.
+    pub channels: Option<HashSet<String>>,
+}
+
+/// One batch of the feed.
+pub struct ChangesBatch {
+    pub rows: Vec<Value>,
+    /// Where the next batch starts.
+    pub last_seq: u64,
+}
+
+impl Database {
+    /// Rows after `opts.since`, up to the current sequence, filtered for the caller.
+    pub fn changes(&self, caller: &Caller, opts: &ChangesOptions) -> Result<ChangesBatch> {
+        let end = self.store.last_seq();
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        let mut rows = Vec::new();
+        let mut last_seq = if opts.descending {
+            0
+        } else {
+            end.max(opts.since.seq)
+        };
+        let since = if opts.descending { 0 } else { opts.since.seq };
+        for entry in self.store.changes_since(since, opts.descending) {
+            let entry = entry?;
+            if entry.seq > end {
+                if opts.descending {
+                    continue;
+                }
+                break;
+            }
+            if rows.len() >= limit {
+                break;
+            }
+            if let Some(row) = self.change_row(caller, opts, &entry)? {
+                rows.push(row);
+                if rows.len() >= limit {
+                    last_seq = entry.seq;
+                }
+            }
+        }
+        if opts.descending {
+            last_seq = rows.last().and_then(|r| r["seq"].as_u64()).unwrap_or(end);
+        }
+        Ok(ChangesBatch { rows, last_seq })
+    }
+
+    fn change_row(
+        &self,
+        caller: &Caller,
+        opts: &ChangesOptions,
+        e: &ChangeEntry,
+    ) -> Result<Option<Value>> {
+        if let Some(ids) = &opts.doc_ids {
+            if !ids.contains(&e.id) {
+                return Ok(None);
+            }
+        }
+        if let Some(chans) = &opts.channels {
+            if !chans.contains("*") && !e.channels.iter().any(|c| chans.contains(c)) {
+                return Ok(None);
+            }
+        }
+        if !caller.can_read(&e.channels) {
+            return Ok(None);
+        }
+        let deleted = e.deleted();
+        if opts.active_only && deleted {
+            return Ok(None);
+        }
+        let changes: Vec<Value> = if opts.all_docs {
+            e.leaves.iter().map(|l| json!({"rev": l.rev})).collect()
+        } else {
+            e.leaves
+                .first()
+                .map(|l| vec![json!({"rev": l.rev})])
+                .unwrap_or_default()
+        };
+        let mut row = json!({"seq": e.seq, "id": e.id, "changes": changes});
+        if deleted {
+            row["deleted"] = Value::Bool(true);
+        }
+        if opts.include_docs {
+            if let (Some(meta), Some(w)) = (self.store.doc_meta(&e.id)?, e.leaves.first()) {
+                let get = GetOptions {
+                    conflicts: opts.conflicts,
+                    ..Default::default()
+                };
+                row["doc"] = self
+                    .render(caller, &e.id, &meta, &w.rev, &get)?
+                    .unwrap_or(Value::Null);
+            }
+        }
+        Ok(Some(row))
+    }
+
+    /// Waits until the sequence passes `seq`, `timeout` elapses or the server shuts down.
+    /// Returns true when there may be new changes.
+    pub async fn wait_for_change(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.store.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        if *shutdown.borrow() {
+            return false;
+        }
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() > seq {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::select! {
+            r = wait => r,
+            _ = tokio::time::sleep(timeout) => false,
+            _ = shutdown.changed() => false,
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_forms() {
+        assert_eq!(Since::parse(&json!(5), 9).unwrap().seq, 5);
+        assert_eq!(Since::parse(&json!("7"), 9).unwrap().seq, 7);
+        assert_eq!(Since::parse(&json!("now"), 9).unwrap().seq, 9);
+        assert_eq!(
+            Since::parse(&json!("20:7"), 9).unwrap(),
+            Since {
+                seq: 7,
+                backfill: Some(20)
+            }
+        );
+        assert_eq!(Since::parse(&json!("\"3\""), 9).unwrap().seq, 3);
+        for bad in [
+            json!("x"),
+            json!("-1"),
+            json!(-1),
+            json!("1:2:3:4"),
+            json!([1]),
+            json!("1.5"),
+        ] {
+            assert!(Since::parse(&bad, 9).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The JSON config file: typed model, `${VAR}` expansion, strict validation.
+//!
+//! Loading is three steps: parse JSON (errors give line and column), expand environment
+//! variables in string values, deserialize into types that reject unknown keys (errors give the
+//! JSON path and the closest known key), then [`ServerConfig::validate`] checks values.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A config problem, printed as one line by the binary (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+pub const DEFAULT_INTERFACE: &str = "0.0.0.0:4984";
+pub const DEFAULT_ADMIN_INTERFACE: &str = "127.0.0.1:4985";
+pub const DEFAULT_METRICS_INTERFACE: &str = "127.0.0.1:4986";
+pub const DEFAULT_MAX_BODY: u64 = 20 * 1024 * 1024;
+
+/// Top level of `config.json`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub interface: Option<String>,
+    #[serde(rename = "adminInterface")]
+    pub admin_interface: Option<String>,
+    #[serde(rename = "metricsInterface")]
+    pub metrics_interface: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(rename = "SSLCert")]
+    pub ssl_cert: Option<PathBuf>,
+    #[serde(rename = "SSLKey")]
+    pub ssl_key: Option<PathBuf>,
+    #[serde(rename = "CORS")]
+    pub cors: Option<ServerCors>,
+    pub logging: Option<LoggingConfig>,
+    pub max_request_body_bytes: Option<u64>,
+    pub password_hash: Option<PasswordHashConfig>,
+    #[serde(default)]
+    pub databases: BTreeMap<String, DbConfig>,
+}
+
+/// Server-wide CORS, SG style.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCors {
+    #[serde(rename = "Origin", default)]
+    pub origin: Vec<String>,
+    #[serde(rename = "LoginOrigin", default)]
+    pub login_origin: Vec<String>,
+    #[serde(rename = "Headers", default)]
+    pub headers: Vec<String>,
+    #[serde(rename = "MaxAge")]
+    pub max_age: Option<u64>,
+}
+
+/// Per-database CORS (overrides the server's).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbCors {
+    #[serde(default)]
+    pub origin: Vec<String>,
+    #[serde(default)]
+    pub login_origin: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    pub max_age: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub console: Option<ConsoleLogging>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleLogging {
+    pub log_level: Option<String>,
+}
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordHashConfig {
+    /// Memory in KiB (default 19,456, OWASP's minimum for Argon2id).
+    #[serde(default = "default_m_cost")]
+    pub memory_kib: u32,
+    /// Iterations (default 2).
+    #[serde(default = "default_t_cost")]
+    pub iterations: u32,
+    /// Lanes (default 1).
+    #[serde(default = "default_p_cost")]
+    pub parallelism: u32,
+}
+
+fn default_m_cost() -> u32 {
+    19_456
+}
+fn default_t_cost() -> u32 {
+    2
+}
+fn default_p_cost() -> u32 {
+    1
+}
+
+impl Default for PasswordHashConfig {
+    fn default() -> Self {
+        PasswordHashConfig {
+            memory_kib: default_m_cost(),
+            iterations: default_t_cost(),
+            parallelism: default_p_cost(),
+        }
+    }
+}
+
+/// One database block.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConfig {
+    pub server: Option<String>,
+    #[serde(default)]
+    pub users: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, Value>,
+    pub revs_limit: Option<u64>,
+    pub session_cookie_name: Option<String>,
+    pub session_cookie_secure: Option<bool>,
+    pub session_cookie_http_only: Option<bool>,
+    pub session_cookie_same_site: Option<String>,
+    pub session_ttl_secs: Option<u64>,
+    pub disable_password_auth: Option<bool>,
+    pub cors: Option<DbCors>,
+    pub oidc: Option<Value>,
+    pub local_jwt: Option<Value>,
+    pub guest: Option<GuestBlock>,
+}
+
+/// `guest` block (same as `users.GUEST`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestBlock {
+    pub disabled: Option<bool>,
+    #[serde(default)]
+    pub admin_channels: Vec<String>,
+}
+
+impl ServerConfig {
+    pub fn interface(&self) -> &str {
+        self.interface.as_deref().unwrap_or(DEFAULT_INTERFACE)
+    }
+    pub fn admin_interface(&self) -> &str {
+        self.admin_interface
+            .as_deref()
+            .unwrap_or(DEFAULT_ADMIN_INTERFACE)
+    }
+    pub fn metrics_interface(&self) -> &str {
+        self.metrics_interface
+            .as_deref()
+            .unwrap_or(DEFAULT_METRICS_INTERFACE)
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./data"))
+    }
+    pub fn max_body(&self) -> u64 {
+        self.max_request_body_bytes.unwrap_or(DEFAULT_MAX_BODY)
+    }
+    pub fn tls(&self) -> bool {
+        self.ssl_cert.is_some()
+    }
+    pub fn log_level(&self) -> &str {
+        self.logging
+            .as_ref()
+            .and_then(|l| l.console.as_ref())
+            .and_then(|c| c.log_level.as_deref())
+            .unwrap_or("info")
+    }
+
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("{}: cannot read config file: {e}", path.display()))
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `origin` names the file in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
+        let mut value: Value = serde_json::from_str(text).map_err(|e| {
+            ConfigError(format!(
+                "{origin}: invalid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        expand_env(&mut value, "$").map_err(|e| ConfigError(format!("{origin}: {}", e.0)))?;
+        let cfg: ServerConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError(format!(
+                "{origin}: {}",
+                describe_serde_error(&path, &e.into_inner().to_string())
+            ))
+        })?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{origin}: {}", e.0)))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, addr) in [
+            ("interface", self.interface()),
+            ("adminInterface", self.admin_interface()),
+            ("metricsInterface", self.metrics_interface()),
+        ] {
+            parse_addr(addr).map_err(|_| {
+                ConfigError(format!("$.{key}: \"{addr}\" is not a valid address (expected host:port, e.g. 127.0.0.1:4985)"))
+            })?;
+        }
+        if self.ssl_cert.is_some() != self.ssl_key.is_some() {
+            return err("$.SSLCert and $.SSLKey must be set together");
+        }
+        for (k, p) in [("SSLCert", &self.ssl_cert), ("SSLKey", &self.ssl_key)] {
+            if let Some(p) = p {
+                if std::fs::metadata(p).is_err() {
+                    return err(format!("$.{k}: cannot read \"{}\"", p.display()));
+                }
+            }
+        }
+        let lvl = self.log_level();
+        if !["none", "error", "warn", "info", "debug", "trace"].contains(&lvl) {
+            return err(format!(
+                "$.logging.console.log_level: unknown level \"{lvl}\" (expected none, error, warn, info, debug or trace)"
+            ));
+        }
+        if self.max_body() < 1024 {
+            return err("$.max_request_body_bytes: must be at least 1024");
+        }
+        if let Some(ph) = &self.password_hash {
+            if ph.memory_kib < 8 * ph.parallelism.max(1) || ph.iterations < 1 || ph.parallelism < 1
+            {
+                return err("$.password_hash: memory_kib must be ≥ 8 × parallelism, iterations and parallelism ≥ 1");
+            }
+        }
+        for (name, db) in &self.databases {
+            validate_db_name(name)
+                .map_err(|e| ConfigError(format!("$.databases.{name}: {}", e.0)))?;
+            db.validate(&format!("$.databases.{name}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `host:port` (IPv4, `[IPv6]`, or `localhost`).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if let Ok(p) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], p)));
+        }
+    }
+    if let Some(port) = s.strip_prefix(':') {
+        if let Ok(p) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([0, 0, 0, 0], p)));
+        }
+    }
+    err(format!("invalid address {s}"))
+}
+
+/// Database names: `^[a-z][a-z0-9_$()+/-]*$`.
+pub fn validate_db_name(name: &str) -> Result<(), ConfigError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some('a'..='z'))
+        && chars
+            .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '$' | '(' | ')' | '+' | '/' | '-'))
+        && name.len() <= 240;
+    if ok {
+        Ok(())
+    } else {
+        err(format!(
+            "invalid database name \"{}\": use lower-case letters, digits and _$()+/-, starting with a letter",
+            name.escape_default()
+        ))
+    }
+}
+
+impl DbConfig {
+    pub fn revs_limit(&self) -> usize {
+        self.revs_limit.unwrap_or(1000) as usize
+    }
+    pub fn cookie_name(&self) -> &str {
+        self.session_cookie_name
+            .as_deref()
+            .unwrap_or("SyncGatewaySession")
+    }
+    pub fn session_ttl(&self) -> u64 {
+        self.session_ttl_secs.unwrap_or(86_400)
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if let Some(s) = &self.server {
+            if s != "embedded" {
+                return err(format!(
+                    "{at}.server: only \"embedded\" is supported, not \"{s}\""
+                ));
+            }
+        }
+        if let Some(l) = self.revs_limit {
+            if l < 20 {
+                return err(format!("{at}.revs_limit: must be at least 20 (got {l})"));
+            }
+        }
+        if let Some(s) = &self.session_cookie_same_site {
+            if !["Lax", "Strict", "None"].contains(&s.as_str()) {
+                return err(format!(
+                    "{at}.session_cookie_same_site: expected Lax, Strict or None, not \"{s}\""
+                ));
+            }
+        }
+        if let Some(n) = &self.session_cookie_name {
+            if n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return err(format!(
+                    "{at}.session_cookie_name: \"{n}\" is not a valid cookie name"
+                ));
+            }
+        }
+        if self.session_ttl_secs == Some(0) {
+            return err(format!("{at}.session_ttl_secs: must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Expands `$VAR`, `${VAR}` and `${VAR:-default}` in every string value.
+pub fn expand_env(v: &mut Value, path: &str) -> Result<(), ConfigError> {
+    match v {
+        Value::String(s) if s.contains('$') => {
+            *s = expand_str(s).map_err(|var| {
+                ConfigError(format!("{path}: environment variable {var} is not set (use ${{{var}:-default}} for a default)"))
+            })?;
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                expand_env(x, &format!("{path}[{i}]"))?;
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                expand_env(x, &format!("{path}.{k}"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expands one string; returns the name of the first undefined variable without a default.
+/// `$$` is a literal `$`; a `$` not followed by a name is kept.
+fn expand_str(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('{') {
+            let Some(end) = r.find('}') else {
+                out.push_str("${");
+                rest = r;
+                continue;
+            };
+            let inner = &r[..end];
+            rest = &r[end + 1..];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            match (std::env::var(name), default) {
+                (Ok(v), _) => out.push_str(&v),
+                (Err(_), Some(d)) => out.push_str(d),
+                (Err(_), None) => return Err(name.to_string()),
+            }
+        } else {
+            let len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            if len == 0 || rest.as_bytes()[0].is_ascii_digit() {
+                out.push('$');
+                continue;
+            }
+            let name = &rest[..len];
+            rest = &rest[len..];
+            match std::env::var(name) {
+                Ok(v) => out.push_str(&v),
+                Err(_) => return Err(name.to_string()),
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a line with the JSON path and
+/// the closest known key.
+fn describe_serde_error(path: &str, msg: &str) -> String {
+    let at = if path == "." || path.is_empty() {
+        "$".to_string()
+    } else {
+        format!("$.{path}")
+    };
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (key, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        // serde's path already ends in the unknown key
+        let parent = at.strip_suffix(&format!(".{key}")).unwrap_or(&at);
+        let mut line = format!("unknown key \"{key}\" at {parent}");
+        if let Some(best) = closest(key, &expected) {
+            line.push_str(&format!(" (did you mean \"{best}\"?)"));
+        } else if !expected.is_empty() {
+            line.push_str(&format!(" (known keys: {})", expected.join(", ")));
+        }
+        return line;
+    }
+    format!("{at}: {msg}")
+}
+
+fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let key_l = key.to_lowercase();
+    candidates
+        .iter()
+        .map(|c| (levenshtein(&key_l, &c.to_lowercase()), *c))
+        .filter(|(d, c)| *d <= (c.len().max(key.len()) / 2).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + (ca != *cb) as usize)
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_path_and_suggests() {
+        let e =
+            ServerConfig::parse(r#"{"databases":{"db":{"revs_limt":30}}}"#, "c.json").unwrap_err();
+        assert!(
+            e.0.contains("unknown key \"revs_limt\" at $.databases.db"),
+            "{}",
+            e.0
+        );
+        assert!(e.0.contains("did you mean \"revs_limit\""), "{}", e.0);
+        let e = ServerConfig::parse(r#"{"adminInterfce":"x"}"#, "c.json").unwrap_err();
+        assert!(e.0.contains("did you mean \"adminInterface\""), "{}", e.0);
+    }
+
+    #[test]
+    fn invalid_json_gives_line_and_column() {
+        let e = ServerConfig::parse("{\n  \"interface\": ,\n}", "c.json").unwrap_err();
+        assert!(e.0.contains("line 2 column"), "{}", e.0);
+    }
+
+    #[test]
+    fn env_expansion() {
+        std::env::set_var("SG_TEST_PORT", "4999");
+        assert_eq!(
+            expand_str("127.0.0.1:${SG_TEST_PORT}").unwrap(),
+            "127.0.0.1:4999"
+        );
+        assert_eq!(expand_str("$SG_TEST_PORT/x").unwrap(), "4999/x");
+        assert_eq!(expand_str("${SG_NOPE_X:-dflt}").unwrap(), "dflt");
+        assert_eq!(expand_str("a$$b").unwrap(), "a$b");
+        assert_eq!(expand_str("${SG_NOPE_X}").unwrap_err(), "SG_NOPE_X");
+        let e = ServerConfig::parse(r#"{"interface":"${SG_NOPE_Y}"}"#, "c.json").unwrap_err();
+        assert!(e.0.contains("SG_NOPE_Y is not set"), "{}", e.0);
+    }
+
+    #[test]
+    fn bad_values() {
+        for (cfg, needle) in [
+            (r#"{"interface":"nope"}"#, "not a valid address"),
+            (r#"{"databases":{"Bad":{}}}"#, "invalid database name"),
+            (r#"{"databases":{"db":{"revs_limit":5}}}"#, "at least 20"),
+            (
+                r#"{"logging":{"console":{"log_level":"loud"}}}"#,
+                "unknown level",
+            ),
+            (
+                r#"{"databases":{"db":{"session_cookie_same_site":"lax"}}}"#,
+                "expected Lax",
+            ),
+            (
+                r#"{"databases":{"db":{"revs_limit":"x"}}}"#,
+                "$.databases.db.revs_limit",
+            ),
+        ] {
+            let e = ServerConfig::parse(cfg, "c.json").unwrap_err();
+            assert!(e.0.contains(needle), "{cfg}: {}", e.0);
+        }
+        assert!(ServerConfig::parse("{}", "c.json").is_ok());
+    }
+}

@@ -1,0 +1,109 @@
+//! The core error: every failure a handler can report, each with one HTTP status.
+
+use syncgate_auth::AuthError;
+use syncgate_storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{reason}")]
+    Unauthorized { reason: String, challenge: bool },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    BadContentType(String),
+    #[error("{reason}")]
+    TooManyRequests { reason: String, retry_after: u64 },
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    /// A bug or an engine failure: logged in detail, answered generically.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// HTTP status and CouchDB error name.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Error::BadRequest(_) => (400, "bad_request"),
+            Error::Unauthorized { .. } => (401, "unauthorized"),
+            Error::Forbidden(_) => (403, "forbidden"),
+            Error::NotFound(_) => (404, "not_found"),
+            Error::MethodNotAllowed(_) => (405, "method_not_allowed"),
+            Error::Conflict(_) => (409, "conflict"),
+            Error::PreconditionFailed(_) => (412, "file_exists"),
+            Error::TooLarge(_) => (413, "too_large"),
+            Error::BadContentType(_) => (415, "bad_content_type"),
+            Error::TooManyRequests { .. } => (429, "too_many_requests"),
+            Error::ServiceUnavailable(_) => (503, "service_unavailable"),
+            Error::Internal(_) => (500, "internal_server_error"),
+        }
+    }
+
+    pub fn bad(msg: impl Into<String>) -> Self {
+        Error::BadRequest(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+    pub fn unauthorized(msg: impl Into<String>) -> Self {
+        Error::Unauthorized {
+            reason: msg.into(),
+            challenge: true,
+        }
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::BadRequest(m) => Error::BadRequest(m),
+            StorageError::NotFound(m) => Error::NotFound(m),
+            StorageError::Conflict(m) => Error::Conflict(m),
+            // a stub without data is the client's mistake
+            StorageError::PreconditionFailed(m) => Error::PreconditionFailed(m),
+            e @ (StorageError::Engine(_) | StorageError::Corrupt(_)) => {
+                Error::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized { reason, challenge } => {
+                Error::Unauthorized { reason, challenge }
+            }
+            AuthError::Forbidden(m) => Error::Forbidden(m),
+            AuthError::BadRequest(m) => Error::BadRequest(m),
+            AuthError::NotFound(m) => Error::NotFound(m),
+            AuthError::Conflict(m) => Error::Conflict(m),
+            e @ AuthError::TooManyRequests { .. } => {
+                let retry_after = if let AuthError::TooManyRequests { retry_after } = &e {
+                    *retry_after
+                } else {
+                    60
+                };
+                Error::TooManyRequests {
+                    reason: e.to_string(),
+                    retry_after,
+                }
+            }
+            AuthError::Storage(s) => s.into(),
+        }
+    }
+}
