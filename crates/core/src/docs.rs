@@ -503,6 +503,9 @@ impl Database {
             ));
         }
         validate_doc_id(id)?;
+        if let Some(r) = &opts.rev {
+            parse_rev(r)?;
+        }
         if let Some(open) = &opts.open_revs {
             let meta = self.meta(id)?;
             let revs: Vec<String> = match open {

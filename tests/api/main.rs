@@ -1,0 +1,7 @@
+//! Black-box tests: every test starts the real binary (one test binary for link time).
+
+mod helpers;
+
+mod config;
+mod crash;
+mod documents;
