@@ -21,6 +21,9 @@ use syncgate_core::config::{parse_addr, ServerConfig};
 use syncgate_core::{Error, Server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::{route_class, HttpMetrics};
 use warp::filters::BoxedFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,15 +35,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A built server: listeners bound, not yet serving.
 pub struct Application {
     server: Arc<Server>,
+    tls: Option<TlsAcceptor>,
     listeners: Vec<(&'static str, TcpListener, BoxedFilter<(Reply,)>)>,
+    http_metrics: HttpMetrics,
 }
 
 impl Application {
     /// Opens the store and binds every listener (port 0 picks a free port).
-    pub async fn build(config: ServerConfig) -> Result<Application, String> {
+    pub async fn build(
+        config: ServerConfig,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Application, String> {
         let server = Server::open(config).map_err(|e| e.to_string())?;
         let cfg = &server.config;
         let mut listeners = Vec::new();
+        let http_metrics = HttpMetrics::new();
         for (name, addr, filter) in [
             (
                 "public",
@@ -55,7 +64,7 @@ impl Application {
             (
                 "metrics",
                 cfg.metrics_interface().to_string(),
-                crate::metrics::routes(server.clone()),
+                crate::metrics::routes(server.clone(), http_metrics.clone()),
             ),
         ] {
             let sa = parse_addr(&addr).map_err(|e| e.0)?;
@@ -67,8 +76,9 @@ impl Application {
         for (name, l, _) in &listeners {
             let a = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             // test harnesses read this line to learn ephemeral ports
-            tracing::info!("{name} listener on http://{a}");
-            println!("syncgate: {name} listener on http://{a}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("{name} listener on {scheme}://{a}");
+            println!("syncgate: {name} listener on {scheme}://{a}");
         }
         for db in server.databases() {
             tracing::info!(db = %db.name, docs = db.store.doc_count().unwrap_or(0), seq = db.store.last_seq(), "database online");
@@ -80,7 +90,12 @@ impl Application {
                 );
             }
         }
-        Ok(Application { server, listeners })
+        Ok(Application {
+            server,
+            tls,
+            listeners,
+            http_metrics,
+        })
     }
 
     /// Serves until `signal` resolves, then drains and flushes.
@@ -88,10 +103,13 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
         let mut accept_loops = Vec::new();
-        for (_, listener, filter) in self.listeners {
+        for (port, listener, filter) in self.listeners {
             accept_loops.push(tokio::spawn(accept_loop(
+                port,
+                self.http_metrics.clone(),
                 listener,
                 filter,
+                self.tls.clone(),
                 self.server.clone(),
                 stop_rx.clone(),
                 graceful.clone(),
@@ -118,9 +136,13 @@ impl Application {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
+    port: &'static str,
+    metrics: HttpMetrics,
     listener: TcpListener,
     filter: BoxedFilter<(Reply,)>,
+    tls: Option<TlsAcceptor>,
     server: Arc<Server>,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
@@ -140,21 +162,74 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let warp_svc = warp::service(filter.clone());
         let server = server.clone();
+        let metrics = metrics.clone();
         let svc = hyper::service::service_fn(move |req| {
-            handle(warp_svc.clone(), server.clone(), addr, req)
+            handle(
+                warp_svc.clone(),
+                server.clone(),
+                addr,
+                req,
+                port,
+                metrics.clone(),
+            )
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(64 * 1024)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended: {e}");
+        match &tls {
+            None => serve_connection(stream, svc, &graceful),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let tls_stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            return tracing::debug!("TLS handshake with {addr} failed: {e}")
+                        }
+                        Err(_) => return tracing::debug!("TLS handshake with {addr} timed out"),
+                    };
+                    let conn = http1_builder().serve_connection(TokioIo::new(tls_stream), svc);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
             }
-        });
+        }
     }
+}
+
+/// Largest total size of request headers (beyond it: 431).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1 settings: bounded header size (hyper answers 431 beyond it) and header read time
+/// (slow-loris clients are dropped).
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024)
+        .max_headers(100);
+    b
+}
+
+fn serve_connection<S>(stream: tokio::net::TcpStream, svc: S, graceful: &GracefulShutdown)
+where
+    S: hyper::service::HttpService<Incoming, ResBody = ResBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    let conn = graceful.watch(http1_builder().serve_connection(TokioIo::new(stream), svc));
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("connection ended: {e}");
+        }
+    });
 }
 
 /// Handles one request: 503 while draining, client address in, streaming body out.
@@ -163,6 +238,8 @@ async fn handle<S>(
     server: Arc<Server>,
     addr: SocketAddr,
     mut req: http::Request<Incoming>,
+    port: &'static str,
+    metrics: HttpMetrics,
 ) -> Result<http::Response<ResBody>, Infallible>
 where
     S: tower_service::Service<http::Request<Incoming>, Response = Reply, Error = Infallible>,
@@ -171,11 +248,38 @@ where
         let e = Error::ServiceUnavailable("The server is shutting down".into());
         return Ok(into_body(error_reply(&e)));
     }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let mut r = syncgate_api_common::json_reply(
+            431,
+            &serde_json::json!({"error": "bad_request", "reason": "The request headers are too large"}),
+        );
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return Ok(into_body(r));
+    }
     req.extensions_mut().insert(ClientAddr(addr));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
     let resp = tower_service::Service::call(&mut svc, req).await?;
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    let status = resp.status().as_u16();
+    let route = route_class(&path);
+    metrics.record(
+        port,
+        method.as_str(),
+        route,
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+    // the path is logged by route class only: a path can carry ids a user considers private
+    tracing::debug!(port, %method, route, status, "request");
     Ok(into_body(resp))
 }
 

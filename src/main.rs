@@ -3,6 +3,7 @@
 
 mod app;
 mod metrics;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match (&config.ssl_cert, &config.ssl_key) {
+        (Some(c), Some(k)) => match tls::acceptor(c, k) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("syncgate: {}: {e}", cli.config.display());
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     init_tracing(config.log_level());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -55,7 +66,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let app = match app::Application::build(config).await {
+        let app = match app::Application::build(config, tls).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("{e}");

@@ -58,7 +58,13 @@ impl TestServer {
     pub fn spawn(dir: &Path, config: Value) -> TestServer {
         let cfg_path = dir.join("config.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let log = dir.join(format!("server-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = dir.join(format!(
+            "server-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(BIN)
             .arg(&cfg_path)
@@ -76,9 +82,14 @@ impl TestServer {
         });
         let (mut public, mut admin, mut metrics) = (None, None, None);
         while public.is_none() || admin.is_none() || metrics.is_none() {
-            let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-                panic!("server did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-            });
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "server did not start; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                });
             let url = line.rsplit(' ').next().unwrap_or("").to_string();
             if line.contains("public listener") {
                 public = Some(url);
@@ -108,7 +119,10 @@ impl TestServer {
 
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().ok().and_then(|s| s.code())
     }
 
@@ -126,7 +140,10 @@ impl TestServer {
     }
 
     pub fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::blocking::get(format!("{}/metrics", self.metrics)).unwrap().text().unwrap();
+        let text = reqwest::blocking::get(format!("{}/metrics", self.metrics))
+            .unwrap()
+            .text()
+            .unwrap();
         text.lines()
             .find(|l| l.starts_with(name) && !l.starts_with('#'))
             .and_then(|l| l.rsplit(' ').next())
@@ -144,7 +161,10 @@ impl Drop for TestServer {
 
 /// A blocking HTTP client with no pooling surprises.
 pub fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Response as (status, JSON body or Null).
@@ -176,5 +196,9 @@ pub fn delete(url: &str) -> (u16, Value) {
 pub fn assert_error(resp: &(u16, Value), status: u16, error: &str) {
     assert_eq!(resp.0, status, "body: {}", resp.1);
     assert_eq!(resp.1["error"], error, "body: {}", resp.1);
-    assert!(resp.1["reason"].as_str().is_some_and(|r| !r.is_empty()), "reason missing: {}", resp.1);
+    assert!(
+        resp.1["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "reason missing: {}",
+        resp.1
+    );
 }

@@ -5,3 +5,4 @@ mod helpers;
 mod config;
 mod crash;
 mod documents;
+mod hardening;
