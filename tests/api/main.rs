@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod channels;
 mod config;
 mod crash;
 mod documents;

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use syncgate_auth::identity::{ALL_CHANNELS, PUBLIC_CHANNEL};
 use syncgate_auth::Caller;
 use syncgate_storage::ChangeEntry;
 
@@ -97,8 +98,36 @@ pub struct ChangesBatch {
     pub last_seq: u64,
 }
 
+/// Which channels a feed shows: everything, or documents in (or removed from) a set.
+enum Scope {
+    All,
+    Channels(HashSet<String>),
+}
+
+impl Scope {
+    fn of(caller: &Caller, filter: Option<&HashSet<String>>) -> Scope {
+        let filter = filter.filter(|f| !f.contains(ALL_CHANNELS));
+        let user = caller
+            .user()
+            .filter(|u| !u.channels.contains(ALL_CHANNELS))
+            .map(|u| {
+                let mut s: HashSet<String> = u.channels.iter().cloned().collect();
+                s.insert(PUBLIC_CHANNEL.to_string());
+                s
+            });
+        match (user, filter) {
+            (None, None) => Scope::All,
+            (Some(u), None) => Scope::Channels(u),
+            (None, Some(f)) => Scope::Channels(f.clone()),
+            (Some(u), Some(f)) => Scope::Channels(u.intersection(f).cloned().collect()),
+        }
+    }
+}
+
 impl Database {
-    /// Rows after `opts.since`, up to the current sequence, filtered for the caller.
+    /// Rows after `opts.since`, up to the current sequence, filtered for the caller. A caller
+    /// limited to some channels reads through the channel index, so unrelated documents are
+    /// never read; a document that left those channels comes once with `"removed"`.
     pub fn changes(&self, caller: &Caller, opts: &ChangesOptions) -> Result<ChangesBatch> {
         let end = self.store.last_seq();
         let limit = opts.limit.unwrap_or(usize::MAX);
@@ -109,7 +138,16 @@ impl Database {
             end.max(opts.since.seq)
         };
         let since = if opts.descending { 0 } else { opts.since.seq };
-        for entry in self.store.changes_since(since, opts.descending) {
+        let scope = Scope::of(caller, opts.channels.as_ref());
+        let entries = match &scope {
+            Scope::Channels(chs) if !opts.descending => {
+                let mut list: Vec<String> = chs.iter().cloned().collect();
+                list.sort();
+                self.store.changes_in_channels(&list, since)
+            }
+            _ => self.store.changes_since(since, opts.descending),
+        };
+        for entry in entries {
             let entry = entry?;
             if entry.seq > end {
                 if opts.descending {
@@ -120,7 +158,7 @@ impl Database {
             if rows.len() >= limit {
                 break;
             }
-            if let Some(row) = self.change_row(caller, opts, &entry)? {
+            if let Some(row) = self.change_row(caller, &scope, opts, &entry)? {
                 rows.push(row);
                 if rows.len() >= limit {
                     last_seq = entry.seq;
@@ -136,6 +174,7 @@ impl Database {
     fn change_row(
         &self,
         caller: &Caller,
+        scope: &Scope,
         opts: &ChangesOptions,
         e: &ChangeEntry,
     ) -> Result<Option<Value>> {
@@ -144,38 +183,46 @@ impl Database {
                 return Ok(None);
             }
         }
-        if let Some(chans) = &opts.channels {
-            if !chans.contains("*") && !e.channels.iter().any(|c| chans.contains(c)) {
-                return Ok(None);
-            }
-        }
-        if !caller.can_read(&e.channels) {
+        let (visible, removed): (bool, Vec<&String>) = match scope {
+            Scope::All => (true, Vec::new()),
+            Scope::Channels(chs) => (
+                e.channels.iter().any(|c| chs.contains(c)),
+                e.removed.iter().filter(|c| chs.contains(*c)).collect(),
+            ),
+        };
+        if !visible && removed.is_empty() {
             return Ok(None);
         }
         let deleted = e.deleted();
-        if opts.active_only && deleted {
+        if opts.active_only && (deleted || !visible) {
             return Ok(None);
+        }
+        let winner = e.leaves.first().map(|l| l.rev.clone()).unwrap_or_default();
+        if !visible {
+            let mut row =
+                json!({"seq": e.seq, "id": e.id, "removed": removed, "changes": [{"rev": winner}]});
+            if opts.include_docs {
+                row["doc"] = json!({"_id": e.id, "_rev": winner, "_removed": true});
+            }
+            return Ok(Some(row));
         }
         let changes: Vec<Value> = if opts.all_docs {
             e.leaves.iter().map(|l| json!({"rev": l.rev})).collect()
         } else {
-            e.leaves
-                .first()
-                .map(|l| vec![json!({"rev": l.rev})])
-                .unwrap_or_default()
+            vec![json!({"rev": winner})]
         };
         let mut row = json!({"seq": e.seq, "id": e.id, "changes": changes});
         if deleted {
             row["deleted"] = Value::Bool(true);
         }
         if opts.include_docs {
-            if let (Some(meta), Some(w)) = (self.store.doc_meta(&e.id)?, e.leaves.first()) {
+            if let Some(meta) = self.store.doc_meta(&e.id)? {
                 let get = GetOptions {
                     conflicts: opts.conflicts,
                     ..Default::default()
                 };
                 row["doc"] = self
-                    .render(caller, &e.id, &meta, &w.rev, &get)?
+                    .render(caller, &e.id, &meta, &winner, &get)?
                     .unwrap_or(Value::Null);
             }
         }

@@ -245,6 +245,7 @@ pub fn channels_of(body: &Map<String, Value>) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     };
+    out.retain(|c| !c.is_empty() && !c.contains('\0') && c.len() <= 250);
     out.sort();
     out.dedup();
     out

@@ -97,6 +97,13 @@ pub trait DatabaseStore: Send + Sync {
         since: u64,
         descending: bool,
     ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
+    /// Change entries with sequence > `since` whose document is or was in one of `channels`,
+    /// ascending, read through the channel index (no scan of unrelated documents).
+    fn changes_in_channels(
+        &self,
+        channels: &[String],
+        since: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
     /// A receiver that sees `last_seq` whenever a write commits: the changes feeds' wake-up.
     fn subscribe(&self) -> watch::Receiver<u64>;
 
@@ -135,6 +142,6 @@ pub trait DatabaseStore: Send + Sync {
     fn compact(&self) -> Result<CompactStats>;
     /// Waits until the write behind `ticket` is on disk.
     fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>>;
-    /// Documents read from the store (bodies and trees), for the `docs_read` metric.
+    /// Document trees, bodies and change entries read from the store (the `docs_read` metric).
     fn docs_read(&self) -> u64;
 }

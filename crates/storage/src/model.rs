@@ -11,6 +11,10 @@ pub struct DocMeta {
     /// Sequence of the document's latest change.
     pub seq: u64,
     pub tree: RevTree,
+    /// Every channel the winning revision has ever been in (sorted): the channels it has left
+    /// are `channel_history` minus the current winner's channels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_history: Vec<String>,
 }
 
 impl DocMeta {
@@ -105,6 +109,9 @@ pub struct ChangeEntry {
     /// Channels of the winning revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// Channels the document was in before and is not in now (for removal notices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 impl ChangeEntry {

@@ -7,6 +7,7 @@
 //! | `d` | doc id | [`DocMeta`] JSON |
 //! | `b` | u32 id length, id, rev | revision body JSON |
 //! | `s` | u64 BE sequence | [`ChangeEntry`] JSON |
+//! | `c` | channel, `\0`, u64 BE sequence | empty: the entry at that sequence is or was in the channel |
 //! | `l` | local doc id | [`LocalDoc`] JSON |
 //! | `a` | digest | attachment bytes (once per digest) |
 //! | `u`, `r` | user / role name | principal JSON (opaque here) |
@@ -186,6 +187,15 @@ fn seq_key(seq: u64) -> [u8; 9] {
     k
 }
 
+fn channel_key(channel: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + channel.len());
+    k.push(b'c');
+    k.extend_from_slice(channel.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn prefixed(p: u8, s: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + s.len());
     k.push(p);
@@ -356,8 +366,15 @@ impl<'a> BatchState<'a> {
             n.seq = seq;
         }
         let was_live = old.as_ref().is_some_and(|m| m.is_live());
+        let mut history = old
+            .as_ref()
+            .map(|m| m.channel_history.clone())
+            .unwrap_or_default();
         if let Some(old) = &old {
             self.batch.remove(&seq_key(old.seq));
+            for ch in &old.channel_history {
+                self.batch.remove(channel_key(ch, old.seq));
+            }
         }
         for removed in tree.prune(revs_limit.max(1)) {
             self.batch.remove(body_key(id, &removed));
@@ -365,7 +382,29 @@ impl<'a> BatchState<'a> {
         self.batch.insert(body_key(id, new_rev), encode(&body));
         self.bodies
             .insert((id.to_string(), new_rev.to_string()), body);
-        let meta = DocMeta { seq, tree };
+        let winner_channels = tree
+            .winner()
+            .map(|w| w.channels.clone())
+            .unwrap_or_default();
+        for ch in &winner_channels {
+            if !ch.contains('\0') && !history.contains(ch) {
+                history.push(ch.clone());
+            }
+        }
+        history.sort();
+        for ch in &history {
+            self.batch.insert(channel_key(ch, seq), &[] as &[u8]);
+        }
+        let removed: Vec<String> = history
+            .iter()
+            .filter(|c| !winner_channels.contains(c))
+            .cloned()
+            .collect();
+        let meta = DocMeta {
+            seq,
+            tree,
+            channel_history: history,
+        };
         let leaves = meta
             .tree
             .sorted_leaves()
@@ -375,16 +414,12 @@ impl<'a> BatchState<'a> {
                 deleted: n.deleted,
             })
             .collect();
-        let channels = meta
-            .tree
-            .winner()
-            .map(|w| w.channels.clone())
-            .unwrap_or_default();
         let entry = ChangeEntry {
             seq,
             id: id.to_string(),
             leaves,
-            channels,
+            channels: winner_channels,
+            removed,
         };
         self.batch.insert(&seq_key(seq), encode(&entry));
         self.batch.insert(doc_key(id), encode(&meta));
@@ -434,6 +469,15 @@ impl<'a> BatchState<'a> {
                         }
                         Some(p)
                     }
+                };
+                // a tombstone stays in its parent's channels, so the deletion reaches its readers
+                let channels = match (&old, &parent_rev) {
+                    (Some(m), Some(p)) if deleted && channels.is_empty() => m
+                        .tree
+                        .get(p)
+                        .map(|n| n.channels.clone())
+                        .unwrap_or_default(),
+                    _ => channels,
                 };
                 let gen = parent_rev.as_deref().map(generation).unwrap_or(0) + 1;
                 let atts = self.attachments(&id, parent_rev.as_deref(), gen, attachments)?;
@@ -494,6 +538,15 @@ impl<'a> BatchState<'a> {
                 if !atts.is_empty() {
                     body.insert("_attachments".into(), Value::Object(atts));
                 }
+                let channels = if deleted && channels.is_empty() {
+                    history[1..]
+                        .iter()
+                        .find_map(|r| tree.get(r))
+                        .map(|n| n.channels.clone())
+                        .unwrap_or_default()
+                } else {
+                    channels
+                };
                 tree.graft(&history, deleted, 0, channels);
                 let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
@@ -635,8 +688,9 @@ impl DatabaseStore for SledDatabase {
     ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
         let from = seq_key(since.saturating_add(1));
         let to = [b't'];
-        let dec = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ChangeEntry> {
+        let dec = move |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ChangeEntry> {
             let (_, v) = r?;
+            self.docs_read.fetch_add(1, Ordering::Relaxed);
             decode("change", &v)
         };
         if descending {
@@ -644,6 +698,44 @@ impl DatabaseStore for SledDatabase {
         } else {
             Box::new(self.tree.range(from.to_vec()..to.to_vec()).map(dec))
         }
+    }
+
+    fn changes_in_channels(
+        &self,
+        channels: &[String],
+        since: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let mut sources: Vec<Box<dyn Iterator<Item = Result<u64>> + '_>> = Vec::new();
+        for ch in channels {
+            if ch.contains('\0') {
+                continue;
+            }
+            let from = channel_key(ch, since.saturating_add(1));
+            let mut to = b"c".to_vec();
+            to.extend_from_slice(ch.as_bytes());
+            to.push(1);
+            sources.push(Box::new(self.tree.range(from..to).map(|r| {
+                let (k, _) = r?;
+                let tail: [u8; 8] = k[k.len() - 8..]
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("channel index key".into()))?;
+                Ok(u64::from_be_bytes(tail))
+            })));
+        }
+        Box::new(ChannelMerge::new(sources).filter_map(move |seq| {
+            let seq = match seq {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e)),
+            };
+            match self.tree.get(seq_key(seq)) {
+                Ok(Some(v)) => {
+                    self.docs_read.fetch_add(1, Ordering::Relaxed);
+                    Some(decode("change", &v))
+                }
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        }))
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
@@ -820,6 +912,45 @@ impl DatabaseStore for SledDatabase {
     }
 }
 
+/// Merges ascending sequence streams into one ascending stream without duplicates.
+struct ChannelMerge<'a> {
+    sources: Vec<std::iter::Peekable<Box<dyn Iterator<Item = Result<u64>> + 'a>>>,
+    last: Option<u64>,
+}
+
+impl<'a> ChannelMerge<'a> {
+    fn new(sources: Vec<Box<dyn Iterator<Item = Result<u64>> + 'a>>) -> Self {
+        ChannelMerge {
+            sources: sources.into_iter().map(Iterator::peekable).collect(),
+            last: None,
+        }
+    }
+}
+
+impl Iterator for ChannelMerge<'_> {
+    type Item = Result<u64>;
+
+    fn next(&mut self) -> Option<Result<u64>> {
+        loop {
+            let mut best: Option<(usize, u64)> = None;
+            for (i, src) in self.sources.iter_mut().enumerate() {
+                match src.peek() {
+                    Some(Err(_)) => return src.next(),
+                    Some(Ok(seq)) if best.is_none_or(|(_, b)| *seq < b) => best = Some((i, *seq)),
+                    _ => {}
+                }
+            }
+            let (i, seq) = best?;
+            self.sources[i].next();
+            if self.last == Some(seq) {
+                continue;
+            }
+            self.last = Some(seq);
+            return Some(Ok(seq));
+        }
+    }
+}
+
 fn local_gen(rev: &str) -> u64 {
     rev.strip_prefix("0-")
         .and_then(|g| g.parse().ok())
@@ -981,6 +1112,92 @@ mod tests {
         let ch: Vec<_> = db.changes_since(0, false).map(|c| c.unwrap()).collect();
         assert_eq!(ch.len(), 1);
         assert_eq!(ch[0].leaves.len(), 2);
+    }
+
+    #[test]
+    fn channel_index_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let with = |id: &str, parent: Option<&str>, chans: &[&str]| DocWrite::Edit {
+            id: id.into(),
+            parent: parent.map(Into::into),
+            deleted: false,
+            body: Map::new(),
+            attachments: vec![],
+            channels: chans.iter().map(|c| c.to_string()).collect(),
+            revs_limit: 1000,
+            must_exist: false,
+        };
+        for i in 0..50 {
+            let ch = format!("ch{}", i % 10);
+            one(&db, with(&format!("d{i}"), None, &[&ch])).unwrap();
+        }
+        let before = db.docs_read();
+        let rows: Vec<_> = db
+            .changes_in_channels(&["ch3".into(), "ch7".into()], 0)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(rows.len(), 10);
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            db.docs_read() - before,
+            10,
+            "reads only the matching entries"
+        );
+        // moving d3 from ch3 to ch4 leaves a removal marker in ch3
+        let rev = db
+            .doc_meta("d3")
+            .unwrap()
+            .unwrap()
+            .winner()
+            .unwrap()
+            .0
+            .to_string();
+        let moved = one(&db, with("d3", Some(&rev), &["ch4"])).unwrap();
+        let ch3: Vec<_> = db
+            .changes_in_channels(&["ch3".into()], 50)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(ch3.len(), 1);
+        assert_eq!(
+            (ch3[0].seq, ch3[0].removed.clone(), ch3[0].channels.clone()),
+            (moved.seq, vec!["ch3".to_string()], vec!["ch4".to_string()])
+        );
+        // the old index entry is gone: ch3 from 0 lists d3 once, at its new sequence
+        let ids: Vec<_> = db
+            .changes_in_channels(&["ch3".into()], 0)
+            .map(|r| r.unwrap().id)
+            .collect();
+        assert_eq!(ids.iter().filter(|i| *i == "d3").count(), 1);
+        // a tombstone keeps its parent's channels
+        let (mut r, _) = db
+            .write_docs(vec![DocWrite::Edit {
+                id: "d4".into(),
+                parent: Some(
+                    db.doc_meta("d4")
+                        .unwrap()
+                        .unwrap()
+                        .winner()
+                        .unwrap()
+                        .0
+                        .to_string(),
+                ),
+                deleted: true,
+                body: Map::new(),
+                attachments: vec![],
+                channels: vec![],
+                revs_limit: 1000,
+                must_exist: true,
+            }])
+            .unwrap();
+        let del = r.remove(0).unwrap();
+        let ch4: Vec<_> = db
+            .changes_in_channels(&["ch4".into()], del.seq - 1)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(ch4.len(), 1);
+        assert!(ch4[0].deleted() && ch4[0].removed.is_empty());
     }
 
     #[test]
