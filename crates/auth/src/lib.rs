@@ -2,9 +2,11 @@
 //!
 //! - [`identity`]: who a request acts as ([`Caller`], [`UserCtx`]) and the channel-visibility rule.
 //! - [`authenticator`]: the public-port pipeline (Bearer → Basic → cookie → GUEST).
+//! - [`jwt`]: Bearer tokens: OpenID Connect and static-key (`local_jwt`) providers.
 
 pub mod authenticator;
 pub mod identity;
+pub mod jwt;
 
 pub use authenticator::{Authenticator, Credentials, GuestConfig};
 pub use identity::{Caller, UserCtx};

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use syncgate_auth::jwt::{config::validate_local_jwt, LocalJwtConfig, OidcConfig};
 
 /// A config problem, printed as one line by the binary (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -139,8 +140,12 @@ pub struct DbConfig {
     pub session_ttl_secs: Option<u64>,
     pub disable_password_auth: Option<bool>,
     pub cors: Option<DbCors>,
-    pub oidc: Option<Value>,
-    pub local_jwt: Option<Value>,
+    /// OpenID Connect providers (Bearer ID tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcConfig>,
+    /// Static-key JWT providers by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_jwt: Option<BTreeMap<String, LocalJwtConfig>>,
     pub guest: Option<GuestBlock>,
 }
 
@@ -343,6 +348,12 @@ impl DbConfig {
         if self.session_ttl_secs == Some(0) {
             return err(format!("{at}.session_ttl_secs: must be positive"));
         }
+        if let Some(o) = &self.oidc {
+            o.validate(&format!("{at}.oidc")).map_err(ConfigError)?;
+        }
+        if let Some(l) = &self.local_jwt {
+            validate_local_jwt(l, &format!("{at}.local_jwt")).map_err(ConfigError)?;
+        }
         Ok(())
     }
 }
@@ -532,5 +543,48 @@ mod tests {
             assert!(e.0.contains(needle), "{cfg}: {}", e.0);
         }
         assert!(ServerConfig::parse("{}", "c.json").is_ok());
+    }
+
+    #[test]
+    fn jwt_provider_blocks() {
+        let ok = r#"{"databases":{"db":{
+            "oidc":{"providers":{"google":{"issuer":"https://accounts.google.com","client_id":"c"}}},
+            "local_jwt":{"app":{"issuer":"i","client_id":"","algorithms":["HS256"],"hmac_secret":"${SG_TEST_HMAC:-s3cret}"}}}}}"#;
+        let cfg = ServerConfig::parse(ok, "c.json").unwrap();
+        let db = &cfg.databases["db"];
+        assert_eq!(db.oidc.as_ref().unwrap().providers.len(), 1);
+        assert_eq!(
+            db.local_jwt.as_ref().unwrap()["app"]
+                .hmac_secret
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "s3cret"
+        );
+        for (cfg, needle) in [
+            (
+                r#"{"databases":{"db":{"oidc":{"providers":{"g":{"issuer":"https://a","client_id":"c","clientid":"x"}}}}}}"#,
+                "unknown key \"clientid\" at $.databases.db.oidc.providers.g (did you mean \"client_id\"?)",
+            ),
+            (
+                r#"{"databases":{"db":{"local_jwt":{"p":{"issuer":"i","client_id":"","algorithms":["RS256"],"pem":["x"],"algorithm":[]}}}}}"#,
+                "unknown key \"algorithm\" at $.databases.db.local_jwt.p",
+            ),
+            (
+                r#"{"databases":{"db":{"local_jwt":{"p":{"issuer":"i","client_id":"","algorithms":["XS256"],"hmac_secret":"s"}}}}}"#,
+                "$.databases.db.local_jwt.p.algorithms[0]: unknown algorithm \"XS256\"",
+            ),
+            (
+                r#"{"databases":{"db":{"oidc":{"providers":{"g":{"issuer":"","client_id":"c"}}}}}}"#,
+                "$.databases.db.oidc.providers.g.issuer: missing",
+            ),
+            (
+                r#"{"databases":{"db":{"local_jwt":{"p":{"issuer":"i","client_id":"","algorithms":["RS256"],"pem":["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"]}}}}}"#,
+                "$.databases.db.local_jwt.p.pem[0]: unparsable PEM public key",
+            ),
+        ] {
+            let e = ServerConfig::parse(cfg, "c.json").unwrap_err();
+            assert!(e.0.contains(needle), "{cfg}: {}", e.0);
+        }
     }
 }
