@@ -141,7 +141,12 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
             )))
         }
     };
-    let since = match param(req, &body, "since") {
+    // an EventSource reconnecting sends the id of the last event it saw
+    let last_event_id = (feed == Feed::EventSource)
+        .then(|| req.header("last-event-id"))
+        .flatten()
+        .map(|h| Value::String(h.to_string()));
+    let since = match param(req, &body, "since").or(last_event_id) {
         None => Since::default(),
         Some(v) => Since::parse(&v, db.store.last_seq())?,
     };
@@ -152,6 +157,7 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
             .filter(|l| *l > 0),
         descending: as_bool(param(req, &body, "descending"), "descending")?,
         include_docs: as_bool(param(req, &body, "include_docs"), "include_docs")?,
+        attachments: as_bool(param(req, &body, "attachments"), "attachments")?,
         conflicts: as_bool(param(req, &body, "conflicts"), "conflicts")?,
         all_docs: param(req, &body, "style").as_ref().and_then(Value::as_str) == Some("all_docs"),
         active_only: as_bool(param(req, &body, "active_only"), "active_only")?,
@@ -161,9 +167,15 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
     match param(req, &body, "filter").as_ref().and_then(Value::as_str) {
         None => {}
         Some("_doc_ids") => {
-            let ids = param(req, &body, "doc_ids")
-                .ok_or_else(|| Error::bad("filter=_doc_ids needs 'doc_ids'"))?;
-            let ids = string_set(ids, "doc_ids")?;
+            // query: a JSON array or a comma-separated list; body: a JSON array
+            let ids = match (req.q("doc_ids"), body.get("doc_ids")) {
+                (Some(q), _) => string_set(Value::String(q.to_string()), "doc_ids")?,
+                (None, Some(v @ Value::Array(_))) => string_set(v.clone(), "doc_ids")?,
+                (None, Some(_)) => {
+                    return Err(Error::bad("'doc_ids' must be a JSON array of document ids"))
+                }
+                (None, None) => return Err(Error::bad("filter=_doc_ids needs 'doc_ids'")),
+            };
             if ids.is_empty() {
                 return Err(Error::bad("filter=_doc_ids needs a non-empty 'doc_ids'"));
             }
@@ -194,19 +206,19 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
 
     if feed == Feed::Normal || opts.descending {
         let batch = db.changes(&caller, &opts)?;
-        return Ok(json_reply(
+        return Ok(no_store(json_reply(
             200,
             &json!({"results": batch.rows, "last_seq": batch.last_seq}),
-        ));
+        )));
     }
     // a longpoll with changes ready answers at once, without streaming
     if feed == Feed::Longpoll {
         let batch = db.changes(&caller, &opts)?;
         if !batch.rows.is_empty() || db.is_shutting_down() {
-            return Ok(json_reply(
+            return Ok(no_store(json_reply(
                 200,
                 &json!({"results": batch.rows, "last_seq": batch.last_seq}),
-            ));
+            )));
         }
     }
     let state = LiveFeed {
@@ -235,12 +247,17 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
         http::header::CONTENT_TYPE,
         HeaderValue::from_static(content_type),
     );
+    r.extensions_mut().insert(StreamingBody::new(body));
+    Ok(no_store(r))
+}
+
+/// Feeds are never cached (SG sends the same header).
+fn no_store(mut r: Reply) -> Reply {
     r.headers_mut().insert(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=0, no-cache, no-store"),
     );
-    r.extensions_mut().insert(StreamingBody::new(body));
-    Ok(r)
+    r
 }
 
 #[derive(Debug, PartialEq, Eq)]

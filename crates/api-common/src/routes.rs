@@ -130,6 +130,9 @@ async fn doc_or_attachment(
                         &format!("\"{rev}\""),
                     ))
                 }
+                GetResult::OpenRevs(rows) if accepts_only_multipart_mixed(req) => {
+                    Ok(open_revs_multipart(rows))
+                }
                 GetResult::OpenRevs(rows) => Ok(json_reply(200, &Value::Array(rows))),
             }
         }
@@ -146,6 +149,51 @@ async fn doc_or_attachment(
         }
         _ => Err(method_not_allowed(req)),
     }
+}
+
+/// True when `multipart/mixed` is the only media type the client accepts (CouchDB's own
+/// replicator asks that way). PouchDB sends `Accept: application/json` and gets JSON; so does
+/// any client accepting `*/*` or several types.
+fn accepts_only_multipart_mixed(req: &Request) -> bool {
+    let mut types = req
+        .headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty())
+        .peekable();
+    types.peek().is_some() && types.all(|t| t == "multipart/mixed")
+}
+
+/// `open_revs` as `multipart/mixed`: one `application/json` part per revision, and an
+/// `application/json; error="true"` part `{"missing":rev}` for each missing one. Attachment
+/// bodies, when requested, stay inline (base64) in the document part.
+fn open_revs_multipart(rows: Vec<Value>) -> Reply {
+    let boundary = syncgate_core::docs::new_doc_id();
+    let mut body = Vec::new();
+    for row in rows {
+        let (ct, part) = match row.get("ok") {
+            Some(doc) => ("application/json", doc.clone()),
+            None => ("application/json; error=\"true\"", row),
+        };
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {ct}\r\n\r\n").as_bytes());
+        body.extend_from_slice(&serde_json::to_vec(&part).unwrap_or_default());
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    bytes_reply(
+        200,
+        &format!("multipart/mixed; boundary=\"{boundary}\""),
+        body,
+    )
 }
 
 fn string_list(v: Value, name: &str) -> Result<Vec<String>> {

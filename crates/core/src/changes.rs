@@ -81,6 +81,8 @@ pub struct ChangesOptions {
     pub limit: Option<usize>,
     pub descending: bool,
     pub include_docs: bool,
+    /// With `include_docs`: attachment bodies inline (base64).
+    pub attachments: bool,
     pub conflicts: bool,
     /// `style=all_docs`: every leaf in `changes`.
     pub all_docs: bool,
@@ -219,6 +221,7 @@ impl Database {
             if let Some(meta) = self.store.doc_meta(&e.id)? {
                 let get = GetOptions {
                     conflicts: opts.conflicts,
+                    attachments: opts.attachments,
                     ..Default::default()
                 };
                 row["doc"] = self

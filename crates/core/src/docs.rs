@@ -447,24 +447,32 @@ impl Database {
                 "Document body must be JSON: every entry of 'docs' must be an object",
             ));
         }
-        // results by input position: prepared writes, then local docs, each filled in order
+        // Every document is validated before anything is written (as CouchDB does): one
+        // malformed document rejects the whole request, so a batch is never half-applied
+        // because of bad input. Conflicts stay per-document results.
         let mut results: Vec<Option<Value>> = vec![None; docs.len()];
         let mut writes = Vec::new();
         let mut positions = Vec::new();
         let mut locals = Vec::new();
         for (i, doc) in docs.into_iter().enumerate() {
             let id = doc.get("_id").and_then(Value::as_str).map(str::to_string);
+            let in_doc = |e: Error| match e {
+                Error::BadRequest(m) => Error::BadRequest(format!(
+                    "docs[{i}]{}: {m}",
+                    id.as_deref()
+                        .map(|d| format!(" (\"{}\")", crate::short(d)))
+                        .unwrap_or_default()
+                )),
+                other => other,
+            };
             if let Some(local) = id.as_deref().and_then(|s| s.strip_prefix("_local/")) {
+                validate_local_doc(local, &doc).map_err(in_doc)?;
                 locals.push((i, local.to_string(), doc));
                 continue;
             }
-            match self.prepare(None, doc, None, new_edits) {
-                Ok(w) => {
-                    positions.push(i);
-                    writes.push(w);
-                }
-                Err(e) => results[i] = Some(error_row(id.as_deref(), &e)),
-            }
+            let w = self.prepare(None, doc, None, new_edits).map_err(in_doc)?;
+            positions.push(i);
+            writes.push(w);
         }
         let ids: Vec<String> = writes.iter().map(|w| w.id().to_string()).collect();
         for ((pos, id), r) in positions
@@ -610,7 +618,7 @@ impl Database {
         if let Some(Value::Object(atts)) = atts {
             out.insert(
                 "_attachments".into(),
-                Value::Object(self.render_attachments(meta, atts, opts)?),
+                Value::Object(self.render_attachments(meta, rev, atts, opts)?),
             );
         }
         if opts.revs {
@@ -664,19 +672,30 @@ impl Database {
     fn render_attachments(
         &self,
         meta: &DocMeta,
+        rev: &str,
         atts: Map<String, Value>,
         opts: &GetOptions,
     ) -> Result<Map<String, Value>> {
-        let since_gen = opts
-            .atts_since
-            .as_ref()
-            .map(|s| meta.tree.max_known_generation(s.iter()));
+        // `atts_since` (CouchDB): inline the bodies of attachments changed after the newest
+        // listed revision that is an ancestor of this one; it implies `attachments=true`.
+        let since_gen = opts.atts_since.as_ref().map(|since| {
+            let history = meta.tree.history(rev);
+            since
+                .iter()
+                .filter(|r| history.contains(r))
+                .map(|r| generation(r))
+                .max()
+                .unwrap_or(0)
+        });
         let mut out = Map::new();
         for (name, v) in atts {
             let Ok(m) = serde_json::from_value::<AttachmentMeta>(v) else {
                 continue;
             };
-            let include = opts.attachments && since_gen.is_none_or(|g| m.revpos > g);
+            let include = match since_gen {
+                Some(g) => m.revpos > g,
+                None => opts.attachments,
+            };
             let mut a = json!({
                 "content_type": m.content_type,
                 "digest": m.digest,
@@ -696,47 +715,60 @@ impl Database {
         Ok(out)
     }
 
-    /// `POST /{db}/_bulk_get` (CouchDB JSON form).
+    /// `POST /{db}/_bulk_get` (CouchDB JSON form): `{"results":[{"id","docs":[...]}]}`, one
+    /// result per requested entry, in order. A malformed request (not an object, `docs` not an
+    /// array, an entry without a string `id`, a malformed `rev` or `atts_since`) is a 400 as a
+    /// whole; a revision that does not exist is an `{"error":{...}}` entry.
     pub fn bulk_get(&self, caller: &Caller, body: &Value, base: &GetOptions) -> Result<Value> {
         let docs = body
             .get("docs")
             .and_then(Value::as_array)
             .ok_or_else(|| Error::bad("missing 'docs' property (an array of {id, rev})"))?;
-        let mut results = Vec::with_capacity(docs.len());
-        for d in docs {
-            let id = d.get("id").and_then(Value::as_str);
+        let mut requests = Vec::with_capacity(docs.len());
+        for (i, d) in docs.iter().enumerate() {
+            let bad = |what: &str| Error::bad(format!("_bulk_get docs[{i}]: {what}"));
+            let Value::Object(d) = d else {
+                return Err(bad("each entry must be an object {\"id\", \"rev\"}"));
+            };
+            let id = match d.get("id") {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                _ => return Err(bad("'id' must be a non-empty string")),
+            };
             let rev = match d.get("rev") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => {
-                    results.push(json!({"id": id, "docs": [
-                        {"error": {"id": id, "rev": Value::Null, "error": "bad_request", "reason": "Invalid doc/rev ID in _bulk_get"}}
-                    ]}));
-                    continue;
+                Some(Value::String(r)) => {
+                    parse_rev(r).map_err(|e| bad(&e.to_string()))?;
+                    Some(r.clone())
                 }
-            };
-            let Some(id) = id else {
-                results.push(json!({"id": d.get("id").cloned().unwrap_or(Value::Null), "docs": [
-                    {"error": {"id": Value::Null, "rev": rev, "error": "bad_request", "reason": "Invalid doc/rev ID in _bulk_get"}}
-                ]}));
-                continue;
+                Some(_) => return Err(bad("'rev' must be a string")),
             };
             let mut opts = base.clone();
             opts.revs = true;
-            if let Some(Value::Array(since)) = d.get("atts_since") {
-                opts.atts_since = Some(
-                    since
-                        .iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect(),
-                );
+            match d.get("atts_since") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(since)) => {
+                    let mut list = Vec::with_capacity(since.len());
+                    for r in since {
+                        let r = r
+                            .as_str()
+                            .ok_or_else(|| bad("'atts_since' must be an array of revisions"))?;
+                        parse_rev(r).map_err(|e| bad(&e.to_string()))?;
+                        list.push(r.to_string());
+                    }
+                    opts.atts_since = Some(list);
+                }
+                Some(_) => return Err(bad("'atts_since' must be an array of revisions")),
             }
+            requests.push((id, rev, opts));
+        }
+        let mut results = Vec::with_capacity(requests.len());
+        for (id, rev, mut opts) in requests {
             let outcome = match &rev {
                 Some(r) => {
                     opts.open_revs = Some(OpenRevs::List(vec![r.clone()]));
-                    self.get_doc(caller, id, &opts)
+                    self.get_doc(caller, &id, &opts)
                 }
-                None => self.get_doc(caller, id, &opts),
+                None => self.get_doc(caller, &id, &opts),
             };
             let entries: Vec<Value> = match outcome {
                 Ok(GetResult::OpenRevs(rows)) => rows
@@ -1136,6 +1168,20 @@ fn parse_attachment_name(name: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Checks a `_local` document before any write of a batch happens.
+fn validate_local_doc(id: &str, doc: &Value) -> Result<()> {
+    validate_local_id(id)?;
+    if depth(doc) > MAX_DEPTH {
+        return Err(Error::bad(format!(
+            "Document is nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    match doc.get("_rev") {
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(Error::bad("_rev must be a string")),
+    }
 }
 
 fn validate_local_id(id: &str) -> Result<()> {

@@ -89,9 +89,12 @@ pub trait DatabaseStore: Send + Sync {
     ) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_>;
 
     // --- changes -----------------------------------------------------------------------------
-    /// Last sequence assigned.
+    /// Last sequence whose write is durable (what `_changes` and `update_seq` show). A
+    /// sequence becomes visible when a [`DatabaseStore::durable`] call covering it returns,
+    /// so every writer must call `durable` after writing (document and principal writes).
     fn last_seq(&self) -> u64;
-    /// Change entries with sequence > `since`, ascending (or descending).
+    /// Change entries with sequence > `since`, ascending (or descending). May include entries
+    /// not yet durable: readers stop at [`DatabaseStore::last_seq`].
     fn changes_since(
         &self,
         since: u64,
@@ -104,7 +107,7 @@ pub trait DatabaseStore: Send + Sync {
         channels: &[String],
         since: u64,
     ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
-    /// A receiver that sees `last_seq` whenever a write commits: the changes feeds' wake-up.
+    /// A receiver that sees `last_seq` whenever a write becomes durable: the feeds' wake-up.
     fn subscribe(&self) -> watch::Receiver<u64>;
 
     // --- attachments -------------------------------------------------------------------------

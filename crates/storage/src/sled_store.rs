@@ -19,7 +19,7 @@
 //! order (a changes reader never sees seq N+1 before N). Durability is a group commit shared by
 //! all databases: the first waiter flushes for everyone written before it started.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,7 +105,9 @@ impl Store {
             tree,
             commit: self.commit.clone(),
             write_lock: Mutex::new(()),
-            last_seq: AtomicU64::new(last_seq),
+            assigned_seq: AtomicU64::new(last_seq),
+            durable_seq: AtomicU64::new(last_seq),
+            unpublished: Mutex::new(VecDeque::new()),
             notify: tx,
             docs_read: AtomicU64::new(0),
         }))
@@ -227,8 +229,16 @@ pub struct SledDatabase {
     commit: Arc<GroupCommit>,
     /// Serializes writers so sequences are committed in the order they are assigned.
     write_lock: Mutex<()>,
-    last_seq: AtomicU64,
-    /// Wakes changes feeds after each commit.
+    /// Last sequence assigned to an applied batch (the next write takes the one after).
+    assigned_seq: AtomicU64,
+    /// Last sequence whose batch is on disk: what readers of the feed may see. A change is
+    /// never shown before it is durable, so a client can never hold a sequence that a crash
+    /// takes back (and that a later write would then reuse).
+    durable_seq: AtomicU64,
+    /// Batches that moved the sequence and are not yet known durable: (ticket, last seq), in
+    /// ticket order.
+    unpublished: Mutex<VecDeque<(Ticket, u64)>>,
+    /// Publishes `durable_seq`: wakes changes feeds once a commit is on disk.
     notify: watch::Sender<u64>,
     docs_read: AtomicU64,
 }
@@ -583,7 +593,7 @@ impl SledDatabase {
 
     /// Applies a batch and publishes the new last sequence.
     fn finish(&self, mut batch: Batch, new_last: u64, doc_delta: i64) -> Result<Ticket> {
-        let old_last = self.last_seq.load(Ordering::SeqCst);
+        let old_last = self.assigned_seq.load(Ordering::SeqCst);
         if new_last != old_last {
             batch.insert(META_LAST_SEQ, &new_last.to_be_bytes());
         }
@@ -594,10 +604,39 @@ impl SledDatabase {
         self.tree.apply_batch(batch)?;
         let ticket = self.commit.ticket();
         if new_last != old_last {
-            self.last_seq.store(new_last, Ordering::SeqCst);
-            self.notify.send_replace(new_last);
+            self.assigned_seq.store(new_last, Ordering::SeqCst);
+            self.unpublished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((ticket, new_last));
         }
         Ok(ticket)
+    }
+
+    /// Publishes the sequences of every batch the group commit has flushed.
+    fn publish_durable(&self) {
+        let flushed = self.commit.flushed.load(Ordering::SeqCst);
+        let mut newest = None;
+        {
+            let mut q = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
+            while q.front().is_some_and(|(t, _)| t.0 <= flushed) {
+                newest = q.pop_front().map(|(_, seq)| seq);
+            }
+        }
+        if let Some(seq) = newest {
+            if self.durable_seq.fetch_max(seq, Ordering::SeqCst) < seq {
+                self.notify.send_if_modified(|v| {
+                    let changed = *v < seq;
+                    *v = (*v).max(seq);
+                    changed
+                });
+            }
+        }
+    }
+
+    /// Last sequence assigned (writers number from here).
+    fn assigned_seq(&self) -> u64 {
+        self.assigned_seq.load(Ordering::SeqCst)
     }
 
     fn scan(&self, prefix: u8) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + '_ {
@@ -628,7 +667,7 @@ impl DatabaseStore for SledDatabase {
             metas: HashMap::new(),
             bodies: HashMap::new(),
             blobs: HashSet::new(),
-            next_seq: self.last_seq.load(Ordering::SeqCst) + 1,
+            next_seq: self.assigned_seq() + 1,
             doc_count: 0,
         };
         let mut results = Vec::with_capacity(writes.len());
@@ -678,7 +717,7 @@ impl DatabaseStore for SledDatabase {
     }
 
     fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::SeqCst)
+        self.durable_seq.load(Ordering::SeqCst)
     }
 
     fn changes_since(
@@ -777,7 +816,7 @@ impl DatabaseStore for SledDatabase {
         };
         let mut batch = Batch::default();
         batch.insert(prefixed(b'l', id), encode(&doc));
-        let ticket = self.finish(batch, self.last_seq(), 0)?;
+        let ticket = self.finish(batch, self.assigned_seq(), 0)?;
         Ok((doc.rev, ticket))
     }
 
@@ -791,7 +830,7 @@ impl DatabaseStore for SledDatabase {
             Some(_) => {
                 let mut batch = Batch::default();
                 batch.remove(prefixed(b'l', id));
-                self.finish(batch, self.last_seq(), 0)
+                self.finish(batch, self.assigned_seq(), 0)
             }
         }
     }
@@ -810,7 +849,7 @@ impl DatabaseStore for SledDatabase {
         value: Vec<u8>,
     ) -> Result<(u64, Ticket)> {
         let _guard = self.lock();
-        let seq = self.last_seq() + 1;
+        let seq = self.assigned_seq() + 1;
         let mut batch = Batch::default();
         batch.insert(prefixed(principal_prefix(kind), name), value);
         let ticket = self.finish(batch, seq, 0)?;
@@ -821,7 +860,7 @@ impl DatabaseStore for SledDatabase {
         let _guard = self.lock();
         let mut batch = Batch::default();
         batch.remove(prefixed(principal_prefix(kind), name));
-        let seq = self.last_seq() + 1;
+        let seq = self.assigned_seq() + 1;
         self.finish(batch, seq, 0)
     }
 
@@ -904,7 +943,11 @@ impl DatabaseStore for SledDatabase {
     }
 
     fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.commit.wait(&self.db, ticket))
+        Box::pin(async move {
+            self.commit.wait(&self.db, ticket).await?;
+            self.publish_durable();
+            Ok(())
+        })
     }
 
     fn docs_read(&self) -> u64 {
@@ -1013,6 +1056,36 @@ mod tests {
             b.rev
         );
         assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap()["n"], 2);
+    }
+
+    #[test]
+    fn feeds_see_a_sequence_only_once_it_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let mut rx = db.subscribe();
+        let (r, ticket) = db
+            .write_docs(vec![edit("a", None, serde_json::json!({}))])
+            .unwrap();
+        assert_eq!(r[0].as_ref().unwrap().seq, 1);
+        // applied, not yet flushed: invisible, and nobody is woken
+        assert_eq!(db.last_seq(), 0);
+        assert!(!rx.has_changed().unwrap());
+        // the next writer numbers after it all the same
+        let (r2, ticket2) = db
+            .write_docs(vec![edit("b", None, serde_json::json!({}))])
+            .unwrap();
+        assert_eq!(r2[0].as_ref().unwrap().seq, 2);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(db.durable(ticket)).unwrap();
+        // one flush covers both batches
+        assert_eq!(db.last_seq(), 2);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 2);
+        rt.block_on(db.durable(ticket2)).unwrap();
+        assert!(!rx.has_changed().unwrap());
     }
 
     #[test]
