@@ -74,8 +74,7 @@ async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
     match rest.first().map(String::as_str) {
         Some("_compact") if rest.len() == 1 => match req.method {
             Method::POST => {
-                let stats = db.store.compact()?;
-                tracing::info!(db = %db.name, bodies = stats.bodies_removed, attachments = stats.attachments_removed, "compacted");
+                db.compact().await?;
                 Ok(json_reply(202, &json!({"ok": true})))
             }
             _ => Err(Error::MethodNotAllowed(

@@ -199,6 +199,17 @@ impl Server {
 }
 
 impl Database {
+    /// Admin `_compact`: runs on a blocking thread (it scans the whole database) and logs
+    /// what it removed.
+    pub async fn compact(&self) -> Result<syncgate_storage::CompactStats> {
+        let store = self.store.clone();
+        let stats = tokio::task::spawn_blocking(move || store.compact())
+            .await
+            .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))??;
+        tracing::info!(db = %self.name, bodies = stats.bodies_removed, attachments = stats.attachments_removed, "compacted");
+        Ok(stats)
+    }
+
     pub(crate) fn note_written(&self, n: usize) {
         self.metrics
             .docs_written

@@ -25,6 +25,9 @@ const B64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// Named attachment inputs of one write.
+type Attachments = Vec<(String, AttachmentInput)>;
+
 /// Options of `GET /{db}/{doc}` (and of each `_bulk_get` entry).
 #[derive(Debug, Clone, Default)]
 pub struct GetOptions {
@@ -1076,7 +1079,7 @@ impl Database {
         &self,
         id: &str,
         rev: Option<&str>,
-    ) -> Result<(Map<String, Value>, Vec<(String, AttachmentInput)>)> {
+    ) -> Result<(Map<String, Value>, Attachments)> {
         let meta = self.store.doc_meta(id)?;
         let (meta, rev) = match (meta, rev) {
             (None, None) => return Ok((Map::new(), Vec::new())),

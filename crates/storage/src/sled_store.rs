@@ -634,6 +634,24 @@ impl SledDatabase {
         }
     }
 
+    /// Adds the attachment digests of a document's leaf revisions to `out`.
+    fn leaf_digests(&self, id: &str, meta: &DocMeta, out: &mut HashSet<String>) -> Result<()> {
+        for leaf in meta.tree.leaves() {
+            let Some(body) = self.tree.get(body_key(id, &leaf.rev))? else {
+                continue;
+            };
+            let body: Map<String, Value> = decode("body", &body)?;
+            if let Some(Value::Object(atts)) = body.get("_attachments") {
+                for a in atts.values() {
+                    if let Some(d) = a.get("digest").and_then(Value::as_str) {
+                        out.insert(d.to_string());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Last sequence assigned (writers number from here).
     fn assigned_seq(&self) -> u64 {
         self.assigned_seq.load(Ordering::SeqCst)
@@ -894,50 +912,89 @@ impl DatabaseStore for SledDatabase {
             .collect()
     }
 
+    /// Compaction runs beside writers: it takes the write lock only in short steps, so a
+    /// large database keeps accepting writes (and the threads that wait on the lock are
+    /// released quickly).
+    ///
+    /// 1. Scan documents without the lock, noting those with non-leaf bodies and every digest
+    ///    a leaf refers to, and scan attachment keys for unreferenced candidates.
+    /// 2. Under the lock, a few hundred documents at a time: reload each noted document and
+    ///    drop its non-leaf bodies.
+    /// 3. Under the lock: add the digests of every document written since the scan began (a
+    ///    write may have referred to a candidate by digest), then delete what is still
+    ///    unreferenced. Writers check and use blobs under the same lock, so none can slip
+    ///    between.
     fn compact(&self) -> Result<CompactStats> {
-        let _guard = self.lock();
+        const STEP: usize = 256;
         let mut stats = CompactStats::default();
+        let scan_start = self.assigned_seq();
         let mut referenced: HashSet<String> = HashSet::new();
-        let mut batch = Batch::default();
+        let mut with_old_bodies: Vec<String> = Vec::new();
         for row in self.scan(b'd') {
             let (k, v) = row?;
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
-            let mut meta: DocMeta = decode("document", &v)?;
-            let leaves: HashSet<String> =
-                meta.tree.leaves().iter().map(|n| n.rev.clone()).collect();
-            let mut changed = false;
-            for n in meta.tree.nodes.iter_mut() {
-                if leaves.contains(&n.rev) {
-                    if let Some(body) = self.tree.get(body_key(&id, &n.rev))? {
-                        let body: Map<String, Value> = decode("body", &body)?;
-                        if let Some(Value::Object(atts)) = body.get("_attachments") {
-                            for a in atts.values() {
-                                if let Some(d) = a.get("digest").and_then(Value::as_str) {
-                                    referenced.insert(d.to_string());
-                                }
-                            }
-                        }
-                    }
-                } else if n.has_body {
-                    batch.remove(body_key(&id, &n.rev));
-                    n.has_body = false;
-                    changed = true;
-                    stats.bodies_removed += 1;
-                }
-            }
-            if changed {
-                batch.insert(k, encode(&meta));
+            let meta: DocMeta = decode("document", &v)?;
+            self.leaf_digests(&id, &meta, &mut referenced)?;
+            let leaves: HashSet<&str> = meta.tree.leaves().iter().map(|n| n.rev.as_str()).collect();
+            if meta
+                .tree
+                .nodes
+                .iter()
+                .any(|n| n.has_body && !leaves.contains(n.rev.as_str()))
+            {
+                with_old_bodies.push(id);
             }
         }
+        let mut candidates: Vec<sled::IVec> = Vec::new();
         for row in self.scan(b'a') {
             let (k, _) = row?;
-            let digest = String::from_utf8_lossy(&k[1..]).into_owned();
-            if !referenced.contains(&digest) {
-                batch.remove(k);
-                stats.attachments_removed += 1;
+            if !referenced.contains(String::from_utf8_lossy(&k[1..]).as_ref()) {
+                candidates.push(k);
             }
         }
-        self.tree.apply_batch(batch)?;
+        for chunk in with_old_bodies.chunks(STEP) {
+            let _guard = self.lock();
+            let mut batch = Batch::default();
+            for id in chunk {
+                let Some(v) = self.tree.get(doc_key(id))? else {
+                    continue;
+                };
+                let mut meta: DocMeta = decode("document", &v)?;
+                let leaves: HashSet<String> =
+                    meta.tree.leaves().iter().map(|n| n.rev.clone()).collect();
+                let mut changed = false;
+                for n in meta.tree.nodes.iter_mut() {
+                    if n.has_body && !leaves.contains(&n.rev) {
+                        batch.remove(body_key(id, &n.rev));
+                        n.has_body = false;
+                        changed = true;
+                        stats.bodies_removed += 1;
+                    }
+                }
+                if changed {
+                    batch.insert(doc_key(id), encode(&meta));
+                }
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        {
+            let _guard = self.lock();
+            for entry in self.changes_since(scan_start, false) {
+                let entry = entry?;
+                if let Some(v) = self.tree.get(doc_key(&entry.id))? {
+                    let meta: DocMeta = decode("document", &v)?;
+                    self.leaf_digests(&entry.id, &meta, &mut referenced)?;
+                }
+            }
+            let mut batch = Batch::default();
+            for k in candidates {
+                if !referenced.contains(String::from_utf8_lossy(&k[1..]).as_ref()) {
+                    batch.remove(k);
+                    stats.attachments_removed += 1;
+                }
+            }
+            self.tree.apply_batch(batch)?;
+        }
         self.db.flush()?;
         Ok(stats)
     }

@@ -278,6 +278,10 @@ test('eventsource feed: text/event-stream with data/id lines', async () => {
   assert.deepEqual(parsed.map((p) => p.data.id), ['a', 'b']);
   assert.deepEqual(parsed.map((p) => p.id), ['1', '2']);
   st.abort();
+  // a reconnecting EventSource resumes from Last-Event-ID
+  const re = await openStream(`${url}/_changes?feed=eventsource&timeout=1000`, { headers: { accept: 'text/event-stream', 'last-event-id': '1' } });
+  await re.done;
+  assert.deepEqual(re.text().split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice(6)).id), ['b']);
   await eventually(async () => (await feeds(name)) === 0, 5000, 'eventsource released');
 });
 
@@ -333,4 +337,23 @@ test('500 concurrent longpoll clients all return promptly on one write and relea
   assert.ok(slowest < 5000, `slowest answer ${slowest} ms`);
   await eventually(async () => (await feeds(name)) === 0, 5000, 'gauge back to 0');
   agent.destroy();
+});
+
+test('shutdown ends open feeds with complete bodies and the process exits 0', async () => {
+  const srv = await startServer();
+  const url = `${srv.admin}/db`;
+  assert.equal((await req('PUT', `${url}/x`, { v: 1 })).status, 201);
+  const lp = await openStream(`${url}/_changes?feed=longpoll&since=1&heartbeat=1000`);
+  const ct = await openStream(`${url}/_changes?feed=continuous&since=0&heartbeat=1000`);
+  await ct.until((t) => t.includes('"x"'));
+  await eventually(async () => (await srv.metric('syncgate_changes_feeds_active{db="db"}')) === 2, 3000, 'feeds open');
+  const t0 = Date.now();
+  const exit = await srv.stop();
+  assert.equal(exit.code, 0);
+  assert.ok(Date.now() - t0 < 5000, `shutdown took ${Date.now() - t0} ms`);
+  await lp.done;
+  assert.deepEqual(JSON.parse(lp.text()), { results: [], last_seq: 1 });
+  await ct.done;
+  const lines = ct.text().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  assert.deepEqual(lines.at(-1), { last_seq: 1 });
 });

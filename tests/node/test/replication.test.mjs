@@ -1,6 +1,7 @@
 // Replication with unmodified PouchDB 9 (memory adapter) against the real binary, admin port.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { isDeepStrictEqual } from 'node:util';
 import { startServer, req } from '../lib/server.mjs';
 import { localDb, remoteDb, PouchDB } from '../lib/pouch.mjs';
 import { snapshot, assertSameSnapshot, eventually, bytes } from '../lib/compare.mjs';
@@ -54,14 +55,23 @@ test(`push ${N} docs (some with attachments), pull into a fresh client: identica
 
   const b = localDb();
   t0 = Date.now();
-  const pull = await b.replicate.from(remote);
+  // compaction runs beside the pull (and beside writes): neither waits for the other
+  const [pull, compact] = await Promise.all([
+    b.replicate.from(remote),
+    req('POST', `${url}/_compact`, ''),
+    remote.bulkDocs(Array.from({ length: 20 }, (_, k) => ({ _id: `during-compact-${k}` }))),
+  ]);
   const pullMs = Date.now() - t0;
+  assert.equal(compact.status, 202);
+  // both clients catch up with the docs written during compaction
+  await b.replicate.from(remote);
+  await a.replicate.from(remote);
   assert.equal(pull.ok, true);
-  assert.equal(pull.docs_written, N);
+  assert.ok(pull.docs_written >= N);
   t.diagnostic(`${N} docs: push ${pushMs} ms, pull ${pullMs} ms`);
 
   const [sa, sb] = await Promise.all([snapshot(a), snapshot(b)]);
-  assert.equal(Object.keys(sa).length, N);
+  assert.equal(Object.keys(sa).length, N + 20);
   assertSameSnapshot(sa, sb, 'source and pulled client');
   // attachments really are the bytes that were pushed
   const att = await b.getAttachment('doc-00050', 'blob.bin');
@@ -242,5 +252,147 @@ test('replication between two syncgate servers over HTTP on both ends', async ()
     assert.deepEqual(Buffer.from(got), bytes(7, 5000));
   } finally {
     await s2.stop();
+  }
+});
+
+test('awkward ids and attachment names survive a round trip', async () => {
+  const { db: remote } = await freshRemote();
+  const a = localDb();
+  const ids = ['a/b', 'sp ace', 'ünïcödé ✓', 'plus+sign', 'q?x#y&z=1', '%25', '_design/dd', 'semi;colon', 'quote"s', 'x'.repeat(300)];
+  await a.bulkDocs(ids.map((id, i) => ({
+    _id: id,
+    i,
+    _attachments: {
+      'dir/file.txt': { content_type: 'text/plain', data: Buffer.from(`file of ${id}`).toString('base64') },
+      'with space ü.bin': { content_type: 'application/octet-stream', data: bytes(i + 3, 64).toString('base64') },
+      'empty': { content_type: 'text/plain', data: '' },
+    },
+  })));
+  const push = await a.replicate.to(remote);
+  assert.equal(push.docs_written, ids.length);
+  const b = localDb();
+  const pull = await b.replicate.from(remote);
+  assert.equal(pull.docs_written, ids.length);
+  assertSameSnapshot(await snapshot(a), await snapshot(b), 'awkward ids');
+  assertSameSnapshot(await snapshot(a), await snapshot(remote), 'awkward ids on the server');
+});
+
+test('doc_ids replication (one-shot and live) moves only the named docs', async () => {
+  const { db: remote } = await freshRemote();
+  await remote.bulkDocs([{ _id: 'x', v: 1 }, { _id: 'y', v: 1 }, { _id: 'z', v: 1 }]);
+  const b = localDb();
+  const r = await b.replicate.from(remote, { doc_ids: ['x', 'z'] });
+  assert.equal(r.docs_written, 2);
+  assert.deepEqual((await b.allDocs()).rows.map((x) => x.id), ['x', 'z']);
+  const live = b.replicate.from(remote, { doc_ids: ['y'], live: true, retry: true });
+  try {
+    await eventually(() => b.get('y').then(() => true, () => false), 5000, 'y arrives');
+    const y = await remote.get('y');
+    await remote.put({ ...y, v: 2 });
+    const x = await remote.get('x');
+    await remote.put({ ...x, v: 2 });
+    await eventually(async () => (await b.get('y')).v === 2, 5000, 'y update arrives');
+    assert.equal((await b.get('x')).v, 1, 'x is not part of the live replication');
+  } finally {
+    live.cancel();
+  }
+});
+
+test('a server with a small revs_limit prunes history; clients still sync edits to it', async () => {
+  const srv = await startServer((c) => { c.databases.db = { revs_limit: 20 }; });
+  try {
+    const remote = remoteDb(`${srv.admin}/db`);
+    const a = localDb();
+    let doc = { _id: 'long', n: 0 };
+    for (let n = 1; n <= 30; n++) {
+      const r = await a.put({ ...doc, n });
+      doc = { ...doc, n, _rev: r.rev };
+    }
+    await a.replicate.to(remote);
+    const onServer = await remote.get('long', { revs: true });
+    assert.equal(onServer._revisions.start, 30);
+    assert.equal(onServer._revisions.ids.length, 20, 'history pruned to revs_limit');
+    const b = localDb();
+    await b.replicate.from(remote);
+    const onB = await b.get('long', { revs: true });
+    assert.equal(onB._rev, doc._rev);
+    assert.equal(onB._revisions.ids.length, 20);
+    // further edits on both clients still replicate and merge as one line of history
+    const r = await b.put({ ...onB, n: 31 });
+    await b.replicate.to(remote);
+    await a.replicate.from(remote);
+    const onA = await a.get('long', { conflicts: true });
+    assert.equal(onA._rev, r.rev);
+    assert.equal(onA._conflicts, undefined);
+    await a.put({ ...onA, n: 32 });
+    const push = await a.replicate.to(remote);
+    assert.equal(push.docs_written, 1);
+    const final = await remote.get('long', { conflicts: true });
+    assert.equal(final.n, 32);
+    assert.equal(final._conflicts, undefined);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test('live sync survives a server crash and restart (retry), losing no acknowledged write', async () => {
+  let srv = await startServer();
+  const adminAddr = new URL(srv.admin).host;
+  srv.config.adminInterface = adminAddr;
+  const url = `${srv.admin}/db`;
+  const a = localDb();
+  const b = localDb();
+  const remote = remoteDb(url);
+  const sa = a.sync(remote, { live: true, retry: true });
+  const sb = b.sync(remoteDb(url), { live: true, retry: true });
+  try {
+    await a.put({ _id: 'before', v: 1 });
+    await eventually(() => b.get('before').then(() => true, () => false), 5000, 'before crash');
+    await srv.kill();
+    await a.put({ _id: 'during', v: 1 });
+    srv = await startServer(undefined, { dir: srv.dir, config: srv.config });
+    assert.equal(new URL(srv.admin).host, adminAddr);
+    await eventually(() => b.get('during').then(() => true, () => false), 20000, 'after restart');
+    await b.put({ _id: 'back', v: 1 });
+    await eventually(() => a.get('back').then(() => true, () => false), 10000, 'b → a after restart');
+    assertSameSnapshot(await snapshot(a), await snapshot(b), 'after the crash');
+  } finally {
+    sa.cancel();
+    sb.cancel();
+    await srv.stop();
+  }
+});
+
+test('live sync under concurrent edits of the same docs on two clients converges', async () => {
+  const { db: remote } = await freshRemote();
+  const a = localDb();
+  const b = localDb();
+  await a.bulkDocs(Array.from({ length: 5 }, (_, i) => ({ _id: `hot${i}`, n: 0 })));
+  await a.replicate.to(remote);
+  await b.replicate.from(remote);
+  const sa = a.sync(remote, { live: true, retry: true });
+  const sb = b.sync(remote, { live: true, retry: true });
+  try {
+    // both sides edit every doc repeatedly, racing the replication
+    for (let round = 1; round <= 10; round++) {
+      await Promise.all([a, b].flatMap((db, side) => Array.from({ length: 5 }, async (_, i) => {
+        const d = await db.get(`hot${i}`);
+        await db.put({ ...d, n: round, side });
+      })));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // converged: same winners and conflicts on both clients and on the server
+    await eventually(async () => {
+      const [x, y, z] = await Promise.all([snapshot(a), snapshot(b), snapshot(remote)]);
+      return isDeepStrictEqual(x, y) && isDeepStrictEqual(x, z);
+    }, 15000, 'replicas converge');
+  } finally {
+    sa.cancel();
+    sb.cancel();
+  }
+  const final = await snapshot(remote);
+  for (let i = 0; i < 5; i++) {
+    const d = final[`hot${i}`];
+    assert.ok(d.winner.startsWith('11-'), `hot${i} winner ${d.winner}`);
   }
 });
