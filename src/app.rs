@@ -201,6 +201,9 @@ async fn accept_loop(
     }
 }
 
+/// Longest time a request may take to produce its response head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Largest total size of request headers (beyond it: 431).
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
@@ -268,7 +271,16 @@ where
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let resp = tower_service::Service::call(&mut svc, req).await?;
+    // bounds every request up to its response head; live feeds stream their body afterwards
+    let resp =
+        match tokio::time::timeout(REQUEST_TIMEOUT, tower_service::Service::call(&mut svc, req))
+            .await
+        {
+            Ok(r) => r?,
+            Err(_) => error_reply(&Error::ServiceUnavailable(
+                "The request took too long and was abandoned".into(),
+            )),
+        };
     let status = resp.status().as_u16();
     let route = route_class(&path);
     metrics.record(
