@@ -40,6 +40,17 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> V
     out
 }
 
+/// (name, path, headers, body, accepted statuses)
+type PutCase<'a> = (
+    &'a str,
+    String,
+    &'a [(&'a str, &'a str)],
+    Vec<u8>,
+    &'a [u16],
+);
+/// (name, method, path, body, accepted statuses)
+type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, &'a [u16]);
+
 const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
 
 fn nested(depth: usize, open: &str, close: &str) -> Vec<u8> {
@@ -65,7 +76,7 @@ fn hostile_input_corpus() {
     big_json.extend_from_slice(b"\"}");
     let long_id = "x".repeat(1100);
     let long_id_path = format!("/db/{long_id}");
-    let cases: Vec<(&str, String, &[(&str, &str)], Vec<u8>, &[u16])> = vec![
+    let cases: Vec<PutCase> = vec![
         (
             "truncated JSON",
             "/db/t1".into(),
@@ -304,7 +315,7 @@ fn hostile_input_corpus() {
         kinds += 1;
     }
     // POST/GET cases
-    let more: Vec<(&str, &str, &str, Vec<u8>, &[u16])> = vec![
+    let more: Vec<Case> = vec![
         (
             "_bulk_docs docs not an array",
             "POST",
