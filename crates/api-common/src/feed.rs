@@ -22,6 +22,10 @@ use crate::{Request, StreamingBody};
 
 /// Smallest heartbeat accepted (ms).
 pub const MIN_HEARTBEAT_MS: u64 = 1_000;
+/// Heartbeat interval for `heartbeat=true` (ms), as CouchDB.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 60_000;
+/// Rows per chunk of a continuous or eventsource feed.
+const STREAM_PAGE: usize = 1_000;
 /// Longpoll/continuous timeout when none is given and no heartbeat is set (ms).
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 
@@ -193,9 +197,16 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
             )))
         }
     }
-    let heartbeat = as_u64(param(req, &body, "heartbeat"), "heartbeat")?
-        .filter(|h| *h > 0)
-        .map(|h| Duration::from_millis(h.max(MIN_HEARTBEAT_MS)));
+    // `heartbeat=true` is CouchDB's way of asking for the default interval
+    let heartbeat = match param(req, &body, "heartbeat") {
+        Some(Value::Bool(true)) => Some(DEFAULT_HEARTBEAT_MS),
+        Some(Value::String(s)) if s == "true" => Some(DEFAULT_HEARTBEAT_MS),
+        Some(Value::Bool(false)) => None,
+        Some(Value::String(s)) if s == "false" => None,
+        other => as_u64(other, "heartbeat")?,
+    }
+    .filter(|h| *h > 0)
+    .map(|h| Duration::from_millis(h.max(MIN_HEARTBEAT_MS)));
     let timeout = match as_u64(param(req, &body, "timeout"), "timeout")? {
         Some(0) => None,
         Some(t) => Some(Duration::from_millis(t)),
@@ -371,6 +382,11 @@ impl LiveFeed {
         let mut opts = self.opts.clone();
         if let Some(l) = opts.limit {
             opts.limit = Some(l.saturating_sub(self.sent));
+        }
+        // a continuous feed from far back is sent a page per chunk, not built whole in memory;
+        // the next page follows at once (the store is already past `since`)
+        if self.feed != Feed::Longpoll {
+            opts.limit = Some(opts.limit.map_or(STREAM_PAGE, |l| l.min(STREAM_PAGE)));
         }
         let batch = match self.db.changes(&self.caller, &opts) {
             Ok(b) => b,

@@ -212,6 +212,12 @@ test('longpoll: timeout answers an empty result; heartbeats are whitespace insid
   const body = JSON.parse(st.text());
   assert.deepEqual(body.results.map((x) => x.id), ['b']);
   assert.equal(body.last_seq, 2);
+  // heartbeat=true is CouchDB's default interval; garbage is a 400
+  const ht = await req('GET', `${url}/_changes?feed=longpoll&since=2&heartbeat=true&timeout=200`);
+  assert.deepEqual(ht.body, { results: [], last_seq: 2 });
+  const hbad = await req('GET', `${url}/_changes?feed=longpoll&since=2&heartbeat=soon`);
+  assert.equal(hbad.status, 400);
+  assert.match(hbad.body.reason, /heartbeat/);
   // heartbeat plus timeout: the timeout still ends the request
   const t1 = Date.now();
   const hb = await req('GET', `${url}/_changes?feed=longpoll&since=2&heartbeat=1000&timeout=1500`);
@@ -356,4 +362,19 @@ test('shutdown ends open feeds with complete bodies and the process exits 0', as
   await ct.done;
   const lines = ct.text().split('\n').filter(Boolean).map((l) => JSON.parse(l));
   assert.deepEqual(lines.at(-1), { last_seq: 1 });
+});
+
+test('a continuous feed from far back streams every row once, in order, page by page', async () => {
+  const { url } = await fresh();
+  for (let k = 0; k < 5; k++) await write(url, Array.from({ length: 500 }, (_, i) => ({ _id: `d${k * 500 + i}` })));
+  const r = await req('GET', `${url}/_changes?feed=continuous&since=0&timeout=500`);
+  const lines = r.body.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  assert.equal(lines.length, 2501);
+  assert.deepEqual(lines.slice(0, -1).map((l) => l.seq), Array.from({ length: 2500 }, (_, i) => i + 1));
+  assert.deepEqual(lines.at(-1), { last_seq: 2500 });
+  const lim = await req('GET', `${url}/_changes?feed=continuous&since=100&limit=1500`);
+  const ll = lim.body.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  assert.equal(ll.length, 1501);
+  assert.equal(ll[0].seq, 101);
+  assert.deepEqual(ll.at(-1), { last_seq: 1600 });
 });

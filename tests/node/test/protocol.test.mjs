@@ -366,3 +366,27 @@ test('every replication endpoint answers JSON with a JSON Content-Type', async (
     assert.equal(typeof r.body, 'object', `${m} ${u} body parses as JSON`);
   }
 });
+
+test('new_edits:false with attachment stubs (CouchDB-replicator style): revpos kept, unknown data refused', async () => {
+  const url = await fresh();
+  await push(url, [{ _id: 'a', _rev: '1-x', _attachments: { 'f.txt': { content_type: 'text/plain', data: b64('hello'), revpos: 1 } } }]);
+  const digest = (await req('GET', `${url}/a`)).body._attachments['f.txt'].digest;
+  // a stub naming the digest, and a stub relying on the parent
+  await push(url, [{ _id: 'a', _rev: '2-y', _revisions: { start: 2, ids: ['y', 'x'] }, v: 2, _attachments: { 'f.txt': { stub: true, digest, revpos: 1, content_type: 'text/plain' } } }]);
+  await push(url, [{ _id: 'a', _rev: '3-z', _revisions: { start: 3, ids: ['z', 'y', 'x'] }, v: 3, _attachments: { 'f.txt': { stub: true, revpos: 1 } } }]);
+  const cur = await req('GET', `${url}/a?attachments=true`);
+  assert.equal(cur.body._rev, '3-z');
+  assert.equal(cur.body._attachments['f.txt'].revpos, 1);
+  assert.equal(cur.body._attachments['f.txt'].data, b64('hello'));
+  // another document may refer to stored data by digest
+  await push(url, [{ _id: 'b', _rev: '1-q', _attachments: { 'copy.txt': { stub: true, digest, revpos: 1, content_type: 'text/plain' } } }]);
+  assert.equal(await (await fetch(`${url}/b/copy.txt`)).text(), 'hello');
+  // a stub for data the server does not have is refused for that document only
+  const before = (await req('GET', `${url}/`)).body.update_seq;
+  const r = await req('POST', `${url}/_bulk_docs`, { new_edits: false, docs: [{ _id: 'c', _rev: '1-c', _attachments: { 'g.txt': { stub: true, digest: 'md5-AAAAAAAAAAAAAAAAAAAAAA==' } } }] });
+  assert.equal(r.status, 201);
+  assert.equal(r.body[0].status, 412);
+  assert.match(r.body[0].reason, /stub/);
+  assert.equal((await req('GET', `${url}/c`)).status, 404);
+  assert.equal((await req('GET', `${url}/`)).body.update_seq, before);
+});

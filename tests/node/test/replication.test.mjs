@@ -396,3 +396,34 @@ test('live sync under concurrent edits of the same docs on two clients converges
     assert.ok(d.winner.startsWith('11-'), `hot${i} winner ${d.winner}`);
   }
 });
+
+test('public port (GUEST with every channel): push, pull and live sync as on the admin port', async () => {
+  const srv = await startServer((c) => { c.databases.db = { guest: { disabled: false, admin_channels: ['*'] } }; });
+  try {
+    const remote = remoteDb(`${srv.public}/db`);
+    const a = localDb();
+    await a.bulkDocs(Array.from({ length: 200 }, (_, i) => ({ _id: `p${i}`, i, channels: [`ch${i % 3}`] })));
+    const x = await a.put({ _id: 'att', _attachments: { 'a.bin': { content_type: 'application/octet-stream', data: bytes(9, 2048).toString('base64') } } });
+    assert.ok(x.ok);
+    const push = await a.replicate.to(remote);
+    assert.equal(push.docs_written, 201);
+    const b = localDb();
+    const pull = await b.replicate.from(remote);
+    assert.equal(pull.docs_written, 201);
+    assertSameSnapshot(await snapshot(a), await snapshot(b), 'through the public port');
+    const sa = a.sync(remote, { live: true, retry: true });
+    const sb = b.sync(remoteDb(`${srv.public}/db`), { live: true, retry: true });
+    try {
+      await a.put({ _id: 'live-a', channels: ['ch1'] });
+      await eventually(() => b.get('live-a').then(() => true, () => false), 5000, 'a → b via public port');
+      await b.put({ _id: 'live-b' });
+      await eventually(() => a.get('live-b').then(() => true, () => false), 5000, 'b → a via public port');
+    } finally {
+      sa.cancel();
+      sb.cancel();
+    }
+    await eventually(async () => (await srv.metric('syncgate_changes_feeds_active{db="db"}')) === 0, 5000, 'public feeds released');
+  } finally {
+    await srv.stop();
+  }
+});
