@@ -1,10 +1,15 @@
 //! The admin port: everything the public port serves, without user authentication, plus
 //! database management, users, roles and sessions. Bind it to loopback.
+//!
+//! - `/{db}/_user/…`, `/{db}/_role/…`, `/{db}/_session…`: [`principals`].
+
+mod principals;
 
 use std::sync::Arc;
 
 use http::Method;
 use serde_json::json;
+use syncgate_api_common::cors;
 use syncgate_api_common::{
     error_reply, json_reply, recover, request_filter, routes, Reply, Request,
 };
@@ -21,9 +26,7 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(Reply,)> {
             let server = server.clone();
             async move {
                 match req {
-                    Ok(req) => dispatch(&server, &req)
-                        .await
-                        .unwrap_or_else(|e| error_reply(&e)),
+                    Ok(req) => handle(&server, &req).await,
                     Err(e) => error_reply(&e),
                 }
             }
@@ -31,6 +34,19 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(Reply,)> {
         .recover(recover)
         .unify()
         .boxed()
+}
+
+async fn handle(server: &Arc<Server>, req: &Request) -> Reply {
+    let db = req.segments.first().and_then(|d| server.db(d));
+    let policy = cors::policy(server, db.as_deref());
+    if req.method == Method::OPTIONS {
+        return cors::preflight(&req.headers, policy);
+    }
+    let mut r = dispatch(server, req)
+        .await
+        .unwrap_or_else(|e| error_reply(&e));
+    cors::apply(&mut r, &req.headers, policy);
+    r
 }
 
 async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
@@ -81,6 +97,9 @@ async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
                 "Only POST is allowed on _compact".into(),
             )),
         },
+        Some("_user") => principals::user_routes(&db, req, &rest[1..]).await,
+        Some("_role") => principals::role_routes(&db, req, &rest[1..]).await,
+        Some("_session") => principals::session_routes(&db, req, &rest[1..]).await,
         _ => routes::db_route(db, Caller::Admin, req, rest).await,
     }
 }

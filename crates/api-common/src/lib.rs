@@ -6,10 +6,12 @@
 //!   error body; the `recover` for warp's own rejections.
 //! - [`routes`]: the document and replication routes both ports serve.
 //! - [`feed`]: streaming `_changes` feeds (longpoll, continuous, eventsource).
+//! - [`cors`]: CORS policy, preflights and response headers for both ports.
 //!
 //! warp is used for what it is good at (turning hyper requests into filters); dispatch is a
 //! `match` on decoded path segments, so a `%2F` inside a doc id stays part of the id.
 
+pub mod cors;
 pub mod feed;
 pub mod reply;
 pub mod request;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use http::Method;
 use serde_json::{json, Value};
-use syncgate_auth::Caller;
+use syncgate_auth::{Caller, UserCtx};
 use syncgate_core::docs::{AllDocsOptions, GetOptions, GetResult, OpenRevs};
 use syncgate_core::{Database, Error, Result};
 use syncgate_storage::WriteOutcome;
@@ -23,6 +23,19 @@ pub fn root(admin: bool) -> Reply {
         body["ADMIN"] = Value::Bool(true);
     }
     json_reply(200, &body)
+}
+
+/// The `GET /{db}/_session` body for a user (`None` = anonymous: name null, no channels).
+pub fn session_info(user: Option<&UserCtx>) -> Value {
+    let ctx = match user {
+        Some(u) => json!({"name": u.name, "channels": u.channels, "roles": u.roles}),
+        None => json!({"name": Value::Null, "channels": {}, "roles": []}),
+    };
+    json!({
+        "ok": true,
+        "authentication_handlers": ["default", "cookie"],
+        "userCtx": ctx,
+    })
 }
 
 /// `GET /_ping`.

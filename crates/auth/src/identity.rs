@@ -1,6 +1,6 @@
 //! Who a request acts as, and what it may read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The channel every document is in; a grant of it sees everything.
 pub const ALL_CHANNELS: &str = "*";
@@ -12,8 +12,9 @@ pub const PUBLIC_CHANNEL: &str = "!";
 pub struct UserCtx {
     /// `None` for GUEST.
     pub name: Option<String>,
-    /// Effective channels: admin ∪ jwt channels ∪ those of every role.
-    pub channels: BTreeSet<String>,
+    /// Effective channels (admin ∪ jwt channels ∪ those of every role, plus `!`), each with the
+    /// sequence from which it is visible to this user (the grant's sequence).
+    pub channels: BTreeMap<String, u64>,
     /// Effective roles: admin ∪ jwt roles.
     pub roles: BTreeSet<String>,
 }
@@ -21,10 +22,10 @@ pub struct UserCtx {
 impl UserCtx {
     /// Whether a revision in `channels` is readable.
     pub fn can_read(&self, channels: &[String]) -> bool {
-        self.channels.contains(ALL_CHANNELS)
+        self.channels.contains_key(ALL_CHANNELS)
             || channels
                 .iter()
-                .any(|c| c == PUBLIC_CHANNEL || self.channels.contains(c))
+                .any(|c| c == PUBLIC_CHANNEL || self.channels.contains_key(c))
     }
 }
 
@@ -65,7 +66,7 @@ mod tests {
     fn channel_visibility() {
         let u = UserCtx {
             name: Some("a".into()),
-            channels: ["x".to_string()].into(),
+            channels: [("x".to_string(), 1)].into(),
             roles: Default::default(),
         };
         assert!(u.can_read(&["x".into()]));
@@ -73,7 +74,7 @@ mod tests {
         assert!(!u.can_read(&["y".into()]));
         assert!(!u.can_read(&[]));
         let star = UserCtx {
-            channels: ["*".to_string()].into(),
+            channels: [("*".to_string(), 1)].into(),
             ..Default::default()
         };
         assert!(star.can_read(&[]));

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use syncgate_auth::jwt::{config::validate_local_jwt, LocalJwtConfig, OidcConfig};
+use syncgate_auth::{ConfigRole, ConfigUser, GuestConfig, HashParams, GUEST};
 
 /// A config problem, printed as one line by the binary (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,16 @@ fn default_p_cost() -> u32 {
     1
 }
 
+impl PasswordHashConfig {
+    pub fn params(&self) -> HashParams {
+        HashParams {
+            memory_kib: self.memory_kib,
+            iterations: self.iterations,
+            parallelism: self.parallelism,
+        }
+    }
+}
+
 impl Default for PasswordHashConfig {
     fn default() -> Self {
         PasswordHashConfig {
@@ -128,10 +139,11 @@ impl Default for PasswordHashConfig {
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
     pub server: Option<String>,
+    /// Users created at startup when missing (`GUEST` here is the same as `guest`).
     #[serde(default)]
-    pub users: BTreeMap<String, Value>,
+    pub users: BTreeMap<String, ConfigUser>,
     #[serde(default)]
-    pub roles: BTreeMap<String, Value>,
+    pub roles: BTreeMap<String, ConfigRole>,
     pub revs_limit: Option<u64>,
     pub session_cookie_name: Option<String>,
     pub session_cookie_secure: Option<bool>,
@@ -256,11 +268,21 @@ impl ServerConfig {
             {
                 return err("$.password_hash: memory_kib must be ≥ 8 × parallelism, iterations and parallelism ≥ 1");
             }
+            if ph.memory_kib > 4 * 1024 * 1024 || ph.iterations > 100 || ph.parallelism > 64 {
+                return err(
+                    "$.password_hash: memory_kib ≤ 4194304, iterations ≤ 100 and parallelism ≤ 64",
+                );
+            }
         }
         for (name, db) in &self.databases {
             validate_db_name(name)
                 .map_err(|e| ConfigError(format!("$.databases.{name}: {}", e.0)))?;
             db.validate(&format!("$.databases.{name}"))?;
+            if db.same_site_none() && !db.cookie_secure(self.tls()) {
+                return err(format!(
+                    "$.databases.{name}.session_cookie_same_site: \"None\" needs a Secure cookie (serve TLS or set session_cookie_secure: true)"
+                ));
+            }
         }
         Ok(())
     }
@@ -313,6 +335,33 @@ impl DbConfig {
     pub fn session_ttl(&self) -> u64 {
         self.session_ttl_secs.unwrap_or(86_400)
     }
+    /// `Secure` on the session cookie: as configured, else whether the server serves TLS.
+    pub fn cookie_secure(&self, tls: bool) -> bool {
+        self.session_cookie_secure.unwrap_or(tls)
+    }
+    fn same_site_none(&self) -> bool {
+        self.session_cookie_same_site.as_deref() == Some("None")
+    }
+
+    /// GUEST's settings: `guest`, or `users.GUEST`; disabled unless configured.
+    pub fn guest_config(&self) -> GuestConfig {
+        if let Some(g) = &self.guest {
+            return GuestConfig {
+                disabled: g.disabled.unwrap_or(true),
+                admin_channels: g.admin_channels.clone(),
+            };
+        }
+        match self.users.get(GUEST) {
+            Some(u) => GuestConfig {
+                disabled: u.disabled.unwrap_or(false),
+                admin_channels: u.admin_channels.clone(),
+            },
+            None => GuestConfig {
+                disabled: true,
+                admin_channels: Vec::new(),
+            },
+        }
+    }
 
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         if let Some(s) = &self.server {
@@ -353,6 +402,45 @@ impl DbConfig {
         }
         if let Some(l) = &self.local_jwt {
             validate_local_jwt(l, &format!("{at}.local_jwt")).map_err(ConfigError)?;
+        }
+        if self
+            .session_ttl_secs
+            .is_some_and(|t| t > syncgate_auth::sessions::MAX_TTL_SECS)
+        {
+            return err(format!("{at}.session_ttl_secs: too large"));
+        }
+        for (name, role) in &self.roles {
+            let at = format!("{at}.roles.{name}");
+            syncgate_auth::principals::validate_name(name)
+                .map_err(|e| ConfigError(format!("{at}: {e}")))?;
+            if role.admin_channels.iter().any(|c| c.is_empty()) {
+                return err(format!(
+                    "{at}.admin_channels: channel names must not be empty"
+                ));
+            }
+        }
+        for (name, user) in &self.users {
+            let at = format!("{at}.users.{name}");
+            if name == GUEST {
+                if self.guest.is_some() {
+                    return err(format!(
+                        "{at}: GUEST is configured twice (here and in \"guest\"); keep one"
+                    ));
+                }
+                if user.password.is_some() || user.email.is_some() || !user.admin_roles.is_empty() {
+                    return err(format!(
+                        "{at}: GUEST takes only \"disabled\" and \"admin_channels\""
+                    ));
+                }
+                continue;
+            }
+            syncgate_auth::principals::validate_name(name)
+                .map_err(|e| ConfigError(format!("{at}: {e}")))?;
+            if user.password.is_none() {
+                return err(format!("{at}.password: a password is required"));
+            }
+            user.to_update()
+                .map_err(|e| ConfigError(format!("{at}: {e}")))?;
         }
         Ok(())
     }

@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rand::RngCore;
 use serde_json::{json, Value};
-use syncgate_auth::{Authenticator, GuestConfig};
+use syncgate_auth::{AuthSettings, Authenticator, CookieSettings, SameSite};
 use syncgate_storage::{DatabaseStore, Store};
 use tokio::sync::watch;
 
@@ -61,10 +62,15 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// How often expired and revoked sessions are collected.
+pub const SESSION_GC_INTERVAL: Duration = Duration::from_secs(60);
+
 /// All databases of the process.
 pub struct Server {
     pub config: ServerConfig,
     store: Store,
+    /// The server's secret for hashing session ids (generated at first start, kept in the store).
+    session_key: Vec<u8>,
     dbs: RwLock<BTreeMap<String, Arc<Database>>>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -79,9 +85,15 @@ impl Server {
             ))
         })?;
         let (shutdown_tx, _) = watch::channel(false);
+        let session_key = store.server_value("session_key", || {
+            let mut k = vec![0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut k);
+            k
+        })?;
         let server = Arc::new(Server {
             config,
             store,
+            session_key,
             dbs: RwLock::new(BTreeMap::new()),
             shutdown_tx,
         });
@@ -97,20 +109,27 @@ impl Server {
 
     fn open_db(&self, name: &str, config: DbConfig) -> Result<Arc<Database>> {
         let store: Arc<dyn DatabaseStore> = self.store.database(name)?;
-        let guest = config.guest.clone().unwrap_or_default();
-        let guest = GuestConfig {
-            disabled: guest.disabled.unwrap_or(true),
-            admin_channels: guest.admin_channels,
-        };
-        let cors_configured = config.cors.as_ref().is_some_and(|c| !c.origin.is_empty())
-            || self
+        let cors_configured = match &config.cors {
+            Some(c) => !c.origin.is_empty(),
+            None => self
                 .config
                 .cors
                 .as_ref()
-                .is_some_and(|c| !c.origin.is_empty());
+                .is_some_and(|c| !c.origin.is_empty()),
+        };
+        let auth = Authenticator::new(
+            store.clone(),
+            self.auth_settings(name, &config, cors_configured),
+        );
+        auth.install_config(&config.roles, &config.users, &config.guest_config())
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "database \"{name}\": cannot install the config's users and roles: {e}"
+                ))
+            })?;
         let db = Arc::new(Database {
             name: name.to_string(),
-            auth: Authenticator::new(store.clone(), guest),
+            auth,
             store,
             config,
             start_time: now_micros(),
@@ -123,7 +142,40 @@ impl Server {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), db.clone());
+        spawn_session_gc(&db);
         Ok(db)
+    }
+
+    /// The authenticator's settings for one database (cookie attributes per SPEC §1).
+    fn auth_settings(&self, name: &str, config: &DbConfig, cors_configured: bool) -> AuthSettings {
+        let secure = config.cookie_secure(self.config.tls());
+        let same_site = match config.session_cookie_same_site.as_deref() {
+            Some("Strict") => SameSite::Strict,
+            Some("None") => SameSite::None,
+            Some(_) => SameSite::Lax,
+            // cross-site apps (app://obsidian.md, capacitor://localhost) need None, which
+            // browsers only accept together with Secure
+            None if cors_configured && secure => SameSite::None,
+            None => SameSite::Lax,
+        };
+        AuthSettings {
+            disable_password_auth: config.disable_password_auth.unwrap_or(false),
+            hash_params: self
+                .config
+                .password_hash
+                .clone()
+                .unwrap_or_default()
+                .params(),
+            cookie: CookieSettings {
+                name: config.cookie_name().to_string(),
+                path: format!("/{}", name.replace('/', "%2F")),
+                secure,
+                http_only: config.session_cookie_http_only.unwrap_or(true),
+                same_site,
+            },
+            session_ttl: Duration::from_secs(config.session_ttl()),
+            session_key: self.session_key.clone(),
+        }
     }
 
     pub fn db(&self, name: &str) -> Option<Arc<Database>> {
@@ -196,6 +248,38 @@ impl Server {
     pub fn store_size(&self) -> u64 {
         self.store.size_on_disk()
     }
+}
+
+/// Collects expired and revoked sessions every [`SESSION_GC_INTERVAL`] until the server shuts
+/// down or the database is deleted. Needs a runtime (absent in sync unit tests: then no task).
+fn spawn_session_gc(db: &Arc<Database>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(db);
+    let mut shutdown = db.shutdown.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(SESSION_GC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            let Some(db) = weak.upgrade() else { break };
+            let name = db.name.clone();
+            match tokio::task::spawn_blocking(move || db.auth.collect_sessions()).await {
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::debug!(db = %name, removed = n, "sessions collected")
+                }
+                Ok(Err(e)) => tracing::warn!(db = %name, "session collection failed: {e}"),
+                _ => {}
+            }
+        }
+    });
 }
 
 impl Database {

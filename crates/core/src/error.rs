@@ -91,7 +91,9 @@ impl From<AuthError> for Error {
             AuthError::Forbidden(m) => Error::Forbidden(m),
             AuthError::BadRequest(m) => Error::BadRequest(m),
             AuthError::NotFound(m) => Error::NotFound(m),
+            AuthError::MethodNotAllowed(m) => Error::MethodNotAllowed(m),
             AuthError::Conflict(m) => Error::Conflict(m),
+            AuthError::Internal(m) => Error::Internal(m),
             e @ AuthError::TooManyRequests { .. } => {
                 let retry_after = if let AuthError::TooManyRequests { retry_after } = &e {
                     *retry_after

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderValue, Method};
 use serde_json::{json, Value};
+use syncgate_api_common::cors::{self, CorsPolicy};
 use syncgate_api_common::reply::with_header;
 use syncgate_api_common::{
     error_reply, json_reply, recover, request_filter, routes, Reply, Request,
 };
-use syncgate_auth::{Caller, Credentials, UserCtx};
+use syncgate_auth::{AuthError, Authenticated, Caller, Credentials};
 use syncgate_core::{Database, Error, Result, Server};
 use warp::filters::BoxedFilter;
 use warp::Filter;
@@ -38,14 +39,32 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(Reply,)> {
         .boxed()
 }
 
+/// What a handler adds to whatever response the request ends with (success or error).
+#[derive(Default)]
+struct Pending {
+    /// A session cookie to set: login, logout, or the sliding refresh of the request's session.
+    set_cookie: Option<String>,
+}
+
 async fn handle(server: &Arc<Server>, req: &Request) -> Reply {
-    match dispatch(server, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            let db = req.segments.first().and_then(|d| server.db(d));
-            error_with_challenge(&e, req, db.as_deref())
-        }
+    let db = req.segments.first().and_then(|d| server.db(d));
+    let policy = cors::policy(server, db.as_deref());
+    if req.method == Method::OPTIONS {
+        return cors::preflight(&req.headers, policy);
     }
+    let mut pending = Pending::default();
+    let mut r = match dispatch(server, req, policy, &mut pending).await {
+        Ok(r) => r,
+        Err(e) => error_with_challenge(&e, req, db.as_deref()),
+    };
+    if let Some(c) = pending
+        .set_cookie
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        r.headers_mut().append(http::header::SET_COOKIE, c);
+    }
+    cors::apply(&mut r, &req.headers, policy);
+    r
 }
 
 /// Adds `WWW-Authenticate` to a 401 only for clients that can show a native login prompt:
@@ -69,7 +88,12 @@ fn error_with_challenge(e: &Error, req: &Request, db: Option<&Database>) -> Repl
     }
 }
 
-async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
+async fn dispatch(
+    server: &Arc<Server>,
+    req: &Request,
+    policy: Option<CorsPolicy<'_>>,
+    pending: &mut Pending,
+) -> Result<Reply> {
     let segs = &req.segments;
     let Some(first) = segs.first() else {
         return match req.method {
@@ -97,7 +121,11 @@ async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
             ));
         }
         // as SG: no database enumeration for unauthenticated clients
-        return Err(Error::unauthorized("Login required"));
+        return Err(if req.header("authorization").is_some() {
+            Error::unauthorized("Invalid login")
+        } else {
+            Error::unauthorized("Login required")
+        });
     };
     if rest.is_empty() {
         match req.method {
@@ -111,10 +139,11 @@ async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
         }
     }
     if rest.first().map(String::as_str) == Some("_session") && rest.len() == 1 {
-        return session(&db, req).await;
+        return session(&db, req, policy, pending).await;
     }
-    let user = authenticate(&db, req).await?;
-    routes::db_route(db, Caller::User(user), req, rest).await
+    let auth = authenticate(&db, req).await?;
+    pending.set_cookie = auth.set_cookie;
+    routes::db_route(db, Caller::User(auth.user), req, rest).await
 }
 
 /// The database's session cookie value on this request, if any.
@@ -139,39 +168,144 @@ fn credentials<'a>(db: &Database, req: &'a Request) -> Credentials<'a> {
 }
 
 /// Runs the database's authentication pipeline for this request.
-pub async fn authenticate(db: &Database, req: &Request) -> Result<UserCtx> {
+pub async fn authenticate(db: &Database, req: &Request) -> Result<Authenticated> {
     Ok(db.auth.authenticate(&credentials(db, req)).await?)
 }
 
-fn user_ctx_json(user: Option<&UserCtx>) -> Value {
-    match user {
-        Some(u) => json!({
-            "name": u.name,
-            "channels": u.channels.iter().map(|c| (c.clone(), json!(1))).collect::<serde_json::Map<_, _>>(),
-            "roles": u.roles,
-        }),
-        None => json!({"name": Value::Null, "channels": {}, "roles": []}),
-    }
+/// `POST /{db}/_session` body: `{"name","password"}`, both optional, nothing else.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    name: Option<String>,
+    password: Option<String>,
 }
 
-/// `/{db}/_session`.
-async fn session(db: &Arc<Database>, req: &Request) -> Result<Reply> {
+fn login_body(req: &Request) -> Result<LoginBody> {
+    let v = req.json_or_empty()?;
+    let Value::Object(mut m) = v else {
+        return Err(Error::bad("The _session body must be a JSON object"));
+    };
+    // checked by hand so that no error message can echo a password
+    let password = match m.remove("password") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => Some(p),
+        Some(_) => return Err(Error::bad("'password' must be a string")),
+    };
+    let mut body: LoginBody = serde_json::from_value(Value::Object(m)).map_err(|e| {
+        let msg = e.to_string();
+        Error::bad(format!(
+            "Invalid _session body: {}",
+            msg.split(" at line ").next().unwrap_or(&msg)
+        ))
+    })?;
+    body.password = password;
+    Ok(body)
+}
+
+fn no_cors() -> Error {
+    Error::bad("No CORS: this Origin is not allowed to log in (see login_origin)")
+}
+
+/// `/{db}/_session`: who am I, login, logout.
+async fn session(
+    db: &Arc<Database>,
+    req: &Request,
+    policy: Option<CorsPolicy<'_>>,
+    pending: &mut Pending,
+) -> Result<Reply> {
+    let creds = credentials(db, req);
     match req.method {
         Method::GET | Method::HEAD => {
             // a bad cookie is ignored here; anonymous callers get name null
-            let user = authenticate(db, req).await.ok().or_else(|| db.auth.guest());
-            Ok(json_reply(
-                200,
-                &json!({
-                    "ok": true,
-                    "authentication_handlers": ["default", "cookie"],
-                    "userCtx": user_ctx_json(user.as_ref()),
-                }),
-            ))
+            let a = db.auth.authenticate_optional(&creds).await?;
+            let user = a.map(|a| {
+                pending.set_cookie = a.set_cookie;
+                a.user
+            });
+            Ok(json_reply(200, &routes::session_info(user.as_ref())))
+        }
+        Method::POST => {
+            if !cors::login_allowed(&req.headers, policy) {
+                return Err(no_cors());
+            }
+            let one_time = req.q_bool("one_time")?;
+            let body = login_body(req)?;
+            let name = match body.name {
+                Some(name) => {
+                    if db.auth.settings().disable_password_auth {
+                        return Err(Error::Unauthorized {
+                            reason: "Password authentication is disabled for this database".into(),
+                            challenge: false,
+                        });
+                    }
+                    let password = body.password.unwrap_or_default();
+                    let user = db
+                        .auth
+                        .check_password(&name, &password, creds.client_addr)
+                        .await
+                        .map_err(no_challenge)?;
+                    user.record.name.clone()
+                }
+                None => {
+                    let a = db.auth.authenticate_optional(&creds).await?;
+                    match a.and_then(|a| a.user.name) {
+                        Some(n) => n,
+                        None => {
+                            return Err(Error::Unauthorized {
+                                reason: "Login required: send a name and password".into(),
+                                challenge: false,
+                            })
+                        }
+                    }
+                }
+            };
+            let s = db
+                .auth
+                .create_session(&name, None, one_time)
+                .await
+                .map_err(|e| match e {
+                    AuthError::BadRequest(_) | AuthError::NotFound(_) => Error::Unauthorized {
+                        reason: "Invalid login".into(),
+                        challenge: false,
+                    },
+                    e => e.into(),
+                })?;
+            let user = db.auth.principals().load(&name)?.map(|u| u.ctx.clone());
+            let mut body = routes::session_info(user.as_ref());
+            if one_time {
+                body["one_time_session_id"] = json!(s.id);
+            }
+            pending.set_cookie = s.set_cookie;
+            Ok(json_reply(200, &body))
+        }
+        Method::DELETE => {
+            if !cors::login_allowed(&req.headers, policy) {
+                return Err(no_cors());
+            }
+            // a bad cookie is a 401 here (the caller must be logged in)
+            db.auth.authenticate(&creds).await?;
+            let Some(id) = creds.session_cookie else {
+                return Err(Error::not_found("no session"));
+            };
+            db.auth.delete_session(id).await?;
+            pending.set_cookie = Some(db.auth.cookie().clear_cookie());
+            Ok(json_reply(200, &json!({"ok": true})))
         }
         _ => Err(Error::MethodNotAllowed(format!(
             "Method {} is not allowed on _session",
             req.method
         ))),
+    }
+}
+
+/// A failed login on `POST /_session` never offers a Basic challenge (the client is already
+/// using a login form).
+fn no_challenge(e: AuthError) -> Error {
+    match e {
+        AuthError::Unauthorized { reason, .. } => Error::Unauthorized {
+            reason,
+            challenge: false,
+        },
+        e => e.into(),
     }
 }

@@ -126,12 +126,14 @@ pub trait DatabaseStore: Send + Sync {
 
     // --- principals and sessions (opaque JSON to this layer) ---------------------------------
     fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>>;
-    /// Stores a principal record and assigns it a sequence (grants are ordered with documents).
+    /// Stores a principal record under a new sequence (grants are ordered with documents).
+    /// `build` receives that sequence and returns the record's bytes, so the record can carry
+    /// the sequence of its own write; it runs under the write lock and must be quick.
     fn put_principal(
         &self,
         kind: PrincipalKind,
         name: &str,
-        value: Vec<u8>,
+        build: &mut dyn FnMut(u64) -> Vec<u8>,
     ) -> Result<(u64, Ticket)>;
     fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket>;
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>>;

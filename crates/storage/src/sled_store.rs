@@ -34,6 +34,7 @@ use crate::{BoxFuture, DatabaseStore, PrincipalKind, Result, StorageError, Ticke
 
 const DB_TREE_PREFIX: &str = "db/";
 const REGISTRY_TREE: &str = "registry";
+const META_TREE: &str = "meta";
 
 /// Shared group-commit state: writers take a ticket after their batch is applied; waiters flush
 /// once for every ticket issued before the flush started.
@@ -136,6 +137,23 @@ impl Store {
         self.registry.insert(name.as_bytes(), config)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// A server-wide value kept in the store (e.g. the session-hashing key): the stored one, or
+    /// `init()` stored and flushed on first use. Concurrent first uses agree on one value.
+    pub fn server_value(&self, key: &str, init: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        let meta = self.db.open_tree(META_TREE)?;
+        if let Some(v) = meta.get(key)? {
+            return Ok(v.to_vec());
+        }
+        let fresh = init();
+        match meta.compare_and_swap(key, None as Option<&[u8]>, Some(fresh.as_slice()))? {
+            Ok(()) => {
+                meta.flush()?;
+                Ok(fresh)
+            }
+            Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or(fresh)),
+        }
     }
 
     /// Flushes everything (shutdown).
@@ -864,12 +882,12 @@ impl DatabaseStore for SledDatabase {
         &self,
         kind: PrincipalKind,
         name: &str,
-        value: Vec<u8>,
+        build: &mut dyn FnMut(u64) -> Vec<u8>,
     ) -> Result<(u64, Ticket)> {
         let _guard = self.lock();
         let seq = self.assigned_seq() + 1;
         let mut batch = Batch::default();
-        batch.insert(prefixed(principal_prefix(kind), name), value);
+        batch.insert(prefixed(principal_prefix(kind), name), build(seq));
         let ticket = self.finish(batch, seq, 0)?;
         Ok((seq, ticket))
     }

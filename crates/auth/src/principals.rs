@@ -1,0 +1,980 @@
+//! Users and roles: the stored records, the admin API's JSON, validation, partial updates and
+//! effective channels.
+//!
+//! Records are JSON in the store's principal keyspaces (`u`/`r`). Every write goes through
+//! [`Principals::modify_user`] / [`Principals::modify_role`]: a read-modify-write under this
+//! database's principal lock, stored under a new sequence which the record keeps (`seq`), and
+//! which becomes the grant sequence of every channel or role the write added. GUEST is the user
+//! record named [`GUEST`]; it has no password and is never listed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use syncgate_storage::{DatabaseStore, PrincipalKind, Ticket};
+
+use crate::identity::{UserCtx, PUBLIC_CHANNEL};
+use crate::AuthError;
+
+/// The guest user's name on the API (and its record's key).
+pub const GUEST: &str = "GUEST";
+/// Longest user or role name, in bytes (as Sync Gateway).
+pub const MAX_NAME_LEN: usize = 239;
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 250;
+/// Users whose effective identity is kept in memory at most.
+const CTX_CACHE_CAPACITY: usize = 10_000;
+
+/// Channel or role name → sequence of the write that granted it (0 = granted by the write in
+/// progress; filled in when it is stored).
+pub type Grants = BTreeMap<String, u64>;
+
+/// A stored user.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// Argon2id PHC string; never leaves this crate's API except to be verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub admin_channels: Grants,
+    #[serde(default)]
+    pub admin_roles: Grants,
+    /// Issuer of the token that last set `jwt_roles`/`jwt_channels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    #[serde(default)]
+    pub jwt_roles: Grants,
+    #[serde(default)]
+    pub jwt_channels: Grants,
+    /// Copied into every session; a new value invalidates all of the user's sessions.
+    #[serde(default)]
+    pub session_uuid: String,
+    /// Sequence of this record's last write.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("has_password", &self.password_hash.is_some())
+            .field("disabled", &self.disabled)
+            .field("admin_channels", &self.admin_channels)
+            .field("admin_roles", &self.admin_roles)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserRecord {
+    /// A new record with a fresh session uuid.
+    pub fn new(name: &str) -> UserRecord {
+        UserRecord {
+            name: name.to_string(),
+            session_uuid: new_uuid(),
+            ..Default::default()
+        }
+    }
+
+    pub fn is_guest(&self) -> bool {
+        self.name == GUEST
+    }
+
+    /// Invalidates every session of the user.
+    pub fn rotate_sessions(&mut self) {
+        self.session_uuid = new_uuid();
+    }
+}
+
+/// A stored role.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoleRecord {
+    pub name: String,
+    #[serde(default)]
+    pub admin_channels: Grants,
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// 128 random bits as hex.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A name for error messages: escaped and shortened.
+pub(crate) fn show(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out.escape_default().to_string()
+}
+
+/// User and role names: 1–239 bytes, no `/ : ,` or backtick, at least one letter or digit.
+pub fn validate_name(name: &str) -> Result<(), AuthError> {
+    let mut problems = Vec::new();
+    if name.is_empty() {
+        problems.push("must not be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        problems.push("longer than 239 bytes");
+    }
+    if name.contains(['/', ':', ',', '`']) {
+        problems.push("contains '/', ':', ',' or '`'");
+    }
+    if !name.is_empty() && !name.chars().any(char::is_alphanumeric) {
+        problems.push("must contain a letter or digit");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthError::BadRequest(format!(
+            "Invalid name \"{}\": {}",
+            show(name),
+            problems.join(", ")
+        )))
+    }
+}
+
+/// `^[^@]+@[^@]+$`, as Sync Gateway (which then ignores it; we refuse it).
+pub fn validate_email(email: &str) -> Result<(), AuthError> {
+    let ok = email
+        .split_once('@')
+        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('@'))
+        && !email.chars().any(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadRequest(format!(
+            "Invalid email address \"{}\"",
+            show(email)
+        )))
+    }
+}
+
+fn validate_channels(what: &str, chans: &BTreeSet<String>) -> Result<(), AuthError> {
+    for c in chans {
+        if c.is_empty() || c.len() > MAX_CHANNEL_LEN {
+            return Err(AuthError::BadRequest(format!(
+                "'{what}' entries must be 1–{MAX_CHANNEL_LEN} bytes long"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A PUT/POST body for a user. Fields left `None` stay as they are.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    pub name: Option<String>,
+    /// Taken out of the JSON before deserializing (so no error can echo it).
+    #[serde(skip)]
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub disabled: Option<bool>,
+    pub admin_channels: Option<BTreeSet<String>>,
+    pub admin_roles: Option<BTreeSet<String>>,
+    // read-only: accepted only when equal to the current value
+    pub all_channels: Option<BTreeSet<String>>,
+    pub roles: Option<BTreeSet<String>>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_roles: Option<BTreeSet<String>>,
+    pub jwt_channels: Option<BTreeSet<String>>,
+    pub jwt_last_updated: Option<Value>,
+}
+
+impl fmt::Debug for UserUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserUpdate")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("email", &self.email)
+            .field("disabled", &self.disabled)
+            .field("admin_channels", &self.admin_channels)
+            .field("admin_roles", &self.admin_roles)
+            .finish_non_exhaustive()
+    }
+}
+
+fn body_object(body: Value, what: &str) -> Result<Map<String, Value>, AuthError> {
+    match body {
+        Value::Object(m) => Ok(m),
+        _ => Err(AuthError::BadRequest(format!(
+            "The {what} body must be a JSON object"
+        ))),
+    }
+}
+
+fn field_error(what: &str, e: serde_json::Error) -> AuthError {
+    let msg = e.to_string();
+    // serde: "unknown field `x`, expected one of ..." / "invalid type: ... at line 1 column 9"
+    let msg = msg.split(" at line ").next().unwrap_or(&msg);
+    AuthError::BadRequest(format!("Invalid {what}: {msg}"))
+}
+
+impl UserUpdate {
+    /// Parses a body strictly: unknown fields and wrong types are 400s.
+    pub fn from_json(body: Value) -> Result<UserUpdate, AuthError> {
+        let mut m = body_object(body, "user")?;
+        let password = match m.remove("password") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                return Err(AuthError::BadRequest(
+                    "Invalid user: 'password' must be a string".into(),
+                ))
+            }
+        };
+        let mut u: UserUpdate =
+            serde_json::from_value(Value::Object(m)).map_err(|e| field_error("user", e))?;
+        u.password = password;
+        if let Some(c) = &u.admin_channels {
+            validate_channels("admin_channels", c)?;
+        }
+        if let Some(r) = &u.admin_roles {
+            for name in r {
+                validate_name(name)?;
+            }
+        }
+        if let Some(e) = &u.email {
+            if !e.is_empty() {
+                validate_email(e)?;
+            }
+        }
+        Ok(u)
+    }
+}
+
+/// A PUT/POST body for a role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleUpdate {
+    pub name: Option<String>,
+    pub admin_channels: Option<BTreeSet<String>>,
+    pub all_channels: Option<BTreeSet<String>>,
+}
+
+impl RoleUpdate {
+    pub fn from_json(body: Value) -> Result<RoleUpdate, AuthError> {
+        let m = body_object(body, "role")?;
+        let r: RoleUpdate =
+            serde_json::from_value(Value::Object(m)).map_err(|e| field_error("role", e))?;
+        if let Some(c) = &r.admin_channels {
+            validate_channels("admin_channels", c)?;
+        }
+        Ok(r)
+    }
+}
+
+/// Whether a PUT/POST may create, update, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// `POST /_user/`: create only (409 if it exists).
+    Create,
+    /// `PUT /_user/{name}`: create or partial update.
+    Upsert,
+}
+
+/// What a user write did (for the caller's invalidations).
+#[derive(Debug, Clone, Default)]
+pub struct UserWrite {
+    pub created: bool,
+    /// Whether anything was stored (an unchanged PUT stores nothing).
+    pub changed: bool,
+    /// The session uuid changed: every session of the user is now invalid.
+    pub sessions_invalidated: bool,
+}
+
+/// A user and what it may read, as loaded for a request.
+#[derive(Debug, Clone)]
+pub struct LoadedUser {
+    pub record: UserRecord,
+    pub ctx: UserCtx,
+}
+
+/// Applies a grant list: kept entries keep their sequence, new ones get 0 (= this write).
+fn regrant(current: &Grants, wanted: &BTreeSet<String>) -> Grants {
+    wanted
+        .iter()
+        .map(|c| (c.clone(), current.get(c).copied().unwrap_or(0)))
+        .collect()
+}
+
+fn fill_grants(g: &mut Grants, seq: u64) {
+    for v in g.values_mut() {
+        if *v == 0 {
+            *v = seq;
+        }
+    }
+}
+
+fn keys(g: &Grants) -> Vec<&String> {
+    g.keys().collect()
+}
+
+/// Records an effective channel: visible from the earliest grant that gives it.
+fn grant(out: &mut BTreeMap<String, u64>, ch: &str, seq: u64) {
+    out.entry(ch.to_string())
+        .and_modify(|s| *s = (*s).min(seq))
+        .or_insert(seq);
+}
+
+/// One database's users and roles.
+pub struct Principals {
+    store: Arc<dyn DatabaseStore>,
+    /// Serializes read-modify-write of principals (never held across an await).
+    write: Mutex<()>,
+    /// name → loaded user; cleared on every principal write.
+    cache: Mutex<HashMap<String, Arc<LoadedUser>>>,
+}
+
+impl Principals {
+    pub fn new(store: Arc<dyn DatabaseStore>) -> Principals {
+        Principals {
+            store,
+            write: Mutex::new(()),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn DatabaseStore> {
+        &self.store
+    }
+
+    // --- reading -----------------------------------------------------------------------------
+
+    pub fn get_user(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
+        match self.store.get_principal(PrincipalKind::User, name)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                AuthError::Internal(format!("corrupt user record \"{}\": {e}", show(name)))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
+        match self.store.get_principal(PrincipalKind::Role, name)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                AuthError::Internal(format!("corrupt role record \"{}\": {e}", show(name)))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// User names, sorted, without GUEST.
+    pub fn user_names(&self) -> Result<Vec<String>, AuthError> {
+        let mut v = self.store.list_principals(PrincipalKind::User)?;
+        v.retain(|n| n != GUEST);
+        v.sort();
+        Ok(v)
+    }
+
+    pub fn role_names(&self) -> Result<Vec<String>, AuthError> {
+        let mut v = self.store.list_principals(PrincipalKind::Role)?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// The user's effective channels (with grant sequences) and roles.
+    pub fn effective(&self, user: &UserRecord) -> Result<UserCtx, AuthError> {
+        let mut channels = BTreeMap::new();
+        for (c, s) in user.admin_channels.iter().chain(&user.jwt_channels) {
+            grant(&mut channels, c, *s);
+        }
+        let mut roles = BTreeSet::new();
+        for (r, granted) in user.admin_roles.iter().chain(&user.jwt_roles) {
+            roles.insert(r.clone());
+            if let Some(role) = self.get_role(r)? {
+                for (c, s) in &role.admin_channels {
+                    grant(&mut channels, c, (*s).max(*granted));
+                }
+            }
+        }
+        grant(&mut channels, PUBLIC_CHANNEL, 1);
+        Ok(UserCtx {
+            name: (!user.is_guest()).then(|| user.name.clone()),
+            channels,
+            roles,
+        })
+    }
+
+    /// The user with its effective identity, from the in-memory cache when possible.
+    pub fn load(&self, name: &str) -> Result<Option<Arc<LoadedUser>>, AuthError> {
+        if let Some(u) = self.cache.lock().ok().and_then(|c| c.get(name).cloned()) {
+            return Ok(Some(u));
+        }
+        let Some(record) = self.get_user(name)? else {
+            return Ok(None);
+        };
+        let ctx = self.effective(&record)?;
+        let loaded = Arc::new(LoadedUser { record, ctx });
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CTX_CACHE_CAPACITY {
+                c.clear();
+            }
+            c.insert(name.to_string(), loaded.clone());
+        }
+        Ok(Some(loaded))
+    }
+
+    fn invalidate_cache(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
+    /// The admin API's JSON for a user (never the password or its hash).
+    pub fn user_json(&self, user: &UserRecord) -> Result<Value, AuthError> {
+        let ctx = self.effective(user)?;
+        let mut v = json!({
+            "name": user.name,
+            "admin_channels": keys(&user.admin_channels),
+            "all_channels": ctx.channels.keys().collect::<Vec<_>>(),
+            "disabled": user.disabled,
+        });
+        if !user.is_guest() {
+            v["email"] = json!(user.email.clone().unwrap_or_default());
+            v["admin_roles"] = json!(keys(&user.admin_roles));
+            v["roles"] = json!(ctx.roles);
+        }
+        if let Some(iss) = &user.jwt_issuer {
+            v["jwt_issuer"] = json!(iss);
+            v["jwt_roles"] = json!(keys(&user.jwt_roles));
+            v["jwt_channels"] = json!(keys(&user.jwt_channels));
+        }
+        Ok(v)
+    }
+
+    pub fn role_json(&self, role: &RoleRecord) -> Value {
+        let mut all: BTreeSet<&str> = role.admin_channels.keys().map(String::as_str).collect();
+        all.insert(PUBLIC_CHANNEL);
+        json!({
+            "name": role.name,
+            "admin_channels": keys(&role.admin_channels),
+            "all_channels": all,
+        })
+    }
+
+    // --- writing -----------------------------------------------------------------------------
+
+    /// Read-modify-write of one user under the principal lock. `f` sees the current record and
+    /// returns the record to store (grants with sequence 0 get this write's sequence), or `None`
+    /// to store nothing. Returns the stored record and the ticket to wait for.
+    pub fn modify_user<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<&UserRecord>) -> Result<(Option<UserRecord>, T), AuthError>,
+    ) -> Result<(Option<(UserRecord, Ticket)>, T), AuthError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.get_user(name)?;
+        let (new, out) = f(current.as_ref())?;
+        let Some(mut rec) = new else {
+            return Ok((None, out));
+        };
+        rec.name = name.to_string();
+        let mut stored = None;
+        let (_, ticket) = self
+            .store
+            .put_principal(PrincipalKind::User, name, &mut |seq| {
+                let mut r = rec.clone();
+                r.seq = seq;
+                fill_grants(&mut r.admin_channels, seq);
+                fill_grants(&mut r.admin_roles, seq);
+                fill_grants(&mut r.jwt_channels, seq);
+                fill_grants(&mut r.jwt_roles, seq);
+                let bytes = serde_json::to_vec(&r).unwrap_or_default();
+                stored = Some(r);
+                bytes
+            })?;
+        self.invalidate_cache();
+        if let Some(r) = stored {
+            rec = r;
+        }
+        Ok((Some((rec, ticket)), out))
+    }
+
+    /// Read-modify-write of one role (see [`Principals::modify_user`]).
+    pub fn modify_role<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<&RoleRecord>) -> Result<(Option<RoleRecord>, T), AuthError>,
+    ) -> Result<(Option<(RoleRecord, Ticket)>, T), AuthError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.get_role(name)?;
+        let (new, out) = f(current.as_ref())?;
+        let Some(mut rec) = new else {
+            return Ok((None, out));
+        };
+        rec.name = name.to_string();
+        let mut stored = None;
+        let (_, ticket) = self
+            .store
+            .put_principal(PrincipalKind::Role, name, &mut |seq| {
+                let mut r = rec.clone();
+                r.seq = seq;
+                fill_grants(&mut r.admin_channels, seq);
+                let bytes = serde_json::to_vec(&r).unwrap_or_default();
+                stored = Some(r);
+                bytes
+            })?;
+        self.invalidate_cache();
+        if let Some(r) = stored {
+            rec = r;
+        }
+        Ok((Some((rec, ticket)), out))
+    }
+
+    /// Applies an admin-API user body. `password_hash` is the hash of `upd.password`, computed
+    /// by the caller off the reactor. Returns what happened and the ticket to wait for.
+    pub fn write_user(
+        &self,
+        name: &str,
+        upd: &UserUpdate,
+        password_hash: Option<String>,
+        mode: WriteMode,
+    ) -> Result<(UserWrite, Option<Ticket>), AuthError> {
+        let guest = name == GUEST;
+        if guest && mode == WriteMode::Create {
+            return Err(AuthError::Conflict("User GUEST already exists".into()));
+        }
+        if guest && (upd.password.is_some() || upd.email.is_some()) {
+            return Err(AuthError::BadRequest(
+                "GUEST has no password or email; only 'disabled', 'admin_channels' and 'admin_roles' can be set".into(),
+            ));
+        }
+        let (written, w) = self.modify_user(name, |cur| {
+            let mut w = UserWrite::default();
+            let (mut rec, empty) = match cur {
+                Some(_) if mode == WriteMode::Create => {
+                    return Err(AuthError::Conflict(format!(
+                        "User \"{}\" already exists",
+                        show(name)
+                    )))
+                }
+                Some(c) => (c.clone(), UserRecord::default()),
+                None => {
+                    if !guest && upd.password.is_none() {
+                        return Err(AuthError::BadRequest(
+                            "A password is required to create a user".into(),
+                        ));
+                    }
+                    w.created = true;
+                    (UserRecord::new(name), UserRecord::default())
+                }
+            };
+            let before = cur.unwrap_or(&empty);
+            self.check_read_only(before, upd)?;
+            if let Some(c) = &upd.admin_channels {
+                rec.admin_channels = regrant(&rec.admin_channels, c);
+            }
+            if let Some(r) = &upd.admin_roles {
+                rec.admin_roles = regrant(&rec.admin_roles, r);
+            }
+            if let Some(e) = &upd.email {
+                rec.email = (!e.is_empty()).then(|| e.clone());
+            }
+            if let Some(d) = upd.disabled {
+                if d && !rec.disabled {
+                    // a disabled user's sessions stay dead after re-enabling
+                    rec.rotate_sessions();
+                    w.sessions_invalidated = true;
+                }
+                rec.disabled = d;
+            }
+            if let Some(h) = &password_hash {
+                rec.password_hash = Some(h.clone());
+                // any update containing a password logs the user out everywhere
+                rec.rotate_sessions();
+                w.sessions_invalidated = true;
+            }
+            w.changed = w.created || cur != Some(&rec);
+            Ok((w.changed.then_some(rec), w))
+        })?;
+        Ok((w, written.map(|(_, t)| t)))
+    }
+
+    /// Read-only fields may be sent back unchanged (so a GET body can be PUT), never changed.
+    fn check_read_only(&self, cur: &UserRecord, upd: &UserUpdate) -> Result<(), AuthError> {
+        let strip = |s: &BTreeSet<String>| -> BTreeSet<String> {
+            s.iter().filter(|c| *c != PUBLIC_CHANNEL).cloned().collect()
+        };
+        let ctx = self.effective(cur)?;
+        if let Some(all) = &upd.all_channels {
+            let current: BTreeSet<String> = ctx.channels.keys().cloned().collect();
+            if strip(all) != strip(&current) {
+                return Err(AuthError::BadRequest("all_channels is read-only".into()));
+            }
+        }
+        if let Some(r) = &upd.roles {
+            if *r != ctx.roles {
+                return Err(AuthError::BadRequest("roles is read-only".into()));
+            }
+        }
+        let same = |sent: &Option<BTreeSet<String>>, cur: &Grants| {
+            sent.as_ref().is_none_or(|s| s.iter().eq(cur.keys()))
+        };
+        if upd
+            .jwt_issuer
+            .as_ref()
+            .is_some_and(|i| Some(i) != cur.jwt_issuer.as_ref())
+            || !same(&upd.jwt_roles, &cur.jwt_roles)
+            || !same(&upd.jwt_channels, &cur.jwt_channels)
+        {
+            return Err(AuthError::BadRequest(
+                "jwt_issuer, jwt_roles and jwt_channels are read-only".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies an admin-API role body.
+    pub fn write_role(
+        &self,
+        name: &str,
+        upd: &RoleUpdate,
+        mode: WriteMode,
+    ) -> Result<(bool, Option<Ticket>), AuthError> {
+        let (written, created) = self.modify_role(name, |cur| {
+            let created = cur.is_none();
+            if !created && mode == WriteMode::Create {
+                return Err(AuthError::Conflict(format!(
+                    "Role \"{}\" already exists",
+                    show(name)
+                )));
+            }
+            let mut rec = cur.cloned().unwrap_or_else(|| RoleRecord {
+                name: name.to_string(),
+                ..Default::default()
+            });
+            if let Some(all) = &upd.all_channels {
+                let cur_set: BTreeSet<&String> = rec.admin_channels.keys().collect();
+                let sent: BTreeSet<&String> = all.iter().filter(|c| *c != PUBLIC_CHANNEL).collect();
+                if cur_set != sent {
+                    return Err(AuthError::BadRequest("all_channels is read-only".into()));
+                }
+            }
+            if let Some(c) = &upd.admin_channels {
+                rec.admin_channels = regrant(&rec.admin_channels, c);
+            }
+            let changed = created || cur != Some(&rec);
+            Ok((changed.then_some(rec), created))
+        })?;
+        Ok((created, written.map(|(_, t)| t)))
+    }
+
+    /// Deletes a user (not GUEST). 404 if absent.
+    pub fn delete_user(&self, name: &str) -> Result<Ticket, AuthError> {
+        if name == GUEST {
+            return Err(AuthError::MethodNotAllowed(
+                "The GUEST user cannot be deleted, only disabled with a PUT".into(),
+            ));
+        }
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get_user(name)?.is_none() {
+            return Err(AuthError::NotFound(format!(
+                "No such user \"{}\"",
+                show(name)
+            )));
+        }
+        let t = self.store.delete_principal(PrincipalKind::User, name)?;
+        self.invalidate_cache();
+        Ok(t)
+    }
+
+    pub fn delete_role(&self, name: &str) -> Result<Ticket, AuthError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get_role(name)?.is_none() {
+            return Err(AuthError::NotFound(format!(
+                "No such role \"{}\"",
+                show(name)
+            )));
+        }
+        let t = self.store.delete_principal(PrincipalKind::Role, name)?;
+        self.invalidate_cache();
+        Ok(t)
+    }
+
+    /// Invalidates every session of a user (rotates its session uuid). False if no such user.
+    pub fn rotate_sessions(&self, name: &str) -> Result<bool, AuthError> {
+        let (w, ()) = self.modify_user(name, |cur| {
+            Ok((
+                cur.map(|c| {
+                    let mut c = c.clone();
+                    c.rotate_sessions();
+                    c
+                }),
+                (),
+            ))
+        })?;
+        Ok(w.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncgate_storage::Store;
+
+    fn principals() -> (tempfile::TempDir, Principals) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db: Arc<dyn DatabaseStore> = store.database("db").unwrap();
+        (dir, Principals::new(db))
+    }
+
+    fn upd(v: Value) -> UserUpdate {
+        UserUpdate::from_json(v).unwrap()
+    }
+
+    #[test]
+    fn names() {
+        for ok in [
+            "a",
+            "foo#bar",
+            "foo?bar",
+            "$foo$bar",
+            "_sync-foobar",
+            "0%7C59",
+            "Ünï",
+            "a b",
+        ] {
+            validate_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let long = "x".repeat(240);
+        for bad in ["", "a/b", "a:b", "a,b", "a`b", "$$", long.as_str()] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_name(&"x".repeat(239)).is_ok());
+    }
+
+    #[test]
+    fn emails() {
+        assert!(validate_email("a@b.c").is_ok());
+        for bad in ["a", "@b", "a@", "a@b@c", "a b@c"] {
+            assert!(validate_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn strict_bodies() {
+        let e = UserUpdate::from_json(json!({"name":"a","passwrd":"x"})).unwrap_err();
+        assert!(e.to_string().contains("unknown field `passwrd`"), "{e}");
+        let e = UserUpdate::from_json(json!({"password": 12345})).unwrap_err();
+        assert!(!e.to_string().contains("12345"), "{e}");
+        assert!(UserUpdate::from_json(json!({"email":"nope"})).is_err());
+        assert!(UserUpdate::from_json(json!({"admin_channels":"a"})).is_err());
+        assert!(UserUpdate::from_json(json!([])).is_err());
+        assert!(RoleUpdate::from_json(json!({"admin_roles":[]})).is_err());
+        let u = upd(json!({"password":"secret-pw"}));
+        assert!(!format!("{u:?}").contains("secret-pw"));
+    }
+
+    #[test]
+    fn create_update_partial_and_grant_sequences() {
+        let (_d, p) = principals();
+        let u = upd(json!({"password":"pw1","admin_channels":["a","b"],"email":"x@y.z"}));
+        let (w, t) = p
+            .write_user("alice", &u, Some("$hash1".into()), WriteMode::Create)
+            .unwrap();
+        assert!(w.created && w.changed && t.is_some());
+        let rec = p.get_user("alice").unwrap().unwrap();
+        let s1 = rec.seq;
+        assert!(s1 > 0);
+        assert_eq!(
+            rec.admin_channels,
+            Grants::from([("a".into(), s1), ("b".into(), s1)])
+        );
+        assert!(!format!("{rec:?}").contains("$hash1"));
+        // POST again: 409
+        assert!(matches!(
+            p.write_user("alice", &u, Some("$h".into()), WriteMode::Create),
+            Err(AuthError::Conflict(_))
+        ));
+        // partial update: channels kept, email unchanged, new channel gets the new seq
+        let (w, _) = p
+            .write_user(
+                "alice",
+                &upd(json!({"admin_channels":["b","c"]})),
+                None,
+                WriteMode::Upsert,
+            )
+            .unwrap();
+        assert!(!w.created && w.changed && !w.sessions_invalidated);
+        let rec2 = p.get_user("alice").unwrap().unwrap();
+        assert!(rec2.seq > s1);
+        assert_eq!(rec2.admin_channels["b"], s1);
+        assert_eq!(rec2.admin_channels["c"], rec2.seq);
+        assert_eq!(rec2.email.as_deref(), Some("x@y.z"));
+        assert_eq!(rec2.password_hash.as_deref(), Some("$hash1"));
+        assert_eq!(rec2.session_uuid, rec.session_uuid);
+        // unchanged PUT stores nothing
+        let (w, t) = p
+            .write_user(
+                "alice",
+                &upd(json!({"admin_channels":["b","c"]})),
+                None,
+                WriteMode::Upsert,
+            )
+            .unwrap();
+        assert!(!w.changed && t.is_none());
+        // [] clears
+        p.write_user(
+            "alice",
+            &upd(json!({"admin_channels":[]})),
+            None,
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        assert!(p
+            .get_user("alice")
+            .unwrap()
+            .unwrap()
+            .admin_channels
+            .is_empty());
+        // password update rotates the session uuid
+        let (w, _) = p
+            .write_user(
+                "alice",
+                &upd(json!({"password":"pw2"})),
+                Some("$hash2".into()),
+                WriteMode::Upsert,
+            )
+            .unwrap();
+        assert!(w.sessions_invalidated);
+        assert_ne!(
+            p.get_user("alice").unwrap().unwrap().session_uuid,
+            rec.session_uuid
+        );
+        // create without password
+        assert!(matches!(
+            p.write_user("bob", &upd(json!({})), None, WriteMode::Upsert),
+            Err(AuthError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn effective_channels_and_read_only_fields() {
+        let (_d, p) = principals();
+        p.write_role(
+            "r",
+            &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
+            WriteMode::Create,
+        )
+        .unwrap();
+        p.write_user(
+            "u",
+            &upd(json!({"password":"pw1","admin_channels":["a"],"admin_roles":["r","ghost"]})),
+            Some("$h".into()),
+            WriteMode::Create,
+        )
+        .unwrap();
+        let rec = p.get_user("u").unwrap().unwrap();
+        let ctx = p.effective(&rec).unwrap();
+        assert_eq!(ctx.name.as_deref(), Some("u"));
+        assert_eq!(ctx.channels.keys().collect::<Vec<_>>(), ["!", "a", "rc"]);
+        assert_eq!(
+            ctx.roles,
+            BTreeSet::from(["ghost".to_string(), "r".to_string()])
+        );
+        // the role channel is visible from when the role was granted (later than the role's own grant)
+        assert_eq!(ctx.channels["rc"], rec.admin_roles["r"]);
+        let body = p.user_json(&rec).unwrap();
+        assert_eq!(body["all_channels"], json!(["!", "a", "rc"]));
+        assert!(body.get("password").is_none());
+        assert!(!body.to_string().contains("$h"));
+        // a GET body can be PUT back
+        let mut back = body.clone();
+        back.as_object_mut().unwrap().remove("name");
+        let (w, _) = p
+            .write_user("u", &upd(back), None, WriteMode::Upsert)
+            .unwrap();
+        assert!(!w.changed);
+        // changing read-only fields is refused
+        for bad in [
+            json!({"all_channels":["x"]}),
+            json!({"roles":[]}),
+            json!({"jwt_issuer":"i"}),
+        ] {
+            assert!(
+                matches!(
+                    p.write_user("u", &upd(bad.clone()), None, WriteMode::Upsert),
+                    Err(AuthError::BadRequest(_))
+                ),
+                "{bad}"
+            );
+        }
+        // the cache sees role changes
+        assert_eq!(p.load("u").unwrap().unwrap().ctx.channels.len(), 3);
+        p.write_role(
+            "r",
+            &RoleUpdate::from_json(json!({"admin_channels":["rc","rd"]})).unwrap(),
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        assert!(p
+            .load("u")
+            .unwrap()
+            .unwrap()
+            .ctx
+            .channels
+            .contains_key("rd"));
+        p.delete_role("r").unwrap();
+        assert!(!p
+            .load("u")
+            .unwrap()
+            .unwrap()
+            .ctx
+            .channels
+            .contains_key("rc"));
+    }
+
+    #[test]
+    fn guest_rules() {
+        let (_d, p) = principals();
+        assert!(matches!(
+            p.write_user(
+                GUEST,
+                &upd(json!({"disabled":false})),
+                None,
+                WriteMode::Create
+            ),
+            Err(AuthError::Conflict(_))
+        ));
+        assert!(p
+            .write_user(
+                GUEST,
+                &upd(json!({"password":"abc"})),
+                Some("$h".into()),
+                WriteMode::Upsert
+            )
+            .is_err());
+        p.write_user(
+            GUEST,
+            &upd(json!({"disabled":false,"admin_channels":["g"]})),
+            None,
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        assert!(p.user_names().unwrap().is_empty());
+        let g = p.load(GUEST).unwrap().unwrap();
+        assert_eq!(g.ctx.name, None);
+        assert!(g.ctx.channels.contains_key("g"));
+        assert!(matches!(
+            p.delete_user(GUEST),
+            Err(AuthError::MethodNotAllowed(_))
+        ));
+    }
+}

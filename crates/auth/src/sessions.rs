@@ -1,0 +1,376 @@
+//! TTL sessions: ids, keyed-hash storage, expiry with sliding refresh, one-time sessions,
+//! cookies, garbage collection.
+//!
+//! A session id is 160 bits from the OS CSPRNG as 40 lower-case hex characters. The store never
+//! sees it: records are keyed by HMAC-SHA256(server key, id), so a copied data directory holds
+//! no usable session. A record names the user and copies the user's `session_uuid`; rotating
+//! that uuid (password change, disable, revoke-all) invalidates every session of the user at
+//! once. Expiry is checked on every use (sled has no TTL) and expired records are collected in
+//! the background.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+use syncgate_storage::{DatabaseStore, Ticket};
+
+use crate::AuthError;
+
+/// Length of a session id in hex characters (160 bits).
+pub const SESSION_ID_HEX: usize = 40;
+/// Lifetime of a one-time session.
+pub const ONE_TIME_TTL: Duration = Duration::from_secs(300);
+/// Longest accepted TTL (about 30 years; keeps expiry arithmetic far from overflow).
+pub const MAX_TTL_SECS: u64 = 1_000_000_000;
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A stored session (keyed by the hash of its id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub username: String,
+    /// Absolute expiry, ms since the epoch.
+    pub expires_ms: u64,
+    /// The TTL it was created with, ms.
+    pub ttl_ms: u64,
+    /// The user's `session_uuid` when the session was made.
+    pub session_uuid: String,
+    #[serde(default)]
+    pub one_time: bool,
+}
+
+impl SessionRecord {
+    pub fn expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_ms
+    }
+
+    /// When the session was last (re)issued.
+    pub fn issued_ms(&self) -> u64 {
+        self.expires_ms.saturating_sub(self.ttl_ms)
+    }
+
+    /// Sliding refresh: more than 10 % of the TTL has passed since the last issue.
+    pub fn needs_refresh(&self, now_ms: u64) -> bool {
+        !self.one_time && now_ms.saturating_sub(self.issued_ms()) > self.ttl_ms / 10
+    }
+
+    pub fn expires(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.expires_ms)
+    }
+}
+
+/// A fresh session id: 20 bytes from the OS CSPRNG, lower-case hex.
+pub fn new_session_id() -> String {
+    let mut b = [0u8; SESSION_ID_HEX / 2];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Whether a string has the shape of a session id (checked before any lookup).
+pub fn is_session_id(s: &str) -> bool {
+    s.len() == SESSION_ID_HEX && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// One database's sessions.
+pub struct Sessions {
+    store: Arc<dyn DatabaseStore>,
+    /// HMAC key for storage keys (the server's secret).
+    key: Vec<u8>,
+    /// Makes the check-and-delete of a one-time session atomic within the process.
+    one_time: Mutex<()>,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn DatabaseStore>, key: Vec<u8>) -> Sessions {
+        Sessions {
+            store,
+            key,
+            one_time: Mutex::new(()),
+        }
+    }
+
+    /// The storage key of a session id.
+    fn storage_key(&self, id: &str) -> String {
+        // HMAC accepts keys of any length
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new_from_slice(b"syncgate").expect("key"));
+        mac.update(id.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Creates a session for `username` and returns its id.
+    pub fn create(
+        &self,
+        username: &str,
+        session_uuid: &str,
+        ttl: Duration,
+        one_time: bool,
+        now_ms: u64,
+    ) -> Result<(String, SessionRecord, Ticket), AuthError> {
+        let ttl_ms = ttl.as_millis().min(u128::from(MAX_TTL_SECS) * 1000) as u64;
+        let rec = SessionRecord {
+            username: username.to_string(),
+            expires_ms: now_ms + ttl_ms,
+            ttl_ms,
+            session_uuid: session_uuid.to_string(),
+            one_time,
+        };
+        let id = new_session_id();
+        let t = self.put(&id, &rec)?;
+        Ok((id, rec, t))
+    }
+
+    /// The record of a session id (None for an unknown or malformed id).
+    pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, AuthError> {
+        if !is_session_id(id) {
+            return Ok(None);
+        }
+        match self.store.get_session(&self.storage_key(id))? {
+            Some(b) => Ok(serde_json::from_slice(&b).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put(&self, id: &str, rec: &SessionRecord) -> Result<Ticket, AuthError> {
+        let bytes = serde_json::to_vec(rec)
+            .map_err(|e| AuthError::Internal(format!("session encoding: {e}")))?;
+        Ok(self.store.put_session(&self.storage_key(id), bytes)?)
+    }
+
+    /// Deletes a session; false if there was none.
+    pub fn delete(&self, id: &str) -> Result<bool, AuthError> {
+        if self.get(id)?.is_none() {
+            return Ok(false);
+        }
+        self.store.delete_sessions(&[self.storage_key(id)])?;
+        Ok(true)
+    }
+
+    /// Consumes a one-time session: true for the first caller only.
+    pub fn take_one_time(&self, id: &str) -> Result<bool, AuthError> {
+        let _g = self.one_time.lock().unwrap_or_else(|e| e.into_inner());
+        self.delete(id)
+    }
+
+    /// Deletes every stored session for which `dead` is true; returns how many.
+    pub fn delete_where(
+        &self,
+        mut dead: impl FnMut(&SessionRecord) -> bool,
+    ) -> Result<usize, AuthError> {
+        let keys: Vec<String> = self
+            .store
+            .list_sessions()?
+            .into_iter()
+            .filter(|(_, v)| match serde_json::from_slice::<SessionRecord>(v) {
+                Ok(r) => dead(&r),
+                Err(_) => true,
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !keys.is_empty() {
+            self.store.delete_sessions(&keys)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Deletes every session of a user.
+    pub fn delete_for_user(&self, username: &str) -> Result<usize, AuthError> {
+        self.delete_where(|r| r.username == username)
+    }
+
+    pub fn count(&self) -> Result<usize, AuthError> {
+        Ok(self.store.list_sessions()?.len())
+    }
+}
+
+/// `SameSite` attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// How this database's session cookie is made (fixed per database, so a refresh re-issues the
+/// cookie with exactly the attributes of the login).
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    pub name: String,
+    /// `/<db>`.
+    pub path: String,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+impl CookieSettings {
+    fn attributes(&self, out: &mut String) {
+        if self.http_only {
+            out.push_str("; HttpOnly");
+        }
+        out.push_str("; SameSite=");
+        out.push_str(self.same_site.as_str());
+        if self.secure {
+            out.push_str("; Secure");
+        }
+    }
+
+    /// `Set-Cookie` value for a session.
+    pub fn set_cookie(&self, id: &str, expires: SystemTime) -> String {
+        let mut c = format!(
+            "{}={}; Path={}; Expires={}",
+            self.name,
+            id,
+            self.path,
+            httpdate::fmt_http_date(expires)
+        );
+        self.attributes(&mut c);
+        c
+    }
+
+    /// `Set-Cookie` value that removes the cookie (logout).
+    pub fn clear_cookie(&self) -> String {
+        let mut c = format!(
+            "{}=; Path={}; Expires={}; Max-Age=0",
+            self.name,
+            self.path,
+            httpdate::fmt_http_date(UNIX_EPOCH)
+        );
+        self.attributes(&mut c);
+        c
+    }
+}
+
+/// RFC 3339 UTC, second precision (`2026-01-21T15:24:44Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncgate_storage::Store;
+
+    fn sessions() -> (tempfile::TempDir, Sessions, Arc<dyn DatabaseStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db: Arc<dyn DatabaseStore> = store.database("db").unwrap();
+        (dir, Sessions::new(db.clone(), b"k".to_vec()), db)
+    }
+
+    #[test]
+    fn ids_are_40_hex_and_only_hashes_are_stored() {
+        let (_d, s, db) = sessions();
+        let (id, rec, _) = s
+            .create("alice", "uuid", Duration::from_secs(60), false, 1_000)
+            .unwrap();
+        assert!(is_session_id(&id), "{id}");
+        assert_ne!(id, new_session_id());
+        assert_eq!(rec.expires_ms, 61_000);
+        let stored = db.list_sessions().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_ne!(stored[0].0, id);
+        assert!(!String::from_utf8_lossy(&stored[0].1).contains(&id));
+        assert_eq!(s.get(&id).unwrap(), Some(rec));
+        // another key: the same id finds nothing
+        let other = Sessions::new(db, b"other".to_vec());
+        assert_eq!(other.get(&id).unwrap(), None);
+        assert_eq!(s.get("not-an-id").unwrap(), None);
+        assert_eq!(s.get(&id.to_uppercase()).unwrap(), None);
+    }
+
+    #[test]
+    fn expiry_refresh_one_time_and_collection() {
+        let (_d, s, _db) = sessions();
+        let (id, rec, _) = s
+            .create("alice", "u", Duration::from_secs(100), false, 0)
+            .unwrap();
+        assert!(!rec.expired(99_999));
+        assert!(rec.expired(100_000));
+        assert!(!rec.needs_refresh(10_000));
+        assert!(rec.needs_refresh(10_001));
+        let (ot, otr, _) = s.create("bob", "u", ONE_TIME_TTL, true, 0).unwrap();
+        assert!(!otr.needs_refresh(200_000));
+        assert!(s.take_one_time(&ot).unwrap());
+        assert!(!s.take_one_time(&ot).unwrap(), "single use");
+        s.create("bob", "u", Duration::from_secs(1), false, 0)
+            .unwrap();
+        assert_eq!(s.delete_where(|r| r.expired(50_000)).unwrap(), 1);
+        assert!(s.get(&id).unwrap().is_some());
+        assert_eq!(s.delete_for_user("alice").unwrap(), 1);
+        assert_eq!(s.count().unwrap(), 0);
+        assert!(!s.delete(&id).unwrap());
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        let c = CookieSettings {
+            name: "SyncGatewaySession".into(),
+            path: "/db".into(),
+            secure: true,
+            http_only: true,
+            same_site: SameSite::None,
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(1_768_000_000);
+        assert_eq!(
+            c.set_cookie("abc", t),
+            "SyncGatewaySession=abc; Path=/db; Expires=Fri, 09 Jan 2026 23:06:40 GMT; HttpOnly; SameSite=None; Secure"
+        );
+        assert!(c.clear_cookie().starts_with(
+            "SyncGatewaySession=; Path=/db; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
+        ));
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_768_000_000)),
+            "2026-01-09T23:06:40Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+}
