@@ -7,3 +7,4 @@ mod config;
 mod crash;
 mod documents;
 mod hardening;
+mod users;

@@ -63,7 +63,7 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             Method::GET | Method::HEAD => {
                 let u = auth
                     .principals()
-                    .get_user(name)?
+                    .get_user_or_guest(name)?
                     .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
                 Ok(json_reply(200, &auth.principals().user_json(&u)?))
             }

@@ -620,6 +620,11 @@ impl Authenticator {
             self.principals
                 .write_user(name, &upd, hash, WriteMode::Create)?;
         }
+        // a database that never enabled GUEST keeps no GUEST record (and spends no sequence)
+        let default_guest = guest.disabled && guest.admin_channels.is_empty();
+        if default_guest && self.principals.get_user(GUEST)?.is_none() {
+            return Ok(());
+        }
         let upd = UserUpdate::from_json(serde_json::json!({
             "disabled": guest.disabled,
             "admin_channels": guest.admin_channels,
@@ -678,6 +683,20 @@ mod tests {
     #[tokio::test]
     async fn basic_pipeline_and_cache() {
         let (_d, a) = auth();
+        a.install_config(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &GuestConfig {
+                disabled: true,
+                admin_channels: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            a.principals.store().last_seq(),
+            0,
+            "default GUEST spends no sequence"
+        );
         a.install_config(
             &BTreeMap::new(),
             &BTreeMap::new(),

@@ -365,6 +365,18 @@ impl Principals {
         }
     }
 
+    /// A user as the admin API shows it: GUEST always exists (disabled until configured).
+    pub fn get_user_or_guest(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
+        match self.get_user(name)? {
+            None if name == GUEST => Ok(Some(UserRecord {
+                name: GUEST.to_string(),
+                disabled: true,
+                ..Default::default()
+            })),
+            u => Ok(u),
+        }
+    }
+
     pub fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
         match self.store.get_principal(PrincipalKind::Role, name)? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -571,8 +583,12 @@ impl Principals {
                             "A password is required to create a user".into(),
                         ));
                     }
-                    w.created = true;
-                    (UserRecord::new(name), UserRecord::default())
+                    // GUEST always "exists": writing it is an update
+                    w.created = !guest;
+                    let mut fresh = UserRecord::new(name);
+                    // GUEST without a record is disabled; a first PUT starts from that
+                    fresh.disabled = guest;
+                    (fresh, UserRecord::default())
                 }
             };
             let before = cur.unwrap_or(&empty);
@@ -944,6 +960,16 @@ mod tests {
     #[test]
     fn guest_rules() {
         let (_d, p) = principals();
+        // absent GUEST: shown disabled; a first PUT of channels alone keeps it disabled
+        assert!(p.get_user_or_guest(GUEST).unwrap().unwrap().disabled);
+        p.write_user(
+            GUEST,
+            &upd(json!({"admin_channels":["c"]})),
+            None,
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        assert!(p.get_user(GUEST).unwrap().unwrap().disabled);
         assert!(matches!(
             p.write_user(
                 GUEST,

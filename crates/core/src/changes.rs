@@ -111,9 +111,9 @@ impl Scope {
         let filter = filter.filter(|f| !f.contains(ALL_CHANNELS));
         let user = caller
             .user()
-            .filter(|u| !u.channels.contains(ALL_CHANNELS))
+            .filter(|u| !u.channels.contains_key(ALL_CHANNELS))
             .map(|u| {
-                let mut s: HashSet<String> = u.channels.iter().cloned().collect();
+                let mut s: HashSet<String> = u.channels.keys().cloned().collect();
                 s.insert(PUBLIC_CHANNEL.to_string());
                 s
             });
