@@ -31,7 +31,8 @@ test('PouchDB push and pull with Basic auth on the public port', async () => {
     const sync = b.sync(remote, { live: true, retry: false });
     await b.put({ _id: 'from-b', v: 1 });
     await waitFor(async () => (await req('GET', `${s.admin}/db/from-b`)).status === 200);
-    sync.cancel();
+    // let the replicator finish its in-flight requests (checkpoints) before the server stops
+    await new Promise((res) => { sync.on('complete', res); sync.cancel(); });
   } finally {
     await s.stop();
   }
