@@ -6,11 +6,14 @@
 //! - [`remote`]: discovery and JWKS fetching with caching, coalescing and rate limits.
 //! - [`cache`]: verified tokens, keyed by a hash of the token.
 //! - [`provider`]: one provider's verification pipeline.
+//! - [`bearer`]: the authenticator hook: token → registered/updated user.
 //!
 //! [`JwtAuth`] ties them together for one database: it picks the provider a token is for
-//! (by `iss` and `aud`, as SG), verifies it, and returns a [`JwtIdentity`]. Looking the user
-//! up, registering it and the `disabled` check are the authenticator's job.
+//! (by `iss` and `aud`, as SG), verifies it, and returns a [`JwtIdentity`]; as the
+//! authenticator's [`crate::BearerAuth`] it also registers or updates the user. The
+//! authenticator then loads the user and refuses it if disabled.
 
+pub mod bearer;
 pub mod cache;
 pub mod config;
 pub mod keys;
