@@ -7,4 +7,5 @@ mod config;
 mod crash;
 mod documents;
 mod hardening;
+mod sessions;
 mod users;
