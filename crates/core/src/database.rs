@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use serde_json::{json, Value};
-use syncgate_auth::jwt::JwtAuth;
+use syncgate_auth::jwt::{bearer::revoke_stale_grants, JwtAuth};
 use syncgate_auth::{AuthSettings, Authenticator, CookieSettings, SameSite};
 use syncgate_storage::{DatabaseStore, Store};
 use tokio::sync::watch;
@@ -122,14 +122,12 @@ impl Server {
             store.clone(),
             self.auth_settings(name, &config, cors_configured),
         );
-        match JwtAuth::new(config.oidc.as_ref(), config.local_jwt.as_ref()) {
-            Ok(Some(jwt)) => auth.set_bearer(Arc::new(jwt)),
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "database \"{name}\": JWT providers: {e}"
-                )))
-            }
+        let jwt = JwtAuth::new(config.oidc.as_ref(), config.local_jwt.as_ref())
+            .map_err(|e| Error::Internal(format!("database \"{name}\": JWT providers: {e}")))?
+            .map(Arc::new);
+        revoke_stale_grants(auth.principals(), jwt.as_deref())?;
+        if let Some(jwt) = jwt {
+            auth.set_bearer(jwt);
         }
         auth.install_config(&config.roles, &config.users, &config.guest_config())
             .map_err(|e| {

@@ -240,6 +240,22 @@ test('local_jwt: ES256, ES512, RS256, PS256, EdDSA, HS256 and PEM keys; wrong al
     await expect401(s, await mint('HS256', 'hs256', {}, new TextEncoder().encode('not the secret at all, 32 bytes!!')), /signature/);
   } finally {
     await s.stop();
+  }
+  // the hs256 provider is removed from the config: its users lose their JWT grants, the
+  // others keep theirs
+  const config = structuredClone(s.config);
+  delete config.databases.db.local_jwt.hs256;
+  const s2 = await startServer(undefined, { dir: s.dir, config });
+  try {
+    const gone = await req('GET', `${s2.admin}/db/_user/hs256_bilbo`);
+    assert.equal(gone.status, 200);
+    assert.equal(gone.body.jwt_issuer, undefined);
+    assert.ok(!(gone.body.roles ?? []).includes('hobbit'), JSON.stringify(gone.body));
+    assert.ok(!gone.body.all_channels.includes('shire'));
+    const kept = await req('GET', `${s2.admin}/db/_user/es256_bilbo`);
+    assert.deepEqual(kept.body.jwt_roles, ['hobbit']);
+  } finally {
+    await s2.stop();
     delete process.env.SG_TEST_JWT_HMAC;
   }
 });

@@ -82,6 +82,58 @@ async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(), AuthErro
     Ok(())
 }
 
+/// Clears `jwt_issuer`, `jwt_roles` and `jwt_channels` of users whose issuer is no longer a
+/// configured provider (SG checks this per request; providers only change with the config,
+/// so once at startup is the same). Returns how many users were changed.
+pub fn revoke_stale_grants(
+    principals: &Principals,
+    jwt: Option<&JwtAuth>,
+) -> Result<usize, AuthError> {
+    let mut changed = 0;
+    let mut last_ticket = None;
+    for name in principals.user_names()? {
+        let Some(u) = principals.get_user(&name)? else {
+            continue;
+        };
+        let Some(iss) = &u.jwt_issuer else {
+            continue;
+        };
+        if jwt.is_some_and(|j| j.has_issuer(iss)) {
+            continue;
+        }
+        let (written, ()) = principals.modify_user(&name, |cur| {
+            let rec = cur.filter(|c| c.jwt_issuer.is_some()).map(|c| {
+                let mut c = c.clone();
+                c.jwt_issuer = None;
+                c.jwt_roles.clear();
+                c.jwt_channels.clear();
+                c
+            });
+            Ok((rec, ()))
+        })?;
+        if let Some((_, t)) = written {
+            changed += 1;
+            last_ticket = Some(t);
+        }
+    }
+    // make the writes durable (and visible to feeds) without blocking startup
+    if let (Some(t), Ok(rt)) = (last_ticket, tokio::runtime::Handle::try_current()) {
+        let store = principals.store().clone();
+        rt.spawn(async move {
+            if let Err(e) = store.durable(t).await {
+                tracing::warn!(error = %e, "flushing revoked JWT grants failed");
+            }
+        });
+    }
+    if changed > 0 {
+        tracing::info!(
+            users = changed,
+            "cleared JWT roles and channels of users whose issuer is no longer configured"
+        );
+    }
+    Ok(changed)
+}
+
 impl BearerAuth for JwtAuth {
     fn authenticate<'a>(
         &'a self,
@@ -149,5 +201,16 @@ mod tests {
         assert_eq!(u.jwt_roles.keys().collect::<Vec<_>>(), ["r2"]);
         // never GUEST
         assert!(apply(&ident(GUEST, true, &[]), &p).await.is_err());
+        // the provider stays configured: nothing is revoked; once it is gone, grants go
+        let local: std::collections::BTreeMap<String, super::super::LocalJwtConfig> =
+            serde_json::from_value(serde_json::json!({"p": {"issuer": "https://issuer.example",
+                "client_id": "", "algorithms": ["HS256"], "hmac_secret": "s"}}))
+            .unwrap();
+        let jwt = JwtAuth::new(None, Some(&local)).unwrap().unwrap();
+        assert_eq!(revoke_stale_grants(&p, Some(&jwt)).unwrap(), 0);
+        assert_eq!(revoke_stale_grants(&p, None).unwrap(), 1);
+        let u = p.get_user("u1").unwrap().unwrap();
+        assert!(u.jwt_issuer.is_none() && u.jwt_roles.is_empty() && u.jwt_channels.is_empty());
+        assert_eq!(revoke_stale_grants(&p, None).unwrap(), 0);
     }
 }
