@@ -1,0 +1,488 @@
+// Side-by-side benchmark: syncgate (release build) against pouchdb-server 4.2.0 (LevelDB), plus
+// the bare ceilings of this machine (a bare warp server, sled with a flush per batch).
+// Run through `scripts/bench`, which builds the binaries, installs wrk and runs `npm ci` here.
+// Not a test: it asserts nothing but that each workload did its work, and prints a table.
+//
+// Environment: SYNCGATE_BIN, BARE_WARP_BIN, SLED_CEILING_BIN (paths), BENCH_SECS (seconds per
+// wrk run, default 10), BENCH_DOCS (default 20000), BENCH_LONGPOLL (clients, default 500),
+// BENCH_JSON (write the raw figures there as JSON).
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import http from 'node:http';
+import net from 'node:net';
+import readline from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import PouchDB from 'pouchdb-core';
+import memory from 'pouchdb-adapter-memory';
+import httpAdapter from 'pouchdb-adapter-http';
+import replication from 'pouchdb-replication';
+
+PouchDB.plugin(memory).plugin(httpAdapter).plugin(replication);
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '../..');
+const SYNCGATE_BIN = resolve(process.env.SYNCGATE_BIN ?? join(root, 'target/release/syncgate'));
+const BARE_WARP_BIN = resolve(process.env.BARE_WARP_BIN ?? join(root, 'target/release/examples/bare_warp'));
+const SLED_CEILING_BIN = resolve(process.env.SLED_CEILING_BIN ?? join(root, 'target/release/examples/sled_ceiling'));
+const POUCHDB_SERVER = join(here, 'node_modules/pouchdb-server/bin/pouchdb-server');
+const SECS = Number(process.env.BENCH_SECS ?? 10);
+const DOCS = Number(process.env.BENCH_DOCS ?? 20000);
+const LONGPOLL = Number(process.env.BENCH_LONGPOLL ?? 500);
+const BATCH = 100;
+const BULK_CLIENTS = 4;
+const WRK_CONNS = 32;
+const DB = 'bench';
+const PUSH_DB = 'push';
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+/** The whole run is bounded: past this everything is killed and the run fails. */
+const WATCHDOG_MS = Number(process.env.BENCH_WATCHDOG_SECS ?? 1200) * 1000;
+
+const workdir = mkdtempSync(join(tmpdir(), 'syncgate-bench-'));
+const children = new Set();
+
+function cleanup() {
+  for (const c of children) {
+    if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  }
+  children.clear();
+  try { rmSync(workdir, { recursive: true, force: true }); } catch {}
+}
+process.on('exit', cleanup);
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { cleanup(); process.exit(130); });
+const watchdog = setTimeout(() => {
+  console.error(`bench: still running after ${WATCHDOG_MS / 1000} s, giving up`);
+  cleanup();
+  process.exit(1);
+}, WATCHDOG_MS);
+watchdog.unref();
+
+const log = (...a) => console.error('bench:', ...a);
+
+// ---------------------------------------------------------------- process accounting
+
+/** utime+stime of a process (all its threads) in seconds. */
+function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // rest[0] is field 3 (state); utime is field 14, stime field 15
+  return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
+}
+
+/** Peak resident set size (VmHWM) in MB. */
+function peakRssMb(pid) {
+  const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+) kB/);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+function track(child, name) {
+  children.add(child);
+  child.on('exit', (code, sig) => {
+    children.delete(child);
+    if (!child.expectedExit) log(`${name} exited unexpectedly (${code ?? sig})`);
+  });
+  return child;
+}
+
+async function stop(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.expectedExit = true;
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 15000);
+  await done;
+  clearTimeout(t);
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => res(port)); });
+    s.on('error', rej);
+  });
+}
+
+/** Waits for a line of the child's stdout that matches `re` (bounded). */
+function waitForLines(child, re, count, what, logFile) {
+  return new Promise((res, rej) => {
+    const found = [];
+    const timer = setTimeout(() => rej(new Error(`${what} did not start:\n${logFile ? readFileSync(logFile, 'utf8') : ''}`)), 30000);
+    const rl = readline.createInterface({ input: child.stdout });
+    rl.on('line', (line) => {
+      const m = line.match(re);
+      if (m) found.push(m);
+      if (found.length === count) { clearTimeout(timer); res(found); }
+    });
+    child.once('exit', (code) => { clearTimeout(timer); rej(new Error(`${what} exited ${code}:\n${logFile ? readFileSync(logFile, 'utf8') : ''}`)); });
+  });
+}
+
+// ---------------------------------------------------------------- servers
+
+async function startSyncgate() {
+  const dir = join(workdir, 'syncgate');
+  const config = {
+    interface: '127.0.0.1:0',
+    adminInterface: '127.0.0.1:0',
+    metricsInterface: '127.0.0.1:0',
+    data_dir: join(dir, 'data'),
+    logging: { console: { log_level: 'warn' } },
+    databases: { [DB]: {}, [PUSH_DB]: {} },
+  };
+  execFileSync('mkdir', ['-p', dir]);
+  const cfg = join(dir, 'config.json');
+  writeFileSync(cfg, JSON.stringify(config, null, 2));
+  const logFile = join(dir, 'server.log');
+  const child = track(spawn(SYNCGATE_BIN, [cfg], { stdio: ['ignore', 'pipe', openSync(logFile, 'w')], env: { ...process.env, RUST_LOG: '' } }), 'syncgate');
+  const lines = await waitForLines(child, /(public|admin|metrics) listener on (\S+)/, 3, 'syncgate', logFile);
+  const urls = Object.fromEntries(lines.map((m) => [m[1], m[2]]));
+  return { name: 'syncgate', child, pid: child.pid, base: urls.admin, public: urls.public, admin: urls.admin };
+}
+
+async function startPouchdbServer() {
+  const dir = join(workdir, 'pouchdb-server');
+  execFileSync('mkdir', ['-p', join(dir, 'data')]);
+  // request logging off (the default logs every request at info), like syncgate at warn
+  const cfg = join(dir, 'config.json');
+  writeFileSync(cfg, JSON.stringify({ log: { file: join(dir, 'log.txt'), level: 'warning' } }));
+  const port = await freePort();
+  const logFile = join(dir, 'stderr.log');
+  const child = track(spawn(process.execPath, [POUCHDB_SERVER, '--host', '127.0.0.1', '--port', String(port), '--dir', join(dir, 'data'), '--config', cfg, '--no-stdout-logs'], { cwd: dir, stdio: ['ignore', 'pipe', openSync(logFile, 'w')] }), 'pouchdb-server');
+  child.stdout.resume();
+  const base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    try { if ((await req('GET', `${base}/`)).status === 200) break; } catch {}
+    if (Date.now() > deadline) throw new Error(`pouchdb-server did not start:\n${readFileSync(logFile, 'utf8')}`);
+    await sleep(100);
+  }
+  for (const db of [DB, PUSH_DB]) {
+    const r = await req('PUT', `${base}/${db}`);
+    if (r.status !== 201) throw new Error(`pouchdb-server: creating ${db}: ${r.status} ${JSON.stringify(r.body)}`);
+  }
+  return { name: 'pouchdb-server', child, pid: child.pid, base };
+}
+
+async function startBareWarp() {
+  const child = track(spawn(BARE_WARP_BIN, ['127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] }), 'bare_warp');
+  const [m] = await waitForLines(child, /listening on (\S+)/, 1, 'bare_warp');
+  return { name: 'bare warp', child, pid: child.pid, base: m[1] };
+}
+
+// ---------------------------------------------------------------- HTTP helpers
+
+async function req(method, url, body, headers = {}) {
+  const opts = { method, headers: { ...headers }, signal: AbortSignal.timeout(120000) };
+  if (body !== undefined) {
+    opts.body = typeof body === 'string' ? body : JSON.stringify(body);
+    opts.headers['content-type'] ??= 'application/json';
+  }
+  const r = await fetch(url, opts);
+  const text = await r.text();
+  let json;
+  try { json = JSON.parse(text); } catch { json = text; }
+  return { status: r.status, body: json, text };
+}
+
+/** The bulk workload's ~1 KB document (the same bytes examples/sled_ceiling.rs writes). */
+function bulkDoc(i) {
+  const id = `bulk-${String(i).padStart(6, '0')}`;
+  const head = `{"_id":"${id}","type":"bench","n":${i},"pad":"`;
+  return `${head}${'x'.repeat(1024 - head.length - 2)}"}`;
+}
+
+// ---------------------------------------------------------------- workloads
+
+/** Runs `fn` and returns { wall, cpu } with the server's CPU seconds spent meanwhile. */
+async function measured(server, fn) {
+  const cpu0 = cpuSeconds(server.pid);
+  const t0 = performance.now();
+  const out = await fn();
+  const wall = (performance.now() - t0) / 1000;
+  return { ...out, wall, cpu: cpuSeconds(server.pid) - cpu0 };
+}
+
+async function bulkWrite(server) {
+  return measured(server, async () => {
+    let next = 0;
+    const batches = Math.ceil(DOCS / BATCH);
+    async function client() {
+      for (;;) {
+        const b = next++;
+        if (b >= batches) return;
+        const docs = [];
+        for (let i = b * BATCH; i < Math.min(DOCS, (b + 1) * BATCH); i++) docs.push(bulkDoc(i));
+        const r = await req('POST', `${server.base}/${DB}/_bulk_docs`, `{"docs":[${docs.join(',')}]}`);
+        if (r.status !== 201 || !Array.isArray(r.body) || r.body.some((x) => !x.ok)) {
+          throw new Error(`${server.name} _bulk_docs: ${r.status} ${r.text.slice(0, 300)}`);
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: BULK_CLIENTS }, client));
+    return {};
+  }).then((m) => ({ ...m, rate: DOCS / m.wall }));
+}
+
+async function changesRead(server, rounds = 3) {
+  const times = [];
+  let cpu = 0;
+  for (let i = 0; i < rounds; i++) {
+    const m = await measured(server, async () => {
+      const r = await req('GET', `${server.base}/${DB}/_changes?since=0`);
+      if (r.status !== 200 || r.body.results?.length !== DOCS) {
+        throw new Error(`${server.name} _changes: ${r.status}, ${r.body.results?.length} rows`);
+      }
+      return {};
+    });
+    times.push(m.wall);
+    cpu += m.cpu;
+  }
+  times.sort((a, b) => a - b);
+  const wall = times[Math.floor(times.length / 2)];
+  return { wall, rate: DOCS / wall, cpu: cpu / rounds };
+}
+
+function parseDuration(s) {
+  const m = s.match(/^([\d.]+)(us|ms|s|m)$/);
+  if (!m) return NaN;
+  return Number(m[1]) * { us: 0.001, ms: 1, s: 1000, m: 60000 }[m[2]];
+}
+
+/** Runs wrk against `base` with a Lua script; returns throughput, latency and server CPU. */
+async function wrk(server, script, { path = '/', headers = [], env = {}, secs = SECS } = {}) {
+  const args = ['-t2', `-c${WRK_CONNS}`, `-d${secs}s`, '--timeout', '10s', '--latency', '-s', join(here, script)];
+  for (const h of headers) args.push('-H', h);
+  args.push(`${server.base}${path}`);
+  const run = () => new Promise((res, rej) => {
+    const c = spawn('wrk', args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(c);
+    let out = '';
+    c.stdout.on('data', (d) => { out += d; });
+    c.stderr.on('data', (d) => { out += d; });
+    const t = setTimeout(() => c.kill('SIGKILL'), (secs + 60) * 1000);
+    c.on('exit', (code) => { clearTimeout(t); children.delete(c); code === 0 ? res(out) : rej(new Error(`wrk exited ${code}:\n${out}`)); });
+  });
+  const m = await measured(server, async () => ({ out: await run() }));
+  const out = m.out;
+  const rps = Number(out.match(/Requests\/sec:\s+([\d.]+)/)?.[1]);
+  const total = Number(out.match(/(\d+) requests in/)?.[1]);
+  const p50 = parseDuration(out.match(/\s50%\s+(\S+)/)?.[1] ?? '');
+  const p99 = parseDuration(out.match(/\s99%\s+(\S+)/)?.[1] ?? '');
+  const non2xx = Number(out.match(/Non-2xx or 3xx responses: (\d+)/)?.[1] ?? 0);
+  const sockErr = out.match(/Socket errors: (.*)/)?.[1];
+  if (!(rps > 0) || non2xx > 0.001 * total) {
+    throw new Error(`${server.name} wrk ${script}: ${non2xx} non-2xx of ${total}\n${out}`);
+  }
+  if (sockErr) log(`${server.name} wrk ${script}: socket errors ${sockErr}`);
+  return { rate: rps, p50, p99, cpu: m.cpu, requests: total, cpuPer1k: (m.cpu / total) * 1000 * 1000 };
+}
+
+async function pull(server) {
+  const local = new PouchDB(`pull-${server.name}-${Date.now()}`, { adapter: 'memory' });
+  const remote = new PouchDB(`${server.base}/${DB}`, { skip_setup: true });
+  const m = await measured(server, async () => {
+    const r = await local.replicate.from(remote, { batch_size: 100 });
+    if (r.status !== 'complete' || r.docs_written !== DOCS) throw new Error(`${server.name} pull: ${JSON.stringify(r)}`);
+    return {};
+  });
+  return { ...m, local };
+}
+
+async function push(server, local) {
+  const remote = new PouchDB(`${server.base}/${PUSH_DB}`, { skip_setup: true });
+  const m = await measured(server, async () => {
+    const r = await local.replicate.to(remote, { batch_size: 100 });
+    if (r.status !== 'complete' || r.docs_written !== DOCS) throw new Error(`${server.name} push: ${JSON.stringify(r)}`);
+    return {};
+  });
+  await local.destroy();
+  const info = await req('GET', `${server.base}/${PUSH_DB}/`);
+  if (info.body.doc_count !== DOCS) throw new Error(`${server.name} push: doc_count ${info.body.doc_count}`);
+  return m;
+}
+
+/** N longpoll clients wait on `_changes`; one write wakes them all. */
+async function longpoll(server) {
+  const info = await req('GET', `${server.base}/${DB}/`);
+  const since = info.body.update_seq;
+  const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+  const url = new URL(`${server.base}/${DB}/_changes?feed=longpoll&since=${encodeURIComponent(since)}&timeout=60000`);
+  const cpu0 = cpuSeconds(server.pid);
+  const t0 = performance.now();
+  let woke = null;
+  const headersAt = [];
+  const clients = [];
+  for (let i = 0; i < LONGPOLL; i++) {
+    clients.push(new Promise((res, rej) => {
+      const r = http.get(url, { agent }, (resp) => {
+        headersAt.push(performance.now());
+        let body = '';
+        resp.setEncoding('utf8');
+        resp.on('data', (d) => { body += d; });
+        resp.on('end', () => res({ at: performance.now(), body, status: resp.statusCode }));
+        resp.on('error', rej);
+      });
+      r.on('error', rej);
+      r.setTimeout(90000, () => r.destroy(new Error('longpoll client timed out')));
+    }));
+  }
+  // every client has its response headers once the server holds its feed open
+  const setupDeadline = Date.now() + 60000;
+  while (headersAt.length < LONGPOLL) {
+    if (Date.now() > setupDeadline) throw new Error(`${server.name} longpoll: only ${headersAt.length} of ${LONGPOLL} clients connected`);
+    await sleep(2);
+  }
+  const setup = Math.max(...headersAt) - t0;
+  await sleep(500);
+  const w0 = performance.now();
+  const put = await req('PUT', `${server.base}/${DB}/wake-${Date.now()}`, { wake: true });
+  if (put.status !== 201) throw new Error(`${server.name} wake write: ${put.status}`);
+  woke = await Promise.all(clients);
+  const cpu = cpuSeconds(server.pid) - cpu0;
+  agent.destroy();
+  for (const w of woke) {
+    if (w.status !== 200 || !w.body.includes('wake-')) throw new Error(`${server.name} longpoll: bad wake response ${w.status} ${w.body.slice(0, 200)}`);
+  }
+  const lat = woke.map((w) => w.at - w0).sort((a, b) => a - b);
+  return { setup, wakeP50: lat[Math.floor(lat.length / 2)], wakeMax: lat[lat.length - 1], cpu };
+}
+
+/** syncgate only: Basic-auth GET on the public port against no-auth GET on the admin port. */
+async function basicAuth(sg) {
+  const password = `bench-${process.pid}-secret`;
+  const r = await req('POST', `${sg.admin}/${DB}/_user/`, { name: 'bench', password, admin_channels: ['*'] });
+  if (r.status !== 201) return { na: `n/a (users not available: POST /${DB}/_user/ → ${r.status})` };
+  const auth = `Authorization: Basic ${Buffer.from(`bench:${password}`).toString('base64')}`;
+  const probe = await req('GET', `${sg.public}/${DB}/bulk-000000`, undefined, { authorization: auth.slice(15) });
+  if (probe.status !== 200) return { na: `n/a (Basic GET → ${probe.status})` };
+  const admin = await wrk(sg, 'get.lua', { env: { BENCH_DB: DB, BENCH_DOCS: String(DOCS) } });
+  const basic = await wrk({ ...sg, base: sg.public }, 'get.lua', { headers: [auth], env: { BENCH_DB: DB, BENCH_DOCS: String(DOCS) } });
+  return { admin, basic };
+}
+
+function sledCeiling() {
+  const out = execFileSync(SLED_CEILING_BIN, [String(DOCS), String(BATCH)], { timeout: 300000, env: { ...process.env, TMPDIR: workdir } }).toString();
+  return JSON.parse(out.trim().split('\n').pop());
+}
+
+// ---------------------------------------------------------------- report
+
+const f = (x, d = 0) => (Number.isFinite(x) ? x.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }) : 'n/a');
+
+function report(R) {
+  const rows = [];
+  // higher: bigger is better for syncgate (ratio sg/pdb); otherwise ratio pdb/sg
+  // judged: whether the ≥ 5× target applies to this row (not to client-bound wall times, nor to
+  // whole-run totals, which cover different amounts of work in the fixed-duration wrk runs)
+  const row = (name, sg, pdb, digits, higher, unit, judged = true) => {
+    const ratio = higher ? sg / pdb : pdb / sg;
+    const verdict = !judged ? '—' : ratio >= 5 ? 'yes' : '**no**';
+    rows.push(`| ${name} | ${f(sg, digits)} ${unit} | ${f(pdb, digits)} ${unit} | ${f(ratio, 1)}× | ${verdict} |`);
+  };
+  const S = R.syncgate; const P = R['pouchdb-server'];
+  row(`bulk write ${f(DOCS)} × 1 KB (100/batch, 4 clients)`, S.bulk.rate, P.bulk.rate, 0, true, 'docs/s');
+  row('  server CPU for it', S.bulk.cpu, P.bulk.cpu, 2, false, 's');
+  for (const [k, label] of [['put', 'single PUT (32 conns)'], ['get', 'single GET (32 conns)']]) {
+    row(label, S[k].rate, P[k].rate, 0, true, 'req/s');
+    row('  p50 latency', S[k].p50, P[k].p50, 2, false, 'ms');
+    row('  p99 latency', S[k].p99, P[k].p99, 2, false, 'ms');
+    row('  server CPU per 1,000 requests', S[k].cpuPer1k, P[k].cpuPer1k, 1, false, 'ms');
+  }
+  row(`changes feed read, ${f(DOCS)} rows`, S.changes.rate, P.changes.rate, 0, true, 'rows/s');
+  row('  server CPU per read', S.changes.cpu, P.changes.cpu, 3, false, 's');
+  row(`PouchDB pull ${f(DOCS)} docs: wall (client-bound)`, S.pull.wall, P.pull.wall, 1, false, 's', false);
+  row('  server CPU (the figure to compare)', S.pull.cpu, P.pull.cpu, 2, false, 's');
+  row(`PouchDB push ${f(DOCS)} docs: wall (client-bound)`, S.push.wall, P.push.wall, 1, false, 's', false);
+  row('  server CPU (the figure to compare)', S.push.cpu, P.push.cpu, 2, false, 's');
+  row(`${LONGPOLL} longpoll clients: setup`, S.longpoll.setup, P.longpoll.setup, 0, false, 'ms');
+  row('  wake latency p50 after one write', S.longpoll.wakeP50, P.longpoll.wakeP50, 0, false, 'ms');
+  row('  wake latency, last client', S.longpoll.wakeMax, P.longpoll.wakeMax, 0, false, 'ms');
+  row('  server CPU', S.longpoll.cpu, P.longpoll.cpu, 2, false, 's');
+  row('server CPU, whole run (unequal work)', S.cpuTotal, P.cpuTotal, 1, false, 's', false);
+  row('peak RSS (VmHWM)', S.rss, P.rss, 1, false, 'MB', false);
+
+  const lines = [];
+  lines.push('| workload | syncgate | pouchdb-server 4.2.0 | syncgate better by | ≥ 5× |');
+  lines.push('|---|---:|---:|---:|:-:|');
+  lines.push(...rows);
+  lines.push('');
+  lines.push(`peak RSS of syncgate at ${f(DOCS)} docs: ${f(S.rss, 1)} MB (target < 100 MB: ${S.rss < 100 ? 'yes' : '**no**'})`);
+  lines.push('');
+  lines.push('| syncgate only | admin port, no auth | public port, Basic auth | Basic / none |');
+  lines.push('|---|---:|---:|---:|');
+  if (R.auth.na) {
+    lines.push(`| single GET (32 conns) | ${R.auth.na} | ${R.auth.na} | n/a |`);
+  } else {
+    lines.push(`| single GET (32 conns) | ${f(R.auth.admin.rate)} req/s | ${f(R.auth.basic.rate)} req/s | ${f(R.auth.basic.rate / R.auth.admin.rate, 2)}× |`);
+    lines.push(`|   p99 latency | ${f(R.auth.admin.p99, 2)} ms | ${f(R.auth.basic.p99, 2)} ms | |`);
+    lines.push(`|   server CPU per 1,000 requests | ${f(R.auth.admin.cpuPer1k, 1)} ms | ${f(R.auth.basic.cpuPer1k, 1)} ms | |`);
+  }
+  lines.push('');
+  lines.push('| against the bare ceiling | syncgate | ceiling | ceiling / syncgate | ≤ 2× |');
+  lines.push('|---|---:|---:|---:|:-:|');
+  const ceil = (name, sg, c, digits, unit) => {
+    const r = c / sg;
+    lines.push(`| ${name} | ${f(sg, digits)} ${unit} | ${f(c, digits)} ${unit} | ${f(r, 2)}× | ${r <= 2 ? 'yes' : '**no**'} |`);
+  };
+  ceil('single GET vs bare warp (200-byte JSON)', S.get.rate, R.bare.get.rate, 0, 'req/s');
+  ceil('single PUT vs bare warp (200-byte JSON)', S.put.rate, R.bare.put.rate, 0, 'req/s');
+  ceil('bulk write vs sled, flush per 100-doc batch', S.bulk.rate, R.sled.docs_per_sec, 0, 'docs/s');
+  lines.push(`|   bare warp server CPU per 1,000 GET / PUT | ${f(S.get.cpuPer1k, 1)} / ${f(S.put.cpuPer1k, 1)} ms | ${f(R.bare.get.cpuPer1k, 1)} / ${f(R.bare.put.cpuPer1k, 1)} ms | | |`);
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  log(`work dir ${workdir}; ${DOCS} docs, ${SECS} s per wrk run, ${LONGPOLL} longpoll clients`);
+  const sg = await startSyncgate();
+  const pdb = await startPouchdbServer();
+  const servers = [sg, pdb];
+  const R = { syncgate: {}, 'pouchdb-server': {} };
+  const each = async (label, fn) => {
+    for (const s of servers) {
+      log(`${label}: ${s.name}`);
+      R[s.name][label] = await fn(s);
+      log(`${label}: ${s.name} → ${JSON.stringify(R[s.name][label], (k, v) => (k === 'local' ? undefined : typeof v === 'number' ? Number(v.toFixed(3)) : v))}`);
+    }
+  };
+  const wrkEnv = { BENCH_DB: DB, BENCH_DOCS: String(DOCS) };
+  await each('bulk', bulkWrite);
+  await each('changes', (s) => changesRead(s));
+  await each('get', (s) => wrk(s, 'get.lua', { env: wrkEnv }));
+  await each('pull', pull);
+  await each('push', (s) => push(s, R[s.name].pull.local));
+  await each('put', (s) => wrk(s, 'put.lua', { env: { ...wrkEnv, BENCH_RUN: 'put' } }));
+  await each('longpoll', longpoll);
+  for (const s of servers) {
+    R[s.name].cpuTotal = cpuSeconds(s.pid);
+    R[s.name].rss = peakRssMb(s.pid);
+  }
+  log('basic auth vs admin GET: syncgate');
+  R.auth = await basicAuth(sg);
+  for (const s of servers) await stop(s.child);
+
+  log('ceilings: bare warp');
+  const bare = await startBareWarp();
+  R.bare = {
+    get: await wrk(bare, 'get.lua', { env: wrkEnv }),
+    put: await wrk(bare, 'put.lua', { env: { ...wrkEnv, BENCH_RUN: 'bare' } }),
+  };
+  await stop(bare.child);
+  log('ceilings: sled');
+  R.sled = sledCeiling();
+
+  const table = report(R);
+  console.log(table);
+  if (process.env.BENCH_JSON) {
+    writeFileSync(process.env.BENCH_JSON, JSON.stringify(R, (k, v) => (k === 'local' || k === 'child' ? undefined : v), 2));
+  }
+}
+
+main().then(
+  () => { cleanup(); process.exit(0); },
+  (e) => { console.error(e); cleanup(); process.exit(1); },
+);
