@@ -402,14 +402,17 @@ function report(R) {
   row('  wake latency, last client', S.longpoll.wakeMax, P.longpoll.wakeMax, 0, false, 'ms');
   row('  server CPU', S.longpoll.cpu, P.longpoll.cpu, 2, false, 's');
   row('server CPU, whole run (unequal work)', S.cpuTotal, P.cpuTotal, 1, false, 's', false);
-  row('peak RSS (VmHWM)', S.rss, P.rss, 1, false, 'MB', false);
+  row(`peak RSS (VmHWM) at ${f(DOCS)} docs (after bulk, changes, GET, pull)`, S.rssAfter.pull, P.rssAfter.pull, 1, false, 'MB', false);
+  row(`peak RSS (VmHWM), whole run (${f(R.docsAtEnd.syncgate)} / ${f(R.docsAtEnd['pouchdb-server'])} docs)`, S.rss, P.rss, 1, false, 'MB', false);
 
   const lines = [];
   lines.push('| workload | syncgate | pouchdb-server 4.2.0 | syncgate better by | ≥ 5× |');
   lines.push('|---|---:|---:|---:|:-:|');
   lines.push(...rows);
   lines.push('');
-  lines.push(`peak RSS of syncgate at ${f(DOCS)} docs: ${f(S.rss, 1)} MB (target < 100 MB: ${S.rss < 100 ? 'yes' : '**no**'})`);
+  lines.push(`peak RSS of syncgate at ${f(DOCS)} docs: ${f(S.rssAfter.pull, 1)} MB (target < 100 MB: ${S.rssAfter.pull < 100 ? 'yes' : '**no**'}); ` +
+    `after the whole run: ${f(S.rss, 1)} MB. VmHWM after each workload (MB): ` +
+    Object.entries(S.rssAfter).map(([k, v]) => `${k} ${f(v, 0)}`).join(', '));
   lines.push('');
   lines.push('| syncgate only | admin port, no auth | public port, Basic auth | Basic / none |');
   lines.push('|---|---:|---:|---:|');
@@ -446,6 +449,7 @@ async function main() {
     for (const s of servers) {
       log(`${label}: ${s.name}`);
       R[s.name][label] = await fn(s);
+      (R[s.name].rssAfter ??= {})[label] = peakRssMb(s.pid);
       log(`${label}: ${s.name} → ${JSON.stringify(R[s.name][label], (k, v) => (k === 'local' ? undefined : typeof v === 'number' ? Number(v.toFixed(3)) : v))}`);
     }
   };
@@ -457,7 +461,11 @@ async function main() {
   await each('push', (s) => push(s, R[s.name].pull.local));
   await each('put', (s) => wrk(s, 'put.lua', { env: { ...wrkEnv, BENCH_RUN: 'put' } }));
   await each('longpoll', longpoll);
+  R.docsAtEnd = {};
   for (const s of servers) {
+    let docs = 0;
+    for (const db of [DB, PUSH_DB]) docs += (await req('GET', `${s.base}/${db}/`)).body.doc_count;
+    R.docsAtEnd[s.name] = docs;
     R[s.name].cpuTotal = cpuSeconds(s.pid);
     R[s.name].rss = peakRssMb(s.pid);
   }
