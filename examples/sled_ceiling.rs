@@ -15,8 +15,17 @@ fn doc(i: usize) -> (String, Vec<u8>) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let docs: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20_000);
-    let batch: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100).max(1);
+    let docs: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(20_000);
+    let batch: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100)
+        .max(1);
     let dir = tempfile::tempdir()?;
     let db = sled::open(dir.path())?;
     let tree = db.open_tree("bench")?;
