@@ -219,7 +219,7 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
         let batch = db.changes(&caller, &opts)?;
         return Ok(no_store(json_reply(
             200,
-            &json!({"results": batch.rows, "last_seq": batch.last_seq}),
+            &json!({"results": batch.rows, "last_seq": batch.last_seq.to_json()}),
         )));
     }
     // a longpoll with changes ready answers at once, without streaming
@@ -228,7 +228,7 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
         if !batch.rows.is_empty() || db.is_shutting_down() {
             return Ok(no_store(json_reply(
                 200,
-                &json!({"results": batch.rows, "last_seq": batch.last_seq}),
+                &json!({"results": batch.rows, "last_seq": batch.last_seq.to_json()}),
             )));
         }
     }
@@ -303,7 +303,7 @@ impl LiveFeed {
     }
 
     fn end_bytes(&self) -> String {
-        let last = self.opts.since.seq;
+        let last = self.opts.since.to_json();
         match self.feed {
             Feed::Longpoll => format!("],\n\"last_seq\":{last}}}\n"),
             Feed::Continuous => format!("{{\"last_seq\":{last}}}\n"),
@@ -388,6 +388,15 @@ impl LiveFeed {
         if self.feed != Feed::Longpoll {
             opts.limit = Some(opts.limit.map_or(STREAM_PAGE, |l| l.min(STREAM_PAGE)));
         }
+        // grants and revocations take effect in an open feed: re-read the user on every wake
+        match self.db.refresh_caller(&self.caller) {
+            Some(c) => self.caller = c,
+            None => {
+                // deleted or disabled while the feed was open
+                self.phase = Phase::Done;
+                return String::new();
+            }
+        }
         let batch = match self.db.changes(&self.caller, &opts) {
             Ok(b) => b,
             Err(e) => {
@@ -404,10 +413,7 @@ impl LiveFeed {
             }
             out.push_str(&self.row_bytes(row));
         }
-        self.opts.since = Since {
-            seq: batch.last_seq,
-            backfill: None,
-        };
+        self.opts.since = batch.last_seq;
         self.sent += n;
         if n > 0 {
             self.idle_since = Instant::now();

@@ -17,6 +17,10 @@ pub struct UserCtx {
     pub channels: BTreeMap<String, u64>,
     /// Effective roles: admin ∪ jwt roles.
     pub roles: BTreeSet<String>,
+    /// Channels this user could read before and cannot now, each with the sequence of the
+    /// write that took it away (directly, by losing a role, or by a role losing it). The
+    /// changes feed uses it to send removals to clients that synced before the revocation.
+    pub revoked: BTreeMap<String, u64>,
 }
 
 impl UserCtx {
@@ -67,7 +71,7 @@ mod tests {
         let u = UserCtx {
             name: Some("a".into()),
             channels: [("x".to_string(), 1)].into(),
-            roles: Default::default(),
+            ..Default::default()
         };
         assert!(u.can_read(&["x".into()]));
         assert!(u.can_read(&["y".into(), "!".into()]));

@@ -54,6 +54,12 @@ pub struct UserRecord {
     pub jwt_roles: Grants,
     #[serde(default)]
     pub jwt_channels: Grants,
+    /// Channels (admin or JWT) this user lost → sequence of the write that removed them.
+    #[serde(default, skip_serializing_if = "Grants::is_empty")]
+    pub revoked_channels: Grants,
+    /// Roles (admin or JWT) this user lost → sequence of the write that removed them.
+    #[serde(default, skip_serializing_if = "Grants::is_empty")]
+    pub revoked_roles: Grants,
     /// Copied into every session; a new value invalidates all of the user's sessions.
     #[serde(default)]
     pub session_uuid: String,
@@ -102,6 +108,9 @@ pub struct RoleRecord {
     pub name: String,
     #[serde(default)]
     pub admin_channels: Grants,
+    /// Channels this role lost → sequence of the write that removed them.
+    #[serde(default, skip_serializing_if = "Grants::is_empty")]
+    pub revoked_channels: Grants,
     #[serde(default)]
     pub seq: u64,
 }
@@ -321,6 +330,20 @@ fn fill_grants(g: &mut Grants, seq: u64) {
     }
 }
 
+/// Marks what `before` granted and `after` does not as revoked (sequence 0 = this write), and
+/// forgets revocations of what is granted again.
+fn track_revocations(before: &[&Grants], after: &[&Grants], revoked: &mut Grants) {
+    let now: BTreeSet<&String> = after.iter().flat_map(|g| g.keys()).collect();
+    for lost in before
+        .iter()
+        .flat_map(|g| g.keys())
+        .filter(|c| !now.contains(c))
+    {
+        revoked.insert(lost.clone(), 0);
+    }
+    revoked.retain(|c, _| !now.contains(c));
+}
+
 fn keys(g: &Grants) -> Vec<&String> {
     g.keys().collect()
 }
@@ -407,19 +430,43 @@ impl Principals {
             grant(&mut channels, c, *s);
         }
         let mut roles = BTreeSet::new();
+        // channel → latest revocation sequence
+        let mut revoked: BTreeMap<String, u64> = BTreeMap::new();
+        let mut revoke = |c: &str, s: u64| {
+            let e = revoked.entry(c.to_string()).or_insert(s);
+            *e = (*e).max(s);
+        };
+        for (c, s) in &user.revoked_channels {
+            revoke(c, *s);
+        }
         for (r, granted) in user.admin_roles.iter().chain(&user.jwt_roles) {
             roles.insert(r.clone());
             if let Some(role) = self.get_role(r)? {
                 for (c, s) in &role.admin_channels {
                     grant(&mut channels, c, (*s).max(*granted));
                 }
+                for (c, s) in &role.revoked_channels {
+                    // only a loss that happened while the user held the role
+                    if s > granted {
+                        revoke(c, *s);
+                    }
+                }
+            }
+        }
+        for (r, lost) in &user.revoked_roles {
+            if let Some(role) = self.get_role(r)? {
+                for c in role.admin_channels.keys() {
+                    revoke(c, *lost);
+                }
             }
         }
         grant(&mut channels, PUBLIC_CHANNEL, 1);
+        revoked.retain(|c, _| !channels.contains_key(c));
         Ok(UserCtx {
             name: (!user.is_guest()).then(|| user.name.clone()),
             channels,
             roles,
+            revoked,
         })
     }
 
@@ -497,12 +544,30 @@ impl Principals {
             return Ok((None, out));
         };
         rec.name = name.to_string();
+        if let Some(cur) = &current {
+            let mut rc = std::mem::take(&mut rec.revoked_channels);
+            track_revocations(
+                &[&cur.admin_channels, &cur.jwt_channels],
+                &[&rec.admin_channels, &rec.jwt_channels],
+                &mut rc,
+            );
+            rec.revoked_channels = rc;
+            let mut rr = std::mem::take(&mut rec.revoked_roles);
+            track_revocations(
+                &[&cur.admin_roles, &cur.jwt_roles],
+                &[&rec.admin_roles, &rec.jwt_roles],
+                &mut rr,
+            );
+            rec.revoked_roles = rr;
+        }
         let mut stored = None;
         let (_, ticket) = self
             .store
             .put_principal(PrincipalKind::User, name, &mut |seq| {
                 let mut r = rec.clone();
                 r.seq = seq;
+                fill_grants(&mut r.revoked_channels, seq);
+                fill_grants(&mut r.revoked_roles, seq);
                 fill_grants(&mut r.admin_channels, seq);
                 fill_grants(&mut r.admin_roles, seq);
                 fill_grants(&mut r.jwt_channels, seq);
@@ -531,12 +596,18 @@ impl Principals {
             return Ok((None, out));
         };
         rec.name = name.to_string();
+        if let Some(cur) = &current {
+            let mut rc = std::mem::take(&mut rec.revoked_channels);
+            track_revocations(&[&cur.admin_channels], &[&rec.admin_channels], &mut rc);
+            rec.revoked_channels = rc;
+        }
         let mut stored = None;
         let (_, ticket) = self
             .store
             .put_principal(PrincipalKind::Role, name, &mut |seq| {
                 let mut r = rec.clone();
                 r.seq = seq;
+                fill_grants(&mut r.revoked_channels, seq);
                 fill_grants(&mut r.admin_channels, seq);
                 let bytes = serde_json::to_vec(&r).unwrap_or_default();
                 stored = Some(r);
@@ -796,6 +867,62 @@ mod tests {
         assert!(RoleUpdate::from_json(json!({"admin_roles":[]})).is_err());
         let u = upd(json!({"password":"secret-pw"}));
         assert!(!format!("{u:?}").contains("secret-pw"));
+    }
+
+    #[test]
+    fn revocations_are_recorded_with_their_sequence() {
+        let (_d, p) = principals();
+        p.write_role(
+            "r",
+            &RoleUpdate::from_json(json!({"admin_channels":["rc","rc2"]})).unwrap(),
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        let u = upd(json!({"password":"pw","admin_channels":["a","b"],"admin_roles":["r"]}));
+        p.write_user("u", &u, Some("$h".into()), WriteMode::Create)
+            .unwrap();
+        // drop channel b directly
+        p.write_user(
+            "u",
+            &upd(json!({"admin_channels":["a"]})),
+            None,
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        let s_b = p.get_user("u").unwrap().unwrap().seq;
+        // the role loses rc2
+        p.write_role(
+            "r",
+            &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        let s_rc2 = p.get_role("r").unwrap().unwrap().seq;
+        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        assert_eq!(ctx.revoked.get("b"), Some(&s_b));
+        assert_eq!(ctx.revoked.get("rc2"), Some(&s_rc2));
+        assert!(ctx.channels.contains_key("rc") && !ctx.revoked.contains_key("rc"));
+        // losing the role revokes its channels at that write
+        p.write_user(
+            "u",
+            &upd(json!({"admin_roles":[]})),
+            None,
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        let s_role = p.get_user("u").unwrap().unwrap().seq;
+        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        assert_eq!(ctx.revoked.get("rc"), Some(&s_role));
+        // granting b again clears its revocation
+        p.write_user(
+            "u",
+            &upd(json!({"admin_channels":["a","b"]})),
+            None,
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        assert!(!ctx.revoked.contains_key("b") && ctx.channels.contains_key("b"));
     }
 
     #[test]

@@ -96,8 +96,29 @@ pub struct ChangesOptions {
 /// One batch of the feed.
 pub struct ChangesBatch {
     pub rows: Vec<Value>,
-    /// Where the next batch starts.
-    pub last_seq: u64,
+    /// Where the next batch starts (compound when a batch ends inside a backfill).
+    pub last_seq: Since,
+}
+
+impl Since {
+    /// The JSON form: a number, or `"G:S"` inside a backfill.
+    pub fn to_json(&self) -> Value {
+        match self.backfill {
+            None => json!(self.seq),
+            Some(g) => Value::String(format!("{g}:{}", self.seq)),
+        }
+    }
+}
+
+/// Extra rows a user's feed carries at the sequence of a principal write: documents that a grant
+/// made visible (backfill) or that a revocation took away (removal), older than the client's
+/// checkpoint.
+struct Group {
+    /// The grant's or revocation's sequence: where the group sits in the feed.
+    at: u64,
+    /// Backfill (true) or revocation (false).
+    grant: bool,
+    channels: Vec<String>,
 }
 
 /// Which channels a feed shows: everything, or documents in (or removed from) a set.
@@ -124,72 +145,247 @@ impl Scope {
             (Some(u), Some(f)) => Scope::Channels(u.intersection(f).cloned().collect()),
         }
     }
+
+    fn sees(&self, channels: &[String]) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Channels(s) => channels.iter().any(|c| s.contains(c)),
+        }
+    }
 }
 
 impl Database {
     /// Rows after `opts.since`, up to the current sequence, filtered for the caller. A caller
     /// limited to some channels reads through the channel index, so unrelated documents are
-    /// never read; a document that left those channels comes once with `"removed"`.
+    /// never read; a document that left those channels comes once with `"removed"`. For a user,
+    /// grants and revocations newer than the checkpoint add backfill and removal rows at the
+    /// grant's sequence, as compound `"G:S"` sequences.
     pub fn changes(&self, caller: &Caller, opts: &ChangesOptions) -> Result<ChangesBatch> {
         let end = self.store.last_seq();
         let limit = opts.limit.unwrap_or(usize::MAX);
         let mut rows = Vec::new();
-        let mut last_seq = if opts.descending {
-            0
-        } else {
-            end.max(opts.since.seq)
-        };
-        let since = if opts.descending { 0 } else { opts.since.seq };
         let scope = Scope::of(caller, opts.channels.as_ref());
+        if opts.descending {
+            for entry in self.store.changes_since(0, true) {
+                let entry = entry?;
+                if entry.seq > end {
+                    continue;
+                }
+                if rows.len() >= limit {
+                    break;
+                }
+                if let Some(row) = self.change_row(caller, &scope, opts, &entry, None)? {
+                    rows.push(row);
+                }
+            }
+            let last = rows.last().and_then(|r| r["seq"].as_u64()).unwrap_or(end);
+            return Ok(ChangesBatch {
+                rows,
+                last_seq: Since {
+                    seq: last,
+                    backfill: None,
+                },
+            });
+        }
+        // `base`: every plain sequence up to it has been delivered; `resume`: inside the group
+        // at G, entries up to S have been delivered.
+        let (base, resume) = match opts.since.backfill {
+            Some(g) => (g.saturating_sub(1), Some((g, opts.since.seq))),
+            None => (opts.since.seq, None),
+        };
+        let mut groups = self
+            .groups(caller, &scope, opts, base, end)
+            .into_iter()
+            .peekable();
         let entries = match &scope {
-            Scope::Channels(chs) if !opts.descending => {
+            Scope::Channels(chs) => {
                 let mut list: Vec<String> = chs.iter().cloned().collect();
                 list.sort();
-                self.store.changes_in_channels(&list, since)
+                self.store.changes_in_channels(&list, base)
             }
-            _ => self.store.changes_since(since, opts.descending),
+            Scope::All => self.store.changes_since(base, false),
+        };
+        let mut last_seq = Since {
+            seq: end.max(base),
+            backfill: None,
         };
         for entry in entries {
             let entry = entry?;
-            if entry.seq > end {
-                if opts.descending {
-                    continue;
+            if entry.seq > end || rows.len() >= limit {
+                break;
+            }
+            while groups.peek().is_some_and(|g| g.at < entry.seq) {
+                let g = groups
+                    .next()
+                    .ok_or_else(|| Error::Internal("group".into()))?;
+                let from = resume
+                    .filter(|(at, _)| *at == g.at)
+                    .map(|(_, s)| s)
+                    .unwrap_or(0);
+                if let Some(stop) =
+                    self.group_rows(caller, &scope, opts, &g, base, from, limit, &mut rows)?
+                {
+                    return Ok(ChangesBatch {
+                        rows,
+                        last_seq: stop,
+                    });
                 }
-                break;
             }
-            if rows.len() >= limit {
-                break;
-            }
-            if let Some(row) = self.change_row(caller, &scope, opts, &entry)? {
+            if let Some(row) = self.change_row(caller, &scope, opts, &entry, None)? {
                 rows.push(row);
                 if rows.len() >= limit {
-                    last_seq = entry.seq;
+                    last_seq = Since {
+                        seq: entry.seq,
+                        backfill: None,
+                    };
+                    return Ok(ChangesBatch { rows, last_seq });
                 }
             }
         }
-        if opts.descending {
-            last_seq = rows.last().and_then(|r| r["seq"].as_u64()).unwrap_or(end);
+        for g in groups {
+            let from = resume
+                .filter(|(at, _)| *at == g.at)
+                .map(|(_, s)| s)
+                .unwrap_or(0);
+            if let Some(stop) =
+                self.group_rows(caller, &scope, opts, &g, base, from, limit, &mut rows)?
+            {
+                return Ok(ChangesBatch {
+                    rows,
+                    last_seq: stop,
+                });
+            }
         }
         Ok(ChangesBatch { rows, last_seq })
     }
 
+    /// Grants and revocations of the caller newer than `base`, in feed order.
+    fn groups(
+        &self,
+        caller: &Caller,
+        scope: &Scope,
+        opts: &ChangesOptions,
+        base: u64,
+        end: u64,
+    ) -> Vec<Group> {
+        let (Some(user), Scope::Channels(visible)) = (caller.user(), scope) else {
+            return Vec::new();
+        };
+        if base == 0 {
+            return Vec::new(); // a fresh client gets everything as plain rows
+        }
+        let filter_ok = |c: &String| {
+            opts.channels
+                .as_ref()
+                .is_none_or(|f| f.contains(c) || f.contains(ALL_CHANNELS))
+        };
+        let mut by_seq: std::collections::BTreeMap<(u64, bool), Vec<String>> = Default::default();
+        for (c, g) in &user.channels {
+            if *g > base && *g <= end && visible.contains(c) {
+                by_seq.entry((*g, false)).or_default().push(c.clone());
+            }
+        }
+        for (c, r) in &user.revoked {
+            if *r > base && *r <= end && filter_ok(c) {
+                by_seq.entry((*r, true)).or_default().push(c.clone());
+            }
+        }
+        by_seq
+            .into_iter()
+            .map(|((at, revoked), channels)| Group {
+                at,
+                grant: !revoked,
+                channels,
+            })
+            .collect()
+    }
+
+    /// Appends a group's rows (documents up to `base`, after `from`). Returns where to resume
+    /// when `limit` is reached inside the group.
+    #[allow(clippy::too_many_arguments)]
+    fn group_rows(
+        &self,
+        caller: &Caller,
+        scope: &Scope,
+        opts: &ChangesOptions,
+        g: &Group,
+        base: u64,
+        from: u64,
+        limit: usize,
+        rows: &mut Vec<Value>,
+    ) -> Result<Option<Since>> {
+        // channels the client could already read at its checkpoint
+        let old: HashSet<&String> = caller
+            .user()
+            .map(|u| {
+                u.channels
+                    .iter()
+                    .filter(|(_, s)| **s <= base)
+                    .map(|(c, _)| c)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for entry in self.store.changes_in_channels(&g.channels, from) {
+            let entry = entry?;
+            if entry.seq > base {
+                break;
+            }
+            let in_group = entry.channels.iter().any(|c| g.channels.contains(c));
+            if !in_group || entry.channels.iter().any(|c| old.contains(c)) && g.grant {
+                continue; // not in the channel now, or the client already had it
+            }
+            let row = if g.grant {
+                self.change_row(caller, scope, opts, &entry, None)?
+            } else if scope.sees(&entry.channels) || opts.active_only {
+                None // still readable through another channel
+            } else {
+                let lost: Vec<String> = entry
+                    .channels
+                    .iter()
+                    .filter(|c| g.channels.contains(c))
+                    .cloned()
+                    .collect();
+                self.change_row(caller, scope, opts, &entry, Some(lost))?
+            };
+            if let Some(mut row) = row {
+                row["seq"] = Value::String(format!("{}:{}", g.at, entry.seq));
+                rows.push(row);
+                if rows.len() >= limit {
+                    return Ok(Some(Since {
+                        seq: entry.seq,
+                        backfill: Some(g.at),
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One row, or `None` when the caller should not see it. `revoked` forces a removal row for
+    /// those channels (a revocation).
     fn change_row(
         &self,
         caller: &Caller,
         scope: &Scope,
         opts: &ChangesOptions,
         e: &ChangeEntry,
+        revoked: Option<Vec<String>>,
     ) -> Result<Option<Value>> {
         if let Some(ids) = &opts.doc_ids {
             if !ids.contains(&e.id) {
                 return Ok(None);
             }
         }
-        let (visible, removed): (bool, Vec<&String>) = match scope {
-            Scope::All => (true, Vec::new()),
-            Scope::Channels(chs) => (
+        let (visible, removed): (bool, Vec<String>) = match (scope, revoked) {
+            (_, Some(lost)) => (false, lost),
+            (Scope::All, None) => (true, Vec::new()),
+            (Scope::Channels(chs), None) => (
                 e.channels.iter().any(|c| chs.contains(c)),
-                e.removed.iter().filter(|c| chs.contains(*c)).collect(),
+                e.removed
+                    .iter()
+                    .filter(|c| chs.contains(*c))
+                    .cloned()
+                    .collect(),
             ),
         };
         if !visible && removed.is_empty() {
@@ -230,6 +426,26 @@ impl Database {
             }
         }
         Ok(Some(row))
+    }
+
+    /// The caller as it is now: a user's grants and revocations re-read from the store (cached
+    /// until a principal changes). `None` when the user was deleted or disabled, or GUEST was
+    /// turned off.
+    pub fn refresh_caller(&self, caller: &Caller) -> Option<Caller> {
+        match caller {
+            Caller::Admin => Some(Caller::Admin),
+            Caller::User(u) => match &u.name {
+                None => self.auth.guest().map(Caller::User),
+                Some(name) => match self.auth.principals().load(name) {
+                    Ok(Some(l)) if !l.record.disabled => Some(Caller::User(l.ctx.clone())),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reloading a feed's user failed");
+                        Some(caller.clone())
+                    }
+                },
+            },
+        }
     }
 
     /// Waits until the sequence passes `seq`, `timeout` elapses or the server shuts down.
