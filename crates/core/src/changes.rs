@@ -189,8 +189,14 @@ impl Database {
         }
         // `base`: every plain sequence up to it has been delivered; `resume`: inside the group
         // at G, entries up to S have been delivered.
-        let (base, resume) = match opts.since.backfill {
-            Some(g) => (g.saturating_sub(1), Some((g, opts.since.seq))),
+        // A compound value is a backfill position only for a channel-limited user and a grant
+        // sequence that exists; anything else falls back to its plain part (re-sending rows is
+        // harmless, skipping them is not).
+        let backfill = opts.since.backfill.filter(|g| {
+            *g > 0 && *g <= end && caller.user().is_some() && matches!(scope, Scope::Channels(_))
+        });
+        let (base, resume) = match backfill {
+            Some(g) => (g - 1, Some((g, opts.since.seq))),
             None => (opts.since.seq, None),
         };
         let mut groups = self
