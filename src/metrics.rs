@@ -107,6 +107,7 @@ pub fn render(server: &Server, http: &HttpMetrics) -> String {
     let written = Family::<Labels, Counter>::default();
     let read = Family::<Labels, Counter>::default();
     let docs = Family::<Labels, Gauge>::default();
+    let auth = Family::<Labels, Counter>::default();
     for db in server.databases() {
         let l = vec![("db".to_string(), db.name.clone())];
         feeds
@@ -118,6 +119,14 @@ pub fn render(server: &Server, http: &HttpMetrics) -> String {
         read.get_or_create(&l).inc_by(db.store.docs_read());
         docs.get_or_create(&l)
             .set(db.store.doc_count().unwrap_or(0) as i64);
+        for why in syncgate_core::database::AuthFailure::ALL {
+            let labels = vec![
+                ("db".to_string(), db.name.clone()),
+                ("reason".to_string(), why.label().to_string()),
+            ];
+            auth.get_or_create(&labels)
+                .inc_by(db.metrics.auth_failures(why));
+        }
     }
     reg.register(
         "syncgate_changes_feeds_active",
@@ -135,6 +144,11 @@ pub fn render(server: &Server, http: &HttpMetrics) -> String {
         read,
     );
     reg.register("syncgate_doc_count", "Live documents", docs);
+    reg.register(
+        "syncgate_auth_failures",
+        "Refused public-port authentications by reason",
+        auth,
+    );
     let size = Gauge::<i64>::default();
     size.set(server.store_size() as i64);
     reg.register(

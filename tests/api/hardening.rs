@@ -611,6 +611,31 @@ fn metrics_endpoint() {
     assert!(!text.contains("m1"), "doc ids never become labels");
     let r = client().get(format!("{}/_ping", s.metrics)).send().unwrap();
     assert_eq!(r.text().unwrap(), "OK");
+    // refused authentications are counted by reason
+    get(&format!("{}/db/", s.public));
+    get(&format!("{}/db/", s.public));
+    send(
+        client()
+            .get(format!("{}/db/", s.public))
+            .basic_auth("nobody", Some("nope")),
+    );
+    send(
+        client()
+            .get(format!("{}/db/", s.public))
+            .header("cookie", "SyncGatewaySession=0000"),
+    );
+    assert_eq!(
+        s.metric(r#"syncgate_auth_failures_total{db="db",reason="no_credentials"}"#),
+        2.0
+    );
+    assert_eq!(
+        s.metric(r#"syncgate_auth_failures_total{db="db",reason="password"}"#),
+        1.0
+    );
+    assert_eq!(
+        s.metric(r#"syncgate_auth_failures_total{db="db",reason="session"}"#),
+        1.0
+    );
 }
 
 #[test]

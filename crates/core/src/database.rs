@@ -22,6 +22,53 @@ pub struct DbMetrics {
     pub feeds_active: AtomicI64,
     /// Document revisions written.
     pub docs_written: AtomicU64,
+    /// Refused public-port authentications, by reason (see [`AuthFailure`]).
+    pub auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+}
+
+/// Why a public-port request was refused authentication (a metric label: bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credentials and GUEST disabled.
+    NoCredentials,
+    /// Wrong user name or password (Basic or `POST /_session`).
+    Password,
+    /// A Bearer token failed a check.
+    Token,
+    /// A forged, expired or revoked session cookie.
+    Session,
+    /// Too many failed logins (429).
+    Throttled,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 5] = [
+        AuthFailure::NoCredentials,
+        AuthFailure::Password,
+        AuthFailure::Token,
+        AuthFailure::Session,
+        AuthFailure::Throttled,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => "no_credentials",
+            AuthFailure::Password => "password",
+            AuthFailure::Token => "token",
+            AuthFailure::Session => "session",
+            AuthFailure::Throttled => "throttled",
+        }
+    }
+}
+
+impl DbMetrics {
+    pub fn auth_failed(&self, why: AuthFailure) {
+        self.auth_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn auth_failures(&self, why: AuthFailure) -> u64 {
+        self.auth_failures[why as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// One database: its store, authenticator and settings. Both ports' handlers run against it.

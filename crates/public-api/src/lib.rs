@@ -55,7 +55,12 @@ async fn handle(server: &Arc<Server>, req: &Request) -> Reply {
     let mut pending = Pending::default();
     let mut r = match dispatch(server, req, policy, &mut pending).await {
         Ok(r) => r,
-        Err(e) => error_with_challenge(&e, req, db.as_deref()),
+        Err(e) => {
+            if let Some(db) = &db {
+                count_auth_failure(db, req, &e);
+            }
+            error_with_challenge(&e, req, db.as_deref())
+        }
     };
     if let Some(c) = pending
         .set_cookie
@@ -65,6 +70,28 @@ async fn handle(server: &Arc<Server>, req: &Request) -> Reply {
     }
     cors::apply(&mut r, &req.headers, policy);
     r
+}
+
+/// Counts a refused authentication by the kind of credential the request carried.
+fn count_auth_failure(db: &Database, req: &Request, e: &Error) {
+    use syncgate_core::database::AuthFailure;
+    let why = match e {
+        Error::TooManyRequests { .. } => AuthFailure::Throttled,
+        Error::Unauthorized { .. } => {
+            let auth = req.header("authorization").unwrap_or("");
+            if auth.len() > 7 && auth[..7].eq_ignore_ascii_case("bearer ") {
+                AuthFailure::Token
+            } else if !auth.is_empty() || req.segments.get(1).is_some_and(|s| s == "_session") {
+                AuthFailure::Password
+            } else if req.header("cookie").is_some() {
+                AuthFailure::Session
+            } else {
+                AuthFailure::NoCredentials
+            }
+        }
+        _ => return,
+    };
+    db.metrics.auth_failed(why);
 }
 
 /// Adds `WWW-Authenticate` to a 401 only for clients that can show a native login prompt:
