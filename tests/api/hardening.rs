@@ -696,42 +696,10 @@ fn sigterm_finishes_writes_closes_feeds_and_exits_0() {
     }
 }
 
-fn openssl(args: &[&str]) {
-    let st = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-}
-
 #[test]
 fn tls_on_every_listener() {
     let tmp = tempfile::tempdir().unwrap();
-    let cert = tmp.path().join("cert.pem");
-    let key = tmp.path().join("key.pem");
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]);
+    let (cert, key) = self_signed_cert(tmp.path());
     let (c2, k2) = (cert.clone(), key.clone());
     let s = TestServer::start_with(move |c| {
         c["SSLCert"] = json!(c2);
