@@ -91,15 +91,32 @@ pub fn verify(phc: &str, password: &str) -> bool {
     }
 }
 
-/// [`hash`] on the blocking pool.
+/// Argon2 runs at most this many at a time (one per core): each needs `memory_kib` of RAM, so
+/// a burst of logins (or of wrong passwords) queues instead of exhausting memory.
+fn hash_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(n)
+    })
+}
+
+/// [`hash`] on the blocking pool, within the Argon2 concurrency limit.
 pub async fn hash_async(params: HashParams, password: String) -> Result<String, AuthError> {
+    let _slot = hash_slots()
+        .acquire()
+        .await
+        .map_err(|e| AuthError::Internal(format!("hashing slots closed: {e}")))?;
     tokio::task::spawn_blocking(move || hash(params, &password))
         .await
         .map_err(|e| AuthError::Internal(format!("hashing task failed: {e}")))?
 }
 
-/// [`verify`] on the blocking pool.
+/// [`verify`] on the blocking pool, within the Argon2 concurrency limit.
 pub async fn verify_async(phc: String, password: String) -> bool {
+    let Ok(_slot) = hash_slots().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || verify(&phc, &password))
         .await
         .unwrap_or(false)
