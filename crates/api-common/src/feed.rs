@@ -14,10 +14,10 @@ use futures_util::stream::{self, StreamExt};
 use http::HeaderValue;
 use serde_json::{json, Value};
 use syncgate_auth::Caller;
-use syncgate_core::changes::{ChangesOptions, Since};
+use syncgate_core::changes::{ChangeRow, ChangesOptions, Since};
 use syncgate_core::{Database, Error, Result};
 
-use crate::reply::{json_reply, Reply};
+use crate::reply::{bytes_reply, Reply};
 use crate::{Request, StreamingBody};
 
 /// Smallest heartbeat accepted (ms).
@@ -217,18 +217,20 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
 
     if feed == Feed::Normal || opts.descending {
         let batch = db.changes(&caller, &opts)?;
-        return Ok(no_store(json_reply(
+        return Ok(no_store(bytes_reply(
             200,
-            &json!({"results": batch.rows, "last_seq": batch.last_seq.to_json()}),
+            "application/json",
+            batch.to_body(),
         )));
     }
     // a longpoll with changes ready answers at once, without streaming
     if feed == Feed::Longpoll {
         let batch = db.changes(&caller, &opts)?;
         if !batch.rows.is_empty() || db.is_shutting_down() {
-            return Ok(no_store(json_reply(
+            return Ok(no_store(bytes_reply(
                 200,
-                &json!({"results": batch.rows, "last_seq": batch.last_seq.to_json()}),
+                "application/json",
+                batch.to_body(),
             )));
         }
     }
@@ -295,11 +297,16 @@ struct LiveFeed {
 }
 
 impl LiveFeed {
-    fn row_bytes(&self, row: &Value) -> String {
-        match self.feed {
-            Feed::EventSource => format!("id: {}\ndata: {}\n\n", row["seq"], row),
-            _ => format!("{row}\n"),
+    fn row_bytes(&self, row: &ChangeRow, out: &mut String) {
+        if self.feed == Feed::EventSource {
+            out.push_str(&format!("id: {}\ndata: ", row.seq.to_json()));
         }
+        out.push_str(row.json.get());
+        out.push_str(if self.feed == Feed::EventSource {
+            "\n\n"
+        } else {
+            "\n"
+        });
     }
 
     fn end_bytes(&self) -> String {
@@ -411,7 +418,7 @@ impl LiveFeed {
             if self.feed == Feed::Longpoll && i > 0 {
                 out.push(',');
             }
-            out.push_str(&self.row_bytes(row));
+            self.row_bytes(row, &mut out);
         }
         self.opts.since = batch.last_seq;
         self.sent += n;

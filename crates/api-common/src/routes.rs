@@ -297,7 +297,8 @@ fn all_docs(db: &Database, caller: &Caller, req: &Request) -> Result<Reply> {
         descending: req.q_bool("descending")?,
         update_seq: req.q_bool("update_seq")?,
     };
-    Ok(json_reply(200, &db.all_docs(caller, &opts)?))
+    let body = db.all_docs(caller, &opts)?;
+    Ok(bytes_reply(200, "application/json", body.into_bytes()))
 }
 
 async fn attachment(

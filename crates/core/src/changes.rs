@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use syncgate_auth::identity::{ALL_CHANNELS, PUBLIC_CHANNEL};
 use syncgate_auth::Caller;
@@ -93,9 +95,17 @@ pub struct ChangesOptions {
     pub channels: Option<HashSet<String>>,
 }
 
+/// One row of the feed, serialized as soon as it is built: a feed of many thousand rows holds
+/// only their JSON text, not a `Value` tree per row.
+pub struct ChangeRow {
+    /// The row's sequence (compound inside a backfill or removal group).
+    pub seq: Since,
+    pub json: Box<RawValue>,
+}
+
 /// One batch of the feed.
 pub struct ChangesBatch {
-    pub rows: Vec<Value>,
+    pub rows: Vec<ChangeRow>,
     /// Where the next batch starts (compound when a batch ends inside a backfill).
     pub last_seq: Since,
 }
@@ -107,6 +117,67 @@ impl Since {
             None => json!(self.seq),
             Some(g) => Value::String(format!("{g}:{}", self.seq)),
         }
+    }
+}
+
+impl Serialize for Since {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.backfill {
+            None => s.serialize_u64(self.seq),
+            Some(g) => s.collect_str(&format_args!("{g}:{}", self.seq)),
+        }
+    }
+}
+
+impl ChangesBatch {
+    /// The body of a normal or longpoll response, `{"last_seq":…,"results":[…]}` (keys in the
+    /// order `serde_json` writes a map), written straight from the serialized rows.
+    pub fn to_body(&self) -> Vec<u8> {
+        let rows: usize = self.rows.iter().map(|r| r.json.get().len() + 1).sum();
+        let mut out = Vec::with_capacity(rows + 48);
+        out.extend_from_slice(b"{\"last_seq\":");
+        // a Since always serializes
+        let _ = serde_json::to_writer(&mut out, &self.last_seq);
+        out.extend_from_slice(b",\"results\":[");
+        for (i, r) in self.rows.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(r.json.get().as_bytes());
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+}
+
+/// A row before serialization. Fields are in alphabetical order: the order in which
+/// `serde_json` writes an object, so the text is what a `json!` row used to give.
+#[derive(Serialize)]
+struct Row {
+    changes: Vec<RevRef>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    doc: Option<Value>,
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<Vec<String>>,
+    seq: Since,
+}
+
+#[derive(Serialize)]
+struct RevRef {
+    rev: String,
+}
+
+impl Row {
+    fn into_change_row(self) -> Result<ChangeRow> {
+        let json = serde_json::value::to_raw_value(&self)
+            .map_err(|e| Error::Internal(format!("serializing a change row: {e}")))?;
+        Ok(ChangeRow {
+            seq: self.seq,
+            json,
+        })
     }
 }
 
@@ -175,10 +246,10 @@ impl Database {
                     break;
                 }
                 if let Some(row) = self.change_row(caller, &scope, opts, &entry, None)? {
-                    rows.push(row);
+                    rows.push(row.into_change_row()?);
                 }
             }
-            let last = rows.last().and_then(|r| r["seq"].as_u64()).unwrap_or(end);
+            let last = rows.last().map(|r| r.seq.seq).unwrap_or(end);
             return Ok(ChangesBatch {
                 rows,
                 last_seq: Since {
@@ -238,7 +309,7 @@ impl Database {
                 }
             }
             if let Some(row) = self.change_row(caller, &scope, opts, &entry, None)? {
-                rows.push(row);
+                rows.push(row.into_change_row()?);
                 if rows.len() >= limit {
                     last_seq = Since {
                         seq: entry.seq,
@@ -318,7 +389,7 @@ impl Database {
         base: u64,
         from: u64,
         limit: usize,
-        rows: &mut Vec<Value>,
+        rows: &mut Vec<ChangeRow>,
     ) -> Result<Option<Since>> {
         // channels the client could already read at its checkpoint
         let old: HashSet<&String> = caller
@@ -354,8 +425,11 @@ impl Database {
                 self.change_row(caller, scope, opts, &entry, Some(lost))?
             };
             if let Some(mut row) = row {
-                row["seq"] = Value::String(format!("{}:{}", g.at, entry.seq));
-                rows.push(row);
+                row.seq = Since {
+                    seq: entry.seq,
+                    backfill: Some(g.at),
+                };
+                rows.push(row.into_change_row()?);
                 if rows.len() >= limit {
                     return Ok(Some(Since {
                         seq: entry.seq,
@@ -376,7 +450,7 @@ impl Database {
         opts: &ChangesOptions,
         e: &ChangeEntry,
         revoked: Option<Vec<String>>,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<Row>> {
         if let Some(ids) = &opts.doc_ids {
             if !ids.contains(&e.id) {
                 return Ok(None);
@@ -402,23 +476,34 @@ impl Database {
             return Ok(None);
         }
         let winner = e.leaves.first().map(|l| l.rev.clone()).unwrap_or_default();
-        if !visible {
-            let mut row =
-                json!({"seq": e.seq, "id": e.id, "removed": removed, "changes": [{"rev": winner}]});
-            if opts.include_docs {
-                row["doc"] = json!({"_id": e.id, "_rev": winner, "_removed": true});
-            }
-            return Ok(Some(row));
-        }
-        let changes: Vec<Value> = if opts.all_docs {
-            e.leaves.iter().map(|l| json!({"rev": l.rev})).collect()
-        } else {
-            vec![json!({"rev": winner})]
+        let seq = Since {
+            seq: e.seq,
+            backfill: None,
         };
-        let mut row = json!({"seq": e.seq, "id": e.id, "changes": changes});
-        if deleted {
-            row["deleted"] = Value::Bool(true);
+        if !visible {
+            let doc = opts
+                .include_docs
+                .then(|| json!({"_id": e.id, "_rev": winner, "_removed": true}));
+            return Ok(Some(Row {
+                changes: vec![RevRef { rev: winner }],
+                deleted: false,
+                doc,
+                id: e.id.clone(),
+                removed: Some(removed),
+                seq,
+            }));
         }
+        let changes: Vec<RevRef> = if opts.all_docs {
+            e.leaves
+                .iter()
+                .map(|l| RevRef { rev: l.rev.clone() })
+                .collect()
+        } else {
+            vec![RevRef {
+                rev: winner.clone(),
+            }]
+        };
+        let mut doc = None;
         if opts.include_docs {
             if let Some(meta) = self.store.doc_meta(&e.id)? {
                 let get = GetOptions {
@@ -426,12 +511,20 @@ impl Database {
                     attachments: opts.attachments,
                     ..Default::default()
                 };
-                row["doc"] = self
-                    .render(caller, &e.id, &meta, &winner, &get)?
-                    .unwrap_or(Value::Null);
+                doc = Some(
+                    self.render(caller, &e.id, &meta, &winner, &get)?
+                        .unwrap_or(Value::Null),
+                );
             }
         }
-        Ok(Some(row))
+        Ok(Some(Row {
+            changes,
+            deleted,
+            doc,
+            id: e.id.clone(),
+            removed: None,
+            seq,
+        }))
     }
 
     /// The caller as it is now: a user's grants and revocations re-read from the store (cached
@@ -487,6 +580,49 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_serialize_like_json_objects() {
+        let row = Row {
+            changes: vec![RevRef { rev: "2-b".into() }],
+            deleted: true,
+            doc: Some(json!({"_id": "d", "z": 1, "a": [1]})),
+            id: "d".into(),
+            removed: None,
+            seq: Since {
+                seq: 7,
+                backfill: Some(20),
+            },
+        }
+        .into_change_row()
+        .unwrap();
+        let expected = json!({"seq": "20:7", "id": "d", "changes": [{"rev": "2-b"}],
+            "deleted": true, "doc": {"_id": "d", "z": 1, "a": [1]}});
+        assert_eq!(row.json.get(), expected.to_string());
+        let removed = Row {
+            changes: vec![RevRef { rev: "1-a".into() }],
+            deleted: false,
+            doc: None,
+            id: "e".into(),
+            removed: Some(vec!["x".into()]),
+            seq: Since {
+                seq: 3,
+                backfill: None,
+            },
+        }
+        .into_change_row()
+        .unwrap();
+        let batch = ChangesBatch {
+            rows: vec![row, removed],
+            last_seq: Since {
+                seq: 9,
+                backfill: None,
+            },
+        };
+        let expected = json!({"results": [expected,
+            {"seq": 3, "id": "e", "removed": ["x"], "changes": [{"rev": "1-a"}]}], "last_seq": 9});
+        assert_eq!(batch.to_body(), expected.to_string().into_bytes());
+    }
 
     #[test]
     fn since_forms() {

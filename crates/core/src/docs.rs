@@ -853,8 +853,20 @@ impl Database {
     }
 
     /// `GET|POST /{db}/_all_docs`.
-    pub fn all_docs(&self, caller: &Caller, opts: &AllDocsOptions) -> Result<Value> {
-        let mut rows = Vec::new();
+    /// `_all_docs` as JSON text. Each row is serialized into the body as soon as it is built, so
+    /// a response over many documents never holds them all as `Value` trees.
+    pub fn all_docs(&self, caller: &Caller, opts: &AllDocsOptions) -> Result<String> {
+        // keys in the order serde_json writes an object: offset, rows, total_rows, update_seq
+        let mut out = format!("{{\"offset\":{},\"rows\":[", opts.skip);
+        let mut rows = 0usize;
+        let push = |out: &mut String, rows: &mut usize, row: &Value| {
+            if *rows > 0 {
+                out.push(',');
+            }
+            *rows += 1;
+            // writing to a String cannot fail
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{row}"));
+        };
         let get_opts = GetOptions {
             conflicts: opts.conflicts,
             ..Default::default()
@@ -863,7 +875,7 @@ impl Database {
         let mut skipped = 0;
         if let Some(keys) = &opts.keys {
             for key in keys {
-                if rows.len() >= limit {
+                if rows >= limit {
                     break;
                 }
                 let row = match self.store.doc_meta(key)? {
@@ -891,7 +903,7 @@ impl Database {
                     skipped += 1;
                     continue;
                 }
-                rows.push(row);
+                push(&mut out, &mut rows, &row);
             }
         } else {
             let start = opts.start.clone().unwrap_or_default();
@@ -923,7 +935,7 @@ impl Database {
                     skipped += 1;
                     continue;
                 }
-                if rows.len() >= limit {
+                if rows >= limit {
                     break;
                 }
                 let mut row = json!({"id": id, "key": id, "value": {"rev": w.rev}});
@@ -932,14 +944,14 @@ impl Database {
                         .render(caller, &id, &meta, &w.rev, &get_opts)?
                         .unwrap_or(Value::Null);
                 }
-                rows.push(row);
+                push(&mut out, &mut rows, &row);
             }
         }
-        let mut out =
-            json!({"total_rows": self.store.doc_count()?, "offset": opts.skip, "rows": rows});
+        out.push_str(&format!("],\"total_rows\":{}", self.store.doc_count()?));
         if opts.update_seq {
-            out["update_seq"] = json!(self.store.last_seq());
+            out.push_str(&format!(",\"update_seq\":{}", self.store.last_seq()));
         }
+        out.push('}');
         Ok(out)
     }
 
