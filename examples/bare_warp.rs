@@ -44,9 +44,9 @@ async fn main() -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let warp_svc = warp::service(routes.clone());
+        let warp_svc = warp::service(routes);
         let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let mut s = warp_svc.clone();
+            let mut s = warp_svc;
             async move { tower_service::Service::call(&mut s, req).await }
         });
         tokio::spawn(async move {
