@@ -360,7 +360,7 @@ impl Database {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let (results, ticket) = self.store.write_docs(writes)?;
+        let (results, ticket) = self.store.write_docs_shared(writes).await?;
         self.store.durable(ticket).await?;
         self.note_written(
             results

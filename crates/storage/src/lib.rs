@@ -79,6 +79,15 @@ pub trait DatabaseStore: Send + Sync {
     /// Applies document writes in order, atomically, under the database's write lock.
     /// Each write gets its own result; the ticket covers all successful ones.
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)>;
+    /// [`DatabaseStore::write_docs`] for concurrent writers: a backend may apply the writes of
+    /// callers that arrive while a batch is being applied together, in arrival order, as one
+    /// atomic batch (each caller still gets its own results). What request handlers call.
+    fn write_docs_shared(
+        &self,
+        writes: Vec<DocWrite>,
+    ) -> BoxFuture<'_, Result<(Vec<Result<WriteOutcome>>, Ticket)>> {
+        Box::pin(async move { self.write_docs(writes) })
+    }
     /// Live documents (winner not deleted).
     fn doc_count(&self) -> Result<u64>;
     /// Documents in id order from `start` (inclusive), for `_all_docs`.

@@ -18,6 +18,14 @@
 //! document), made under the database's write mutex so sequences are assigned and committed in
 //! order (a changes reader never sees seq N+1 before N). Durability is a group commit shared by
 //! all databases: the first waiter flushes for everyone written before it started.
+//!
+//! Concurrent document writers are combined ([`DatabaseStore::write_docs_shared`]): each sled
+//! 0.34 `apply_batch` writes the log buffer out synchronously, so one batch per request made
+//! that cost per PUT. A writer that finds a batch being applied queues its writes and waits;
+//! when the batch is done, leadership passes to the first queued writer, which applies every
+//! queued write set, in arrival order, as one batch (one `apply_batch`, one ticket), and hands
+//! each writer its own results. A failed write leaves nothing in the batch, so per-write errors
+//! stay per-write; a batch that fails as a whole fails every writer in it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -106,6 +114,7 @@ impl Store {
             tree,
             commit: self.commit.clone(),
             write_lock: Mutex::new(()),
+            queue: Mutex::new(WriteQueue::default()),
             assigned_seq: AtomicU64::new(last_seq),
             durable_seq: AtomicU64::new(last_seq),
             unpublished: Mutex::new(VecDeque::new()),
@@ -239,6 +248,63 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// Results of one write set and the ticket of the batch that carried it.
+type WriteResult = Result<(Vec<Result<WriteOutcome>>, Ticket)>;
+
+/// What a queued writer is told: its results, or that it now leads (with its writes back).
+enum Turn {
+    Done(WriteResult),
+    Lead(Vec<DocWrite>),
+}
+
+/// A writer waiting for the current batch to finish.
+struct Queued {
+    writes: Vec<DocWrite>,
+    tx: tokio::sync::oneshot::Sender<Turn>,
+}
+
+#[derive(Default)]
+struct WriteQueue {
+    /// A writer is applying a batch (or has been handed the lead and not yet taken it).
+    leading: bool,
+    waiting: VecDeque<Queued>,
+}
+
+/// Most writes one combined batch takes from the queue (bounds a leader's batch).
+const MAX_COMBINED_WRITES: usize = 1_000;
+
+/// The same error for another writer of a failed batch (engine errors are not `Clone`).
+fn shared_error(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::BadRequest(m) => StorageError::BadRequest(m.clone()),
+        StorageError::NotFound(m) => StorageError::NotFound(m.clone()),
+        StorageError::Conflict(m) => StorageError::Conflict(m.clone()),
+        StorageError::PreconditionFailed(m) => StorageError::PreconditionFailed(m.clone()),
+        StorageError::Engine(e) => {
+            StorageError::Engine(sled::Error::Io(std::io::Error::other(e.to_string())))
+        }
+        StorageError::Corrupt(m) => StorageError::Corrupt(m.clone()),
+    }
+}
+
+/// Held by the writer that leads: when it is done (or panics), the lead passes to the first
+/// queued writer still waiting, or the queue goes idle.
+struct LeadGuard<'a>(&'a Mutex<WriteQueue>);
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(next) = q.waiting.pop_front() {
+            // a writer whose request was dropped while queued never had its writes applied
+            // (nor acknowledged): skip it
+            if next.tx.send(Turn::Lead(next.writes)).is_ok() {
+                return;
+            }
+        }
+        q.leading = false;
+    }
+}
+
 /// One database in the sled store.
 pub struct SledDatabase {
     name: String,
@@ -247,6 +313,8 @@ pub struct SledDatabase {
     commit: Arc<GroupCommit>,
     /// Serializes writers so sequences are committed in the order they are assigned.
     write_lock: Mutex<()>,
+    /// Document writers waiting to be combined into the next batch.
+    queue: Mutex<WriteQueue>,
     /// Last sequence assigned to an applied batch (the next write takes the one after).
     assigned_seq: AtomicU64,
     /// Last sequence whose batch is on disk: what readers of the feed may see. A change is
@@ -609,6 +677,39 @@ impl SledDatabase {
         self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Applies write sets, in order, as one batch under the write lock: one result list per set,
+    /// one ticket for all.
+    fn apply_writes(
+        &self,
+        sets: Vec<Vec<DocWrite>>,
+    ) -> Result<(Vec<Vec<Result<WriteOutcome>>>, Ticket)> {
+        let _guard = self.lock();
+        let mut st = BatchState {
+            store: self,
+            batch: Batch::default(),
+            metas: HashMap::new(),
+            bodies: HashMap::new(),
+            blobs: HashSet::new(),
+            next_seq: self.assigned_seq() + 1,
+            doc_count: 0,
+        };
+        let results: Vec<Vec<Result<WriteOutcome>>> = sets
+            .into_iter()
+            .map(|writes| {
+                // a failed write leaves nothing in the batch: apply() only touches the batch on
+                // success paths after all checks, except attachment blobs, which are harmless
+                // (deduplicated, collected by compaction).
+                writes.into_iter().map(|w| st.apply(w)).collect()
+            })
+            .collect();
+        let new_last = st.next_seq - 1;
+        let BatchState {
+            batch, doc_count, ..
+        } = st;
+        let ticket = self.finish(batch, new_last, doc_count)?;
+        Ok((results, ticket))
+    }
+
     /// Applies a batch and publishes the new last sequence.
     fn finish(&self, mut batch: Batch, new_last: u64, doc_delta: i64) -> Result<Ticket> {
         let old_last = self.assigned_seq.load(Ordering::SeqCst);
@@ -696,29 +797,75 @@ impl DatabaseStore for SledDatabase {
     }
 
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)> {
-        let _guard = self.lock();
-        let mut st = BatchState {
-            store: self,
-            batch: Batch::default(),
-            metas: HashMap::new(),
-            bodies: HashMap::new(),
-            blobs: HashSet::new(),
-            next_seq: self.assigned_seq() + 1,
-            doc_count: 0,
-        };
-        let mut results = Vec::with_capacity(writes.len());
-        for w in writes {
-            // a failed write leaves nothing in the batch: apply() only touches the batch on success
-            // paths after all checks, except attachment blobs, which are harmless (deduplicated,
-            // collected by compaction).
-            results.push(st.apply(w));
-        }
-        let new_last = st.next_seq - 1;
-        let BatchState {
-            batch, doc_count, ..
-        } = st;
-        let ticket = self.finish(batch, new_last, doc_count)?;
-        Ok((results, ticket))
+        let (mut results, ticket) = self.apply_writes(vec![writes])?;
+        Ok((results.pop().unwrap_or_default(), ticket))
+    }
+
+    fn write_docs_shared(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
+        Box::pin(async move {
+            let mut mine = writes;
+            let rx = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.leading {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    q.waiting.push_back(Queued { writes: mine, tx });
+                    mine = Vec::new();
+                    Some(rx)
+                } else {
+                    q.leading = true;
+                    None
+                }
+            };
+            if let Some(rx) = rx {
+                match rx.await {
+                    Ok(Turn::Done(r)) => return r,
+                    Ok(Turn::Lead(w)) => mine = w,
+                    Err(_) => {
+                        return Err(StorageError::Corrupt(
+                            "the batch carrying this write failed".into(),
+                        ))
+                    }
+                }
+            }
+            // leading: from here to the end nothing awaits, so this cannot be cancelled halfway
+            let _lead = LeadGuard(&self.queue);
+            let others: Vec<Queued> = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut n = mine.len();
+                let mut taken = Vec::new();
+                while n < MAX_COMBINED_WRITES {
+                    let Some(next) = q.waiting.pop_front() else {
+                        break;
+                    };
+                    n += next.writes.len();
+                    taken.push(next);
+                }
+                taken
+            };
+            let mut sets = Vec::with_capacity(others.len() + 1);
+            sets.push(mine);
+            let mut senders = Vec::with_capacity(others.len());
+            for o in others {
+                sets.push(o.writes);
+                senders.push(o.tx);
+            }
+            match self.apply_writes(sets) {
+                Ok((mut results, ticket)) => {
+                    let theirs = results.split_off(1);
+                    for (tx, r) in senders.into_iter().zip(theirs) {
+                        // a writer that went away still had its writes applied, as before
+                        let _ = tx.send(Turn::Done(Ok((r, ticket))));
+                    }
+                    Ok((results.pop().unwrap_or_default(), ticket))
+                }
+                Err(e) => {
+                    for tx in senders {
+                        let _ = tx.send(Turn::Done(Err(shared_error(&e))));
+                    }
+                    Err(e)
+                }
+            }
+        })
     }
 
     fn doc_count(&self) -> Result<u64> {
@@ -1131,6 +1278,67 @@ mod tests {
             b.rev
         );
         assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap()["n"], 2);
+    }
+
+    #[test]
+    fn queued_writers_share_one_batch_with_their_own_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // as if a batch were being applied: every writer queues
+        db.queue.lock().unwrap().leading = true;
+        let handles: Vec<_> = (0..5)
+            .map(|i| {
+                let db = db.clone();
+                rt.spawn(async move {
+                    db.write_docs_shared(vec![
+                        edit(&format!("d{i}"), None, serde_json::json!({ "i": i })),
+                        edit("dup", None, serde_json::json!({ "i": i })),
+                    ])
+                    .await
+                })
+            })
+            .collect();
+        rt.block_on(async {
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(db.queue.lock().unwrap().waiting.len(), 5);
+        // the batch ends: the lead passes to the first queued writer, which takes the rest
+        drop(LeadGuard(&db.queue));
+        let results: Vec<_> = rt.block_on(async {
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await.unwrap().unwrap());
+            }
+            out
+        });
+        let ticket = results[0].1;
+        assert!(results.iter().all(|(_, t)| *t == ticket), "one batch");
+        let (first, _) = &results[0];
+        assert_eq!(first[0].as_ref().unwrap().seq, 1);
+        assert_eq!(first[1].as_ref().unwrap().seq, 2);
+        for (i, (r, _)) in results.iter().enumerate().skip(1) {
+            let own = r[0].as_ref().unwrap();
+            assert_eq!(
+                (own.id.as_str(), own.seq),
+                (format!("d{i}").as_str(), i as u64 + 2)
+            );
+            assert!(matches!(r[1], Err(StorageError::Conflict(_))), "{i}");
+        }
+        assert!(!db.queue.lock().unwrap().leading);
+        assert_eq!(db.assigned_seq(), 6);
+        assert_eq!(db.doc_count().unwrap(), 6);
+        // a writer that finds nobody leading applies its own batch at once
+        let (r, t2) = rt
+            .block_on(db.write_docs_shared(vec![edit("e", None, serde_json::json!({}))]))
+            .unwrap();
+        assert_eq!(r[0].as_ref().unwrap().seq, 7);
+        assert!(t2 > ticket);
     }
 
     #[test]
