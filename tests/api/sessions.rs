@@ -699,3 +699,40 @@ fn sessions_survive_a_restart_and_only_hashes_are_stored() {
         );
     }
 }
+
+#[test]
+fn revocations_survive_kill_9() {
+    let s = TestServer::start_with(with_users);
+    let logout = login_id(&s, "alice", "pw-alice-1");
+    let admin_deleted = login_id(&s, "alice", "pw-alice-1");
+    let user_revoked = login_id(&s, "bob", "pw-bob-1");
+    let kept = login_id(&s, "alice", "pw-alice-1");
+    let cookie = |id: &str| format!("SyncGatewaySession={id}");
+
+    let r = send(
+        client()
+            .delete(format!("{}/db/_session", s.public))
+            .header("cookie", cookie(&logout)),
+    );
+    assert_eq!(r.0, 200);
+    assert_eq!(
+        delete(&format!("{}/db/_session/{admin_deleted}", s.admin)).0,
+        200
+    );
+    assert_eq!(delete(&format!("{}/db/_user/bob/_session", s.admin)).0, 200);
+    // the crash comes right after the acknowledgements
+    let s = s.restart();
+    let db2 = format!("{}/db/", s.public);
+    for id in [&logout, &admin_deleted, &user_revoked] {
+        assert_eq!(
+            get_with_cookie(&db2, &cookie(id)).status,
+            401,
+            "a revoked session came back after kill -9"
+        );
+    }
+    assert_eq!(
+        get_with_cookie(&db2, &cookie(&kept)).status,
+        200,
+        "the untouched session survives"
+    );
+}

@@ -474,14 +474,18 @@ impl Authenticator {
 
     /// Deletes one session; false if it did not exist.
     pub async fn delete_session(&self, id: &str) -> Result<bool, AuthError> {
-        self.sessions.delete(id)
+        match self.sessions.delete_durably(id)? {
+            Some(t) => self.durable(t).await.map(|_| true),
+            None => Ok(false),
+        }
     }
 
     /// Revokes every session of a user (rotates its session uuid and deletes the records).
     pub async fn revoke_sessions(&self, name: &str) -> Result<(), AuthError> {
         self.principals.rotate_sessions(name)?;
-        self.sessions.delete_for_user(name)?;
-        Ok(())
+        // the ticket also covers the rotation written just before
+        let (_, t) = self.sessions.delete_where_durably(|r| r.username == name)?;
+        self.durable(t).await
     }
 
     /// Deletes expired sessions and sessions of users that are gone or were revoked.

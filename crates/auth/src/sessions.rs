@@ -148,11 +148,15 @@ impl Sessions {
 
     /// Deletes a session; false if there was none.
     pub fn delete(&self, id: &str) -> Result<bool, AuthError> {
+        Ok(self.delete_durably(id)?.is_some())
+    }
+
+    /// Deletes one session; the ticket to wait for before acknowledging (None if absent).
+    pub fn delete_durably(&self, id: &str) -> Result<Option<Ticket>, AuthError> {
         if self.get(id)?.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
-        self.store.delete_sessions(&[self.storage_key(id)])?;
-        Ok(true)
+        Ok(Some(self.store.delete_sessions(&[self.storage_key(id)])?))
     }
 
     /// Consumes a one-time session: true for the first caller only.
@@ -164,8 +168,17 @@ impl Sessions {
     /// Deletes every stored session for which `dead` is true; returns how many.
     pub fn delete_where(
         &self,
-        mut dead: impl FnMut(&SessionRecord) -> bool,
+        dead: impl FnMut(&SessionRecord) -> bool,
     ) -> Result<usize, AuthError> {
+        Ok(self.delete_where_durably(dead)?.0)
+    }
+
+    /// As [`Sessions::delete_where`], with a ticket that covers the deletion and every write
+    /// applied before it (wait for it before acknowledging a revocation).
+    pub fn delete_where_durably(
+        &self,
+        mut dead: impl FnMut(&SessionRecord) -> bool,
+    ) -> Result<(usize, Ticket), AuthError> {
         let keys: Vec<String> = self
             .store
             .list_sessions()?
@@ -177,9 +190,11 @@ impl Sessions {
             .map(|(k, _)| k)
             .collect();
         if !keys.is_empty() {
-            self.store.delete_sessions(&keys)?;
+            let t = self.store.delete_sessions(&keys)?;
+            return Ok((keys.len(), t));
         }
-        Ok(keys.len())
+        // an empty batch still yields a ticket ordered after every earlier write
+        Ok((0, self.store.delete_sessions(&[])?))
     }
 
     /// Deletes every session of a user.
