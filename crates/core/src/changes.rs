@@ -291,16 +291,9 @@ impl Database {
             if entry.seq > end || rows.len() >= limit {
                 break;
             }
-            while groups.peek().is_some_and(|g| g.at < entry.seq) {
-                let g = groups
-                    .next()
-                    .ok_or_else(|| Error::Internal("group".into()))?;
-                let from = resume
-                    .filter(|(at, _)| *at == g.at)
-                    .map(|(_, s)| s)
-                    .unwrap_or(0);
+            while let Some(g) = groups.next_if(|g| g.at < entry.seq) {
                 if let Some(stop) =
-                    self.group_rows(caller, &scope, opts, &g, base, from, limit, &mut rows)?
+                    self.group_rows(caller, &scope, opts, &g, base, resume, limit, &mut rows)?
                 {
                     return Ok(ChangesBatch {
                         rows,
@@ -320,12 +313,8 @@ impl Database {
             }
         }
         for g in groups {
-            let from = resume
-                .filter(|(at, _)| *at == g.at)
-                .map(|(_, s)| s)
-                .unwrap_or(0);
             if let Some(stop) =
-                self.group_rows(caller, &scope, opts, &g, base, from, limit, &mut rows)?
+                self.group_rows(caller, &scope, opts, &g, base, resume, limit, &mut rows)?
             {
                 return Ok(ChangesBatch {
                     rows,
@@ -377,7 +366,7 @@ impl Database {
             .collect()
     }
 
-    /// Appends a group's rows (documents up to `base`, after `from`). Returns where to resume
+    /// Appends a group's rows (documents up to `base`; after S when resuming at `G:S`). Returns where to resume
     /// when `limit` is reached inside the group.
     #[allow(clippy::too_many_arguments)]
     fn group_rows(
@@ -387,7 +376,7 @@ impl Database {
         opts: &ChangesOptions,
         g: &Group,
         base: u64,
-        from: u64,
+        resume: Option<(u64, u64)>,
         limit: usize,
         rows: &mut Vec<ChangeRow>,
     ) -> Result<Option<Since>> {
@@ -402,6 +391,8 @@ impl Database {
                     .collect()
             })
             .unwrap_or_default();
+        // resuming inside this group: entries up to S were delivered
+        let from = resume.filter(|(at, _)| *at == g.at).map_or(0, |(_, s)| s);
         for entry in self.store.changes_in_channels(&g.channels, from) {
             let entry = entry?;
             if entry.seq > base {
