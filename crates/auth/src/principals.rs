@@ -545,20 +545,16 @@ impl Principals {
         };
         rec.name = name.to_string();
         if let Some(cur) = &current {
-            let mut rc = std::mem::take(&mut rec.revoked_channels);
             track_revocations(
                 &[&cur.admin_channels, &cur.jwt_channels],
                 &[&rec.admin_channels, &rec.jwt_channels],
-                &mut rc,
+                &mut rec.revoked_channels,
             );
-            rec.revoked_channels = rc;
-            let mut rr = std::mem::take(&mut rec.revoked_roles);
             track_revocations(
                 &[&cur.admin_roles, &cur.jwt_roles],
                 &[&rec.admin_roles, &rec.jwt_roles],
-                &mut rr,
+                &mut rec.revoked_roles,
             );
-            rec.revoked_roles = rr;
         }
         let mut stored = None;
         let (_, ticket) = self
@@ -597,9 +593,11 @@ impl Principals {
         };
         rec.name = name.to_string();
         if let Some(cur) = &current {
-            let mut rc = std::mem::take(&mut rec.revoked_channels);
-            track_revocations(&[&cur.admin_channels], &[&rec.admin_channels], &mut rc);
-            rec.revoked_channels = rc;
+            track_revocations(
+                &[&cur.admin_channels],
+                &[&rec.admin_channels],
+                &mut rec.revoked_channels,
+            );
         }
         let mut stored = None;
         let (_, ticket) = self

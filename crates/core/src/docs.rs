@@ -562,17 +562,9 @@ impl Database {
                 r.clone()
             }
             None => {
-                let winner = meta
-                    .tree
-                    .winner()
-                    .ok_or_else(|| Error::not_found("missing"))?;
-                if winner.deleted {
-                    return Err(Error::not_found("deleted"));
-                }
+                let winner = live_winner(&meta)?;
                 if !caller.can_read(&winner.channels) {
-                    return Err(Error::Forbidden(
-                        "You are not allowed to see this document".into(),
-                    ));
+                    return Err(forbidden_doc());
                 }
                 winner.rev.clone()
             }
@@ -974,21 +966,10 @@ impl Database {
                     .get(r)
                     .ok_or_else(|| Error::not_found("missing"))?
             }
-            None => {
-                let w = meta
-                    .tree
-                    .winner()
-                    .ok_or_else(|| Error::not_found("missing"))?;
-                if w.deleted {
-                    return Err(Error::not_found("deleted"));
-                }
-                w
-            }
+            None => live_winner(&meta)?,
         };
         if !caller.can_read(&node.channels) {
-            return Err(Error::Forbidden(
-                "You are not allowed to see this document".into(),
-            ));
+            return Err(forbidden_doc());
         }
         let body = self
             .store
@@ -1204,6 +1185,22 @@ fn validate_local_id(id: &str) -> Result<()> {
         return Err(Error::bad("Invalid _local document id"));
     }
     Ok(())
+}
+
+/// The winning revision of a document that is not deleted (404 `missing`/`deleted` otherwise).
+fn live_winner(meta: &DocMeta) -> Result<&syncgate_storage::RevNode> {
+    let w = meta
+        .tree
+        .winner()
+        .ok_or_else(|| Error::not_found("missing"))?;
+    if w.deleted {
+        return Err(Error::not_found("deleted"));
+    }
+    Ok(w)
+}
+
+fn forbidden_doc() -> Error {
+    Error::Forbidden("You are not allowed to see this document".into())
 }
 
 fn revisions_json(meta: &DocMeta, rev: &str) -> Value {
