@@ -143,6 +143,9 @@ test('conflicts: offline edits on two clients converge to one winner and the sam
   await a.sync(remote);
   await b.sync(remote);
   await a.sync(remote);
+  // sync() pushes and pulls concurrently: b's pull may have read the feed while b's own push
+  // was not yet durable (feeds show only durable sequences), so one more pull completes b
+  await b.replicate.from(remote);
   const sa = await snapshot(a);
   const sb = await snapshot(b);
   const sr = await snapshot(remote);
