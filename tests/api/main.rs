@@ -6,6 +6,7 @@ mod channels;
 mod config;
 mod crash;
 mod documents;
+mod fidelity;
 mod hardening;
 mod sessions;
 mod users;

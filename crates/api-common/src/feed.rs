@@ -301,7 +301,7 @@ impl LiveFeed {
         if self.feed == Feed::EventSource {
             out.push_str(&format!("id: {}\ndata: ", row.seq.to_json()));
         }
-        out.push_str(row.json.get());
+        out.push_str(&row.json);
         out.push_str(if self.feed == Feed::EventSource {
             "\n\n"
         } else {

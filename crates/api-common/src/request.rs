@@ -194,6 +194,13 @@ impl Request {
 
     /// The body as JSON. A Content-Type other than JSON is a 415; bad JSON a 400.
     pub fn json(&self) -> Result<Value> {
+        serde_json::from_slice(self.json_text()?)
+            .map_err(|e| Error::bad(format!("Invalid JSON in the request body: {e}")))
+    }
+
+    /// The body's JSON text, unparsed (documents keep their text: numbers and member order),
+    /// after the same Content-Type and emptiness checks as [`Request::json`].
+    pub fn json_text(&self) -> Result<&[u8]> {
         if let Some(ct) = self.header("content-type") {
             let ct = ct
                 .split(';')
@@ -217,8 +224,7 @@ impl Request {
                 "The request body is empty; a JSON object was expected",
             ));
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| Error::bad(format!("Invalid JSON in the request body: {e}")))
+        Ok(&self.body)
     }
 
     /// The JSON body, or an empty object when there is none (optional POST bodies).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::Method;
 use serde_json::{json, Value};
 use syncgate_auth::{Caller, UserCtx};
-use syncgate_core::docs::{AllDocsOptions, GetOptions, GetResult, OpenRevs};
+use syncgate_core::docs::{AllDocsOptions, GetOptions, GetResult, OpenRev, OpenRevs};
 use syncgate_core::{Database, Error, Result};
 use syncgate_storage::WriteOutcome;
 
@@ -62,7 +62,7 @@ pub async fn db_route(
         None => match *m {
             Method::GET | Method::HEAD => Ok(json_reply(200, &db.info()?)),
             Method::POST => {
-                let o = db.post_doc(req.json()?).await?;
+                let o = db.post_doc(req.json_text()?).await?;
                 let r = written(201, &o);
                 Ok(with_header(r, "location", &o.id))
             }
@@ -75,19 +75,20 @@ pub async fn db_route(
         Some("_bulk_docs") if rest.len() == 1 => match *m {
             Method::POST => Ok(json_reply(
                 201,
-                &Value::Array(db.bulk_docs(req.json()?).await?),
+                &Value::Array(db.bulk_docs(req.json_text()?).await?),
             )),
             _ => Err(method_not_allowed(req)),
         },
         Some("_bulk_get") if rest.len() == 1 => match *m {
             Method::POST => {
                 let opts = GetOptions {
-                    revs: true,
+                    revs: req.q_bool("revs")?,
                     attachments: req.q_bool("attachments")?,
                     latest: req.q_bool("latest")?,
                     ..Default::default()
                 };
-                Ok(json_reply(200, &db.bulk_get(&caller, &req.json()?, &opts)?))
+                let body = db.bulk_get(&caller, &req.json()?, &opts)?;
+                Ok(bytes_reply(200, "application/json", body))
             }
             _ => Err(method_not_allowed(req)),
         },
@@ -116,6 +117,19 @@ pub async fn db_route(
     }
 }
 
+/// The `_rev` of a rendered document (its second member, right after `_id`).
+fn rendered_rev(doc: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Rev {
+        #[serde(rename = "_rev")]
+        rev: Option<String>,
+    }
+    serde_json::from_slice::<Rev>(doc)
+        .ok()
+        .and_then(|r| r.rev)
+        .unwrap_or_default()
+}
+
 fn written(status: u16, o: &WriteOutcome) -> Reply {
     let r = json_reply(status, &json!({"ok": true, "id": o.id, "rev": o.rev}));
     with_header(r, "etag", &format!("\"{}\"", o.rev))
@@ -136,9 +150,9 @@ async fn doc_or_attachment(
             let opts = get_options(req)?;
             match db.get_doc(caller, id, &opts)? {
                 GetResult::Doc(doc) => {
-                    let rev = doc["_rev"].as_str().unwrap_or_default().to_string();
+                    let rev = rendered_rev(&doc);
                     Ok(with_header(
-                        json_reply(200, &doc),
+                        bytes_reply(200, "application/json", doc),
                         "etag",
                         &format!("\"{rev}\""),
                     ))
@@ -146,13 +160,35 @@ async fn doc_or_attachment(
                 GetResult::OpenRevs(rows) if accepts_only_multipart_mixed(req) => {
                     Ok(open_revs_multipart(rows))
                 }
-                GetResult::OpenRevs(rows) => Ok(json_reply(200, &Value::Array(rows))),
+                GetResult::OpenRevs(rows) => {
+                    let mut body = vec![b'['];
+                    for (i, row) in rows.into_iter().enumerate() {
+                        if i > 0 {
+                            body.push(b',');
+                        }
+                        match row {
+                            OpenRev::Ok(doc) => {
+                                body.extend_from_slice(b"{\"ok\":");
+                                body.extend_from_slice(&doc.json);
+                                body.push(b'}');
+                            }
+                            OpenRev::Missing(rev) => {
+                                body.extend_from_slice(
+                                    &serde_json::to_vec(&json!({"missing": rev}))
+                                        .unwrap_or_default(),
+                                );
+                            }
+                        }
+                    }
+                    body.push(b']');
+                    Ok(bytes_reply(200, "application/json", body))
+                }
             }
         }
         Method::PUT => {
             let new_edits = !matches!(req.q("new_edits"), Some("false"));
             let o = db
-                .put_doc(id, req.json()?, req.rev_param()?, new_edits)
+                .put_doc(id, req.json_text()?, req.rev_param()?, new_edits)
                 .await?;
             Ok(written(201, &o))
         }
@@ -189,16 +225,19 @@ fn accepts_only_multipart_mixed(req: &Request) -> bool {
 /// `open_revs` as `multipart/mixed`: one `application/json` part per revision, and an
 /// `application/json; error="true"` part `{"missing":rev}` for each missing one. Attachment
 /// bodies, when requested, stay inline (base64) in the document part.
-fn open_revs_multipart(rows: Vec<Value>) -> Reply {
+fn open_revs_multipart(rows: Vec<OpenRev>) -> Reply {
     let boundary = syncgate_core::docs::new_doc_id();
     let mut body = Vec::new();
     for row in rows {
-        let (ct, part) = match row.get("ok") {
-            Some(doc) => ("application/json", doc.clone()),
-            None => ("application/json; error=\"true\"", row),
+        let (ct, part) = match row {
+            OpenRev::Ok(doc) => ("application/json", doc.json),
+            OpenRev::Missing(rev) => (
+                "application/json; error=\"true\"",
+                serde_json::to_vec(&json!({"missing": rev})).unwrap_or_default(),
+            ),
         };
         body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {ct}\r\n\r\n").as_bytes());
-        body.extend_from_slice(&serde_json::to_vec(&part).unwrap_or_default());
+        body.extend_from_slice(&part);
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
@@ -296,9 +335,10 @@ fn all_docs(db: &Database, caller: &Caller, req: &Request) -> Result<Reply> {
         skip: req.q_u64("skip")?.unwrap_or(0) as usize,
         descending: req.q_bool("descending")?,
         update_seq: req.q_bool("update_seq")?,
+        attachments: req.q_bool("attachments")?,
     };
     let body = db.all_docs(caller, &opts)?;
-    Ok(bytes_reply(200, "application/json", body.into_bytes()))
+    Ok(bytes_reply(200, "application/json", body))
 }
 
 async fn attachment(

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use syncgate_auth::identity::{ALL_CHANNELS, PUBLIC_CHANNEL};
 use syncgate_auth::Caller;
@@ -100,7 +99,8 @@ pub struct ChangesOptions {
 pub struct ChangeRow {
     /// The row's sequence (compound inside a backfill or removal group).
     pub seq: Since,
-    pub json: Box<RawValue>,
+    /// The row's JSON text.
+    pub json: String,
 }
 
 /// One batch of the feed.
@@ -130,50 +130,74 @@ impl Serialize for Since {
 }
 
 impl ChangesBatch {
-    /// The body of a normal or longpoll response, `{"last_seq":…,"results":[…]}` (keys in the
-    /// order `serde_json` writes a map), written straight from the serialized rows.
+    /// The body of a normal or longpoll response, `{"results":[…],"last_seq":…}` (CouchDB's
+    /// member order), written straight from the serialized rows.
     pub fn to_body(&self) -> Vec<u8> {
-        let rows: usize = self.rows.iter().map(|r| r.json.get().len() + 1).sum();
+        let rows: usize = self.rows.iter().map(|r| r.json.len() + 1).sum();
         let mut out = Vec::with_capacity(rows + 48);
-        out.extend_from_slice(b"{\"last_seq\":");
-        // a Since always serializes
-        let _ = serde_json::to_writer(&mut out, &self.last_seq);
-        out.extend_from_slice(b",\"results\":[");
+        out.extend_from_slice(b"{\"results\":[");
         for (i, r) in self.rows.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(r.json.get().as_bytes());
+            out.extend_from_slice(r.json.as_bytes());
         }
-        out.extend_from_slice(b"]}");
+        out.extend_from_slice(b"],\"last_seq\":");
+        // a Since always serializes
+        let _ = serde_json::to_writer(&mut out, &self.last_seq);
+        out.push(b'}');
         out
     }
 }
 
-/// A row before serialization. Fields are in alphabetical order: the order in which
-/// `serde_json` writes an object, so the text is what a `json!` row used to give.
-#[derive(Serialize)]
+/// A row before serialization.
 struct Row {
     changes: Vec<RevRef>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    doc: Option<Value>,
+    /// The document's JSON text (`include_docs`).
+    doc: Option<Vec<u8>>,
     id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     removed: Option<Vec<String>>,
     seq: Since,
 }
 
-#[derive(Serialize)]
 struct RevRef {
     rev: String,
 }
 
 impl Row {
+    /// `{"seq","id","changes","deleted"?,"removed"?,"doc"?}`: CouchDB's member order.
     fn into_change_row(self) -> Result<ChangeRow> {
-        let json = serde_json::value::to_raw_value(&self)
-            .map_err(|e| Error::Internal(format!("serializing a change row: {e}")))?;
+        use syncgate_storage::json::{push_json, push_str};
+        let mut out = Vec::with_capacity(96 + self.doc.as_ref().map_or(0, Vec::len));
+        out.extend_from_slice(b"{\"seq\":");
+        push_json(&mut out, &self.seq);
+        out.extend_from_slice(b",\"id\":");
+        push_str(&mut out, &self.id);
+        out.extend_from_slice(b",\"changes\":[");
+        for (i, c) in self.changes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"rev\":");
+            push_str(&mut out, &c.rev);
+            out.push(b'}');
+        }
+        out.push(b']');
+        if self.deleted {
+            out.extend_from_slice(b",\"deleted\":true");
+        }
+        if let Some(removed) = &self.removed {
+            out.extend_from_slice(b",\"removed\":");
+            push_json(&mut out, removed);
+        }
+        if let Some(doc) = &self.doc {
+            out.extend_from_slice(b",\"doc\":");
+            out.extend_from_slice(doc);
+        }
+        out.push(b'}');
+        let json = String::from_utf8(out)
+            .map_err(|e| Error::Internal(format!("a change row is not UTF-8: {e}")))?;
         Ok(ChangeRow {
             seq: self.seq,
             json,
@@ -472,9 +496,14 @@ impl Database {
             backfill: None,
         };
         if !visible {
-            let doc = opts
-                .include_docs
-                .then(|| json!({"_id": e.id, "_rev": winner, "_removed": true}));
+            let doc = opts.include_docs.then(|| {
+                let mut d = b"{\"_id\":".to_vec();
+                syncgate_storage::json::push_str(&mut d, &e.id);
+                d.extend_from_slice(b",\"_rev\":");
+                syncgate_storage::json::push_str(&mut d, &winner);
+                d.extend_from_slice(b",\"_removed\":true}");
+                d
+            });
             return Ok(Some(Row {
                 changes: vec![RevRef { rev: winner }],
                 deleted: false,
@@ -504,7 +533,7 @@ impl Database {
                 };
                 doc = Some(
                     self.render(caller, &e.id, &meta, &winner, &get)?
-                        .unwrap_or(Value::Null),
+                        .map_or_else(|| b"null".to_vec(), |r| r.json),
                 );
             }
         }
@@ -577,7 +606,7 @@ mod tests {
         let row = Row {
             changes: vec![RevRef { rev: "2-b".into() }],
             deleted: true,
-            doc: Some(json!({"_id": "d", "z": 1, "a": [1]})),
+            doc: Some(br#"{"_id":"d","z":1,"a":[1]}"#.to_vec()),
             id: "d".into(),
             removed: None,
             seq: Since {
@@ -589,7 +618,7 @@ mod tests {
         .unwrap();
         let expected = json!({"seq": "20:7", "id": "d", "changes": [{"rev": "2-b"}],
             "deleted": true, "doc": {"_id": "d", "z": 1, "a": [1]}});
-        assert_eq!(row.json.get(), expected.to_string());
+        assert_eq!(row.json, expected.to_string());
         let removed = Row {
             changes: vec![RevRef { rev: "1-a".into() }],
             deleted: false,
@@ -611,7 +640,7 @@ mod tests {
             },
         };
         let expected = json!({"results": [expected,
-            {"seq": 3, "id": "e", "removed": ["x"], "changes": [{"rev": "1-a"}]}], "last_seq": 9});
+            {"seq": 3, "id": "e", "changes": [{"rev": "1-a"}], "removed": ["x"]}], "last_seq": 9});
         assert_eq!(batch.to_body(), expected.to_string().into_bytes());
     }
 

@@ -1,15 +1,25 @@
 //! Document handlers: CRUD, bulk operations, `_all_docs`, attachments and `_local` docs.
 //!
-//! Request bodies arrive as parsed JSON; this module validates them as documents, turns them
+//! Request bodies arrive as JSON text; this module validates them as documents, turns them
 //! into storage writes, waits for durability and renders revisions back to CouchDB JSON.
+//!
+//! Fidelity: a document's own members travel as the client's JSON text (member order and every
+//! number's digits kept, see `syncgate_storage::json`); a parsed `Value` view exists only where
+//! a rule must look inside (channels, the revision id). Rendered documents are JSON text too,
+//! written member by member in CouchDB's order (`_id`, `_rev`, `_deleted`, the body,
+//! `_revisions`, `_revs_info`, `_conflicts`, `_deleted_conflicts`, `_attachments`).
 
 use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use syncgate_auth::Caller;
+use syncgate_storage::json::{
+    push_compact, push_json, push_key, push_members, push_str, RawMembers,
+};
 use syncgate_storage::{
-    generation, parse_rev, AttachmentInput, AttachmentMeta, DocMeta, DocWrite, StorageError,
-    WriteOutcome,
+    canonical_json, generation, parse_rev, AttachmentInput, AttachmentMeta, DocMeta, DocWrite,
+    StorageError, StoredBody, WriteOutcome,
 };
 
 use crate::database::Database;
@@ -50,9 +60,25 @@ pub enum OpenRevs {
 
 /// What a document GET returns.
 pub enum GetResult {
-    Doc(Value),
+    /// The document's JSON text.
+    Doc(Vec<u8>),
     /// `open_revs`: `[{"ok":doc}|{"missing":rev}]`.
-    OpenRevs(Vec<Value>),
+    OpenRevs(Vec<OpenRev>),
+}
+
+/// One `open_revs` entry.
+pub enum OpenRev {
+    /// A revision the caller may read (JSON text), or its `_removed` stub.
+    Ok(Rendered),
+    Missing(String),
+}
+
+/// A revision rendered as CouchDB JSON text.
+pub struct Rendered {
+    pub json: Vec<u8>,
+    /// The caller may not read this revision: `json` is the `{"_id","_rev","_removed":true}`
+    /// stub replicators learn removals from.
+    pub removed: bool,
 }
 
 /// Options of `_all_docs`.
@@ -68,6 +94,8 @@ pub struct AllDocsOptions {
     pub skip: usize,
     pub descending: bool,
     pub update_seq: bool,
+    /// With `include_docs`: attachment bodies inline (base64).
+    pub attachments: bool,
 }
 
 /// Checks a document id (not `_local/`).
@@ -112,58 +140,99 @@ struct Specials {
     attachments: Vec<(String, AttachmentInput)>,
 }
 
-fn split_body(mut body: Map<String, Value>) -> Result<(Specials, Map<String, Value>)> {
-    if depth(&Value::Object(body.clone())) > MAX_DEPTH {
+/// A document from a request: its special members, its own members as compact JSON text in the
+/// client's order, and a parsed view of those for the rules that look inside.
+struct ParsedDoc {
+    sp: Specials,
+    json: Vec<u8>,
+    view: Map<String, Value>,
+}
+
+/// A 400 for a request body that is not the JSON it should be.
+pub fn bad_json(what: &str, e: &serde_json::Error) -> Error {
+    if e.is_syntax() || e.is_eof() {
+        Error::bad(format!("{what} is not valid JSON: {e}"))
+    } else {
+        Error::bad(format!("{what} must be a JSON object ({e})"))
+    }
+}
+
+fn special<T: serde::de::DeserializeOwned>(raw: &RawValue, what: &str) -> Result<T> {
+    serde_json::from_str(raw.get()).map_err(|_| Error::bad(what.to_string()))
+}
+
+/// Splits a document's JSON text into its special members and its own members.
+fn parse_doc(text: &[u8]) -> Result<ParsedDoc> {
+    let members = RawMembers::parse(text).map_err(|e| bad_json("Document body", &e))?;
+    let mut sp = Specials {
+        id: None,
+        rev: None,
+        deleted: false,
+        revisions: None,
+        attachments: Vec::new(),
+    };
+    let mut view = Map::new();
+    let mut own = Vec::with_capacity(members.0.len());
+    for (k, v) in members.0 {
+        match k.as_ref() {
+            "_id" => sp.id = special::<Option<String>>(v, "_id must be a string")?,
+            "_rev" => sp.rev = special::<Option<String>>(v, "_rev must be a string")?,
+            "_deleted" => {
+                sp.deleted =
+                    special::<Option<bool>>(v, "_deleted must be a boolean")?.unwrap_or(false)
+            }
+            "_revisions" => sp.revisions = Some(special::<Value>(v, "bad _revisions")?),
+            "_attachments" => {
+                sp.attachments = match special::<Value>(v, "bad _attachments")? {
+                    Value::Null => Vec::new(),
+                    Value::Object(m) => parse_attachments(m)?,
+                    _ => return Err(Error::bad("_attachments must be an object")),
+                }
+            }
+            "_conflicts" | "_deleted_conflicts" | "_revs_info" | "_local_seq" | "_exp" => {}
+            name if name.starts_with('_') => {
+                return Err(Error::bad(format!(
+                    "Bad special document member: {}",
+                    crate::short(name)
+                )))
+            }
+            name => {
+                let value: Value = serde_json::from_str(v.get()).map_err(|e| {
+                    Error::bad(format!(
+                        "Document member \"{}\" is not valid: {e}",
+                        crate::short(name)
+                    ))
+                })?;
+                if view.insert(name.to_string(), value).is_some() {
+                    // a repeated member: the last one wins, as when parsing into a map
+                    own.retain(|(o, _): &(std::borrow::Cow<str>, &RawValue)| o.as_ref() != name);
+                }
+                own.push((k.clone(), v));
+            }
+        }
+    }
+    let mut json = Vec::with_capacity(text.len());
+    json.push(b'{');
+    for (k, v) in own {
+        push_key(&mut json, &k);
+        push_compact(&mut json, v.get());
+    }
+    json.push(b'}');
+    if view.values().map(depth).max().unwrap_or(0) + 1 > MAX_DEPTH {
         return Err(Error::bad(format!(
             "Document is nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    let id = match body.remove("_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(Error::bad("_id must be a string")),
-    };
-    let rev = match body.remove("_rev") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(Error::bad("_rev must be a string")),
-    };
-    let deleted = match body.remove("_deleted") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::Bool(true)) => true,
-        Some(_) => return Err(Error::bad("_deleted must be a boolean")),
-    };
-    let revisions = body.remove("_revisions");
-    let attachments = match body.remove("_attachments") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(m)) => parse_attachments(m)?,
-        Some(_) => return Err(Error::bad("_attachments must be an object")),
-    };
-    for ignored in [
-        "_conflicts",
-        "_deleted_conflicts",
-        "_revs_info",
-        "_local_seq",
-        "_exp",
-    ] {
-        body.remove(ignored);
+    Ok(ParsedDoc { sp, json, view })
+}
+
+/// The canonical JSON a revision id is computed from: the document's own members, plus
+/// `_deleted` for a tombstone.
+fn canonical(mut view: Map<String, Value>, deleted: bool) -> Vec<u8> {
+    if deleted {
+        view.insert("_deleted".into(), Value::Bool(true));
     }
-    if let Some(k) = body.keys().find(|k| k.starts_with('_')) {
-        return Err(Error::bad(format!(
-            "Bad special document member: {}",
-            crate::short(k)
-        )));
-    }
-    Ok((
-        Specials {
-            id,
-            rev,
-            deleted,
-            revisions,
-            attachments,
-        },
-        body,
-    ))
+    canonical_json(&Value::Object(view))
 }
 
 fn parse_attachments(m: Map<String, Value>) -> Result<Vec<(String, AttachmentInput)>> {
@@ -289,14 +358,11 @@ impl Database {
     fn prepare(
         &self,
         id_hint: Option<&str>,
-        body: Value,
+        doc: ParsedDoc,
         parent: Option<String>,
         new_edits: bool,
     ) -> Result<DocWrite> {
-        let Value::Object(body) = body else {
-            return Err(Error::bad("Document body must be a JSON object"));
-        };
-        let (sp, body) = split_body(body)?;
+        let ParsedDoc { sp, json, view } = doc;
         let id = match (id_hint, &sp.id) {
             (Some(path), Some(b)) if path != b => {
                 return Err(Error::bad(
@@ -313,7 +379,7 @@ impl Database {
             }
         };
         validate_doc_id(&id)?;
-        let channels = channels_of(&body);
+        let channels = channels_of(&view);
         let revs_limit = self.config.revs_limit();
         if new_edits {
             let parent = match (parent, sp.rev) {
@@ -329,7 +395,8 @@ impl Database {
                 id,
                 parent,
                 deleted: sp.deleted,
-                body,
+                body: json,
+                canonical: canonical(view, sp.deleted),
                 attachments: sp.attachments,
                 channels,
                 revs_limit,
@@ -344,7 +411,7 @@ impl Database {
                 id,
                 history,
                 deleted: sp.deleted,
-                body,
+                body: json,
                 attachments: sp.attachments,
                 channels,
                 revs_limit,
@@ -377,26 +444,27 @@ impl Database {
             .ok_or_else(|| Error::Internal("empty write result".into()))??)
     }
 
-    /// `PUT /{db}/{doc}`.
+    /// `PUT /{db}/{doc}` with the document's JSON text.
     pub async fn put_doc(
         &self,
         id: &str,
-        body: Value,
+        body: &[u8],
         rev: Option<String>,
         new_edits: bool,
     ) -> Result<WriteOutcome> {
-        let w = self.prepare(Some(id), body, rev, new_edits)?;
+        let w = self.prepare(Some(id), parse_doc(body)?, rev, new_edits)?;
         self.write_one(w).await
     }
 
-    /// `POST /{db}/`.
-    pub async fn post_doc(&self, body: Value) -> Result<WriteOutcome> {
-        if body.get("_rev").is_some_and(|r| !r.is_null()) {
+    /// `POST /{db}/` with the document's JSON text.
+    pub async fn post_doc(&self, body: &[u8]) -> Result<WriteOutcome> {
+        let doc = parse_doc(body)?;
+        if doc.sp.rev.is_some() {
             return Err(Error::bad(
                 "POST creates a new document: _rev is not allowed (use PUT)",
             ));
         }
-        let w = self.prepare(None, body, None, true)?;
+        let w = self.prepare(None, doc, None, true)?;
         self.write_one(w).await
     }
 
@@ -419,7 +487,8 @@ impl Database {
             id: id.to_string(),
             parent: rev,
             deleted: true,
-            body: Map::new(),
+            body: b"{}".to_vec(),
+            canonical: canonical(Map::new(), true),
             attachments: Vec::new(),
             channels: Vec::new(),
             revs_limit: self.config.revs_limit(),
@@ -428,24 +497,33 @@ impl Database {
         .await
     }
 
-    /// `POST /{db}/_bulk_docs`.
-    pub async fn bulk_docs(&self, body: Value) -> Result<Vec<Value>> {
-        let Value::Object(mut req) = body else {
-            return Err(Error::bad(
-                "Request body must be a JSON object with a 'docs' array",
-            ));
-        };
-        let new_edits = match req.get("new_edits") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(Error::bad("new_edits must be a boolean")),
-        };
-        let Some(Value::Array(docs)) = req.remove("docs") else {
+    /// `POST /{db}/_bulk_docs` with the request's JSON text.
+    pub async fn bulk_docs(&self, body: &[u8]) -> Result<Vec<Value>> {
+        let req = RawMembers::parse(body).map_err(|e| bad_json("_bulk_docs body", &e))?;
+        let mut new_edits = true;
+        let mut docs: Option<Vec<&RawValue>> = None;
+        for (k, v) in &req.0 {
+            match k.as_ref() {
+                "new_edits" => {
+                    new_edits =
+                        special::<Option<bool>>(v, "new_edits must be a boolean")?.unwrap_or(true)
+                }
+                "docs" => {
+                    docs = Some(
+                        serde_json::from_str::<Vec<&RawValue>>(v.get()).map_err(|_| {
+                            Error::bad("'docs' must be an array of documents (JSON objects)")
+                        })?,
+                    )
+                }
+                _ => {}
+            }
+        }
+        let Some(docs) = docs else {
             return Err(Error::bad(
                 "missing 'docs' property (an array of documents)",
             ));
         };
-        if docs.iter().any(|d| !d.is_object()) {
+        if docs.iter().any(|d| !d.get().starts_with('{')) {
             return Err(Error::bad(
                 "Document body must be JSON: every entry of 'docs' must be an object",
             ));
@@ -457,8 +535,13 @@ impl Database {
         let mut writes = Vec::new();
         let mut positions = Vec::new();
         let mut locals = Vec::new();
-        for (i, doc) in docs.into_iter().enumerate() {
-            let id = doc.get("_id").and_then(Value::as_str).map(str::to_string);
+        for (i, raw) in docs.into_iter().enumerate() {
+            let at = |e: Error| match e {
+                Error::BadRequest(m) => Error::BadRequest(format!("docs[{i}]: {m}")),
+                other => other,
+            };
+            let doc = parse_doc(raw.get().as_bytes()).map_err(at)?;
+            let id = doc.sp.id.clone();
             let in_doc = |e: Error| match e {
                 Error::BadRequest(m) => Error::BadRequest(format!(
                     "docs[{i}]{}: {m}",
@@ -469,6 +552,8 @@ impl Database {
                 other => other,
             };
             if let Some(local) = id.as_deref().and_then(|s| s.strip_prefix("_local/")) {
+                let doc: Value = serde_json::from_str(raw.get())
+                    .map_err(|e| in_doc(Error::bad(format!("not a valid document: {e}"))))?;
                 validate_local_doc(local, &doc).map_err(in_doc)?;
                 locals.push((i, local.to_string(), doc));
                 continue;
@@ -549,18 +634,23 @@ impl Database {
             let mut rows = Vec::with_capacity(revs.len());
             for r in revs {
                 match self.render(caller, id, &meta, &r, opts)? {
-                    Some(doc) => rows.push(json!({"ok": doc})),
-                    None => rows.push(json!({"missing": r})),
+                    Some(doc) => rows.push(OpenRev::Ok(doc)),
+                    None => rows.push(OpenRev::Missing(r)),
                 }
             }
             return Ok(GetResult::OpenRevs(rows));
         }
         let meta = self.meta(id)?;
         let rev = match &opts.rev {
-            Some(r) => {
-                parse_rev(r)?;
-                r.clone()
-            }
+            // `latest` (CouchDB): the leaf of the requested revision's branch
+            Some(r) if opts.latest && meta.tree.contains(r) && !meta.tree.is_leaf(r) => meta
+                .tree
+                .sorted_leaves()
+                .iter()
+                .find(|l| meta.tree.history(&l.rev).contains(r))
+                .map(|l| l.rev.clone())
+                .ok_or_else(|| Error::not_found("missing"))?,
+            Some(r) => r.clone(),
             None => {
                 let winner = live_winner(&meta)?;
                 if !caller.can_read(&winner.channels) {
@@ -572,10 +662,10 @@ impl Database {
         let doc = self
             .render(caller, id, &meta, &rev, opts)?
             .ok_or_else(|| Error::not_found("missing"))?;
-        Ok(GetResult::Doc(doc))
+        Ok(GetResult::Doc(doc.json))
     }
 
-    /// Renders one revision as CouchDB JSON; `None` when the tree or the store lacks it.
+    /// Renders one revision as CouchDB JSON text; `None` when the tree or the store lacks it.
     /// A revision the caller may not read renders as a `_removed` stub (how replicators learn
     /// of channel removals).
     pub fn render(
@@ -585,92 +675,102 @@ impl Database {
         meta: &DocMeta,
         rev: &str,
         opts: &GetOptions,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<Rendered>> {
         let Some(node) = meta.tree.get(rev) else {
             return Ok(None);
         };
-        let mut out = Map::new();
-        out.insert("_id".into(), Value::String(id.to_string()));
-        out.insert("_rev".into(), Value::String(rev.to_string()));
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"_id\":");
+        push_str(&mut out, id);
+        out.extend_from_slice(b",\"_rev\":");
+        push_str(&mut out, rev);
         if !caller.can_read(&node.channels) {
-            out.insert("_removed".into(), Value::Bool(true));
+            out.extend_from_slice(b",\"_removed\":true");
             if opts.revs {
-                out.insert("_revisions".into(), revisions_json(meta, rev));
+                push_key(&mut out, "_revisions");
+                push_revisions(&mut out, meta, rev);
             }
-            return Ok(Some(Value::Object(out)));
+            out.push(b'}');
+            return Ok(Some(Rendered {
+                json: out,
+                removed: true,
+            }));
         }
         if !node.has_body {
             return Ok(None);
         }
-        let Some(mut body) = self.store.rev_body(id, rev)? else {
+        let Some(body) = self.store.rev_body(id, rev)? else {
             return Ok(None);
         };
         if node.deleted {
-            out.insert("_deleted".into(), Value::Bool(true));
+            out.extend_from_slice(b",\"_deleted\":true");
         }
-        let atts = body.remove("_attachments");
-        out.extend(body);
-        if let Some(Value::Object(atts)) = atts {
-            out.insert(
-                "_attachments".into(),
-                Value::Object(self.render_attachments(meta, rev, atts, opts)?),
-            );
-        }
+        out.reserve(body.json.len() + 64);
+        push_members(&mut out, &body.json);
         if opts.revs {
-            out.insert("_revisions".into(), revisions_json(meta, rev));
+            push_key(&mut out, "_revisions");
+            push_revisions(&mut out, meta, rev);
         }
         if opts.revs_info {
-            let info: Vec<Value> = meta
-                .tree
-                .history(rev)
-                .into_iter()
-                .map(|r| {
-                    let n = meta.tree.get(&r);
-                    let status = match n {
-                        Some(n) if n.deleted => "deleted",
-                        Some(n) if n.has_body => "available",
-                        _ => "missing",
-                    };
-                    json!({"rev": r, "status": status})
-                })
-                .collect();
-            out.insert("_revs_info".into(), Value::Array(info));
+            push_key(&mut out, "_revs_info");
+            out.push(b'[');
+            for (i, r) in meta.tree.history(rev).into_iter().enumerate() {
+                let status = match meta.tree.get(&r) {
+                    Some(n) if n.deleted => "deleted",
+                    Some(n) if n.has_body => "available",
+                    _ => "missing",
+                };
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"rev\":");
+                push_str(&mut out, &r);
+                out.extend_from_slice(b",\"status\":");
+                push_str(&mut out, status);
+                out.push(b'}');
+            }
+            out.push(b']');
         }
         let is_winner = meta.tree.winner().is_some_and(|w| w.rev == rev);
-        if opts.conflicts && is_winner {
-            let c: Vec<Value> = meta
+        for (wanted, deleted, key) in [
+            (opts.conflicts, false, "_conflicts"),
+            (opts.deleted_conflicts, true, "_deleted_conflicts"),
+        ] {
+            if !(wanted && is_winner) {
+                continue;
+            }
+            let c: Vec<&str> = meta
                 .tree
                 .sorted_leaves()
                 .iter()
-                .filter(|l| !l.deleted && l.rev != rev)
-                .map(|l| Value::String(l.rev.clone()))
+                .filter(|l| l.deleted == deleted && l.rev != rev)
+                .map(|l| l.rev.as_str())
                 .collect();
             if !c.is_empty() {
-                out.insert("_conflicts".into(), Value::Array(c));
+                push_key(&mut out, key);
+                push_json(&mut out, &c);
             }
         }
-        if opts.deleted_conflicts && is_winner {
-            let c: Vec<Value> = meta
-                .tree
-                .sorted_leaves()
-                .iter()
-                .filter(|l| l.deleted && l.rev != rev)
-                .map(|l| Value::String(l.rev.clone()))
-                .collect();
-            if !c.is_empty() {
-                out.insert("_deleted_conflicts".into(), Value::Array(c));
-            }
+        if !body.attachments.is_empty() {
+            push_key(&mut out, "_attachments");
+            self.push_attachments(&mut out, meta, rev, &body, opts)?;
         }
-        Ok(Some(Value::Object(out)))
+        out.push(b'}');
+        Ok(Some(Rendered {
+            json: out,
+            removed: false,
+        }))
     }
 
-    fn render_attachments(
+    /// `_attachments` as CouchDB writes it: stubs, or the data inline when asked for.
+    fn push_attachments(
         &self,
+        out: &mut Vec<u8>,
         meta: &DocMeta,
         rev: &str,
-        atts: Map<String, Value>,
+        body: &StoredBody,
         opts: &GetOptions,
-    ) -> Result<Map<String, Value>> {
+    ) -> Result<()> {
         // `atts_since` (CouchDB): inline the bodies of attachments changed after the newest
         // listed revision that is an ancestor of this one; it implies `attachments=true`.
         let since_gen = opts.atts_since.as_ref().map(|since| {
@@ -682,39 +782,38 @@ impl Database {
                 .max()
                 .unwrap_or(0)
         });
-        let mut out = Map::new();
-        for (name, v) in atts {
-            let Ok(m) = serde_json::from_value::<AttachmentMeta>(v) else {
-                continue;
-            };
+        out.push(b'{');
+        for (name, m) in &body.attachments {
             let include = match since_gen {
                 Some(g) => m.revpos > g,
                 None => opts.attachments,
             };
-            let mut a = json!({
-                "content_type": m.content_type,
-                "digest": m.digest,
-                "length": m.length,
-                "revpos": m.revpos,
-            });
+            push_key(out, name);
+            out.extend_from_slice(b"{\"content_type\":");
+            push_str(out, &m.content_type);
+            out.extend_from_slice(format!(",\"revpos\":{},\"digest\":", m.revpos).as_bytes());
+            push_str(out, &m.digest);
+            out.extend_from_slice(format!(",\"length\":{}", m.length).as_bytes());
             if include {
                 let data = self.store.attachment(&m.digest)?.ok_or_else(|| {
                     Error::Internal(format!("attachment data {} missing", m.digest))
                 })?;
-                a["data"] = Value::String(B64.encode(data));
+                out.extend_from_slice(b",\"data\":\"");
+                out.extend_from_slice(B64.encode(data).as_bytes());
+                out.extend_from_slice(b"\"}");
             } else {
-                a["stub"] = Value::Bool(true);
+                out.extend_from_slice(b",\"stub\":true}");
             }
-            out.insert(name, a);
         }
-        Ok(out)
+        out.push(b'}');
+        Ok(())
     }
 
     /// `POST /{db}/_bulk_get` (CouchDB JSON form): `{"results":[{"id","docs":[...]}]}`, one
-    /// result per requested entry, in order. A malformed request (not an object, `docs` not an
-    /// array, an entry without a string `id`, a malformed `rev` or `atts_since`) is a 400 as a
-    /// whole; a revision that does not exist is an `{"error":{...}}` entry.
-    pub fn bulk_get(&self, caller: &Caller, body: &Value, base: &GetOptions) -> Result<Value> {
+    /// result per requested entry, in order, as JSON text. A malformed request (not an object,
+    /// `docs` not an array, an entry without a string `id`, a malformed `rev` or `atts_since`)
+    /// is a 400 as a whole; a revision that does not exist is an `{"error":{...}}` entry.
+    pub fn bulk_get(&self, caller: &Caller, body: &Value, base: &GetOptions) -> Result<Vec<u8>> {
         let docs = body
             .get("docs")
             .and_then(Value::as_array)
@@ -738,7 +837,6 @@ impl Database {
                 Some(_) => return Err(bad("'rev' must be a string")),
             };
             let mut opts = base.clone();
-            opts.revs = true;
             match d.get("atts_since") {
                 None | Some(Value::Null) => {}
                 Some(Value::Array(since)) => {
@@ -756,8 +854,26 @@ impl Database {
             }
             requests.push((id, rev, opts));
         }
-        let mut results = Vec::with_capacity(requests.len());
-        for (id, rev, mut opts) in requests {
+        let error_entry = |out: &mut Vec<u8>, id: &str, rev: &str, error: &str, reason: &str| {
+            out.extend_from_slice(b"{\"error\":{\"id\":");
+            push_str(out, id);
+            out.extend_from_slice(b",\"rev\":");
+            push_str(out, rev);
+            out.extend_from_slice(b",\"error\":");
+            push_str(out, error);
+            out.extend_from_slice(b",\"reason\":");
+            push_str(out, reason);
+            out.extend_from_slice(b"}}");
+        };
+        let mut out = Vec::with_capacity(64 + requests.len() * 512);
+        out.extend_from_slice(b"{\"results\":[");
+        for (n, (id, rev, mut opts)) in requests.into_iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"id\":");
+            push_str(&mut out, &id);
+            out.extend_from_slice(b",\"docs\":[");
             let outcome = match &rev {
                 Some(r) => {
                     opts.open_revs = Some(OpenRevs::List(vec![r.clone()]));
@@ -765,31 +881,51 @@ impl Database {
                 }
                 None => self.get_doc(caller, &id, &opts),
             };
-            let entries: Vec<Value> = match outcome {
-                Ok(GetResult::OpenRevs(rows)) => rows
-                    .into_iter()
-                    .map(|row| match row.get("missing") {
-                        Some(m) => json!({"error": {"id": id, "rev": m, "error": "not_found", "reason": "missing"}}),
-                        None => {
-                            let doc = &row["ok"];
-                            if doc.get("_removed").is_some() {
-                                json!({"error": {"id": id, "rev": doc["_rev"], "error": "forbidden",
-                                    "reason": "You are not allowed to see this revision"}})
-                            } else {
-                                row
+            match outcome {
+                Ok(GetResult::OpenRevs(rows)) => {
+                    for (i, row) in rows.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        match row {
+                            OpenRev::Missing(m) => {
+                                error_entry(&mut out, &id, &m, "not_found", "missing")
+                            }
+                            OpenRev::Ok(doc) if doc.removed => error_entry(
+                                &mut out,
+                                &id,
+                                rev.as_deref().unwrap_or_default(),
+                                "forbidden",
+                                "You are not allowed to see this revision",
+                            ),
+                            OpenRev::Ok(doc) => {
+                                out.extend_from_slice(b"{\"ok\":");
+                                out.extend_from_slice(&doc.json);
+                                out.push(b'}');
                             }
                         }
-                    })
-                    .collect(),
-                Ok(GetResult::Doc(doc)) => vec![json!({"ok": doc})],
+                    }
+                }
+                Ok(GetResult::Doc(doc)) => {
+                    out.extend_from_slice(b"{\"ok\":");
+                    out.extend_from_slice(&doc);
+                    out.push(b'}');
+                }
                 Err(e) => {
                     let (_, name) = e.status();
-                    vec![json!({"error": {"id": id, "rev": rev.clone().unwrap_or_default(), "error": name, "reason": e.to_string()}})]
+                    error_entry(
+                        &mut out,
+                        &id,
+                        rev.as_deref().unwrap_or_default(),
+                        name,
+                        &e.to_string(),
+                    );
                 }
-            };
-            results.push(json!({"id": id, "docs": entries}));
+            }
+            out.extend_from_slice(b"]}");
         }
-        Ok(json!({"results": results}))
+        out.extend_from_slice(b"]}");
+        Ok(out)
     }
 
     /// `POST /{db}/_revs_diff`.
@@ -844,24 +980,38 @@ impl Database {
         Ok(Value::Object(out))
     }
 
-    /// `GET|POST /{db}/_all_docs`.
-    /// `_all_docs` as JSON text. Each row is serialized into the body as soon as it is built, so
-    /// a response over many documents never holds them all as `Value` trees.
-    pub fn all_docs(&self, caller: &Caller, opts: &AllDocsOptions) -> Result<String> {
-        // keys in the order serde_json writes an object: offset, rows, total_rows, update_seq
-        let mut out = format!("{{\"offset\":{},\"rows\":[", opts.skip);
+    /// `GET|POST /{db}/_all_docs` as JSON text, in CouchDB's member order. Each row is written
+    /// into the body as soon as it is built, so a response over many documents never holds
+    /// them as `Value` trees.
+    pub fn all_docs(&self, caller: &Caller, opts: &AllDocsOptions) -> Result<Vec<u8>> {
+        let mut out = format!(
+            "{{\"total_rows\":{},\"offset\":{},\"rows\":[",
+            self.store.doc_count()?,
+            opts.skip
+        )
+        .into_bytes();
         let mut rows = 0usize;
-        let push = |out: &mut String, rows: &mut usize, row: &Value| {
-            if *rows > 0 {
-                out.push(',');
-            }
-            *rows += 1;
-            // writing to a String cannot fail
-            let _ = std::fmt::Write::write_fmt(out, format_args!("{row}"));
-        };
         let get_opts = GetOptions {
             conflicts: opts.conflicts,
+            attachments: opts.attachments,
             ..Default::default()
+        };
+        // `{"id":…,"key":…,"value":{"rev":…[,"deleted":true]}[,"doc":…]}`
+        let row = |out: &mut Vec<u8>, rows: &mut usize, id: &str, rev: &str, deleted: bool| {
+            if *rows > 0 {
+                out.push(b',');
+            }
+            *rows += 1;
+            out.extend_from_slice(b"{\"id\":");
+            push_str(out, id);
+            out.extend_from_slice(b",\"key\":");
+            push_str(out, id);
+            out.extend_from_slice(b",\"value\":{\"rev\":");
+            push_str(out, rev);
+            if deleted {
+                out.extend_from_slice(b",\"deleted\":true");
+            }
+            out.push(b'}');
         };
         let limit = opts.limit.unwrap_or(usize::MAX);
         let mut skipped = 0;
@@ -870,32 +1020,42 @@ impl Database {
                 if rows >= limit {
                     break;
                 }
-                let row = match self.store.doc_meta(key)? {
-                    None => json!({"key": key, "error": "not_found"}),
-                    Some(meta) => {
-                        let Some(w) = meta.tree.winner() else {
-                            continue;
-                        };
-                        if !caller.can_read(&w.channels) {
-                            json!({"key": key, "error": "forbidden"})
-                        } else if w.deleted {
-                            json!({"id": key, "key": key, "value": {"rev": w.rev, "deleted": true}, "doc": Value::Null})
-                        } else {
-                            let mut row = json!({"id": key, "key": key, "value": {"rev": w.rev}});
-                            if opts.include_docs {
-                                row["doc"] = self
-                                    .render(caller, key, &meta, &w.rev, &get_opts)?
-                                    .unwrap_or(Value::Null);
-                            }
-                            row
-                        }
-                    }
-                };
                 if skipped < opts.skip {
                     skipped += 1;
                     continue;
                 }
-                push(&mut out, &mut rows, &row);
+                let meta = self.store.doc_meta(key)?;
+                let winner = meta.as_ref().and_then(|m| m.tree.winner());
+                match winner {
+                    Some(w) if caller.can_read(&w.channels) => {
+                        row(&mut out, &mut rows, key, &w.rev, w.deleted);
+                        if w.deleted {
+                            if opts.include_docs {
+                                out.extend_from_slice(b",\"doc\":null");
+                            }
+                        } else if let (true, Some(meta)) = (opts.include_docs, &meta) {
+                            out.extend_from_slice(b",\"doc\":");
+                            match self.render(caller, key, meta, &w.rev, &get_opts)? {
+                                Some(doc) => out.extend_from_slice(&doc.json),
+                                None => out.extend_from_slice(b"null"),
+                            }
+                        }
+                        out.push(b'}');
+                    }
+                    found => {
+                        if rows > 0 {
+                            out.push(b',');
+                        }
+                        rows += 1;
+                        out.extend_from_slice(b"{\"key\":");
+                        push_str(&mut out, key);
+                        out.extend_from_slice(if found.is_some() {
+                            b",\"error\":\"forbidden\"}".as_slice()
+                        } else {
+                            b",\"error\":\"not_found\"}".as_slice()
+                        });
+                    }
+                }
             }
         } else {
             let start = opts.start.clone().unwrap_or_default();
@@ -930,20 +1090,22 @@ impl Database {
                 if rows >= limit {
                     break;
                 }
-                let mut row = json!({"id": id, "key": id, "value": {"rev": w.rev}});
+                row(&mut out, &mut rows, &id, &w.rev, false);
                 if opts.include_docs {
-                    row["doc"] = self
-                        .render(caller, &id, &meta, &w.rev, &get_opts)?
-                        .unwrap_or(Value::Null);
+                    out.extend_from_slice(b",\"doc\":");
+                    match self.render(caller, &id, &meta, &w.rev, &get_opts)? {
+                        Some(doc) => out.extend_from_slice(&doc.json),
+                        None => out.extend_from_slice(b"null"),
+                    }
                 }
-                push(&mut out, &mut rows, &row);
+                out.push(b'}');
             }
         }
-        out.push_str(&format!("],\"total_rows\":{}", self.store.doc_count()?));
+        out.push(b']');
         if opts.update_seq {
-            out.push_str(&format!(",\"update_seq\":{}", self.store.last_seq()));
+            out.extend_from_slice(format!(",\"update_seq\":{}", self.store.last_seq()).as_bytes());
         }
-        out.push('}');
+        out.push(b'}');
         Ok(out)
     }
 
@@ -975,13 +1137,9 @@ impl Database {
             .store
             .rev_body(id, &node.rev)?
             .ok_or_else(|| Error::not_found("missing"))?;
-        let att = body
-            .get("_attachments")
-            .and_then(|a| a.get(name))
-            .and_then(|v| serde_json::from_value::<AttachmentMeta>(v.clone()).ok())
-            .ok_or_else(|| {
-                Error::not_found(format!("missing attachment \"{}\"", crate::short(name)))
-            })?;
+        let att = body.attachment(name).cloned().ok_or_else(|| {
+            Error::not_found(format!("missing attachment \"{}\"", crate::short(name)))
+        })?;
         let data = self
             .store
             .attachment(&att.digest)?
@@ -1010,11 +1168,13 @@ impl Database {
                 revpos: None,
             },
         ));
-        let channels = channels_of(&body);
+        let view = body_view(id, &body)?;
+        let channels = channels_of(&view);
         self.write_one(DocWrite::Edit {
             id: id.to_string(),
             parent: rev,
             deleted: false,
+            canonical: canonical(view, false),
             body,
             attachments: atts,
             channels,
@@ -1053,11 +1213,13 @@ impl Database {
                 crate::short(name)
             )));
         }
-        let channels = channels_of(&body);
+        let view = body_view(id, &body)?;
+        let channels = channels_of(&view);
         self.write_one(DocWrite::Edit {
             id: id.to_string(),
             parent: rev,
             deleted: false,
+            canonical: canonical(view, false),
             body,
             attachments: atts,
             channels,
@@ -1067,21 +1229,22 @@ impl Database {
         .await
     }
 
-    /// The body (without `_attachments`) and attachment stubs of the revision being edited.
+    /// The body's JSON text (without `_attachments`) and attachment stubs of the revision
+    /// being edited.
     fn current_for_attachment_edit(
         &self,
         id: &str,
         rev: Option<&str>,
-    ) -> Result<(Map<String, Value>, Attachments)> {
+    ) -> Result<(Vec<u8>, Attachments)> {
         let meta = self.store.doc_meta(id)?;
         let (meta, rev) = match (meta, rev) {
-            (None, None) => return Ok((Map::new(), Vec::new())),
+            (None, None) => return Ok((b"{}".to_vec(), Vec::new())),
             (None, Some(_)) => return Err(Error::Conflict("Document update conflict".into())),
             (Some(m), Some(r)) => {
                 parse_rev(r)?;
                 (m, r.to_string())
             }
-            (Some(m), None) if !m.is_live() => return Ok((Map::new(), Vec::new())),
+            (Some(m), None) if !m.is_live() => return Ok((b"{}".to_vec(), Vec::new())),
             (Some(_), None) => {
                 return Err(Error::Conflict(
                     "Cannot modify attachments without a specific rev ID".into(),
@@ -1091,25 +1254,24 @@ impl Database {
         if !meta.tree.is_leaf(&rev) {
             return Err(Error::Conflict("Document update conflict".into()));
         }
-        let mut body = self.store.rev_body(id, &rev)?.unwrap_or_default();
-        let atts = match body.remove("_attachments") {
-            Some(Value::Object(m)) => m
-                .into_iter()
-                .map(|(n, v)| {
-                    let digest = v.get("digest").and_then(Value::as_str).map(str::to_string);
-                    (
-                        n,
-                        AttachmentInput::Stub {
-                            digest,
-                            revpos: None,
-                            content_type: None,
-                        },
-                    )
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        Ok((body, atts))
+        let body = self.store.rev_body(id, &rev)?.ok_or_else(|| {
+            Error::Conflict("The revision being edited has no body (it was compacted)".into())
+        })?;
+        let atts = body
+            .attachments
+            .into_iter()
+            .map(|(n, m)| {
+                (
+                    n,
+                    AttachmentInput::Stub {
+                        digest: Some(m.digest),
+                        revpos: None,
+                        content_type: None,
+                    },
+                )
+            })
+            .collect();
+        Ok((body.json, atts))
     }
 
     // --- local documents ------------------------------------------------------------------------
@@ -1199,17 +1361,30 @@ fn live_winner(meta: &DocMeta) -> Result<&syncgate_storage::RevNode> {
     Ok(w)
 }
 
+/// The parsed view of a stored body's own members (for the rules that look inside).
+fn body_view(id: &str, json: &[u8]) -> Result<Map<String, Value>> {
+    serde_json::from_slice(json).map_err(|e| {
+        Error::Internal(format!(
+            "stored body of \"{}\" does not parse: {e}",
+            crate::short(id)
+        ))
+    })
+}
+
 fn forbidden_doc() -> Error {
     Error::Forbidden("You are not allowed to see this document".into())
 }
 
-fn revisions_json(meta: &DocMeta, rev: &str) -> Value {
+/// `{"start":N,"ids":[…]}` (CouchDB's member order).
+fn push_revisions(out: &mut Vec<u8>, meta: &DocMeta, rev: &str) {
     let hist = meta.tree.history(rev);
     let ids: Vec<&str> = hist
         .iter()
         .map(|r| r.split_once('-').map(|(_, h)| h).unwrap_or(r))
         .collect();
-    json!({"start": generation(rev), "ids": ids})
+    out.extend_from_slice(format!("{{\"start\":{},\"ids\":", generation(rev)).as_bytes());
+    push_json(out, &ids);
+    out.push(b'}');
 }
 
 fn error_row(id: Option<&str>, e: &Error) -> Value {

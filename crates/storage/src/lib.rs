@@ -9,6 +9,7 @@
 //! Callers use the [`DatabaseStore`] trait and ask domain questions ("rev tree of doc X",
 //! "changes since S"); nothing here knows HTTP or authentication.
 
+pub mod json;
 pub mod model;
 pub mod revtree;
 pub mod sled_store;
@@ -71,11 +72,7 @@ pub trait DatabaseStore: Send + Sync {
     /// Metadata (revision tree, sequence) of a document.
     fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>>;
     /// The stored body of one revision (user fields plus `_attachments` metadata).
-    fn rev_body(
-        &self,
-        id: &str,
-        rev: &str,
-    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>>;
+    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>>;
     /// Applies document writes in order, atomically, under the database's write lock.
     /// Each write gets its own result; the ticket covers all successful ones.
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)>;

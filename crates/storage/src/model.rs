@@ -54,7 +54,11 @@ pub enum DocWrite {
         id: String,
         parent: Option<String>,
         deleted: bool,
-        body: Map<String, Value>,
+        /// The user members as compact JSON object text, as the client sent them.
+        body: Vec<u8>,
+        /// Canonical JSON of the same members (plus `_deleted` for a tombstone) for the
+        /// revision id: [`canonical_json`] of their parsed value.
+        canonical: Vec<u8>,
         attachments: Vec<(String, AttachmentInput)>,
         /// Channels of the new revision.
         channels: Vec<String>,
@@ -67,7 +71,8 @@ pub enum DocWrite {
         id: String,
         history: Vec<String>,
         deleted: bool,
-        body: Map<String, Value>,
+        /// The user members as compact JSON object text, as the client sent them.
+        body: Vec<u8>,
         attachments: Vec<(String, AttachmentInput)>,
         channels: Vec<String>,
         revs_limit: usize,
@@ -138,6 +143,104 @@ pub struct AttachmentMeta {
     pub stub: bool,
 }
 
+/// A revision's body as stored: the user members as the client sent them and the attachment
+/// metadata the store resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredBody {
+    /// Compact JSON object text of the user members, in the client's order and digits.
+    pub json: Vec<u8>,
+    /// Attachment metadata, in the order written.
+    pub attachments: Vec<(String, AttachmentMeta)>,
+}
+
+/// First byte of a stored body in the current format (the first format was a JSON object).
+const BODY_FORMAT_1: u8 = 1;
+
+impl StoredBody {
+    /// `[1][u32 LE length of json][json][attachments as a JSON object, when any]`: the user
+    /// members are stored as sent and read back without parsing them.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let len =
+            u32::try_from(self.json.len()).map_err(|_| "body larger than 4 GiB".to_string())?;
+        let mut out = Vec::with_capacity(self.json.len() + 5 + self.attachments.len() * 96);
+        out.push(BODY_FORMAT_1);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&self.json);
+        if !self.attachments.is_empty() {
+            out.push(b'{');
+            for (name, meta) in &self.attachments {
+                crate::json::push_key(&mut out, name);
+                serde_json::to_writer(&mut out, meta)
+                    .map_err(|e| format!("attachment \"{name}\": {e}"))?;
+            }
+            out.push(b'}');
+        }
+        Ok(out)
+    }
+
+    /// Reads either format; anything else is an error describing what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<StoredBody, String> {
+        match bytes.first() {
+            Some(&BODY_FORMAT_1) => {
+                let len: [u8; 4] = bytes
+                    .get(1..5)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or("truncated header")?;
+                let end = 5 + u32::from_le_bytes(len) as usize;
+                let json = bytes.get(5..end).ok_or("truncated body")?.to_vec();
+                let attachments = match &bytes[end..] {
+                    [] => Vec::new(),
+                    rest => decode_attachments(rest)?,
+                };
+                Ok(StoredBody { json, attachments })
+            }
+            Some(b'{') => {
+                // the first format: one JSON object with `_attachments` among the members
+                let members = crate::json::RawMembers::parse(bytes).map_err(|e| e.to_string())?;
+                let mut json = vec![b'{'];
+                let mut attachments = Vec::new();
+                for (k, v) in members.0 {
+                    if k == "_attachments" {
+                        attachments = decode_attachments(v.get().as_bytes())?;
+                    } else {
+                        crate::json::push_key(&mut json, &k);
+                        crate::json::push_compact(&mut json, v.get());
+                    }
+                }
+                json.push(b'}');
+                Ok(StoredBody { json, attachments })
+            }
+            _ => Err("unknown body format".into()),
+        }
+    }
+
+    /// The user members parsed (numbers as `f64`/`u64`: a view for rules, never for output).
+    pub fn value(&self) -> Result<Map<String, Value>, String> {
+        serde_json::from_slice(&self.json).map_err(|e| e.to_string())
+    }
+
+    /// The metadata of one attachment.
+    pub fn attachment(&self, name: &str) -> Option<&AttachmentMeta> {
+        self.attachments
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m)
+    }
+}
+
+fn decode_attachments(text: &[u8]) -> Result<Vec<(String, AttachmentMeta)>, String> {
+    let members = crate::json::RawMembers::parse(text).map_err(|e| format!("_attachments: {e}"))?;
+    members
+        .0
+        .into_iter()
+        .map(|(k, v)| {
+            let meta: AttachmentMeta =
+                serde_json::from_str(v.get()).map_err(|e| format!("attachment \"{k}\": {e}"))?;
+            Ok((k.into_owned(), meta))
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CompactStats {
     pub bodies_removed: u64,
@@ -161,8 +264,7 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                // serializing a string cannot fail
-                out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                crate::json::push_str(out, k);
                 out.push(b':');
                 write_canonical(&m[k], out);
             }
@@ -178,7 +280,7 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        other => out.extend_from_slice(serde_json::to_string(other).unwrap_or_default().as_bytes()),
+        other => crate::json::push_json(out, other),
     }
 }
 
@@ -190,4 +292,50 @@ pub fn attachment_digest(data: &[u8]) -> String {
         "md5-{}",
         base64::engine::general_purpose::STANDARD.encode(Md5::digest(data))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(revpos: u64) -> AttachmentMeta {
+        AttachmentMeta {
+            content_type: "text/plain".into(),
+            digest: "md5-XUFAKrxLKna5cZ2REBfFkg==".into(),
+            length: 5,
+            revpos,
+            stub: true,
+        }
+    }
+
+    #[test]
+    fn stored_bodies_round_trip() {
+        let b = StoredBody {
+            json: br#"{"z":1.0,"a":12345678901234567890123}"#.to_vec(),
+            attachments: vec![("b.txt".into(), meta(2)), ("a.txt".into(), meta(1))],
+        };
+        assert_eq!(StoredBody::decode(&b.encode().unwrap()).unwrap(), b);
+        let empty = StoredBody {
+            json: b"{}".to_vec(),
+            attachments: vec![],
+        };
+        assert_eq!(StoredBody::decode(&empty.encode().unwrap()).unwrap(), empty);
+    }
+
+    #[test]
+    fn first_format_bodies_still_read() {
+        let old = br#"{"_attachments":{"f.txt":{"content_type":"text/plain","digest":"md5-XUFAKrxLKna5cZ2REBfFkg==","length":5,"revpos":1,"stub":true}},"a":1,"b":[1, 2]}"#;
+        let b = StoredBody::decode(old).unwrap();
+        assert_eq!(b.json, br#"{"a":1,"b":[1,2]}"#);
+        assert_eq!(b.attachments, vec![("f.txt".to_string(), meta(1))]);
+    }
+
+    #[test]
+    fn corrupt_bodies_are_errors_not_defaults() {
+        assert!(StoredBody::decode(b"").is_err());
+        assert!(StoredBody::decode(b"\x01\x10\x00\x00\x00{}").is_err());
+        assert!(StoredBody::decode(b"\x01\x02\x00\x00\x00{}{\"x\":{\"digest\":1}}").is_err());
+        assert!(StoredBody::decode(br#"{"_attachments":{"x":7}}"#).is_err());
+        assert!(StoredBody::decode(b"\x07junk").is_err());
+    }
 }

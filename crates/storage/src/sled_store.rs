@@ -5,7 +5,7 @@
 //! | prefix | key rest | value |
 //! |---|---|---|
 //! | `d` | doc id | [`DocMeta`] JSON |
-//! | `b` | u32 id length, id, rev | revision body JSON |
+//! | `b` | u32 id length, id, rev | revision body ([`StoredBody`]: user JSON as sent, attachment metadata) |
 //! | `s` | u64 BE sequence | [`ChangeEntry`] JSON |
 //! | `c` | channel, `\0`, u64 BE sequence | empty: the entry at that sequence is or was in the channel |
 //! | `l` | local doc id | [`LocalDoc`] JSON |
@@ -243,9 +243,26 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T>
     serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // our own types always serialize
-    serde_json::to_vec(v).unwrap_or_default()
+fn encode<T: serde::Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StorageError::Corrupt(format!("cannot encode {what}: {e}")))
+}
+
+fn encode_body(id: &str, rev: &str, body: &StoredBody) -> Result<Vec<u8>> {
+    body.encode().map_err(|e| {
+        StorageError::Corrupt(format!(
+            "cannot encode the body of \"{}\" revision {rev}: {e}",
+            crate::revtree::truncate(id, 100)
+        ))
+    })
+}
+
+fn decode_body(id: &str, rev: &str, bytes: &[u8]) -> Result<StoredBody> {
+    StoredBody::decode(bytes).map_err(|e| {
+        StorageError::Corrupt(format!(
+            "body of \"{}\" revision {rev}: {e}",
+            crate::revtree::truncate(id, 100)
+        ))
+    })
 }
 
 /// Results of one write set and the ticket of the batch that carried it.
@@ -335,7 +352,7 @@ struct BatchState<'a> {
     store: &'a SledDatabase,
     batch: Batch,
     metas: HashMap<String, Option<DocMeta>>,
-    bodies: HashMap<(String, String), Map<String, Value>>,
+    bodies: HashMap<(String, String), StoredBody>,
     blobs: HashSet<String>,
     next_seq: u64,
     doc_count: i64,
@@ -351,7 +368,7 @@ impl<'a> BatchState<'a> {
         Ok(m)
     }
 
-    fn body(&self, id: &str, rev: &str) -> Result<Option<Map<String, Value>>> {
+    fn body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
         if let Some(b) = self.bodies.get(&(id.to_string(), rev.to_string())) {
             return Ok(Some(b.clone()));
         }
@@ -369,22 +386,12 @@ impl<'a> BatchState<'a> {
         parent_rev: Option<&str>,
         gen: u64,
         inputs: Vec<(String, AttachmentInput)>,
-    ) -> Result<Map<String, Value>> {
-        let parent_atts: Map<String, Value> = match parent_rev {
-            Some(p) => self
-                .body(id, p)?
-                .and_then(|mut b| b.remove("_attachments"))
-                .and_then(|a| {
-                    if let Value::Object(m) = a {
-                        Some(m)
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or_default(),
-            None => Map::new(),
+    ) -> Result<Vec<(String, AttachmentMeta)>> {
+        let parent_atts: Vec<(String, AttachmentMeta)> = match parent_rev {
+            Some(p) => self.body(id, p)?.map(|b| b.attachments).unwrap_or_default(),
+            None => Vec::new(),
         };
-        let mut out = Map::new();
+        let mut out: Vec<(String, AttachmentMeta)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
             let meta = match input {
                 AttachmentInput::Data {
@@ -411,8 +418,9 @@ impl<'a> BatchState<'a> {
                     content_type,
                 } => {
                     let from_parent = parent_atts
-                        .get(&name)
-                        .and_then(|v| serde_json::from_value::<AttachmentMeta>(v.clone()).ok())
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, m)| m.clone())
                         .filter(|m| digest.as_ref().is_none_or(|d| *d == m.digest));
                     match (from_parent, digest) {
                         (Some(m), _) => m,
@@ -441,7 +449,8 @@ impl<'a> BatchState<'a> {
                     }
                 }
             };
-            out.insert(name, serde_json::to_value(meta).unwrap_or(Value::Null));
+            out.retain(|(n, _)| *n != name);
+            out.push((name, meta));
         }
         Ok(out)
     }
@@ -453,7 +462,7 @@ impl<'a> BatchState<'a> {
         old: Option<DocMeta>,
         mut tree: RevTree,
         new_rev: &str,
-        body: Map<String, Value>,
+        body: StoredBody,
         revs_limit: usize,
     ) -> Result<u64> {
         let seq = self.next_seq;
@@ -475,7 +484,8 @@ impl<'a> BatchState<'a> {
         for removed in tree.prune(revs_limit.max(1)) {
             self.batch.remove(body_key(id, &removed));
         }
-        self.batch.insert(body_key(id, new_rev), encode(&body));
+        self.batch
+            .insert(body_key(id, new_rev), encode_body(id, new_rev, &body)?);
         self.bodies
             .insert((id.to_string(), new_rev.to_string()), body);
         let winner_channels = tree
@@ -517,8 +527,9 @@ impl<'a> BatchState<'a> {
             channels: winner_channels,
             removed,
         };
-        self.batch.insert(&seq_key(seq), encode(&entry));
-        self.batch.insert(doc_key(id), encode(&meta));
+        self.batch
+            .insert(&seq_key(seq), encode("change entry", &entry)?);
+        self.batch.insert(doc_key(id), encode("document", &meta)?);
         self.doc_count += meta.is_live() as i64 - was_live as i64;
         self.metas.insert(id.to_string(), Some(meta));
         Ok(seq)
@@ -530,7 +541,8 @@ impl<'a> BatchState<'a> {
                 id,
                 parent,
                 deleted,
-                mut body,
+                body,
+                canonical,
                 attachments,
                 channels,
                 revs_limit,
@@ -577,23 +589,17 @@ impl<'a> BatchState<'a> {
                 };
                 let gen = parent_rev.as_deref().map(generation).unwrap_or(0) + 1;
                 let atts = self.attachments(&id, parent_rev.as_deref(), gen, attachments)?;
-                let mut hashed = Value::Object(body.clone());
-                if deleted {
-                    hashed["_deleted"] = Value::Bool(true);
-                }
-                let digests: Vec<(String, String)> = atts
+                // digests in name order, as the first format's sorted map gave them
+                let mut digests: Vec<(String, String)> = atts
                     .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v["digest"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
+                    .map(|(k, m)| (k.clone(), m.digest.clone()))
                     .collect();
-                let rev = compute_rev(parent_rev.as_deref(), &canonical_json(&hashed), &digests);
-                if !atts.is_empty() {
-                    body.insert("_attachments".into(), Value::Object(atts));
-                }
+                digests.sort();
+                let rev = compute_rev(parent_rev.as_deref(), &canonical, &digests);
+                let body = StoredBody {
+                    json: body,
+                    attachments: atts,
+                };
                 let mut tree = old.as_ref().map(|m| m.tree.clone()).unwrap_or_default();
                 tree.add(RevNode {
                     rev: rev.clone(),
@@ -610,7 +616,7 @@ impl<'a> BatchState<'a> {
                 id,
                 history,
                 deleted,
-                mut body,
+                body,
                 attachments,
                 channels,
                 revs_limit,
@@ -631,9 +637,10 @@ impl<'a> BatchState<'a> {
                     .find(|r| tree.get(r).is_some_and(|n| n.has_body))
                     .cloned();
                 let atts = self.attachments(&id, base.as_deref(), generation(&rev), attachments)?;
-                if !atts.is_empty() {
-                    body.insert("_attachments".into(), Value::Object(atts));
-                }
+                let body = StoredBody {
+                    json: body,
+                    attachments: atts,
+                };
                 let channels = if deleted && channels.is_empty() {
                     history[1..]
                         .iter()
@@ -662,11 +669,11 @@ impl SledDatabase {
         }
     }
 
-    fn load_body(&self, id: &str, rev: &str) -> Result<Option<Map<String, Value>>> {
+    fn load_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
         match self.tree.get(body_key(id, rev))? {
             Some(v) => {
                 self.docs_read.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(decode("body", &v)?))
+                Ok(Some(decode_body(id, rev, &v)?))
             }
             None => Ok(None),
         }
@@ -759,13 +766,8 @@ impl SledDatabase {
             let Some(body) = self.tree.get(body_key(id, &leaf.rev))? else {
                 continue;
             };
-            let body: Map<String, Value> = decode("body", &body)?;
-            if let Some(Value::Object(atts)) = body.get("_attachments") {
-                for a in atts.values() {
-                    if let Some(d) = a.get("digest").and_then(Value::as_str) {
-                        out.insert(d.to_string());
-                    }
-                }
+            for (_, a) in decode_body(id, &leaf.rev, &body)?.attachments {
+                out.insert(a.digest);
             }
         }
         Ok(())
@@ -792,7 +794,7 @@ impl DatabaseStore for SledDatabase {
         self.load_meta(id)
     }
 
-    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<Map<String, Value>>> {
+    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
         self.load_body(id, rev)
     }
 
@@ -998,7 +1000,7 @@ impl DatabaseStore for SledDatabase {
             body,
         };
         let mut batch = Batch::default();
-        batch.insert(prefixed(b'l', id), encode(&doc));
+        batch.insert(prefixed(b'l', id), encode("local document", &doc)?);
         let ticket = self.finish(batch, self.assigned_seq(), 0)?;
         Ok((doc.rev, ticket))
     }
@@ -1137,7 +1139,7 @@ impl DatabaseStore for SledDatabase {
                     }
                 }
                 if changed {
-                    batch.insert(doc_key(id), encode(&meta));
+                    batch.insert(doc_key(id), encode("document", &meta)?);
                 }
             }
             self.tree.apply_batch(batch)?;
@@ -1231,7 +1233,8 @@ mod tests {
             id: id.into(),
             parent: parent.map(Into::into),
             deleted: false,
-            body: body.as_object().cloned().unwrap_or_default(),
+            body: serde_json::to_vec(&body).unwrap(),
+            canonical: canonical_json(&body),
             attachments: vec![],
             channels: vec![],
             revs_limit: 1000,
@@ -1277,7 +1280,10 @@ mod tests {
             db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0,
             b.rev
         );
-        assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap()["n"], 2);
+        assert_eq!(
+            db.rev_body("doc", &b.rev).unwrap().unwrap().json,
+            br#"{"n":2}"#
+        );
     }
 
     #[test]
@@ -1405,8 +1411,7 @@ mod tests {
         }
         let r1 = one(&db, w).unwrap();
         let body = db.rev_body("a", &r1.rev).unwrap().unwrap();
-        let meta: AttachmentMeta =
-            serde_json::from_value(body["_attachments"]["f.txt"].clone()).unwrap();
+        let meta = body.attachment("f.txt").unwrap().clone();
         assert_eq!(meta.digest, "md5-XUFAKrxLKna5cZ2REBfFkg==");
         assert_eq!((meta.length, meta.revpos), (5, 1));
         let mut w2 = edit("a", Some(&r1.rev), serde_json::json!({"v":2}));
@@ -1422,7 +1427,7 @@ mod tests {
         }
         let r2 = one(&db, w2).unwrap();
         let body2 = db.rev_body("a", &r2.rev).unwrap().unwrap();
-        assert_eq!(body2["_attachments"]["f.txt"]["revpos"], 1);
+        assert_eq!(body2.attachment("f.txt").unwrap().revpos, 1);
         assert_eq!(db.attachment(&meta.digest).unwrap().unwrap(), b"hello");
         let mut bad = edit("a", Some(&r2.rev), serde_json::json!({}));
         if let DocWrite::Edit { attachments, .. } = &mut bad {
@@ -1454,7 +1459,7 @@ mod tests {
             id: "c".into(),
             history: hist.iter().map(|s| s.to_string()).collect(),
             deleted: false,
-            body: Map::new(),
+            body: b"{}".to_vec(),
             attachments: vec![],
             channels: vec![],
             revs_limit: 1000,
@@ -1479,7 +1484,8 @@ mod tests {
             id: id.into(),
             parent: parent.map(Into::into),
             deleted: false,
-            body: Map::new(),
+            body: b"{}".to_vec(),
+            canonical: b"{}".to_vec(),
             attachments: vec![],
             channels: chans.iter().map(|c| c.to_string()).collect(),
             revs_limit: 1000,
@@ -1540,7 +1546,8 @@ mod tests {
                         .to_string(),
                 ),
                 deleted: true,
-                body: Map::new(),
+                body: b"{}".to_vec(),
+                canonical: br#"{"_deleted":true}"#.to_vec(),
                 attachments: vec![],
                 channels: vec![],
                 revs_limit: 1000,
