@@ -147,9 +147,18 @@ impl Provider {
         now: i64,
     ) -> Result<(JwtIdentity, u64), JwtError> {
         // checks that need no keys come first: a wrong token costs no fetch
+        self.check_hmac_for_oidc(jws)?;
         self.check_issuer_and_audience(jws)?;
         let generation = self.verify_key(jws, http).await?;
         Ok((self.identity(jws, now)?, generation))
+    }
+
+    /// Shared-secret algorithms are never accepted for OpenID Connect.
+    fn check_hmac_for_oidc(&self, jws: &Jws<'_>) -> Result<(), JwtError> {
+        if self.is_oidc && jws.alg.is_hmac() {
+            return Err(JwtError::AlgNotAllowed(jws.alg.name().into()));
+        }
+        Ok(())
     }
 
     /// `iss` (when the provider has an issuer) and `aud` (when it has a client_id).
@@ -169,9 +178,7 @@ impl Provider {
 
     /// The algorithm allow-list and the signature; returns the key generation used.
     pub async fn verify_key(&self, jws: &Jws<'_>, http: &Http) -> Result<u64, JwtError> {
-        if self.is_oidc && jws.alg.is_hmac() {
-            return Err(JwtError::AlgNotAllowed(jws.alg.name().into()));
-        }
+        self.check_hmac_for_oidc(jws)?;
         // CouchDB mode: a token `kid` that names no key falls back to every key of its type
         // (PEM keys have no kid); with an issuer, an unknown kid stays unknown (SG)
         let kid_fallback = self.issuer.is_none();
