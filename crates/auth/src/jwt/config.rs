@@ -72,8 +72,12 @@ pub struct OidcProviderConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalJwtConfig {
-    pub issuer: String,
-    /// Required; `""` disables the audience check (as SG).
+    /// When set, the tokens' `iss` must equal it (SG). When absent, `iss` is not checked and
+    /// the provider takes tokens its keys verify (CouchDB mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// When set (and not `""`), `aud` must contain it; absent or `""` skips the audience check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// Accepted `alg` values.
     #[serde(default)]
@@ -258,12 +262,10 @@ impl LocalJwtConfig {
     }
 
     fn validate_inner(&self) -> Result<(), String> {
-        if self.issuer.is_empty() {
-            return Err("issuer: missing (must equal the tokens' iss)".into());
-        }
-        if self.client_id.is_none() {
+        if self.issuer.as_deref() == Some("") {
             return Err(
-                "client_id: missing (the expected audience; \"\" disables the audience check)"
+                "issuer: empty (set the tokens' iss, or leave issuer out to accept tokens without \
+                 an iss check, as CouchDB)"
                     .into(),
             );
         }
@@ -363,19 +365,22 @@ mod tests {
         assert!(local(json!({"issuer":"i","client_id":"a","algorithms":["HS256","HS512"],"hmac_secret":"s3cret"})).is_ok());
         assert!(local(json!({"issuer":"i","client_id":"a","algorithms":["HS256"],"hmac_secret_base64":"c2VjcmV0"})).is_ok());
         assert!(local(json!({"issuer":"i","client_id":"a","algorithms":["ES256"],"jwks_uri":"http://127.0.0.1:1/jwks"})).is_ok());
+        // CouchDB mode: issuer and client_id are optional for local_jwt
+        assert!(local(json!({"algorithms":["ES512"],"pem":[EC521_PUBLIC],"roles_claim":"_couchdb.roles","required_claims":["exp","_couchdb.roles"],"register":true})).is_ok());
+        assert!(
+            local(json!({"issuer":"i","algorithms":["RS256"],"pem":[RSA_PUBLIC_SPKI]})).is_ok()
+        );
+        assert!(local(json!({"client_id":"a","algorithms":["HS256"],"hmac_secret":"s"})).is_ok());
         for (cfg, needle) in [
             (
-                json!({"client_id":"a","algorithms":["RS256"],"pem":[RSA_PUBLIC_SPKI]}),
-                "missing field `issuer`",
-            ),
-            (
                 json!({"issuer":"","client_id":"a","algorithms":["RS256"],"pem":[RSA_PUBLIC_SPKI]}),
-                "$.local_jwt.p.issuer: missing",
+                "$.local_jwt.p.issuer: empty",
             ),
             (
-                json!({"issuer":"i","algorithms":["RS256"],"pem":[RSA_PUBLIC_SPKI]}),
-                "$.local_jwt.p.client_id: missing",
+                json!({"algorithms":["ES256"],"pem":[RSA_PUBLIC_SPKI]}),
+                "$.local_jwt.p.algorithms: ES256 is listed but no configured key",
             ),
+            (json!({"algorithms":["ES512"]}), "$.local_jwt.p.no keys"),
             (
                 json!({"issuer":"i","client_id":"a","algorithms":["RS257"],"pem":[RSA_PUBLIC_SPKI]}),
                 "$.local_jwt.p.algorithms[0]: unknown algorithm \"RS257\"",
@@ -485,6 +490,10 @@ mod tests {
             json!({"providers":{"a":{"issuer":"x","client_id":"c","validation_key":"k"}}})
         )
         .is_err());
+        // OpenID Connect still needs its issuer (discovery and the iss check depend on it)
+        let e = serde_json::from_value::<OidcConfig>(json!({"providers":{"a":{"client_id":"c"}}}))
+            .unwrap_err();
+        assert!(e.to_string().contains("missing field `issuer`"), "{e}");
     }
 
     #[test]

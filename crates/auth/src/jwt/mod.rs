@@ -9,9 +9,11 @@
 //! - [`bearer`]: the authenticator hook: token → registered/updated user.
 //!
 //! [`JwtAuth`] ties them together for one database: it picks the provider a token is for
-//! (by `iss` and `aud`, as SG), verifies it, and returns a [`JwtIdentity`]; as the
-//! authenticator's [`crate::BearerAuth`] it also registers or updates the user. The
-//! authenticator then loads the user and refuses it if disabled.
+//! (by `iss` and `aud`, as SG; a token without `iss`, or with one no provider claims, by the
+//! key that verifies it among the `local_jwt` providers without `issuer` — CouchDB mode),
+//! verifies it, and returns a [`JwtIdentity`]; as the authenticator's [`crate::BearerAuth`]
+//! it also registers or updates the user. The authenticator then loads the user and refuses
+//! it if disabled.
 
 pub mod bearer;
 pub mod cache;
@@ -74,9 +76,10 @@ pub enum JwtError {
 pub struct JwtIdentity {
     /// The provider's config name.
     pub provider: String,
-    /// The provider's issuer (stored as the user's `jwt_issuer`).
+    /// The provider's issuer, or `local_jwt:<name>` for an issuer-less provider (stored as
+    /// the user's `jwt_issuer`).
     pub issuer: String,
-    /// The syncgate user name (SG's derivation).
+    /// The syncgate user name (SG's derivation; `sub` verbatim in CouchDB mode).
     pub username: String,
     /// The `email` claim when it is a string.
     pub email: Option<String>,
@@ -88,6 +91,14 @@ pub struct JwtIdentity {
     pub register: bool,
     /// Unix seconds after which the token is refused (`exp` + leeway).
     pub expires_at: Option<i64>,
+}
+
+/// Where a token goes after [`JwtAuth::select`].
+enum Selected {
+    /// The provider its `iss` (or the database's only provider) names.
+    One(usize),
+    /// Issuer-less providers, in the order to try their keys.
+    ByKey(Vec<usize>),
 }
 
 /// The JWT providers of one database.
@@ -127,7 +138,7 @@ impl JwtAuth {
     /// Whether `issuer` belongs to a configured provider (a user whose `jwt_issuer` is gone
     /// loses its JWT grants).
     pub fn has_issuer(&self, issuer: &str) -> bool {
-        self.providers.iter().any(|p| p.issuer == issuer)
+        self.providers.iter().any(|p| p.issuer_id == issuer)
     }
 
     /// Verifies a Bearer token.
@@ -144,9 +155,14 @@ impl JwtAuth {
             return Ok(id);
         }
         let jws = Jws::parse(token)?;
-        let index = self.select(&jws)?;
-        let provider = &self.providers[index];
-        let (identity, generation) = provider.verify(&jws, &self.http, now).await?;
+        let (index, identity, generation) = match self.select(&jws)? {
+            Selected::One(index) => {
+                let (identity, generation) =
+                    self.providers[index].verify(&jws, &self.http, now).await?;
+                (index, identity, generation)
+            }
+            Selected::ByKey(candidates) => self.verify_by_key(&jws, &candidates, now).await?,
+        };
         let identity = Arc::new(identity);
         let valid_until = identity.expires_at.unwrap_or(now + NO_EXP_TTL_SECS);
         self.cache
@@ -156,21 +172,83 @@ impl JwtAuth {
 
     /// Picks the provider a token is for, as SG: a single OpenID provider (and no local
     /// ones) takes every token; otherwise the first OpenID provider, then the first local
-    /// one, whose issuer equals `iss` and whose client_id is in `aud`.
-    fn select(&self, jws: &Jws<'_>) -> Result<usize, JwtError> {
-        let iss = jws.issuer().ok_or(JwtError::MissingIss)?;
-        if self.oidc_count == 1 && self.providers.len() == 1 {
-            return Ok(0);
+    /// one, whose issuer equals `iss` and whose client_id is in `aud`. A token whose `iss`
+    /// is some provider's but whose `aud` is not is refused. A token without `iss`, or with
+    /// an `iss` no provider has, goes to the issuer-less `local_jwt` providers (CouchDB
+    /// mode does not check `iss`), those with a key named by the token's `kid` first.
+    fn select(&self, jws: &Jws<'_>) -> Result<Selected, JwtError> {
+        let iss = jws.issuer();
+        if let Some(iss) = iss {
+            if self.oidc_count == 1 && self.providers.len() == 1 {
+                return Ok(Selected::One(0));
+            }
+            let aud = jws.audiences();
+            if let Some(i) = self.providers.iter().position(|p| p.valid_for(iss, &aud)) {
+                return Ok(Selected::One(i));
+            }
+            if self
+                .providers
+                .iter()
+                .any(|p| p.issuer.as_deref() == Some(iss))
+            {
+                return Err(JwtError::WrongAudience);
+            }
         }
-        let aud = jws.audiences();
-        if let Some(i) = self.providers.iter().position(|p| p.valid_for(iss, &aud)) {
-            return Ok(i);
+        let issuerless = self
+            .providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.issuer.is_none());
+        let (mut named, mut others): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+        for (i, p) in issuerless {
+            match &jws.kid {
+                Some(kid) if p.has_static_kid(kid) => named.push(i),
+                _ => others.push(i),
+            }
         }
-        if self.providers.iter().any(|p| p.issuer == iss) {
-            Err(JwtError::WrongAudience)
-        } else {
-            Err(JwtError::UnknownIssuer)
+        named.append(&mut others);
+        match (named.len(), iss) {
+            (0, None) => Err(JwtError::MissingIss),
+            (0, Some(_)) => Err(JwtError::UnknownIssuer),
+            (1, _) => Ok(Selected::One(named[0])),
+            _ => Ok(Selected::ByKey(named)),
         }
+    }
+
+    /// Tries the issuer-less providers' keys in order; the first whose key verifies the
+    /// token is its provider, and that provider's `aud` and claim checks decide. When no key
+    /// does, the refusal says how far the closest one got (an unavailable key set over a bad
+    /// signature over no key of that type and kid over a refused algorithm).
+    async fn verify_by_key(
+        &self,
+        jws: &Jws<'_>,
+        candidates: &[usize],
+        now: i64,
+    ) -> Result<(usize, JwtIdentity, u64), JwtError> {
+        fn rank(e: &JwtError) -> u8 {
+            match e {
+                JwtError::ProviderUnavailable(_) => 4,
+                JwtError::BadSignature => 3,
+                JwtError::NoKey => 2,
+                _ => 1,
+            }
+        }
+        let mut best: Option<JwtError> = None;
+        for &i in candidates {
+            let p = &self.providers[i];
+            match p.verify_key(jws, &self.http).await {
+                Ok(generation) => {
+                    p.check_issuer_and_audience(jws)?;
+                    return Ok((i, p.identity(jws, now)?, generation));
+                }
+                Err(e) => {
+                    if best.as_ref().is_none_or(|b| rank(&e) > rank(b)) {
+                        best = Some(e);
+                    }
+                }
+            }
+        }
+        Err(best.unwrap_or(JwtError::NoKey))
     }
 
     /// Verified tokens currently cached.

@@ -33,7 +33,13 @@ pub(crate) enum KeySource {
 pub struct Provider {
     pub name: String,
     pub is_oidc: bool,
-    pub issuer: String,
+    /// The `iss` tokens must carry; `None` for a `local_jwt` provider in CouchDB mode, which
+    /// does not check `iss` and takes the tokens its keys verify.
+    pub issuer: Option<String>,
+    /// What the provider's users record as `jwt_issuer`: the issuer, or `local_jwt:<name>`
+    /// for an issuer-less provider (a URL scheme cannot contain `_`, so this never equals a
+    /// URL issuer).
+    pub issuer_id: String,
     /// Expected audience; `None` (local `client_id: ""`) skips the audience check.
     pub client_id: Option<String>,
     pub register: bool,
@@ -54,7 +60,8 @@ impl Provider {
             .map(|(name, p)| Provider {
                 name: name.clone(),
                 is_oidc: true,
-                issuer: p.issuer.clone(),
+                issuer: Some(p.issuer.clone()),
+                issuer_id: p.issuer.clone(),
                 client_id: Some(p.client_id.clone()),
                 register: p.register,
                 user_prefix: p.user_prefix.clone(),
@@ -85,6 +92,10 @@ impl Provider {
             name: name.to_string(),
             is_oidc: false,
             issuer: p.issuer.clone(),
+            issuer_id: p
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("local_jwt:{name}")),
             client_id: p.client_id.clone().filter(|c| !c.is_empty()),
             register: p.register,
             user_prefix: p.user_prefix.clone(),
@@ -99,12 +110,24 @@ impl Provider {
     }
 
     /// Whether a token with this `iss` and `aud` is for this provider (SG's `ValidFor`).
+    /// Issuer-less providers are matched by key instead (see [`super::JwtAuth`]).
     pub fn valid_for(&self, iss: &str, aud: &[&str]) -> bool {
-        self.issuer == iss
+        self.issuer.as_deref() == Some(iss)
             && match &self.client_id {
                 None => true,
                 Some(c) => aud.contains(&c.as_str()),
             }
+    }
+
+    /// Whether one of the provider's static keys carries this `kid` (remote key sets are
+    /// not consulted: that would cost a fetch).
+    pub fn has_static_kid(&self, kid: &str) -> bool {
+        match &self.keys {
+            KeySource::Static { keys, .. } => {
+                keys.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+            }
+            _ => false,
+        }
     }
 
     /// The generation of the keys a token would be verified with now (0 before any fetch).
@@ -123,34 +146,62 @@ impl Provider {
         http: &Http,
         now: i64,
     ) -> Result<(JwtIdentity, u64), JwtError> {
+        // checks that need no keys come first: a wrong token costs no fetch
+        self.check_hmac_for_oidc(jws)?;
+        self.check_issuer_and_audience(jws)?;
+        let generation = self.verify_key(jws, http).await?;
+        Ok((self.identity(jws, now)?, generation))
+    }
+
+    /// Shared-secret algorithms are never accepted for OpenID Connect.
+    fn check_hmac_for_oidc(&self, jws: &Jws<'_>) -> Result<(), JwtError> {
         if self.is_oidc && jws.alg.is_hmac() {
             return Err(JwtError::AlgNotAllowed(jws.alg.name().into()));
         }
-        // checks that need no keys come first: a wrong token costs no fetch
-        if jws.issuer() != Some(self.issuer.as_str()) {
-            return Err(JwtError::UnknownIssuer);
+        Ok(())
+    }
+
+    /// `iss` (when the provider has an issuer) and `aud` (when it has a client_id).
+    pub fn check_issuer_and_audience(&self, jws: &Jws<'_>) -> Result<(), JwtError> {
+        if let Some(iss) = &self.issuer {
+            if jws.issuer() != Some(iss.as_str()) {
+                return Err(JwtError::UnknownIssuer);
+            }
         }
         if let Some(c) = &self.client_id {
             if !jws.audiences().contains(&c.as_str()) {
                 return Err(JwtError::WrongAudience);
             }
         }
-        let generation = match &self.keys {
+        Ok(())
+    }
+
+    /// The algorithm allow-list and the signature; returns the key generation used.
+    pub async fn verify_key(&self, jws: &Jws<'_>, http: &Http) -> Result<u64, JwtError> {
+        self.check_hmac_for_oidc(jws)?;
+        // CouchDB mode: a token `kid` that names no key falls back to every key of its type
+        // (PEM keys have no kid); with an issuer, an unknown kid stays unknown (SG)
+        let kid_fallback = self.issuer.is_none();
+        Ok(match &self.keys {
             KeySource::Static { algs, keys } => {
                 allowed(algs, jws.alg)?;
-                check_signature(&keys.keys, jws)?;
+                check_signature(&keys.keys, jws, kid_fallback)?;
                 keys.generation
             }
             KeySource::Jwks { algs, remote } => {
                 allowed(algs, jws.alg)?;
-                verify_remote(remote, http, jws).await?
+                verify_remote(remote, http, jws, kid_fallback).await?
             }
             KeySource::Oidc(discovery) => {
                 let d = discovery.get(http).await?;
                 allowed(&d.algs, jws.alg)?;
-                verify_remote(&d.keys, http, jws).await?
+                verify_remote(&d.keys, http, jws, false).await?
             }
-        };
+        })
+    }
+
+    /// The claim checks after the signature, and who the token says the caller is.
+    pub fn identity(&self, jws: &Jws<'_>, now: i64) -> Result<JwtIdentity, JwtError> {
         let exp = token::check_times_and_subject(
             &jws.claims,
             TimeRules {
@@ -169,12 +220,12 @@ impl Provider {
             &jws.claims,
             self.user_prefix.as_deref(),
             self.username_claim.as_deref(),
-            &self.issuer,
+            self.issuer.as_deref(),
             &self.name,
         )?;
         let identity = JwtIdentity {
             provider: self.name.clone(),
-            issuer: self.issuer.clone(),
+            issuer: self.issuer_id.clone(),
             username,
             email: jws
                 .claims
@@ -194,7 +245,7 @@ impl Provider {
                 exp.map(|e| e.saturating_add(self.leeway))
             },
         };
-        Ok((identity, generation))
+        Ok(identity)
     }
 }
 
@@ -206,21 +257,27 @@ fn allowed(algs: &[Alg], alg: Alg) -> Result<(), JwtError> {
     }
 }
 
-/// Tries the keys that fit the token's `alg` and `kid`.
-fn check_signature(keys: &[VerifyKey], jws: &Jws<'_>) -> Result<(), JwtError> {
-    let mut candidates = keys.iter().filter(|k| {
+/// Tries the keys that fit the token's `alg` and `kid` (keys without a kid fit any kid).
+/// With `kid_fallback`, a token `kid` that selects no key tries every key of the `alg`'s type.
+fn check_signature(keys: &[VerifyKey], jws: &Jws<'_>, kid_fallback: bool) -> Result<(), JwtError> {
+    let by_kid = |k: &&VerifyKey| {
         k.accepts(jws.alg)
             && match (&jws.kid, &k.kid) {
                 (Some(t), Some(k)) => t == k,
                 _ => true,
             }
-    });
-    let Some(first) = candidates.next() else {
-        return Err(JwtError::NoKey);
     };
+    let mut candidates: Vec<&VerifyKey> = keys.iter().filter(by_kid).collect();
+    if candidates.is_empty() && kid_fallback {
+        candidates = keys.iter().filter(|k| k.accepts(jws.alg)).collect();
+    }
+    if candidates.is_empty() {
+        return Err(JwtError::NoKey);
+    }
     let input = jws.signing_input.as_bytes();
-    if first.verify(jws.alg, input, jws.signature)
-        || candidates.any(|k| k.verify(jws.alg, input, jws.signature))
+    if candidates
+        .iter()
+        .any(|k| k.verify(jws.alg, input, jws.signature))
     {
         Ok(())
     } else {
@@ -231,17 +288,22 @@ fn check_signature(keys: &[VerifyKey], jws: &Jws<'_>) -> Result<(), JwtError> {
 /// Verifies against a remote key set; on a miss (unknown `kid`, or keys that may have been
 /// rotated under the same `kid`) refetches once — coalesced and rate-limited — and retries
 /// if the keys changed.
-async fn verify_remote(remote: &RemoteKeySet, http: &Http, jws: &Jws<'_>) -> Result<u64, JwtError> {
+async fn verify_remote(
+    remote: &RemoteKeySet,
+    http: &Http,
+    jws: &Jws<'_>,
+    kid_fallback: bool,
+) -> Result<u64, JwtError> {
     let snap = remote.keys(http).await?;
     let seen = remote.attempts();
-    match check_signature(&snap.keys, jws) {
+    match check_signature(&snap.keys, jws, kid_fallback) {
         Ok(()) => Ok(snap.generation),
         Err(e) => {
             let fresh = remote.refresh(http, seen).await?;
             if fresh.generation == snap.generation {
                 return Err(e);
             }
-            check_signature(&fresh.keys, jws)?;
+            check_signature(&fresh.keys, jws, kid_fallback)?;
             Ok(fresh.generation)
         }
     }

@@ -247,12 +247,14 @@ fn username_value(v: &Value) -> Option<String> {
     }
 }
 
-/// Derives the syncgate user name exactly as SG (reference §5.6).
+/// Derives the syncgate user name. With an `issuer`, exactly as SG (reference §5.6). Without
+/// one (a `local_jwt` provider in CouchDB mode) the claim value is the name verbatim, as
+/// CouchDB takes `sub`, unless `user_prefix` is set (then `prefix_` + the escaped value).
 pub fn username(
     claims: &Map<String, Value>,
     user_prefix: Option<&str>,
     username_claim: Option<&str>,
-    issuer: &str,
+    issuer: Option<&str>,
     provider_name: &str,
 ) -> Result<String, JwtError> {
     let prefix = user_prefix.filter(|p| !p.is_empty());
@@ -271,10 +273,11 @@ pub fn username(
             .ok_or(JwtError::MissingSub)?
             .to_string(),
     };
-    let name = match (prefix, claim_name) {
-        (Some(p), _) => format!("{p}_{}", query_escape(&value)),
-        (None, Some(_)) => query_escape(&value),
-        (None, None) => format!(
+    let name = match (prefix, claim_name, issuer) {
+        (Some(p), _, _) => format!("{p}_{}", query_escape(&value)),
+        (None, _, None) => value,
+        (None, Some(_), Some(_)) => query_escape(&value),
+        (None, None, Some(issuer)) => format!(
             "{}_{}",
             default_user_prefix(issuer, provider_name),
             query_escape(&value)
@@ -399,9 +402,50 @@ mod tests {
     }
 
     #[test]
+    fn usernames_in_couchdb_mode() {
+        // no issuer: the claim value is the name, unescaped (CouchDB takes sub as is)
+        let c = m(json!({"sub":"auth0|123 x","email":"a b@x.org","_couchdb.roles":["_admin"]}));
+        assert_eq!(username(&c, None, None, None, "p").unwrap(), "auth0|123 x");
+        assert_eq!(
+            username(&c, None, Some("email"), None, "p").unwrap(),
+            "a b@x.org"
+        );
+        assert_eq!(
+            username(&c, Some(""), None, None, "p").unwrap(),
+            "auth0|123 x"
+        );
+        // user_prefix set: SG's prefix rule
+        assert_eq!(
+            username(&c, Some("lv"), None, None, "p").unwrap(),
+            "lv_auth0%7C123+x"
+        );
+        assert_eq!(
+            username(&m(json!({"exp":1})), None, None, None, "p").unwrap_err(),
+            JwtError::MissingSub
+        );
+    }
+
+    #[test]
+    fn literal_dotted_claim_wins_over_the_path() {
+        // LiveSync sends "_couchdb.roles" as one top-level key; a nested object of the same
+        // path is only used when the literal key is absent
+        let c = m(json!({"_couchdb.roles":["_admin"],"_couchdb":{"roles":["nested"]}}));
+        assert_eq!(
+            string_set(&c, Some("_couchdb.roles"), "roles claim").unwrap(),
+            ["_admin".to_string()].into()
+        );
+        let c = m(json!({"_couchdb":{"roles":["nested"]}}));
+        assert_eq!(
+            string_set(&c, Some("_couchdb.roles"), "roles claim").unwrap(),
+            ["nested".to_string()].into()
+        );
+    }
+
+    #[test]
     fn usernames_as_sync_gateway() {
         let c = m(json!({"sub":"auth0|123","email":"a b@x.org","num":12345,"big":1.5}));
-        let u = |p: Option<&str>, cl: Option<&str>, iss: &str| username(&c, p, cl, iss, "prov");
+        let u =
+            |p: Option<&str>, cl: Option<&str>, iss: &str| username(&c, p, cl, Some(iss), "prov");
         assert_eq!(
             u(Some("foo"), None, "https://x").unwrap(),
             "foo_auth0%7C123"
@@ -428,6 +472,6 @@ mod tests {
             "prov_auth0%7C123"
         );
         let long = m(json!({"sub": "x".repeat(300)}));
-        assert!(username(&long, Some("p"), None, "i", "n").is_err());
+        assert!(username(&long, Some("p"), None, Some("i"), "n").is_err());
     }
 }
