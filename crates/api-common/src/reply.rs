@@ -34,6 +34,10 @@ pub fn error_reply(e: &Error) -> Reply {
             tracing::error!(error = %detail, "internal error");
             "The server hit an internal error; it has been logged".to_string()
         }
+        Error::Corrupt(detail) => {
+            tracing::error!(record = %detail, "corrupt stored record");
+            e.to_string()
+        }
         other => other.to_string(),
     };
     let mut r = json_reply(status, &json!({"error": name, "reason": reason}));

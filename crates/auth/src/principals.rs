@@ -568,9 +568,9 @@ impl Principals {
                 fill_grants(&mut r.admin_roles, seq);
                 fill_grants(&mut r.jwt_channels, seq);
                 fill_grants(&mut r.jwt_roles, seq);
-                let bytes = serde_json::to_vec(&r).unwrap_or_default();
+                let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
                 stored = Some(r);
-                bytes
+                Ok(bytes)
             })?;
         self.invalidate_cache();
         if let Some(r) = stored {
@@ -607,9 +607,9 @@ impl Principals {
                 r.seq = seq;
                 fill_grants(&mut r.revoked_channels, seq);
                 fill_grants(&mut r.admin_channels, seq);
-                let bytes = serde_json::to_vec(&r).unwrap_or_default();
+                let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
                 stored = Some(r);
-                bytes
+                Ok(bytes)
             })?;
         self.invalidate_cache();
         if let Some(r) = stored {

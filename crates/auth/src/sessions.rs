@@ -135,7 +135,9 @@ impl Sessions {
             return Ok(None);
         }
         match self.store.get_session(&self.storage_key(id))? {
-            Some(b) => Ok(serde_json::from_slice(&b).ok()),
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                AuthError::Internal(format!("stored session record does not decode: {e}"))
+            }),
             None => Ok(None),
         }
     }

@@ -146,7 +146,11 @@ impl Server {
             shutdown_tx,
         });
         for (name, cfg) in server.store.registered_databases()? {
-            let cfg: DbConfig = serde_json::from_slice(&cfg).unwrap_or_default();
+            let cfg: DbConfig = serde_json::from_slice(&cfg).map_err(|e| {
+                Error::Internal(format!(
+                    "the stored config of database \"{name}\" does not parse: {e}"
+                ))
+            })?;
             server.open_db(&name, cfg)?;
         }
         for (name, cfg) in server.config.databases.clone() {
@@ -268,8 +272,12 @@ impl Server {
             )));
         }
         let cfg = DbConfig::default();
-        self.store
-            .register_database(name, &serde_json::to_vec(&cfg).unwrap_or_default())?;
+        let bytes = serde_json::to_vec(&cfg).map_err(|e| {
+            Error::Internal(format!(
+                "cannot encode the config of database \"{name}\": {e}"
+            ))
+        })?;
+        self.store.register_database(name, &bytes)?;
         self.open_db(name, cfg)
     }
 

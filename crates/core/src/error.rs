@@ -30,6 +30,10 @@ pub enum Error {
     /// A bug or an engine failure: logged in detail, answered generically.
     #[error("{0}")]
     Internal(String),
+    /// A stored record that does not decode: logged, and answered naming the record (never
+    /// served as an empty or default value).
+    #[error("A stored record is corrupt: {0}")]
+    Corrupt(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -49,7 +53,7 @@ impl Error {
             Error::BadContentType(_) => (415, "bad_content_type"),
             Error::TooManyRequests { .. } => (429, "too_many_requests"),
             Error::ServiceUnavailable(_) => (503, "service_unavailable"),
-            Error::Internal(_) => (500, "internal_server_error"),
+            Error::Internal(_) | Error::Corrupt(_) => (500, "internal_server_error"),
         }
     }
 
@@ -75,9 +79,8 @@ impl From<StorageError> for Error {
             StorageError::Conflict(m) => Error::Conflict(m),
             // a stub without data is the client's mistake
             StorageError::PreconditionFailed(m) => Error::PreconditionFailed(m),
-            e @ (StorageError::Engine(_) | StorageError::Corrupt(_)) => {
-                Error::Internal(e.to_string())
-            }
+            StorageError::Corrupt(m) => Error::Corrupt(m),
+            e @ StorageError::Engine(_) => Error::Internal(e.to_string()),
         }
     }
 }

@@ -139,7 +139,7 @@ pub trait DatabaseStore: Send + Sync {
         &self,
         kind: PrincipalKind,
         name: &str,
-        build: &mut dyn FnMut(u64) -> Vec<u8>,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
     ) -> Result<(u64, Ticket)>;
     fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket>;
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>>;

@@ -1031,12 +1031,18 @@ impl DatabaseStore for SledDatabase {
         &self,
         kind: PrincipalKind,
         name: &str,
-        build: &mut dyn FnMut(u64) -> Vec<u8>,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
     ) -> Result<(u64, Ticket)> {
         let _guard = self.lock();
         let seq = self.assigned_seq() + 1;
+        let record = build(seq).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "cannot encode principal \"{}\": {e}",
+                crate::revtree::truncate(name, 100)
+            ))
+        })?;
         let mut batch = Batch::default();
-        batch.insert(prefixed(principal_prefix(kind), name), build(seq));
+        batch.insert(prefixed(principal_prefix(kind), name), record);
         let ticket = self.finish(batch, seq, 0)?;
         Ok((seq, ticket))
     }
@@ -1583,5 +1589,42 @@ mod tests {
         db.delete_local("cp", Some("0-2")).unwrap();
         assert!(db.get_local("cp").unwrap().is_none());
         assert_eq!(db.last_seq(), 0, "local docs take no sequence");
+    }
+}
+
+#[cfg(test)]
+mod corrupt_tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_body_is_an_error_naming_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let (mut r, _) = db
+            .write_docs(vec![DocWrite::Edit {
+                id: "doc-x".into(),
+                parent: None,
+                deleted: false,
+                body: b"{}".to_vec(),
+                canonical: b"{}".to_vec(),
+                attachments: vec![],
+                channels: vec![],
+                revs_limit: 1000,
+                must_exist: false,
+            }])
+            .unwrap();
+        let rev = r.remove(0).unwrap().rev;
+        db.tree
+            .insert(body_key("doc-x", &rev), &b"\x01\xff"[..])
+            .unwrap();
+        let err = db.rev_body("doc-x", &rev).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("doc-x"), "{err}");
+        db.tree.insert(doc_key("doc-x"), &b"not json"[..]).unwrap();
+        assert!(matches!(
+            db.doc_meta("doc-x").unwrap_err(),
+            StorageError::Corrupt(_)
+        ));
     }
 }
