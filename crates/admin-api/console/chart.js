@@ -9,6 +9,7 @@ const B = 18; // bottom margin
 
 function fmt(v, unit) {
   if (v === null || v === undefined) return '–';
+  if (v === 0) return unit ? `0 ${unit}` : '0';
   const a = Math.abs(v);
   const n = a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : a >= 1 ? v.toFixed(2) : v.toFixed(3);
   return unit ? `${n} ${unit}` : n;

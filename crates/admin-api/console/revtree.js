@@ -133,7 +133,7 @@ export function renderTree(tree, { selected, onSelect } = {}) {
   for (const n of tree.nodes.values()) {
     const [x, y] = xy(n.rev);
     const kinds = [n.winner && 'winner', n.conflict && 'conflict', n.deleted && 'tombstone', n.status === 'missing' && 'missing', n.leaf && 'leaf'].filter(Boolean);
-    const words = [n.winner && 'winning revision', n.conflict && 'conflict', n.deleted && 'deleted (tombstone)', n.status === 'missing' && 'body compacted away'].filter(Boolean);
+    const words = [n.winner && 'winning revision', n.conflict && 'conflict', n.deleted && 'deleted (tombstone)', n.status === 'missing' && 'no body stored'].filter(Boolean);
     const g = s('g', {
       class: ['node', ...kinds, n.rev === selected && 'selected'],
       'data-rev': n.rev, 'data-gen': n.gen, 'data-parent': n.parent ?? '',
@@ -142,11 +142,13 @@ export function renderTree(tree, { selected, onSelect } = {}) {
       transform: `translate(${x},${y})`,
     });
     g.append(s('title', null, n.rev + (words.length ? ` — ${words.join(', ')}` : '')));
+    // a transparent area over the whole node, so a click anywhere on it (label included) selects it
+    g.append(s('rect', { class: 'hit', x: -14, y: -24, width: COL - 20, height: 54 }));
     if (n.deleted) {
-      g.append(s('rect', { x: -9, y: -9, width: 18, height: 18, rx: 2 }),
+      g.append(s('rect', { class: 'shape', x: -9, y: -9, width: 18, height: 18, rx: 2 }),
         s('path', { class: 'x', d: 'M-5,-5 L5,5 M5,-5 L-5,5' }));
     } else {
-      g.append(s('circle', { r: 9 }));
+      g.append(s('circle', { class: 'shape', r: 9 }));
     }
     g.append(s('text', { x: -9, y: 24 }, shortRev(n.rev)));
     const mark = n.winner ? ['winner', '★ winner'] : n.conflict ? ['conflict', '⚠ conflict'] : n.deleted ? ['tombstone', '✕ deleted'] : null;

@@ -13,6 +13,8 @@ export async function render(ctx) {
   const err = errorSlot('feed');
   const state = h('span', { class: 'feed-state', id: 'feed-state' }, 'starting…');
   const channels = h('input', { type: 'text', id: 'feed-channels', autocomplete: 'off', placeholder: 'all channels', value: ctx.query.get('channels') ?? '' });
+  const from = h('select', { id: 'feed-from' },
+    h('option', { value: '20' }, 'the last 20 changes'), h('option', { value: '0' }, 'now'), h('option', { value: 'all' }, 'the beginning'));
   const toggle = h('button', { type: 'button', id: 'feed-toggle' }, 'Pause');
   const clear = h('button', { type: 'button', id: 'feed-clear' }, 'Clear');
   const tbody = h('tbody');
@@ -20,12 +22,12 @@ export async function render(ctx) {
     h('thead', null, h('tr', null, ['Seq', 'Document', 'Revisions', 'Flags', 'Received'].map((t) => h('th', null, t)))), tbody);
   const filterForm = h('form', { class: 'inline', id: 'feed-filter' },
     h('label', { class: 'field', for: 'feed-channels' }, 'Only channels (comma-separated)', channels),
+    h('label', { class: 'field', for: 'feed-from' }, 'Starting from', from),
     h('button', { type: 'submit', class: 'primary' }, 'Apply filter'));
 
   let since = null;
   let controller = null;
   let paused = false;
-  let count = 0;
   let stopped = false;
 
   function setState(text, cls) {
@@ -34,7 +36,6 @@ export async function render(ctx) {
   }
 
   function addRow(row) {
-    count++;
     const revs = (row.changes ?? []).map((c) => c.rev);
     const flags = [row.deleted && h('span', { class: 'tag tombstone' }, 'deleted'),
       row.removed && h('span', { class: 'tag bad' }, `removed from ${row.removed.join(', ')}`)].filter(Boolean);
@@ -55,7 +56,7 @@ export async function render(ctx) {
       q.set('filter', 'sync_gateway/bychannel');
       q.set('channels', chans.join(','));
     }
-    setState(`following since ${since}${chans.length ? ` (channels ${chans.join(', ')})` : ''}`, 'live');
+    setState(`following from seq ${since}${chans.length ? ` (channels ${chans.join(', ')})` : ''}`, 'live');
     showError(err, null);
     try {
       const resp = await fetch(`${path(db, '_changes')}?${q}`, { signal: controller.signal, cache: 'no-store', headers: { accept: 'application/json' } });
@@ -78,6 +79,7 @@ export async function render(ctx) {
           if (row.last_seq !== undefined) { since = row.last_seq; continue; }
           since = row.seq;
           addRow(row);
+          setState(`following — last seq ${since}${chans.length ? ` (channels ${chans.join(', ')})` : ''}`, 'live');
         }
       }
       // the server ended the feed (timeout or shutdown): reconnect from where it stopped
@@ -102,10 +104,17 @@ export async function render(ctx) {
     follow();
   }
   toggle.addEventListener('click', () => (paused ? resume() : pause()));
-  clear.addEventListener('click', () => { tbody.replaceChildren(); count = 0; });
-  filterForm.addEventListener('submit', (e) => {
+  clear.addEventListener('click', () => { tbody.replaceChildren(); });
+  filterForm.addEventListener('submit', async (e) => {
     e.preventDefault();
     controller?.abort();
+    tbody.replaceChildren();
+    try {
+      since = await startSeq();
+    } catch (err2) {
+      showError(err, err2);
+      return;
+    }
     paused = false;
     toggle.textContent = 'Pause';
     follow();
@@ -115,8 +124,13 @@ export async function render(ctx) {
     h('div', { class: 'toolbar' }, filterForm, h('span', { class: 'spacer' }), toggle, clear),
     h('p', null, 'Feed: ', state), err, table);
 
+  async function startSeq() {
+    if (from.value === 'all') return 0;
+    const seq = (await get(path(db) + '/')).update_seq;
+    return typeof seq === 'number' ? Math.max(0, seq - Number(from.value)) : seq;
+  }
   try {
-    since = (await get(path(db) + '/')).update_seq;
+    since = await startSeq();
   } catch (e) {
     showError(err, e);
     setState('could not open the database', 'error');

@@ -216,20 +216,21 @@ export async function renderDoc(ctx, id) {
   }
 
   function drawTree(selected) {
+    const hadFocus = !!document.activeElement?.closest?.('#revtree');
     fill(treeBox, renderTree(tree, { selected, onSelect: (rev) => { select(rev); } }),
       h('div', { class: 'legend' },
         h('span', null, '● revision (click or Enter to show its body)'),
         h('span', null, '★ winner'), h('span', null, '⚠ conflict: another live leaf'),
-        h('span', null, '■✕ tombstone: a deleted leaf'), h('span', null, 'dashed: body compacted away')));
+        h('span', null, '■✕ tombstone: a deleted leaf'), h('span', null, 'dashed: the server keeps no body for it (compacted, or received without one; known for the winner\'s branch)')));
     const focus = treeBox.querySelector(`[data-rev="${CSS.escape(selected)}"]`);
-    if (focus && document.activeElement?.closest?.('#revtree')) focus.focus();
+    if (focus && hadFocus) focus.focus();
   }
 
-  main.append(
+  main.append(...[
     deletedWinner ? h('p', { class: 'tag tombstone', id: 'deleted-note' }, 'This document is deleted (its winning revision is a tombstone).') : null,
     h('section', { class: 'panel' }, h('h2', null, 'Revision tree'), summary, treeBox),
     bodyBox,
-    await readersPanel(db, winnerDoc, deletedWinner));
+    await readersPanel(db, winnerDoc, deletedWinner)].filter(Boolean));
   const want = query.get('rev');
   await select(want && tree.nodes.has(want) ? want : tree.winner);
 }
