@@ -3,6 +3,7 @@
 mod helpers;
 
 mod channels;
+mod console;
 mod config;
 mod crash;
 mod documents;
