@@ -23,7 +23,7 @@ export async function render(ctx) {
   const filterForm = h('form', { class: 'inline', id: 'feed-filter' },
     h('label', { class: 'field', for: 'feed-channels' }, 'Only channels (comma-separated)', channels),
     h('label', { class: 'field', for: 'feed-from' }, 'Starting from', from),
-    h('button', { type: 'submit', class: 'primary' }, 'Apply filter'));
+    h('button', { type: 'submit', class: 'primary' }, 'Apply'));
 
   let since = null;
   let controller = null;
