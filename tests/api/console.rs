@@ -79,7 +79,11 @@ fn console_files_are_served_on_the_admin_port_only_with_a_strict_policy() {
         "not_found",
     );
     assert_error(
-        &send(client().post(format!("{}/_console/", s.admin)).json(&json!({}))),
+        &send(
+            client()
+                .post(format!("{}/_console/", s.admin))
+                .json(&json!({})),
+        ),
         405,
         "method_not_allowed",
     );
@@ -124,7 +128,11 @@ fn admin_metrics_are_the_metrics_listeners_text() {
         assert!(r.text.contains(name), "{name} in\n{}", r.text);
     }
     assert_error(
-        &send(client().post(format!("{}/_metrics", s.admin)).json(&json!({}))),
+        &send(
+            client()
+                .post(format!("{}/_metrics", s.admin))
+                .json(&json!({})),
+        ),
         405,
         "method_not_allowed",
     );
@@ -209,7 +217,10 @@ fn a_users_sessions_are_listed_by_handle_and_revoked_one_by_one() {
         &json!({"name": "alice", "ttl": 600}),
     );
     assert_eq!(st, 200);
-    let c3 = format!("SyncGatewaySession={}", made["session_id"].as_str().unwrap());
+    let c3 = format!(
+        "SyncGatewaySession={}",
+        made["session_id"].as_str().unwrap()
+    );
 
     let url = format!("{}/db/_user/alice/_session", s.admin);
     let r = get_resp(&url);

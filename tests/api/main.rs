@@ -3,8 +3,8 @@
 mod helpers;
 
 mod channels;
-mod console;
 mod config;
+mod console;
 mod crash;
 mod documents;
 mod fidelity;

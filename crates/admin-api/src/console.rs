@@ -71,7 +71,10 @@ pub fn serve(req: &Request) -> Reply {
         HeaderValue::from_static(CONSOLE_CSP),
     );
     // small files, and a new binary must not run against cached old modules
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     h.insert(
         http::header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

@@ -91,9 +91,10 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
         },
         [name, s] if s == "_session" => match req.method {
             Method::GET | Method::HEAD => {
-                let user = auth.principals().get_user(name)?.ok_or_else(|| {
-                    Error::not_found(format!("No such user \"{}\"", short(name)))
-                })?;
+                let user = auth
+                    .principals()
+                    .get_user(name)?
+                    .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
                 let mut list = sessions::live_for_user(db, &user)?;
                 list.sort_by_key(|(_, r)| r.expires_ms);
                 let out: Vec<Value> = list
