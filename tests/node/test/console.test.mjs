@@ -8,10 +8,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, req, basic } from '../lib/server.mjs';
 import { eventually } from '../lib/compare.mjs';
-import { launch, browserMissing } from '../lib/console-browser.mjs';
+import { launch, browserMissing, BROWSER } from '../lib/console-browser.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const OUT = join(here, '../output/console');
+// screenshots of each view; a Firefox run (CONSOLE_BROWSER=firefox) keeps its own
+const OUT = join(here, '../output/console', BROWSER === 'firefox' ? 'firefox' : '');
 const missing = browserMissing();
 
 const hex = (c) => c.repeat(32);
@@ -52,6 +53,13 @@ describe('admin console', { skip: missing ? `no browser can run: ${missing}` : f
       if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) pageErrors.push(m.text());
     });
     page.on('pageerror', (e) => pageErrors.push(e.message));
+    // the policy's own report, in both browsers
+    await page.evaluateOnNewDocument(() => {
+      window.__violations = [];
+      document.addEventListener('securitypolicyviolation', (e) => {
+        window.__violations.push(`${e.violatedDirective} blocked ${e.blockedURI}`);
+      });
+    });
     await page.goto(`${s.admin}/_console/`, { waitUntil: 'load' });
     await page.waitForSelector('html[data-ready="true"]');
   });
@@ -379,7 +387,16 @@ describe('admin console', { skip: missing ? `no browser can run: ${missing}` : f
     await shot('metrics');
   });
 
-  test('no script error and no policy violation in the page', () => {
+  test('no script error and no policy violation in the page', async () => {
     assert.deepEqual(pageErrors, []);
+    assert.deepEqual(await page.evaluate(() => window.__violations), []);
+    // the listener does see a violation (an inline script is refused)
+    await page.evaluate(() => {
+      const el = document.createElement('script');
+      el.textContent = 'window.__ran = true';
+      document.body.append(el);
+    });
+    await page.waitForFunction(() => window.__violations.length > 0);
+    assert.equal(await page.evaluate(() => window.__ran ?? false), false);
   });
 });
