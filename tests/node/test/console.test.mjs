@@ -195,6 +195,21 @@ describe('admin console', { skip: missing ? `no browser can run: ${missing}` : f
 
     await go('#/db/db/roles/team', '#role-members');
     assert.deepEqual(await page.$$eval('#role-members tr', (rs) => rs.map((r) => r.dataset.user)), ['carol']);
+
+    // GUEST: channels and disabled only, no sessions
+    await go('#/db/db/users/GUEST', '#edit-user');
+    assert.equal(await page.$('#edit-email'), null);
+    assert.equal(await page.$('#sessions'), null);
+
+    // delete, after a confirmation naming the user
+    await req('PUT', `${s.admin}/db/_user/frank`, { password: 'pw-frank-123' });
+    await go('#/db/db/users/frank', '#delete-user');
+    await page.click('#delete-user');
+    await page.waitForSelector('dialog[open]');
+    assert.match(await text('#confirm-title'), /"frank"/);
+    await confirm();
+    await page.waitForSelector('#users-table');
+    assert.equal((await req('GET', `${s.admin}/db/_user/frank`)).status, 404);
   });
 
   test('a bad form value shows the API reason; a new password is accepted and never shown back', async () => {

@@ -59,7 +59,7 @@ export async function render(ctx) {
     setState(`following from seq ${since}${chans.length ? ` (channels ${chans.join(', ')})` : ''}`, 'live');
     showError(err, null);
     try {
-      const resp = await fetch(`${path(db, '_changes')}?${q}`, { signal: controller.signal, cache: 'no-store', headers: { accept: 'application/json' } });
+      const resp = await fetch(`${path(db, '_changes')}?${q}`, { signal: controller.signal, cache: 'no-store', credentials: 'omit', headers: { accept: 'application/json' } });
       if (!resp.ok) {
         const j = await resp.json().catch(() => ({}));
         throw Object.assign(new Error(j.reason ?? resp.statusText), { status: resp.status, error: j.error ?? `http_${resp.status}`, reason: j.reason ?? resp.statusText, what: `GET ${path(db, '_changes')}` });
