@@ -50,6 +50,11 @@ impl Application {
         let cfg = &server.config;
         let mut listeners = Vec::new();
         let http_metrics = HttpMetrics::new();
+        // the admin port serves the same text at /_metrics (for the console)
+        let admin_metrics: syncgate_admin_api::MetricsText = {
+            let (server, http) = (server.clone(), http_metrics.clone());
+            Arc::new(move || crate::metrics::render(&server, &http))
+        };
         for (name, addr, filter) in [
             (
                 "public",
@@ -59,7 +64,7 @@ impl Application {
             (
                 "admin",
                 cfg.admin_interface().to_string(),
-                syncgate_admin_api::routes(server.clone()),
+                syncgate_admin_api::routes(server.clone(), admin_metrics.clone()),
             ),
             (
                 "metrics",

@@ -2,14 +2,20 @@
 //! database management, users, roles and sessions. Bind it to loopback.
 //!
 //! - `/{db}/_user/…`, `/{db}/_role/…`, `/{db}/_session…`: [`principals`].
+//! - `/_console/…`: the admin console's static files ([`console`]).
+//! - `GET /_metrics`: the metrics listener's Prometheus text, for the console.
+//! - `GET /_all_dbs?verbose=true`: every database's info and backend in one call.
 
+mod console;
 mod principals;
+mod sessions;
 
 use std::sync::Arc;
 
 use http::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 use syncgate_api_common::cors;
+use syncgate_api_common::reply::bytes_reply;
 use syncgate_api_common::{
     error_reply, json_reply, recover, request_filter, routes, Reply, Request,
 };
@@ -18,17 +24,24 @@ use syncgate_core::{Error, Result, Server};
 use warp::filters::BoxedFilter;
 use warp::Filter;
 
+/// Renders the server's Prometheus text (the binary owns the HTTP metrics, so it hands the
+/// admin port a way to render them).
+pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The admin port's filter.
-pub fn routes(server: Arc<Server>) -> BoxedFilter<(Reply,)> {
+pub fn routes(server: Arc<Server>, metrics: MetricsText) -> BoxedFilter<(Reply,)> {
     let max = server.config.max_body();
     request_filter(max)
         .then(move |req: Result<Request>| {
             let server = server.clone();
+            let metrics = metrics.clone();
             async move {
-                match req {
-                    Ok(req) => handle(&server, &req).await,
+                let mut r = match req {
+                    Ok(req) => handle(&server, &metrics, &req).await,
                     Err(e) => error_reply(&e),
-                }
+                };
+                console::harden(&mut r);
+                r
             }
         })
         .recover(recover)
@@ -36,20 +49,24 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(Reply,)> {
         .boxed()
 }
 
-async fn handle(server: &Arc<Server>, req: &Request) -> Reply {
+async fn handle(server: &Arc<Server>, metrics: &MetricsText, req: &Request) -> Reply {
+    // the console is same-origin only: no CORS headers, no preflight answers
+    if req.segments.first().map(String::as_str) == Some(console::PREFIX) {
+        return console::serve(req);
+    }
     let db = req.segments.first().and_then(|d| server.db(d));
     let policy = cors::policy(server, db.as_deref());
     if req.method == Method::OPTIONS {
         return cors::preflight(&req.headers, policy);
     }
-    let mut r = dispatch(server, req)
+    let mut r = dispatch(server, metrics, req)
         .await
         .unwrap_or_else(|e| error_reply(&e));
     cors::apply(&mut r, &req.headers, policy);
     r
 }
 
-async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
+async fn dispatch(server: &Arc<Server>, metrics: &MetricsText, req: &Request) -> Result<Reply> {
     let segs = &req.segments;
     let Some(first) = segs.first() else {
         return match req.method {
@@ -61,9 +78,21 @@ async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
         ("_ping", 1) => return Ok(routes::ping()),
         ("_all_dbs", 1) => {
             return match req.method {
-                Method::GET | Method::HEAD => Ok(json_reply(200, &json!(server.db_names()))),
+                Method::GET | Method::HEAD => all_dbs(server, req),
                 _ => Err(Error::MethodNotAllowed(
                     "Only GET is allowed on /_all_dbs".into(),
+                )),
+            }
+        }
+        ("_metrics", 1) => {
+            return match req.method {
+                Method::GET | Method::HEAD => Ok(bytes_reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics().into_bytes(),
+                )),
+                _ => Err(Error::MethodNotAllowed(
+                    "Only GET is allowed on /_metrics".into(),
                 )),
             }
         }
@@ -102,4 +131,24 @@ async fn dispatch(server: &Arc<Server>, req: &Request) -> Result<Reply> {
         Some("_session") => principals::session_routes(&db, req, &rest[1..]).await,
         _ => routes::db_route(db, Caller::Admin, req, rest).await,
     }
+}
+
+/// The storage backend of every database: the embedded sled store (the only one so far).
+const BACKEND: &str = "embedded";
+
+/// `GET /_all_dbs`: the names; with `verbose=true` (as Sync Gateway), one object per database
+/// with its `GET /{db}/` info and `backend`.
+fn all_dbs(server: &Server, req: &Request) -> Result<Reply> {
+    if !req.q_bool("verbose")? {
+        return Ok(json_reply(200, &json!(server.db_names())));
+    }
+    let mut dbs = server.databases();
+    dbs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Vec::new();
+    for db in dbs {
+        let mut info = db.info()?;
+        info["backend"] = json!(BACKEND);
+        out.push(info);
+    }
+    Ok(json_reply(200, &Value::Array(out)))
 }

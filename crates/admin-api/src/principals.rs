@@ -1,7 +1,7 @@
 //! Admin routes for users, roles and sessions:
 //!
 //! - `GET|POST /{db}/_user/`, `GET|HEAD|PUT|DELETE /{db}/_user/{name}`,
-//!   `DELETE /{db}/_user/{name}/_session[/{id}]`
+//!   `GET|DELETE /{db}/_user/{name}/_session`, `DELETE /{db}/_user/{name}/_session/{id|handle}`
 //! - `GET|POST /{db}/_role/`, `GET|HEAD|PUT|DELETE /{db}/_role/{name}`
 //! - `POST /{db}/_session` (custom auth: a session for a named user),
 //!   `GET|DELETE /{db}/_session/{id}`
@@ -14,6 +14,8 @@ use syncgate_api_common::{json_reply, routes, Reply, Request};
 use syncgate_auth::sessions::{rfc3339, MAX_TTL_SECS};
 use syncgate_auth::WriteMode;
 use syncgate_core::{Database, Error, Result};
+
+use crate::sessions;
 
 fn not_allowed(req: &Request, what: &str) -> Error {
     Error::MethodNotAllowed(format!("Method {} is not allowed on {what}", req.method))
@@ -32,9 +34,12 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
                 let names = auth.principals().user_names()?;
                 let name_only = !matches!(req.q("name_only"), Some("false"));
                 let limit = req.q_u64("limit")?;
+                let include_access = req.q_bool("include_access")?;
                 if name_only {
-                    if limit.is_some() {
-                        return Err(Error::bad("'limit' is only supported with name_only=false"));
+                    if limit.is_some() || include_access {
+                        return Err(Error::bad(
+                            "'limit' and 'include_access' are only supported with name_only=false",
+                        ));
                     }
                     return Ok(json_reply(200, &json!(names)));
                 }
@@ -44,6 +49,11 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
                     .take(limit.map(|l| l as usize).unwrap_or(usize::MAX))
                 {
                     if let Some(u) = auth.principals().get_user(n)? {
+                        if include_access {
+                            // the same object as GET /{db}/_user/{name}
+                            out.push(auth.principals().user_json(&u)?);
+                            continue;
+                        }
                         out.push(json!({
                             "name": u.name,
                             "email": u.email.unwrap_or_default(),
@@ -80,6 +90,19 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             _ => Err(not_allowed(req, "a user")),
         },
         [name, s] if s == "_session" => match req.method {
+            Method::GET | Method::HEAD => {
+                let user = auth
+                    .principals()
+                    .get_user(name)?
+                    .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
+                let mut list = sessions::live_for_user(db, &user)?;
+                list.sort_by_key(|(_, r)| r.expires_ms);
+                let out: Vec<Value> = list
+                    .iter()
+                    .map(|(handle, r)| sessions::json(handle, r))
+                    .collect();
+                Ok(json_reply(200, &Value::Array(out)))
+            }
             Method::DELETE => {
                 if auth.principals().get_user(name)?.is_none() {
                     return Err(Error::not_found(format!(
@@ -93,6 +116,15 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             _ => Err(not_allowed(req, "a user's sessions")),
         },
         [name, s, id] if s == "_session" => match req.method {
+            Method::DELETE if sessions::is_handle(id) => {
+                if !sessions::delete_by_handle(db, name, id).await? {
+                    return Err(Error::not_found(format!(
+                        "No such session for user \"{}\"",
+                        short(name)
+                    )));
+                }
+                Ok(ok(200))
+            }
             Method::DELETE => {
                 let owned = auth
                     .live_session(id)?
