@@ -95,7 +95,7 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
                     .principals()
                     .get_user(name)?
                     .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
-                let mut list = sessions::live_for_user(db, &user)?;
+                let mut list = auth.user_sessions(&user)?;
                 list.sort_by_key(|(_, r)| r.expires_ms);
                 let out: Vec<Value> = list
                     .iter()
@@ -116,8 +116,8 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             _ => Err(not_allowed(req, "a user's sessions")),
         },
         [name, s, id] if s == "_session" => match req.method {
-            Method::DELETE if sessions::is_handle(id) => {
-                if !sessions::delete_by_handle(db, name, id).await? {
+            Method::DELETE if syncgate_auth::sessions::is_handle(id) => {
+                if !auth.revoke_session_handle(name, id).await? {
                     return Err(Error::not_found(format!(
                         "No such session for user \"{}\"",
                         short(name)

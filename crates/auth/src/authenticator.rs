@@ -480,6 +480,27 @@ impl Authenticator {
         }
     }
 
+    /// A user's live sessions as (handle, record); none for a disabled user.
+    pub fn user_sessions(
+        &self,
+        user: &crate::principals::UserRecord,
+    ) -> Result<Vec<(String, SessionRecord)>, AuthError> {
+        if user.disabled {
+            return Ok(Vec::new());
+        }
+        self.sessions
+            .live_for_user(&user.name, &user.session_uuid, now_ms())
+    }
+
+    /// Revokes the session of `username` with this handle; false if there is none. Answers
+    /// after the deletion is durable, as every other revocation.
+    pub async fn revoke_session_handle(&self, username: &str, h: &str) -> Result<bool, AuthError> {
+        match self.sessions.delete_by_handle(username, h)? {
+            Some(t) => self.durable(t).await.map(|_| true),
+            None => Ok(false),
+        }
+    }
+
     /// Revokes every session of a user (rotates its session uuid and deletes the records).
     pub async fn revoke_sessions(&self, name: &str) -> Result<(), AuthError> {
         self.principals.rotate_sessions(name)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use syncgate_storage::{DatabaseStore, Ticket};
 
@@ -207,6 +207,77 @@ impl Sessions {
     pub fn count(&self) -> Result<usize, AuthError> {
         Ok(self.store.list_sessions()?.len())
     }
+
+    /// Every stored session as (handle, storage key, record). A record that does not decode is
+    /// an error naming its handle.
+    fn stored(&self) -> Result<Vec<(String, String, SessionRecord)>, AuthError> {
+        self.store
+            .list_sessions()?
+            .into_iter()
+            .map(|(k, v)| match serde_json::from_slice::<SessionRecord>(&v) {
+                Ok(r) => Ok((handle(&k), k, r)),
+                Err(e) => Err(AuthError::Internal(format!(
+                    "session record {} does not decode: {e}",
+                    handle(&k)
+                ))),
+            })
+            .collect()
+    }
+
+    /// A user's sessions that would be accepted now (not expired, issued under the user's
+    /// current session uuid), as (handle, record).
+    pub fn live_for_user(
+        &self,
+        username: &str,
+        session_uuid: &str,
+        now_ms: u64,
+    ) -> Result<Vec<(String, SessionRecord)>, AuthError> {
+        Ok(self
+            .stored()?
+            .into_iter()
+            .filter(|(_, _, r)| {
+                r.username == username && !r.expired(now_ms) && r.session_uuid == session_uuid
+            })
+            .map(|(h, _, r)| (h, r))
+            .collect())
+    }
+
+    /// Deletes the session of `username` with this handle; the ticket to wait for (None if
+    /// there is no such session).
+    pub fn delete_by_handle(&self, username: &str, h: &str) -> Result<Option<Ticket>, AuthError> {
+        let Some((_, key, _)) = self
+            .stored()?
+            .into_iter()
+            .find(|(hh, _, r)| r.username == username && hh == h)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(self.store.delete_sessions(&[key])?))
+    }
+}
+
+/// Length of a session handle in hex characters.
+pub const HANDLE_HEX: usize = 32;
+
+/// The handle of a stored session: how an operator names a session without knowing it.
+///
+/// The store keys a session by HMAC-SHA256(server key, session id) and the id exists only in
+/// the client's cookie. A handle is the first 128 bits of
+/// SHA-256("syncgate session handle\0" ‖ storage key), as 32 lower-case hex characters: a
+/// one-way function of a value that is itself a one-way function of the id, so it cannot be
+/// turned back into a cookie nor into the storage key. It is stable for the session's life (a
+/// sliding refresh rewrites the record under the same key), and its length keeps it apart from
+/// a 40-character session id.
+pub fn handle(storage_key: &str) -> String {
+    let mut h = Sha256::new();
+    Digest::update(&mut h, b"syncgate session handle\0");
+    Digest::update(&mut h, storage_key.as_bytes());
+    hex::encode(&h.finalize()[..HANDLE_HEX / 2])
+}
+
+/// Whether a path segment has the shape of a handle.
+pub fn is_handle(s: &str) -> bool {
+    s.len() == HANDLE_HEX && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// `SameSite` attribute of the session cookie.
@@ -389,5 +460,21 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+}
+
+#[cfg(test)]
+mod handle_tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_32_hex_and_not_the_key() {
+        let key = "a".repeat(64);
+        let h = handle(&key);
+        assert!(is_handle(&h), "{h}");
+        assert!(!key.contains(&h));
+        assert_ne!(h, handle(&"b".repeat(64)));
+        assert!(!is_handle(&"a".repeat(40)), "a session id is not a handle");
+        assert!(!is_handle(&h.to_uppercase()));
     }
 }
