@@ -85,8 +85,10 @@ pub struct Sessions {
     store: Arc<dyn DatabaseStore>,
     /// HMAC key for storage keys (the server's secret).
     key: Vec<u8>,
-    /// Makes the check-and-delete of a one-time session atomic within the process.
-    one_time: Mutex<()>,
+    /// Orders read-modify-writes of session records against deletions within the process: a
+    /// one-time session is taken once, and a sliding refresh never writes back a session that
+    /// a revocation deleted meanwhile.
+    write: Mutex<()>,
 }
 
 impl Sessions {
@@ -94,7 +96,7 @@ impl Sessions {
         Sessions {
             store,
             key,
-            one_time: Mutex::new(()),
+            write: Mutex::new(()),
         }
     }
 
@@ -153,8 +155,24 @@ impl Sessions {
         Ok(self.delete_durably(id)?.is_some())
     }
 
+    /// Sliding refresh: stores the record with its new expiry unless the session was deleted
+    /// since it was read (then nothing is written and the answer is false).
+    pub fn refresh(&self, id: &str, rec: &SessionRecord) -> Result<bool, AuthError> {
+        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get(id)?.is_none() {
+            return Ok(false);
+        }
+        self.put(id, rec)?;
+        Ok(true)
+    }
+
     /// Deletes one session; the ticket to wait for before acknowledging (None if absent).
     pub fn delete_durably(&self, id: &str) -> Result<Option<Ticket>, AuthError> {
+        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.delete_locked(id)
+    }
+
+    fn delete_locked(&self, id: &str) -> Result<Option<Ticket>, AuthError> {
         if self.get(id)?.is_none() {
             return Ok(None);
         }
@@ -163,8 +181,8 @@ impl Sessions {
 
     /// Consumes a one-time session: true for the first caller only.
     pub fn take_one_time(&self, id: &str) -> Result<bool, AuthError> {
-        let _g = self.one_time.lock().unwrap_or_else(|e| e.into_inner());
-        self.delete(id)
+        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self.delete_locked(id)?.is_some())
     }
 
     /// Deletes every stored session for which `dead` is true; returns how many.
@@ -181,6 +199,7 @@ impl Sessions {
         &self,
         mut dead: impl FnMut(&SessionRecord) -> bool,
     ) -> Result<(usize, Ticket), AuthError> {
+        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let keys: Vec<String> = self
             .store
             .list_sessions()?
@@ -245,6 +264,7 @@ impl Sessions {
     /// Deletes the session of `username` with this handle; the ticket to wait for (None if
     /// there is no such session).
     pub fn delete_by_handle(&self, username: &str, h: &str) -> Result<Option<Ticket>, AuthError> {
+        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let Some((_, key, _)) = self
             .stored()?
             .into_iter()
@@ -384,6 +404,18 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let db: Arc<dyn DatabaseStore> = store.database("db").unwrap();
         (dir, Sessions::new(db.clone(), b"k".to_vec()), db)
+    }
+
+    #[test]
+    fn a_refresh_never_brings_back_a_deleted_session() {
+        let (_d, s, _) = sessions();
+        let (id, mut rec, _) = s
+            .create("u", "uuid", Duration::from_secs(60), false, now_ms())
+            .unwrap();
+        assert!(s.delete(&id).unwrap());
+        rec.expires_ms += 1000;
+        assert!(!s.refresh(&id, &rec).unwrap());
+        assert!(s.get(&id).unwrap().is_none());
     }
 
     #[test]
