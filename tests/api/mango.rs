@@ -354,3 +354,232 @@ fn changes_selector_and_doc_ids_stay_inside_the_users_channels() {
     assert_eq!(st, 200);
     assert_eq!(ids(&lp), ["b3"], "{lp}");
 }
+
+fn doc_ids(v: &Value) -> Vec<String> {
+    v["docs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no docs: {v}"))
+        .iter()
+        .map(|d| d["_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const NO_INDEX: &str = "No matching index found, create an index to optimize query time.";
+
+#[test]
+fn find_on_the_admin_port() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    vault(&db);
+    let (st, _) = put(&format!("{db}/_design/x"), &json!({"type": "plain"}));
+    assert_eq!(st, 201);
+    let find = |body: Value| post(&format!("{db}/_find"), &body);
+    let (st, r) = find(json!({"selector": {"type": "leaf"}}));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(doc_ids(&r), ["h:1", "h:2"]);
+    assert_eq!(r["docs"][0]["data"], "abc");
+    assert!(r["docs"][0]["_rev"].as_str().unwrap().starts_with("1-"));
+    assert_eq!(r["warning"], NO_INDEX);
+    assert!(r["bookmark"].as_str().is_some_and(|b| !b.is_empty()));
+    // live documents only, design documents excluded
+    let (_, r) = find(json!({"selector": {"type": "plain"}}));
+    assert_eq!(doc_ids(&r), ["note1"]);
+    let (_, r) = find(json!({"selector": {}}));
+    assert_eq!(doc_ids(&r), ["h:1", "h:2", "note1", "note2", "plainish"]);
+    // projection
+    let (_, r) = find(json!({"selector": {"size": {"$gte": 3}}, "fields": ["_id", "path"]}));
+    assert_eq!(
+        r["docs"],
+        json!([{"_id": "note1", "path": "a.md"}, {"_id": "note2", "path": "b.md"}])
+    );
+    // default limit 25, bookmarks page through, an empty page echoes the bookmark
+    let chunks: Vec<Value> = (10..40)
+        .map(|i| json!({"_id": format!("h:{i}"), "type": "leaf"}))
+        .collect();
+    assert_eq!(
+        post(&format!("{db}/_bulk_docs"), &json!({"docs": chunks})).0,
+        201
+    );
+    let mut all: Vec<String> = (1..3).chain(10..40).map(|i| format!("h:{i}")).collect();
+    all.sort();
+    let (_, p1) = find(json!({"selector": {"type": "leaf"}}));
+    assert_eq!(doc_ids(&p1), all[..25]);
+    let (_, p2) = find(json!({"selector": {"type": "leaf"}, "bookmark": p1["bookmark"]}));
+    assert_eq!(doc_ids(&p2), all[25..]);
+    let (_, p3) = find(json!({"selector": {"type": "leaf"}, "bookmark": p2["bookmark"]}));
+    assert_eq!(doc_ids(&p3), Vec::<String>::new());
+    assert_eq!(p3["bookmark"], p2["bookmark"]);
+    // limit, skip, sort on _id
+    let (_, r) = find(json!({"selector": {"type": "leaf"}, "limit": 2, "skip": 1}));
+    assert_eq!(doc_ids(&r), all[1..3]);
+    let (_, r) = find(json!({"selector": {"type": "leaf"}, "limit": 3, "sort": [{"_id": "desc"}]}));
+    let mut rev = all.clone();
+    rev.reverse();
+    assert_eq!(doc_ids(&r), rev[..3]);
+    let (_, r2) = find(json!({"selector": {"type": "leaf"}, "limit": 3,
+                              "sort": [{"_id": "desc"}], "bookmark": r["bookmark"]}));
+    assert_eq!(doc_ids(&r2), rev[3..6]);
+    let (st, r) = find(json!({"selector": {"type": "leaf"}, "sort": ["_id"], "limit": 0}));
+    assert_eq!((st, doc_ids(&r)), (200, vec![]));
+    // execution stats and index hints (there are no indexes)
+    let (_, r) = find(
+        json!({"selector": {"type": "newnote"}, "execution_stats": true,
+                             "use_index": "by_type", "r": 1, "conflicts": false}),
+    );
+    assert_eq!(doc_ids(&r), ["note2"]);
+    assert_eq!(r["execution_stats"]["results_returned"], 1);
+    assert!(
+        r["execution_stats"]["total_docs_examined"]
+            .as_u64()
+            .unwrap()
+            >= 30
+    );
+    assert_eq!(
+        r["warning"],
+        format!(
+            "_design/by_type was not used because it does not contain a valid index for this query.\n{NO_INDEX}"
+        )
+    );
+    // conflicts
+    for rev in ["1-aaa", "1-bbb"] {
+        put(
+            &format!("{db}/c?new_edits=false"),
+            &json!({"_rev": rev, "type": "dup"}),
+        );
+    }
+    let (_, r) = find(json!({"selector": {"type": "dup"}, "conflicts": true}));
+    assert_eq!(r["docs"][0]["_rev"], "1-bbb");
+    assert_eq!(r["docs"][0]["_conflicts"], json!(["1-aaa"]));
+}
+
+#[test]
+fn find_refuses_bad_queries_with_couchdb_errors() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    put(&format!("{db}/d"), &json!({"type": "x"}));
+    let find = |body: Value| post(&format!("{db}/_find"), &body);
+    for (body, error, needle) in [
+        (json!({}), "missing_required_key", "selector"),
+        (json!({"selector": {}, "nope": 1}), "invalid_key", "nope"),
+        (
+            json!({"selector": []}),
+            "invalid_selector_json",
+            "JSON object",
+        ),
+        (
+            json!({"selector": {"type": {"$foo": 1}}}),
+            "invalid_operator",
+            "$foo",
+        ),
+        (
+            json!({"selector": {"type": {"$where": "1"}}}),
+            "not_supported",
+            "$where",
+        ),
+        (json!({"selector": {"type": {"$in": 1}}}), "bad_arg", "$in"),
+        (
+            json!({"selector": {"a..b": 1}}),
+            "invalid_field_name",
+            "a..b",
+        ),
+        (
+            json!({"selector": {}, "sort": ["type"]}),
+            "no_usable_index",
+            "sort",
+        ),
+        (
+            json!({"selector": {}, "sort": [{"_id": "up"}]}),
+            "invalid_sort_dir",
+            "up",
+        ),
+        (
+            json!({"selector": {}, "sort": "_id"}),
+            "invalid_sort_json",
+            "_id",
+        ),
+        (
+            json!({"selector": {}, "sort": ["_id", {"_id": "desc"}]}),
+            "unsupported_mixed_sort",
+            "direction",
+        ),
+        (
+            json!({"selector": {}, "limit": -1}),
+            "invalid_non_neg_integer",
+            "-1",
+        ),
+        (
+            json!({"selector": {}, "skip": "2"}),
+            "invalid_non_neg_integer",
+            "2",
+        ),
+        (
+            json!({"selector": {}, "bookmark": "!!"}),
+            "invalid_bookmark",
+            "!!",
+        ),
+        (
+            json!({"selector": {}, "bookmark": 3}),
+            "invalid_bookmark",
+            "3",
+        ),
+        (
+            json!({"selector": {}, "fields": "_id"}),
+            "invalid_fields",
+            "_id",
+        ),
+        (json!({"selector": {}, "fields": [1]}), "invalid_field", "1"),
+        (
+            json!({"selector": {}, "conflicts": "yes"}),
+            "invalid_boolean",
+            "yes",
+        ),
+        (json!({"selector": {}, "r": 0}), "invalid_pos_integer", "0"),
+        (
+            json!({"selector": {}, "use_index": 5}),
+            "invalid_index_name",
+            "5",
+        ),
+        (
+            json!({"selector": {}, "use_index": "a", "allow_fallback": false}),
+            "invalid_index",
+            "_design/a",
+        ),
+    ] {
+        let r = find(body.clone());
+        assert_error(&r, 400, error);
+        let reason = r.1["reason"].as_str().unwrap();
+        assert!(reason.contains(needle), "{body}: {}", r.1);
+    }
+    assert_error(&find(json!([1])), 400, "bad_request");
+    assert_error(&get(&format!("{db}/_find")), 405, "method_not_allowed");
+    // the database still answers
+    let (st, r) = find(json!({"selector": {"type": "x"}}));
+    assert_eq!((st, doc_ids(&r)), (200, vec!["d".to_string()]));
+}
+
+#[test]
+fn find_on_the_public_port_sees_only_the_users_channels() {
+    let s = channel_server();
+    channel_docs(&format!("{}/db", s.admin));
+    let url = format!("{}/db/_find", s.public);
+    let find = |body: Value| as_bob(client().post(&url).json(&body));
+    let (st, r) = find(json!({"selector": {"type": "plain"}}));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(doc_ids(&r), ["b1"]);
+    let (_, r) = find(json!({"selector": {"_id": {"$in": ["s1", "s2"]}}}));
+    assert_eq!(doc_ids(&r), Vec::<String>::new());
+    let (_, r) = find(json!({"selector": {"n": {"$gt": 0}}, "fields": ["_id", "n"]}));
+    assert_eq!(
+        r["docs"],
+        json!([{"_id": "b1", "n": 1}, {"_id": "b2", "n": 3}])
+    );
+    // without credentials (GUEST is disabled): 401
+    let (st, _) = post(&url, &json!({"selector": {}}));
+    assert_eq!(st, 401);
+    // the admin port sees everything
+    let (_, r) = post(
+        &format!("{}/db/_find", s.admin),
+        &json!({"selector": {"type": "plain"}}),
+    );
+    assert_eq!(doc_ids(&r), ["b1", "s1"]);
+}
