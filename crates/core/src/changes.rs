@@ -95,7 +95,7 @@ pub struct ChangesOptions {
     /// `filter=sync_gateway/bychannel`.
     pub channels: Option<HashSet<String>>,
     /// `filter=_selector`: only changes whose revision matches (see
-    /// [`Database::selector_leaves`]); applied after channel filtering.
+    /// `Database::selector_leaves`); applied after channel filtering.
     pub selector: Option<Arc<SelectorFilter>>,
 }
 

@@ -1,9 +1,10 @@
 //! Mango over stored documents: the JSON a selector is matched against, the
 //! `_changes?filter=_selector` test of one change, and `POST /{db}/_find`.
 //!
-//! Documents are turned into `serde_json::Value` here and only here ([`Database::mango_doc`],
-//! [`Database::find_doc`]), so a change of how bodies are stored or rendered touches these two
-//! functions.
+//! Documents are turned into `serde_json::Value` for matching in two functions here
+//! (`Database::mango_doc`, `Database::find_doc`); besides them only the `fields` projection of
+//! `_changes?include_docs` rows (in `changes::change_row`) works on a rendered `Value`. A change
+//! of how bodies are stored or rendered touches those three places.
 
 use std::time::Instant;
 
