@@ -6,11 +6,13 @@
 //! `_changes?include_docs` rows (in `changes::change_row`) works on a rendered `Value`. A change
 //! of how bodies are stored or rendered touches those three places.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use serde_json::{Map, Value};
+use syncgate_auth::identity::{ALL_CHANNELS, PUBLIC_CHANNEL};
 use syncgate_auth::Caller;
 use syncgate_storage::{ChangeEntry, DocMeta};
 
@@ -419,6 +421,30 @@ impl Database {
         self.render(caller, id, meta, rev, &opts)
     }
 
+    /// The ids `_find` may return for a user limited to some channels, in id order, read
+    /// through the channel index (documents outside those channels are never read). `None`
+    /// for the admin and users with `*`: they walk every document.
+    fn visible_ids(&self, caller: &Caller) -> Result<Option<Vec<String>>> {
+        let Some(user) = caller
+            .user()
+            .filter(|u| !u.channels.contains_key(ALL_CHANNELS))
+        else {
+            return Ok(None);
+        };
+        let mut channels: Vec<String> = user.channels.keys().cloned().collect();
+        channels.push(PUBLIC_CHANNEL.to_string());
+        channels.sort();
+        channels.dedup();
+        let mut ids = BTreeSet::new();
+        for entry in self.store.changes_in_channels(&channels, 0) {
+            let entry = entry?;
+            if !entry.deleted() && entry.channels.iter().any(|c| channels.contains(c)) {
+                ids.insert(entry.id);
+            }
+        }
+        Ok(Some(ids.into_iter().collect()))
+    }
+
     /// `POST /{db}/_find` without indexes: walks the documents in id order (the primary
     /// index), skipping design documents, deleted documents and, on the public port, documents
     /// outside the caller's channels; matches each body against the selector. Returns the
@@ -426,12 +452,31 @@ impl Database {
     pub fn find(&self, caller: &Caller, q: &FindRequest) -> Result<String> {
         let started = Instant::now();
         let start = q.after.as_ref().map(|(id, _)| id.as_str()).unwrap_or("");
+        // candidates in result order, from `start` (inclusive)
+        let candidates: Box<dyn Iterator<Item = syncgate_storage::Result<(String, DocMeta)>> + '_> =
+            match self.visible_ids(caller)? {
+                None => self.store.docs_from(start, q.descending),
+                Some(mut ids) => {
+                    if q.descending {
+                        ids.reverse();
+                        ids.retain(|id| start.is_empty() || id.as_str() <= start);
+                    } else {
+                        ids.retain(|id| id.as_str() >= start);
+                    }
+                    Box::new(ids.into_iter().filter_map(|id| {
+                        self.store
+                            .doc_meta(&id)
+                            .map(|m| m.map(|m| (id, m)))
+                            .transpose()
+                    }))
+                }
+            };
         let mut docs: Vec<String> = Vec::new();
         let mut last_id: Option<String> = None;
         let (mut keys_examined, mut docs_examined, mut skipped) = (0u64, 0u64, 0usize);
         if q.limit > 0 {
-            for item in self.store.docs_from(start, q.descending) {
-                let (id, meta) = item?;
+            for item in candidates {
+                let (id, meta) = item.map_err(Error::from)?;
                 keys_examined += 1;
                 if q.after.as_ref().is_some_and(|(a, _)| *a == id) || id.starts_with("_design/") {
                     continue;
