@@ -618,3 +618,49 @@ fn find_on_the_public_port_sees_only_the_users_channels() {
     );
     assert_eq!(doc_ids(&r), ["b1", "s1", "x000"]);
 }
+
+fn post_raw(url: &str, body: &str) -> (u16, String) {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn find_and_selector_feeds_keep_the_documents_text() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    let (st, _) = post_raw(
+        &format!("{db}/_bulk_docs"),
+        r#"{"docs":[{"_id":"n","z":90.28571428571429,"big":12345678901234567890123,"a":{"y":1.50,"x":[1e2]},"type":"num"}]}"#,
+    );
+    assert_eq!(st, 201);
+    let (st, text) = post_raw(&format!("{db}/_find"), r#"{"selector":{"type":"num"}}"#);
+    assert_eq!(st, 200, "{text}");
+    assert!(
+        text.contains(r#""z":90.28571428571429,"big":12345678901234567890123,"a":{"y":1.50,"x":[1e2]},"type":"num"}"#),
+        "{text}"
+    );
+    // numbers compare by value, projections keep text and the order asked for
+    let (_, text) = post_raw(
+        &format!("{db}/_find"),
+        r#"{"selector":{"a.x":[100],"big":{"$gt":1e22}},"fields":["a.y","big","_id"]}"#,
+    );
+    assert!(
+        text.starts_with(
+            r#"{"docs":[{"a":{"y":1.50},"big":12345678901234567890123,"_id":"n"}],"bookmark":"#
+        ),
+        "{text}"
+    );
+    let (_, text) = post_raw(
+        &format!("{db}/_changes?filter=_selector&include_docs=true"),
+        r#"{"selector":{"z":{"$lt":91}},"fields":["z","a"]}"#,
+    );
+    assert!(
+        text.contains(r#""doc":{"z":90.28571428571429,"a":{"y":1.50,"x":[1e2]}}"#),
+        "{text}"
+    );
+}

@@ -104,11 +104,7 @@ pub async fn db_route(
         Some("_find") if rest.len() == 1 => match *m {
             Method::POST => {
                 let q = FindRequest::parse(&req.json()?)?;
-                Ok(bytes_reply(
-                    200,
-                    "application/json",
-                    db.find(&caller, &q)?.into_bytes(),
-                ))
+                Ok(bytes_reply(200, "application/json", db.find(&caller, &q)?))
             }
             _ => Err(method_not_allowed(req)),
         },

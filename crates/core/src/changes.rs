@@ -546,7 +546,9 @@ impl Database {
                     .render(caller, &e.id, &meta, &winner, &get)?
                     .map_or_else(|| b"null".to_vec(), |r| r.json);
                 if let Some(fields) = opts.selector.as_ref().and_then(|f| f.fields.as_ref()) {
-                    d = crate::mango::project_text(&d, fields)?;
+                    d = crate::mango::project_text(&d, fields).map_err(|err| {
+                        Error::Internal(format!("projecting \"{}\": {err}", e.id))
+                    })?;
                 }
                 doc = Some(d);
             }

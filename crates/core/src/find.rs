@@ -14,6 +14,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use syncgate_auth::identity::{ALL_CHANNELS, PUBLIC_CHANNEL};
 use syncgate_auth::Caller;
+use syncgate_storage::json::{push_json, push_str};
 use syncgate_storage::{ChangeEntry, DocMeta};
 
 use crate::database::Database;
@@ -35,9 +36,9 @@ impl Database {
     /// Reads the body (it counts in `docs_read`). `None` when the body is gone (a pruned
     /// revision); a tombstone stored without a body is `{_id, _rev, _deleted}`.
     pub(crate) fn mango_doc(&self, id: &str, rev: &str, deleted: bool) -> Result<Option<Value>> {
-        let body = match self.store.rev_body(id, rev)? {
-            Some(b) => b,
-            None if deleted => Map::new(),
+        let stored = match self.store.rev_body(id, rev)? {
+            Some(b) => Some(b),
+            None if deleted => None,
             None => return Ok(None),
         };
         let mut out = Map::new();
@@ -46,17 +47,26 @@ impl Database {
         if deleted {
             out.insert("_deleted".into(), Value::Bool(true));
         }
-        for (k, mut v) in body {
-            if k == "_attachments" {
-                if let Value::Object(atts) = &mut v {
-                    for a in atts.values_mut() {
-                        if let Value::Object(a) = a {
-                            a.insert("stub".into(), Value::Bool(true));
-                        }
-                    }
-                }
+        if let Some(b) = stored {
+            let body: Map<String, Value> = serde_json::from_slice(&b.json).map_err(|e| {
+                Error::Internal(format!(
+                    "stored body of \"{id}\" {rev} is not a JSON object: {e}"
+                ))
+            })?;
+            out.extend(body);
+            if !b.attachments.is_empty() {
+                let atts: Map<String, Value> = b
+                    .attachments
+                    .iter()
+                    .map(|(name, m)| {
+                        let stub = serde_json::json!({"content_type": m.content_type,
+                            "revpos": m.revpos, "digest": m.digest, "length": m.length,
+                            "stub": true});
+                        (name.clone(), stub)
+                    })
+                    .collect();
+                out.insert("_attachments".into(), Value::Object(atts));
             }
-            out.insert(k, v);
         }
         Ok(Some(Value::Object(out)))
     }
@@ -405,7 +415,8 @@ fn parse_use_index(v: &Value) -> Result<Option<Vec<String>>> {
 
 impl Database {
     /// One document as `_find` returns it (and matches it): the winning revision rendered as
-    /// `GET /{db}/{id}` does, `_conflicts` when asked. The one place `_find` renders a body.
+    /// `GET /{db}/{id}` does, `_conflicts` when asked, as JSON text and as the `Value` the
+    /// selector reads. The one place `_find` renders a body.
     fn find_doc(
         &self,
         caller: &Caller,
@@ -413,12 +424,17 @@ impl Database {
         meta: &DocMeta,
         rev: &str,
         conflicts: bool,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<(Vec<u8>, Value)>> {
         let opts = GetOptions {
             conflicts,
             ..Default::default()
         };
-        self.render(caller, id, meta, rev, &opts)
+        let Some(r) = self.render(caller, id, meta, rev, &opts)? else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(&r.json)
+            .map_err(|e| Error::Internal(format!("rendered \"{id}\" {rev} is not JSON: {e}")))?;
+        Ok(Some((r.json, value)))
     }
 
     /// The ids `_find` may return for a user limited to some channels, in id order, read
@@ -448,8 +464,9 @@ impl Database {
     /// `POST /{db}/_find` without indexes: walks the documents in id order (the primary
     /// index), skipping design documents, deleted documents and, on the public port, documents
     /// outside the caller's channels; matches each body against the selector. Returns the
-    /// response as JSON text: `{"docs","bookmark","execution_stats"?,"warning"}`.
-    pub fn find(&self, caller: &Caller, q: &FindRequest) -> Result<String> {
+    /// response as JSON text: `{"docs","bookmark","execution_stats"?,"warning"}`; documents
+    /// keep their text (number digits, member order), also when projected.
+    pub fn find(&self, caller: &Caller, q: &FindRequest) -> Result<Vec<u8>> {
         let started = Instant::now();
         let start = q.after.as_ref().map(|(id, _)| id.as_str()).unwrap_or("");
         // candidates in result order, from `start` (inclusive)
@@ -471,7 +488,7 @@ impl Database {
                     }))
                 }
             };
-        let mut docs: Vec<String> = Vec::new();
+        let mut docs: Vec<Vec<u8>> = Vec::new();
         let mut last_id: Option<String> = None;
         let (mut keys_examined, mut docs_examined, mut skipped) = (0u64, 0u64, 0usize);
         if q.limit > 0 {
@@ -489,7 +506,8 @@ impl Database {
                 }
                 let rev = w.rev.clone();
                 docs_examined += 1;
-                let Some(doc) = self.find_doc(caller, &id, &meta, &rev, q.conflicts)? else {
+                let Some((text, doc)) = self.find_doc(caller, &id, &meta, &rev, q.conflicts)?
+                else {
                     continue;
                 };
                 if !q.selector.matches(&doc) {
@@ -500,10 +518,11 @@ impl Database {
                     continue;
                 }
                 let out = match &q.fields {
-                    Some(f) => crate::mango::project(&doc, f),
-                    None => doc,
+                    Some(f) => crate::mango::project_text(&text, f)
+                        .map_err(|e| Error::Internal(format!("projecting \"{id}\": {e}")))?,
+                    None => text,
                 };
-                docs.push(out.to_string());
+                docs.push(out);
                 last_id = Some(id);
                 if docs.len() >= q.limit {
                     break;
@@ -515,11 +534,17 @@ impl Database {
             (None, Some((_, raw))) => raw.clone(),
             (None, None) => "nil".to_string(),
         };
-        let mut out = String::with_capacity(docs.iter().map(|d| d.len() + 1).sum::<usize>() + 160);
-        out.push_str("{\"docs\":[");
-        out.push_str(&docs.join(","));
-        out.push_str("],\"bookmark\":");
-        out.push_str(&Value::String(bookmark).to_string());
+        let mut out: Vec<u8> =
+            Vec::with_capacity(docs.iter().map(|d| d.len() + 1).sum::<usize>() + 160);
+        out.extend_from_slice(b"{\"docs\":[");
+        for (i, d) in docs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(d);
+        }
+        out.extend_from_slice(b"],\"bookmark\":");
+        push_str(&mut out, &bookmark);
         if q.execution_stats {
             let stats = serde_json::json!({
                 "total_keys_examined": keys_examined,
@@ -528,12 +553,12 @@ impl Database {
                 "results_returned": docs.len(),
                 "execution_time_ms": started.elapsed().as_secs_f64() * 1000.0,
             });
-            out.push_str(",\"execution_stats\":");
-            out.push_str(&stats.to_string());
+            out.extend_from_slice(b",\"execution_stats\":");
+            push_json(&mut out, &stats);
         }
-        out.push_str(",\"warning\":");
-        out.push_str(&Value::String(q.warning()).to_string());
-        out.push('}');
+        out.extend_from_slice(b",\"warning\":");
+        push_str(&mut out, &q.warning());
+        out.push(b'}');
         Ok(out)
     }
 }

@@ -37,8 +37,12 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use std::borrow::Cow;
+
 use regex::Regex;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use syncgate_storage::json::{push_compact, push_key, RawMembers};
 
 /// A selector or projection the server refuses: CouchDB's error name and reason (400).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,50 +549,117 @@ pub fn parse_fields(v: Option<&Value>) -> Result<Option<Vec<FieldPath>>, MangoEr
         .map(Some)
 }
 
-/// Keeps only `fields` of a document, nested as in the document (CouchDB's
-/// `mango_fields:extract`). Fields the document lacks are left out; `_id` is kept only when
-/// listed.
-pub fn project(doc: &Value, fields: &[FieldPath]) -> Value {
-    let mut out = Value::Object(Map::new());
-    for f in fields {
-        if let Lookup::Found(v) = lookup(doc, f) {
-            set_field(&mut out, f, v.clone());
-        }
-    }
-    out
+/// A JSON value split down to its scalars, each kept as its original text (number digits and
+/// member order survive a projection).
+#[derive(Clone)]
+enum RawTree<'a> {
+    Obj(Vec<(Cow<'a, str>, RawTree<'a>)>),
+    Arr(Vec<RawTree<'a>>),
+    Leaf(&'a RawValue),
 }
 
-fn set_field(target: &mut Value, path: &[String], value: Value) {
-    let Some((name, rest)) = path.split_first() else {
-        return;
-    };
-    match target {
-        Value::Object(m) => {
-            if rest.is_empty() {
-                m.insert(name.clone(), value);
-            } else if let Some(child) = m.get_mut(name) {
-                set_field(child, rest, value);
-            } else {
-                let mut nested = value;
-                for seg in rest.iter().rev() {
-                    let mut o = Map::new();
-                    o.insert(seg.clone(), nested);
-                    nested = Value::Object(o);
-                }
-                m.insert(name.clone(), nested);
-            }
-        }
-        Value::Array(a) => {
-            if let Some(slot) = name.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
-                if rest.is_empty() {
-                    *slot = value;
-                } else {
-                    set_field(slot, rest, value);
-                }
-            }
-        }
-        _ => {}
+impl<'a> RawTree<'a> {
+    fn parse(v: &'a RawValue) -> Result<RawTree<'a>, serde_json::Error> {
+        let text = v.get();
+        Ok(match text.trim_start().as_bytes().first() {
+            Some(b'{') => RawTree::Obj(
+                RawMembers::parse(text.as_bytes())?
+                    .0
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, RawTree::parse(v)?)))
+                    .collect::<Result<_, serde_json::Error>>()?,
+            ),
+            Some(b'[') => RawTree::Arr(
+                serde_json::from_str::<Vec<&'a RawValue>>(text)?
+                    .into_iter()
+                    .map(RawTree::parse)
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => RawTree::Leaf(v),
+        })
     }
+
+    fn lookup(&self, path: &[String]) -> Option<&RawTree<'a>> {
+        let mut v = self;
+        for seg in path {
+            v = match v {
+                RawTree::Obj(m) => &m.iter().find(|(k, _)| k == seg)?.1,
+                RawTree::Arr(a) => a.get(seg.parse::<usize>().ok()?)?,
+                RawTree::Leaf(_) => return None,
+            };
+        }
+        Some(v)
+    }
+
+    fn set(&mut self, path: &[String], value: RawTree<'a>) {
+        let Some((name, rest)) = path.split_first() else {
+            return;
+        };
+        match self {
+            RawTree::Obj(m) => match m.iter_mut().find(|(k, _)| k == name) {
+                Some((_, slot)) if rest.is_empty() => *slot = value,
+                Some((_, child)) => child.set(rest, value),
+                None => {
+                    let mut nested = value;
+                    for seg in rest.iter().rev() {
+                        nested = RawTree::Obj(vec![(Cow::Owned(seg.clone()), nested)]);
+                    }
+                    m.push((Cow::Owned(name.clone()), nested));
+                }
+            },
+            RawTree::Arr(a) => {
+                if let Some(slot) = name.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    if rest.is_empty() {
+                        *slot = value;
+                    } else {
+                        slot.set(rest, value);
+                    }
+                }
+            }
+            RawTree::Leaf(_) => {}
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            RawTree::Obj(m) => {
+                out.push(b'{');
+                for (k, v) in m {
+                    push_key(out, k);
+                    v.write(out);
+                }
+                out.push(b'}');
+            }
+            RawTree::Arr(a) => {
+                out.push(b'[');
+                for (i, v) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.write(out);
+                }
+                out.push(b']');
+            }
+            RawTree::Leaf(raw) => push_compact(out, raw.get()),
+        }
+    }
+}
+
+/// Keeps only `fields` of a document's JSON text, nested as in the document (CouchDB's
+/// `mango_fields:extract`), in the order listed; values keep their text. Fields the document
+/// lacks (or a path through a scalar) are left out; `_id` is kept only when listed.
+pub fn project_text(doc: &[u8], fields: &[FieldPath]) -> Result<Vec<u8>, serde_json::Error> {
+    let raw: &RawValue = serde_json::from_slice(doc)?;
+    let tree = RawTree::parse(raw)?;
+    let mut out = RawTree::Obj(Vec::new());
+    for f in fields {
+        if let Some(v) = tree.lookup(f) {
+            out.set(f, v.clone());
+        }
+    }
+    let mut text = Vec::with_capacity(doc.len().min(256));
+    out.write(&mut text);
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -947,24 +1018,27 @@ mod tests {
 
     #[test]
     fn projection() {
-        let doc = json!({"_id": "d", "a": {"b": 1, "c": 2}, "l": [1, {"k": 2}], "z": 0});
+        let doc = br#"{"_id":"d","a":{"b":1,"c":2.50},"l":[1,{"k":2}],"z":0,"big":12345678901234567890123}"#;
         let f = |v: Value| parse_fields(Some(&v)).unwrap().unwrap();
+        let p = |fields: Value| String::from_utf8(project_text(doc, &f(fields)).unwrap()).unwrap();
+        assert_eq!(p(json!(["z", "_id"])), r#"{"z":0,"_id":"d"}"#);
         assert_eq!(
-            project(&doc, &f(json!(["_id", "z"]))),
-            json!({"_id": "d", "z": 0})
+            p(json!(["a.b", "missing", "a.x.y", "z.q"])),
+            r#"{"a":{"b":1}}"#
         );
+        assert_eq!(p(json!(["l.1.k"])), r#"{"l":{"1":{"k":2}}}"#);
+        assert_eq!(p(json!(["a", "a.b"])), r#"{"a":{"b":1,"c":2.50}}"#);
         assert_eq!(
-            project(&doc, &f(json!(["a.b", "missing", "a.x.y"]))),
-            json!({"a": {"b": 1}})
+            p(json!(["big", "l"])),
+            r#"{"big":12345678901234567890123,"l":[1,{"k":2}]}"#
         );
+        assert_eq!(p(json!(["nothing"])), "{}");
+        let spaced = br#"{ "a" : [ 1 , { "b" : "x y" } ] }"#;
         assert_eq!(
-            project(&doc, &f(json!(["l.1.k"]))),
-            json!({"l": {"1": {"k": 2}}})
+            project_text(spaced, &f(json!(["a"]))).unwrap(),
+            br#"{"a":[1,{"b":"x y"}]}"#.to_vec()
         );
-        assert_eq!(
-            project(&doc, &f(json!(["a", "a.b"]))),
-            json!({"a": {"b": 1, "c": 2}})
-        );
+        assert!(project_text(b"{", &f(json!(["a"]))).is_err());
         assert_eq!(parse_fields(Some(&json!([]))).unwrap(), None);
         assert_eq!(parse_fields(None).unwrap(), None);
         assert_eq!(
