@@ -9,5 +9,6 @@ mod crash;
 mod documents;
 mod fidelity;
 mod hardening;
+mod mango;
 mod sessions;
 mod users;

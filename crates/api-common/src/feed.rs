@@ -15,6 +15,8 @@ use http::HeaderValue;
 use serde_json::{json, Value};
 use syncgate_auth::Caller;
 use syncgate_core::changes::{ChangeRow, ChangesOptions, Since};
+use syncgate_core::find::SelectorFilter;
+use syncgate_core::mango::{self, Selector};
 use syncgate_core::{Database, Error, Result};
 
 use crate::reply::{bytes_reply, Reply};
@@ -119,6 +121,45 @@ fn string_set(v: Value, name: &str) -> Result<HashSet<String>> {
     }
 }
 
+/// `filter=_selector`: `selector` (and optional `fields`) from the POST body, or as JSON in
+/// the query string. Errors are 400 `bad_request` with Mango's reason, as CouchDB answers them
+/// on `_changes`.
+fn selector_filter(req: &Request, body: &Value) -> Result<SelectorFilter> {
+    let from_query = |name: &str| -> Result<Option<Value>> {
+        req.q(name)
+            .map(|q| {
+                serde_json::from_str(q)
+                    .map_err(|_| Error::bad(format!("Selector error: '{name}' is not valid JSON")))
+            })
+            .transpose()
+    };
+    let selector = match from_query("selector")? {
+        Some(v) => v,
+        None => body
+            .get("selector")
+            .cloned()
+            .ok_or_else(|| Error::bad("Selector must be specified in POST payload"))?,
+    };
+    if !selector.is_object() {
+        return Err(Error::bad("Selector error: expected a JSON object"));
+    }
+    let fields = match from_query("fields")? {
+        Some(v) => Some(v),
+        None => body.get("fields").cloned(),
+    };
+    if fields
+        .as_ref()
+        .is_some_and(|f| !f.is_array() && !f.is_null())
+    {
+        return Err(Error::bad("Selector error: fields must be JSON array"));
+    }
+    let mango = |e: mango::MangoError| Error::bad(e.reason);
+    Ok(SelectorFilter {
+        selector: Selector::parse(&selector).map_err(mango)?,
+        fields: mango::parse_fields(fields.as_ref()).map_err(mango)?,
+    })
+}
+
 /// `GET|POST /{db}/_changes`.
 pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result<Reply> {
     let body = if req.method == http::Method::POST {
@@ -167,6 +208,7 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
         active_only: as_bool(param(req, &body, "active_only"), "active_only")?,
         doc_ids: None,
         channels: None,
+        selector: None,
     };
     match param(req, &body, "filter").as_ref().and_then(Value::as_str) {
         None => {}
@@ -190,9 +232,10 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
                 .ok_or_else(|| Error::bad("Missing 'channels' filter parameter"))?;
             opts.channels = Some(string_set(ch, "channels")?);
         }
+        Some("_selector") => opts.selector = Some(Arc::new(selector_filter(req, &body)?)),
         Some(other) => {
             return Err(Error::bad(format!(
-                "Unknown filter \"{}\"; try sync_gateway/bychannel or _doc_ids",
+                "Unknown filter \"{}\"; try sync_gateway/bychannel, _doc_ids or _selector",
                 crate::request::short(other)
             )))
         }

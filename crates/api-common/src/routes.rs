@@ -6,6 +6,7 @@ use http::Method;
 use serde_json::{json, Value};
 use syncgate_auth::{Caller, UserCtx};
 use syncgate_core::docs::{AllDocsOptions, GetOptions, GetResult, OpenRev, OpenRevs};
+use syncgate_core::find::FindRequest;
 use syncgate_core::{Database, Error, Result};
 use syncgate_storage::WriteOutcome;
 
@@ -98,6 +99,13 @@ pub async fn db_route(
         },
         Some("_changes") if rest.len() == 1 => match *m {
             Method::GET | Method::POST => feed::changes(db, caller, req).await,
+            _ => Err(method_not_allowed(req)),
+        },
+        Some("_find") if rest.len() == 1 => match *m {
+            Method::POST => {
+                let q = FindRequest::parse(&req.json()?)?;
+                Ok(bytes_reply(200, "application/json", db.find(&caller, &q)?))
+            }
             _ => Err(method_not_allowed(req)),
         },
         Some("_ensure_full_commit") if rest.len() == 1 => match *m {

@@ -2,6 +2,7 @@
 //! longpoll/continuous feeds.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,6 +14,7 @@ use syncgate_storage::ChangeEntry;
 use crate::database::Database;
 use crate::docs::GetOptions;
 use crate::error::{Error, Result};
+use crate::find::SelectorFilter;
 
 /// A position in the feed. `backfill` is the grant sequence of a compound `"G:S"` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,6 +94,9 @@ pub struct ChangesOptions {
     pub doc_ids: Option<HashSet<String>>,
     /// `filter=sync_gateway/bychannel`.
     pub channels: Option<HashSet<String>>,
+    /// `filter=_selector`: only changes whose revision matches (see
+    /// `Database::selector_leaves`); applied after channel filtering.
+    pub selector: Option<Arc<SelectorFilter>>,
 }
 
 /// One row of the feed, serialized as soon as it is built: a feed of many thousand rows holds
@@ -513,7 +518,13 @@ impl Database {
                 seq,
             }));
         }
-        let changes: Vec<RevRef> = if opts.all_docs {
+        let changes: Vec<RevRef> = if let Some(f) = &opts.selector {
+            let revs = self.selector_leaves(caller, e, &f.selector, opts.all_docs)?;
+            if revs.is_empty() {
+                return Ok(None);
+            }
+            revs.into_iter().map(|rev| RevRef { rev }).collect()
+        } else if opts.all_docs {
             e.leaves
                 .iter()
                 .map(|l| RevRef { rev: l.rev.clone() })
@@ -531,10 +542,15 @@ impl Database {
                     attachments: opts.attachments,
                     ..Default::default()
                 };
-                doc = Some(
-                    self.render(caller, &e.id, &meta, &winner, &get)?
-                        .map_or_else(|| b"null".to_vec(), |r| r.json),
-                );
+                let mut d = self
+                    .render(caller, &e.id, &meta, &winner, &get)?
+                    .map_or_else(|| b"null".to_vec(), |r| r.json);
+                if let Some(fields) = opts.selector.as_ref().and_then(|f| f.fields.as_ref()) {
+                    d = crate::mango::project_text(&d, fields).map_err(|err| {
+                        Error::Internal(format!("projecting \"{}\": {err}", e.id))
+                    })?;
+                }
+                doc = Some(d);
             }
         }
         Ok(Some(Row {

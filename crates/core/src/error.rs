@@ -7,6 +7,10 @@ use syncgate_storage::StorageError;
 pub enum Error {
     #[error("{0}")]
     BadRequest(String),
+    /// A 400 with a more precise CouchDB error name than `bad_request` (Mango:
+    /// `invalid_operator`, `bad_arg`, `no_usable_index`, ...).
+    #[error("{reason}")]
+    BadRequestNamed { error: &'static str, reason: String },
     #[error("{reason}")]
     Unauthorized { reason: String, challenge: bool },
     #[error("{0}")]
@@ -43,6 +47,7 @@ impl Error {
     pub fn status(&self) -> (u16, &'static str) {
         match self {
             Error::BadRequest(_) => (400, "bad_request"),
+            Error::BadRequestNamed { error, .. } => (400, error),
             Error::Unauthorized { .. } => (401, "unauthorized"),
             Error::Forbidden(_) => (403, "forbidden"),
             Error::NotFound(_) => (404, "not_found"),
@@ -67,6 +72,15 @@ impl Error {
         Error::Unauthorized {
             reason: msg.into(),
             challenge: true,
+        }
+    }
+}
+
+impl From<crate::mango::MangoError> for Error {
+    fn from(e: crate::mango::MangoError) -> Self {
+        Error::BadRequestNamed {
+            error: e.error,
+            reason: e.reason,
         }
     }
 }

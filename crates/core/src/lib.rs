@@ -8,6 +8,8 @@
 //! - [`docs`]: document CRUD, `_bulk_docs`, `_bulk_get`, `_revs_diff`, `_all_docs`,
 //!   attachments and `_local` docs.
 //! - [`changes`]: the changes feed and its wake-up.
+//! - [`mango`]: Mango selectors (parse once, match many) and `fields` projection.
+//! - [`find`]: Mango over stored documents: `_changes?filter=_selector` and `_find`.
 //! - [`error`]: the one error type, with each variant's HTTP status.
 
 pub mod changes;
@@ -15,6 +17,8 @@ pub mod config;
 pub mod database;
 pub mod docs;
 pub mod error;
+pub mod find;
+pub mod mango;
 
 pub use database::{Database, Server};
 pub use error::{Error, Result};

@@ -336,12 +336,76 @@ test('LiveSync: tokens no configured key verifies are refused with 401', async (
   }
 });
 
-// TODO selector pull and _find: added by the Mango work.
 // With the plugin's default "Fetch chunks on demand", its pull is
-//   desktopDb.replicate.from(remote, { selector: { type: { $ne: 'leaf' } } })
-// (PouchDB: POST /vault/_changes?style=all_docs&filter=_selector with {"selector": …}), and with
-// end-to-end encryption it counts chunks at start with
-//   remote.find({ selector: { type: 'leaf' }, fields: ['_id'], limit: … })  (POST /vault/_find).
-// Cases to add here: the selector pull receives every note and no chunk; a chunk fetched on
-// demand through allDocs({ keys, include_docs: true }); the _find count of chunks; a live
-// selector pull that receives a new note but not its chunks.
+//   localDb.replicate.from(remote, { selector: { type: { $ne: 'leaf' } } })
+// (PouchDB: POST /vault/_changes?style=all_docs&filter=_selector with {"selector": …}); chunks are
+// then fetched by id as notes need them. With end-to-end encryption it counts chunks at start
+// through POST /vault/_find.
+test('LiveSync: a selector pull brings every note and no chunk, chunks come on demand, _find counts them, live too', async () => {
+  const { s, desktop, phone } = await startLivesyncServer();
+  try {
+    const url = `${s.public}/vault`;
+    const desktopToken = tokenSource({ ...desktop, sub: 'obsidian-user' });
+    const phoneToken = tokenSource({ ...phone, sub: 'obsidian-user' });
+    const desktopDb = localDb();
+    const docs = vault(20);
+    await desktopDb.bulkDocs(docs);
+    const remote = livesyncRemote(url, desktopToken);
+    assert.equal((await desktopDb.replicate.to(remote, { batch_size: 50 })).docs_written, docs.length);
+    const notLeaf = docs.filter((d) => d.type !== 'leaf');
+    const leaves = docs.filter((d) => d.type === 'leaf');
+    assert.ok(leaves.length > 20 && notLeaf.length > 20);
+
+    // the on-demand pull: every note (and the plugin's own documents), not one chunk
+    const phoneRemote = livesyncRemote(url, phoneToken);
+    const phoneDb = localDb();
+    const selector = { type: { $ne: 'leaf' } };
+    const pull = await phoneDb.replicate.from(phoneRemote, { selector, batch_size: 50, batches_limit: 40 });
+    assert.equal(pull.ok, true);
+    const want = Object.fromEntries(notLeaf.map((d) => [d._id, d]));
+    assert.deepEqual(await bodies(phoneDb), want);
+
+    // a note's chunks fetched on demand, as the plugin's chunk fetcher does
+    const note = await phoneDb.get('folder 1/note 5.md');
+    const fetched = await phoneRemote.allDocs({ keys: note.children, include_docs: true });
+    const byId = Object.fromEntries(leaves.map((d) => [d._id, d.data]));
+    assert.deepEqual(fetched.rows.map((r) => r.doc.data), note.children.map((id) => byId[id]));
+
+    // counting chunks with _find (every page of it)
+    const bearer = { authorization: `Bearer ${await phoneToken()}`, origin: 'app://obsidian.md' };
+    let r = await req('POST', `${url}/_find`, { selector: { type: 'leaf' }, fields: ['_id'], limit: 1000 }, bearer);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.equal(r.headers.get('access-control-allow-origin'), 'app://obsidian.md');
+    assert.deepEqual(r.body.docs.map((d) => d._id), leaves.map((d) => d._id).sort());
+    assert.deepEqual(r.body.docs[0], { _id: r.body.docs[0]._id }, 'only the fields asked for');
+    assert.match(r.body.warning, /No matching index/);
+    let paged = [];
+    let bookmark;
+    for (;;) {
+      r = await req('POST', `${url}/_find`, { selector: { type: 'leaf' }, fields: ['_id'], limit: 25, bookmark }, bearer);
+      assert.equal(r.status, 200);
+      if (r.body.docs.length === 0) break;
+      paged = paged.concat(r.body.docs.map((d) => d._id));
+      bookmark = r.body.bookmark;
+    }
+    assert.deepEqual(paged, leaves.map((d) => d._id).sort());
+
+    // live: the phone's live on-demand pull receives a new note from the desktop, not its chunks
+    const live = phoneDb.replicate.from(phoneRemote, { live: true, retry: true, heartbeat: 30000, selector, batch_size: 50 });
+    try {
+      await eventually(async () => (await s.metric('syncgate_changes_feeds_active')) >= 1, 10000, 'the live feed');
+      const fresh = fileDocs('Inbox/Live.md', 'written while the phone listens 📡');
+      await desktopDb.bulkDocs(fresh);
+      await desktopDb.replicate.to(remote);
+      await eventually(() => phoneDb.get('inbox/live.md').then(() => true, () => false), 10000, 'the live note');
+      assert.deepEqual((await phoneDb.get('inbox/live.md')).children, fresh[0].children);
+      await assert.rejects(phoneDb.get(fresh[1]._id), (e) => e.status === 404, 'the chunk stays on the server');
+    } finally {
+      await new Promise((res) => { live.on('complete', res); live.cancel(); });
+    }
+    const after = await phoneDb.allDocs();
+    assert.ok(after.rows.every((row) => !row.id.startsWith('h:')), 'no chunk was ever pulled');
+  } finally {
+    await s.stop();
+  }
+});
