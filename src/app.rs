@@ -80,9 +80,9 @@ impl Application {
         }
         for (name, l, _) in &listeners {
             let a = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            // test harnesses read this line to learn ephemeral ports
+            // printed once, on stdout, whatever the log level: operators and test harnesses
+            // read it to learn the (possibly ephemeral) ports
             let scheme = if tls.is_some() { "https" } else { "http" };
-            tracing::info!("{name} listener on {scheme}://{a}");
             println!("syncgate: {name} listener on {scheme}://{a}");
         }
         for db in server.databases() {

@@ -5,6 +5,7 @@ mod app;
 mod metrics;
 mod tls;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,7 +70,6 @@ fn main() -> ExitCode {
         let app = match app::Application::build(config, tls).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!("{e}");
                 eprintln!("syncgate: {e}");
                 return ExitCode::from(1);
             }
@@ -89,8 +89,13 @@ fn init_tracing(level: &str) {
             level.to_string()
         }),
     };
+    // colours only for a person at a terminal (and never with NO_COLOR): log files, journald
+    // and pipes get plain text
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();

@@ -7,12 +7,14 @@
 //! - [`routes`]: the document and replication routes both ports serve.
 //! - [`feed`]: streaming `_changes` feeds (longpoll, continuous, eventsource).
 //! - [`cors`]: CORS policy, preflights and response headers for both ports.
+//! - [`multipart`]: `multipart/related` document uploads (CouchDB's replicator) made inline.
 //!
 //! warp is used for what it is good at (turning hyper requests into filters); dispatch is a
 //! `match` on decoded path segments, so a `%2F` inside a doc id stays part of the id.
 
 pub mod cors;
 pub mod feed;
+pub mod multipart;
 pub mod reply;
 pub mod request;
 pub mod routes;

@@ -1,5 +1,6 @@
 //! Turning an HTTP request into a [`Request`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
@@ -23,8 +24,12 @@ pub struct Request {
     /// Decoded query pairs, in order.
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    /// Private: routes read it through [`Request::json`] and its siblings, which check the
+    /// Content-Type, or [`Request::attachment_body`].
+    body: Bytes,
     pub client_addr: Option<SocketAddr>,
+    /// The server's body limit (bounds decompressed multipart attachments too).
+    max_body: u64,
 }
 
 /// The filter both ports start from. Malformed paths and oversized bodies become errors here,
@@ -73,6 +78,7 @@ where
         headers,
         body,
         client_addr: addr.map(|a| a.0),
+        max_body,
     })
 }
 
@@ -192,34 +198,38 @@ impl Request {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The body as JSON. A Content-Type other than JSON is a 415; bad JSON a 400.
-    pub fn json(&self) -> Result<Value> {
-        serde_json::from_slice(self.json_text()?)
-            .map_err(|e| Error::bad(format!("Invalid JSON in the request body: {e}")))
+    /// Refuses (415) a request whose Content-Type is not `application/json` (parameters such
+    /// as `charset=utf-8` allowed, any case) or that has none. Every route that reads a JSON
+    /// body goes through this (via [`Request::json`] and friends): a browser sends `text/plain`
+    /// and body-without-type requests cross-site without a CORS preflight, so accepting them
+    /// as JSON would let any page write with a user's cookie.
+    pub fn require_json_type(&self) -> Result<()> {
+        let mut cts = self.headers.get_all(http::header::CONTENT_TYPE).iter();
+        let (Some(ct), None) = (cts.next(), cts.next()) else {
+            return Err(Error::BadContentType(
+                if self.headers.contains_key(http::header::CONTENT_TYPE) {
+                    "Send exactly one Content-Type header: application/json".into()
+                } else {
+                    "Content-Type must be application/json (the request has none)".into()
+                },
+            ));
+        };
+        let ct = ct.to_str().unwrap_or("");
+        let mt = crate::multipart::media_type(ct);
+        if mt != "application/json" {
+            return Err(Error::BadContentType(format!(
+                "Content-Type must be application/json, not \"{}\"",
+                short(&mt)
+            )));
+        }
+        Ok(())
     }
 
-    /// The body's JSON text, unparsed (documents keep their text: numbers and member order),
-    /// after the same Content-Type and emptiness checks as [`Request::json`].
+    /// The JSON text of a required body: the Content-Type must be JSON (else 415) and the
+    /// body non-empty (else 400).
     pub fn json_text(&self) -> Result<&[u8]> {
-        if let Some(ct) = self.header("content-type") {
-            let ct = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if !(ct.is_empty()
-                || ct == "application/json"
-                || ct.ends_with("+json")
-                || ct == "text/plain")
-            {
-                return Err(Error::BadContentType(format!(
-                    "Content-Type must be application/json, not \"{}\"",
-                    short(&ct)
-                )));
-            }
-        }
-        if self.body.is_empty() {
+        self.require_json_type()?;
+        if self.body.iter().all(u8::is_ascii_whitespace) {
             return Err(Error::bad(
                 "The request body is empty; a JSON object was expected",
             ));
@@ -227,13 +237,56 @@ impl Request {
         Ok(&self.body)
     }
 
-    /// The JSON body, or an empty object when there is none (optional POST bodies).
+    /// The body as JSON. A Content-Type other than JSON (or none) is a 415; bad JSON a 400.
+    pub fn json(&self) -> Result<Value> {
+        parse_json(self.json_text()?)
+    }
+
+    /// The JSON body of a route whose body is optional (POST `_changes`, `_all_docs`): the
+    /// Content-Type must still be JSON, as CouchDB; an empty body is an empty object.
     pub fn json_or_empty(&self) -> Result<Value> {
+        self.require_json_type()?;
         if self.body.iter().all(u8::is_ascii_whitespace) {
             Ok(Value::Object(Default::default()))
         } else {
-            self.json()
+            parse_json(&self.body)
         }
+    }
+
+    /// Like [`Request::json_or_empty`], but a request with no body at all and no
+    /// Content-Type is an empty object too (public `POST /_session` from an already
+    /// authenticated caller, e.g. `curl -X POST -u name:pw`). Any body, or any Content-Type,
+    /// must be JSON.
+    pub fn json_if_any(&self) -> Result<Value> {
+        if self.body.is_empty() && !self.headers.contains_key(http::header::CONTENT_TYPE) {
+            return Ok(Value::Object(Default::default()));
+        }
+        self.json_or_empty()
+    }
+
+    /// The JSON text of a document `PUT`: an `application/json` body, or a `multipart/related`
+    /// one (CouchDB's replicator uploading attachments) turned into the same document with
+    /// its attachments inline.
+    pub fn doc_text(&self) -> Result<Cow<'_, [u8]>> {
+        let ct = self.header("content-type").unwrap_or("");
+        if crate::multipart::media_type(ct) == "multipart/related"
+            && self
+                .headers
+                .get_all(http::header::CONTENT_TYPE)
+                .iter()
+                .count()
+                == 1
+        {
+            let text = crate::multipart::inline_document(&self.body, ct, self.max_body)?;
+            return Ok(Cow::Owned(text));
+        }
+        self.json_text().map(Cow::Borrowed)
+    }
+
+    /// The raw body, whatever its Content-Type: only for attachment uploads, whose bytes are
+    /// stored as sent with the type they say.
+    pub fn attachment_body(&self) -> &Bytes {
+        &self.body
     }
 
     /// Revision from `?rev=` or `If-Match`.
@@ -247,6 +300,12 @@ impl Request {
             (a, b) => Ok(a.or(b)),
         }
     }
+}
+
+/// Parses JSON text (400 on bad JSON).
+pub fn parse_json(text: &[u8]) -> Result<Value> {
+    serde_json::from_slice(text)
+        .map_err(|e| Error::bad(format!("Invalid JSON in the request body: {e}")))
 }
 
 pub(crate) fn short(s: &str) -> String {

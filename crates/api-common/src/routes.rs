@@ -196,7 +196,7 @@ async fn doc_or_attachment(
         Method::PUT => {
             let new_edits = !matches!(req.q("new_edits"), Some("false"));
             let o = db
-                .put_doc(id, req.json_text()?, req.rev_param()?, new_edits)
+                .put_doc(id, &req.doc_text()?, req.rev_param()?, new_edits)
                 .await?;
             Ok(written(201, &o))
         }
@@ -369,7 +369,13 @@ async fn attachment(
                 .unwrap_or("application/octet-stream")
                 .to_string();
             let o = db
-                .put_attachment(id, name, req.rev_param()?, ct, req.body.to_vec())
+                .put_attachment(
+                    id,
+                    name,
+                    req.rev_param()?,
+                    ct,
+                    req.attachment_body().to_vec(),
+                )
                 .await?;
             Ok(written(201, &o))
         }

@@ -208,7 +208,7 @@ struct LoginBody {
 }
 
 fn login_body(req: &Request) -> Result<LoginBody> {
-    let v = req.json_or_empty()?;
+    let v = req.json_if_any()?;
     let Value::Object(mut m) = v else {
         return Err(Error::bad("The _session body must be a JSON object"));
     };
