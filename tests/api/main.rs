@@ -9,6 +9,7 @@ mod crash;
 mod documents;
 mod fidelity;
 mod hardening;
+mod http;
 mod mango;
 mod sessions;
 mod users;
