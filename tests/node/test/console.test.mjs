@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, req, basic } from '../lib/server.mjs';
 import { eventually } from '../lib/compare.mjs';
-import { launch, browserMissing, BROWSER } from '../lib/console-browser.mjs';
+import { launchBrowser, browserMissing, BROWSER } from '../lib/browser.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 // screenshots of each view; a Firefox run (CONSOLE_BROWSER=firefox) keeps its own
@@ -46,7 +46,7 @@ describe('admin console', { skip: missing ? `no browser can run: ${missing}` : f
     s = await startServer((c) => {
       c.databases.db.users = { demo: { password: 'demo-password-1', admin_channels: ['*'] } };
     });
-    b = await launch();
+    b = await launchBrowser();
     page = await b.browser.newPage();
     page.on('console', (m) => {
       // Chromium reports every 4xx answer as a console error; those are expected here
