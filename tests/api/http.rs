@@ -59,6 +59,12 @@ fn json_routes(admin: bool) -> Vec<(Method, &'static str, String)> {
         (Method::POST, "/db/_revs_diff", r#"{"x":["1-a"]}"#.into()),
         (Method::POST, "/db/_all_docs", r#"{"keys":["x"]}"#.into()),
         (Method::POST, "/db/_changes", r#"{"since":0}"#.into()),
+        (
+            Method::POST,
+            "/db/_changes?filter=_selector",
+            r#"{"selector":{"v":1}}"#.into(),
+        ),
+        (Method::POST, "/db/_find", r#"{"selector":{}}"#.into()),
         (Method::PUT, "/db/_local/w6", r#"{"v":6}"#.into()),
     ];
     if admin {
