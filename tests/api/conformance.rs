@@ -126,3 +126,143 @@ fn changes_snapshot_lists_every_doc_once_under_concurrent_updates() {
     }
     assert!(batches > 1, "the writer ran alongside the readers");
 }
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// PouchDB updates an attachment in place: new `data` beside the old `digest` and `revpos`. The
+/// digest is recomputed from the data (CouchDB), and the attachment is new at this revision, so
+/// `atts_since` the old revision carries its data.
+#[test]
+fn attachment_updated_in_place_gets_a_new_digest_and_revpos() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    let (st, r1) = put(
+        &format!("{db}/doc"),
+        &json!({"v": 1, "_attachments": {"a.txt": {"content_type": "text/plain", "data": b64(b"hello")}}}),
+    );
+    assert_eq!(st, 201, "{r1}");
+    let rev1 = r1["rev"].as_str().unwrap().to_string();
+    let (_, mut doc) = get(&format!("{db}/doc?attachments=true"));
+    let old = doc["_attachments"]["a.txt"].clone();
+    assert_eq!(
+        (old["revpos"].clone(), old["data"].clone()),
+        (json!(1), json!(b64(b"hello")))
+    );
+    doc["_attachments"]["a.txt"]["data"] = json!(b64(b"hello, world"));
+    doc["v"] = json!(2);
+    let (st, r2) = put(&format!("{db}/doc"), &doc);
+    assert_eq!(st, 201, "old digest beside new data is accepted: {r2}");
+    let rev2 = r2["rev"].as_str().unwrap().to_string();
+    let (_, now) = get(&format!("{db}/doc"));
+    let att = &now["_attachments"]["a.txt"];
+    assert_ne!(
+        att["digest"], old["digest"],
+        "digest recomputed from the data"
+    );
+    assert_eq!(
+        (att["length"].clone(), att["revpos"].clone()),
+        (json!(12), json!(2))
+    );
+    let body = client()
+        .get(format!("{db}/doc/a.txt"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(body, "hello, world");
+    // a replicator that has rev 1 gets the new data, not a stub
+    let (_, since) = get(&format!(
+        "{db}/doc?rev={rev2}&attachments=true&atts_since=[\"{rev1}\"]"
+    ));
+    assert_eq!(
+        since["_attachments"]["a.txt"]["data"],
+        json!(b64(b"hello, world")),
+        "{since}"
+    );
+    // the same with a digest that matches nothing at all, through _bulk_docs
+    let (st, r) = post(
+        &format!("{db}/_bulk_docs"),
+        &json!({"docs": [{"_id": "doc", "_rev": rev2, "_attachments": {"a.txt": {
+            "content_type": "text/plain", "data": b64(b"third"),
+            "digest": "md5-AAAAAAAAAAAAAAAAAAAAAA==", "revpos": 1, "length": 99}}}]}),
+    );
+    assert_eq!(st, 201, "{r}");
+    assert!(r[0]["rev"].as_str().unwrap().starts_with("3-"), "{r}");
+    let (_, now) = get(&format!("{db}/doc"));
+    let att = &now["_attachments"]["a.txt"];
+    assert_eq!(
+        (att["length"].clone(), att["revpos"].clone()),
+        (json!(5), json!(3))
+    );
+    assert_ne!(att["digest"], "md5-AAAAAAAAAAAAAAAAAAAAAA==");
+}
+
+/// `new_edits:false` as CouchDB: `_revisions` decides over a `_rev` that disagrees; a history
+/// that cannot be read refuses only its document (a replicator must not stall on one).
+#[test]
+fn lenient_new_edits_false() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    // _rev disagrees with _revisions: _revisions decides
+    let (st, r) = post(
+        &format!("{db}/_bulk_docs"),
+        &json!({"new_edits": false, "docs": [
+            {"_id": "a", "_rev": "3-zzz", "_revisions": {"start": 2, "ids": ["bbb", "aaa"]}, "v": 1}
+        ]}),
+    );
+    assert_eq!(st, 201, "{r}");
+    assert!(
+        r.as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row.get("error").is_none()),
+        "{r}"
+    );
+    let (_, doc) = get(&format!("{db}/a?revs=true"));
+    assert_eq!(doc["_rev"], "2-bbb");
+    assert_eq!(
+        doc["_revisions"],
+        json!({"start": 2, "ids": ["bbb", "aaa"]})
+    );
+    assert_eq!(get(&format!("{db}/a?rev=3-zzz")).0, 404);
+    // the same through PUT ?new_edits=false
+    let (st, r) = put(
+        &format!("{db}/p?new_edits=false"),
+        &json!({"_rev": "9-x", "_revisions": {"start": 1, "ids": ["one"]}}),
+    );
+    assert_eq!((st, r["rev"].clone()), (201, json!("1-one")), "{r}");
+    // a bare "1-" (PouchDB #7829) or an unreadable history: that document alone is refused
+    for bad in [
+        json!({"_id": "x", "_rev": "1-"}),
+        json!({"_id": "x", "_rev": "nonsense"}),
+        json!({"_id": "x", "_rev": "2-b", "_revisions": {"start": 1, "ids": ["b", "a"]}}),
+        json!({"_id": "x", "_revisions": {"start": 2, "ids": "ab"}}),
+    ] {
+        let (st, r) = post(
+            &format!("{db}/_bulk_docs"),
+            &json!({"new_edits": false, "docs": [bad, {"_id": "ok", "_rev": "1-k"}]}),
+        );
+        assert_eq!(st, 201, "{bad}: {r}");
+        let rows = r.as_array().unwrap();
+        let x = rows.iter().find(|row| row["id"] == "x").unwrap();
+        assert_eq!(x["error"], "bad_request", "{bad}: {r}");
+        assert!(x["reason"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(rows
+            .iter()
+            .all(|row| row["id"] == "x" || row.get("error").is_none()));
+        assert_eq!(get(&format!("{db}/ok")).1["_rev"], "1-k");
+        assert_eq!(get(&format!("{db}/x")).0, 404);
+    }
+    // no history at all is a bad request, as CouchDB ("needs _rev or _revisions")
+    assert_error(
+        &post(
+            &format!("{db}/_bulk_docs"),
+            &json!({"new_edits": false, "docs": [{"_id": "y", "v": 1}]}),
+        ),
+        400,
+        "bad_request",
+    );
+}
