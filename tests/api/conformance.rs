@@ -266,3 +266,249 @@ fn lenient_new_edits_false() {
         "bad_request",
     );
 }
+
+/// The events of an eventsource body: (id line, row).
+fn events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| e.contains("data: "))
+        .map(|e| {
+            let line = |p: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(p))
+                    .unwrap_or_else(|| panic!("no {p} in {e:?}"))
+                    .to_string()
+            };
+            (line("id: "), serde_json::from_str(&line("data: ")).unwrap())
+        })
+        .collect()
+}
+
+/// An EventSource reconnects to the same URL (here `since` of the first connection) with
+/// `Last-Event-ID`: that wins, including the compound `"G:S"` id of a backfill row, so no event
+/// comes twice.
+#[test]
+fn eventsource_last_event_id_wins_over_since_and_round_trips_compound_ids() {
+    let s = TestServer::start();
+    let admin = format!("{}/db", s.admin);
+    post(
+        &format!("{admin}/_user/"),
+        &json!({"name": "u", "password": "pw-u-12345", "admin_channels": ["a"]}),
+    );
+    let docs: Vec<Value> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|id| json!({"_id": id, "channels": ["b"]}))
+        .chain([json!({"_id": "a1", "channels": ["a"]})])
+        .collect();
+    assert_eq!(
+        post(&format!("{admin}/_bulk_docs"), &json!({"docs": docs})).0,
+        201
+    );
+    let (_, info) = get(&format!("{admin}/"));
+    let checkpoint = info["update_seq"].as_u64().unwrap();
+    // granting b adds backfill rows "G:S" for b1..b3 at the grant's sequence G
+    assert_eq!(
+        put(
+            &format!("{admin}/_user/u"),
+            &json!({"admin_channels": ["a", "b"]})
+        )
+        .0,
+        200
+    );
+    let url = format!(
+        "{}/db/_changes?feed=eventsource&since={checkpoint}&timeout=300",
+        s.public
+    );
+    let open = |last: Option<&str>| {
+        let mut rb = client()
+            .get(&url)
+            .basic_auth("u", Some("pw-u-12345"))
+            .header("accept", "text/event-stream");
+        if let Some(l) = last {
+            rb = rb.header("last-event-id", l);
+        }
+        let r = rb.send().unwrap();
+        assert_eq!(r.status(), 200);
+        events(&r.text().unwrap())
+    };
+    let first = open(None);
+    let ids: Vec<&str> = first
+        .iter()
+        .map(|(_, r)| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["b1", "b2", "b3"], "{first:?}");
+    for (id, row) in &first {
+        assert!(row["seq"].is_string(), "backfill rows are compound: {row}");
+        assert_eq!(*id, row["seq"].to_string(), "the id is the row's JSON seq");
+    }
+    // reconnect after the second event: the rest of the group, nothing twice
+    let again = open(Some(&first[1].0));
+    let ids: Vec<&str> = again
+        .iter()
+        .map(|(_, r)| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["b3"], "{again:?}");
+    // a new change, then a reconnect from the last event: only the new one
+    put(&format!("{admin}/a2"), &json!({"channels": ["a"]}));
+    let last = open(Some(&first[2].0));
+    let ids: Vec<&str> = last
+        .iter()
+        .map(|(_, r)| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a2"], "{last:?}");
+    assert!(last[0].1["seq"].is_u64());
+    // and from a plain id: nothing after it
+    assert!(open(Some(&last[0].0)).is_empty());
+    // a malformed Last-Event-ID is refused like a malformed since
+    let r = client()
+        .get(&url)
+        .basic_auth("u", Some("pw-u-12345"))
+        .header("last-event-id", "x:y")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+/// Ids of an `_all_docs` body, in order.
+fn row_ids(v: &Value) -> Vec<String> {
+    v["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows: {v}"))
+        .iter()
+        .map(|r| r["id"].as_str().or(r["key"].as_str()).unwrap().to_string())
+        .collect()
+}
+
+/// `_all_docs`: `key` gives that row (never one outside the caller's channels), `keys` with a
+/// range is refused as CouchDB does, and a parameter it does not support is a 400 naming it.
+#[test]
+fn all_docs_key_keys_and_unsupported_parameters() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    let docs: Vec<Value> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| json!({"_id": id, "channels": ["pub"], "v": id}))
+        .chain([json!({"_id": "secret", "channels": ["hidden"]})])
+        .collect();
+    assert_eq!(
+        post(&format!("{db}/_bulk_docs"), &json!({"docs": docs})).0,
+        201
+    );
+    let ids = |q: &str| {
+        let (st, r) = get(&format!("{db}/_all_docs?{q}"));
+        assert_eq!(st, 200, "{q}: {r}");
+        row_ids(&r)
+    };
+    // key: JSON-encoded (as PouchDB sends it) or bare
+    assert_eq!(ids("key=%22b%22"), ["b"]);
+    assert_eq!(ids("key=b"), ["b"]);
+    assert_eq!(ids("key=%22zz%22"), Vec::<String>::new());
+    assert_eq!(ids("key=%22b%22&inclusive_end=false"), Vec::<String>::new());
+    let (_, r) = get(&format!("{db}/_all_docs?key=%22b%22&include_docs=true"));
+    assert_eq!(r["rows"][0]["doc"]["v"], "b", "{r}");
+    // key with a startkey or endkey beside it: that bound replaces the key's (no error, as
+    // CouchDB answers PouchDB)
+    assert_eq!(ids("key=%22b%22&endkey=%22c%22"), ["b", "c"]);
+    // ranges, descending, and keys in their order (reversed when descending, as CouchDB)
+    assert_eq!(ids("startkey=%22b%22&endkey=%22c%22"), ["b", "c"]);
+    assert_eq!(ids("startkey=%22c%22&endkey=%22b%22"), Vec::<String>::new());
+    assert_eq!(
+        ids("startkey=%22c%22&endkey=%22b%22&descending=true"),
+        ["c", "b"]
+    );
+    assert_eq!(ids("startkey_docid=c&endkey_docid=d"), ["c", "d"]);
+    assert_eq!(ids("keys=%5B%22c%22,%22a%22%5D"), ["c", "a"]);
+    assert_eq!(
+        ids("keys=%5B%22c%22,%22a%22%5D&descending=true"),
+        ["a", "c"]
+    );
+    // no-op hints are accepted (validated)
+    assert_eq!(
+        ids("stable=true&stale=ok&update=lazy&sorted=true&reduce=false&att_encoding_info=true")
+            .len(),
+        5
+    );
+    // keys with key/startkey/endkey: 400 with CouchDB's reason, by query or POST body
+    for q in [
+        "keys=%5B%22a%22%5D&key=%22a%22",
+        "keys=%5B%22a%22%5D&startkey=%22a%22",
+        "keys=%5B%22a%22%5D&end_key=%22a%22",
+    ] {
+        let r = get(&format!("{db}/_all_docs?{q}"));
+        assert_error(&r, 400, "bad_request");
+        assert!(
+            r.1["reason"]
+                .as_str()
+                .unwrap()
+                .contains("`keys` is incompatible"),
+            "{q}: {}",
+            r.1
+        );
+    }
+    assert_error(
+        &post(
+            &format!("{db}/_all_docs?startkey=%22a%22"),
+            &json!({"keys": ["a"]}),
+        ),
+        400,
+        "bad_request",
+    );
+    let (st, r) = post(&format!("{db}/_all_docs"), &json!({"keys": ["b", "nope"]}));
+    assert_eq!(st, 200);
+    assert_eq!(r["rows"][1], json!({"key": "nope", "error": "not_found"}));
+    // anything _all_docs does not support: 400 naming it, never silently ignored
+    for (q, name) in [
+        ("group_level=1", "group_level"),
+        ("channels=true", "channels"),
+        ("revs=true", "revs"),
+        ("includedocs=true", "includedocs"),
+        ("reduce=true", "reduce"),
+        ("group=true", "group"),
+        ("stale=never", "stale"),
+        ("update=maybe", "update"),
+        ("inclusive_end=maybe", "inclusive_end"),
+        ("key=1", "key"),
+    ] {
+        let r = get(&format!("{db}/_all_docs?{q}"));
+        assert_error(&r, 400, "bad_request");
+        assert!(
+            r.1["reason"].as_str().unwrap().contains(name),
+            "{q}: {}",
+            r.1
+        );
+    }
+    let r = post(
+        &format!("{db}/_all_docs"),
+        &json!({"keys": ["a"], "bogus": 1}),
+    );
+    assert_error(&r, 400, "bad_request");
+    assert!(r.1["reason"].as_str().unwrap().contains("bogus"), "{}", r.1);
+    // POST body parameters as CouchDB accepts them
+    let (st, r) = post(
+        &format!("{db}/_all_docs"),
+        &json!({"keys": ["a", "b"], "include_docs": true, "limit": 1}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (row_ids(&r), r["rows"][0]["doc"]["v"].clone()),
+        (vec!["a".to_string()], json!("a"))
+    );
+    // the public port: key never reveals a document outside the user's channels
+    post(
+        &format!("{db}/_user/"),
+        &json!({"name": "u", "password": "pw-u-12345", "admin_channels": ["pub"]}),
+    );
+    let as_u = |q: &str| {
+        let r = send(
+            client()
+                .get(format!("{}/db/_all_docs?{q}", s.public))
+                .basic_auth("u", Some("pw-u-12345")),
+        );
+        assert_eq!(r.0, 200, "{q}: {}", r.1);
+        r.1
+    };
+    assert_eq!(row_ids(&as_u("key=%22a%22")), ["a"]);
+    let hidden = as_u("key=%22secret%22&include_docs=true");
+    assert_eq!(hidden["rows"], json!([]), "{hidden}");
+    assert!(!hidden.to_string().contains("secret"), "{hidden}");
+    assert_eq!(row_ids(&as_u("")), ["a", "b", "c", "d"]);
+}
