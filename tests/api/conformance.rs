@@ -512,3 +512,78 @@ fn all_docs_key_keys_and_unsupported_parameters() {
     assert!(!hidden.to_string().contains("secret"), "{hidden}");
     assert_eq!(row_ids(&as_u("")), ["a", "b", "c", "d"]);
 }
+
+/// `_local` docs as CouchDB: `DELETE` answers `{"ok","id","rev":"0-0"}`; a write with
+/// `_deleted:true` deletes (PUT and `_bulk_docs`); missing → 404, rev mismatch → 409.
+#[test]
+fn local_docs_delete_and_deleted_writes() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    let (st, r) = put(&format!("{db}/_local/x"), &json!({"v": 1}));
+    assert_eq!(
+        (st, r.clone()),
+        (201, json!({"ok": true, "id": "_local/x", "rev": "0-1"}))
+    );
+    // DELETE: the rev must match; the answer carries rev 0-0
+    assert_error(&delete(&format!("{db}/_local/x?rev=0-7")), 409, "conflict");
+    assert_error(&delete(&format!("{db}/_local/x")), 409, "conflict");
+    let (st, r) = delete(&format!("{db}/_local/x?rev=0-1"));
+    assert_eq!(
+        (st, r),
+        (200, json!({"ok": true, "id": "_local/x", "rev": "0-0"}))
+    );
+    assert_error(&get(&format!("{db}/_local/x")), 404, "not_found");
+    assert_error(&delete(&format!("{db}/_local/x?rev=0-1")), 404, "not_found");
+    // a new doc after the delete starts again at 0-1
+    let (st, r) = put(&format!("{db}/_local/x"), &json!({"v": 2}));
+    assert_eq!((st, r["rev"].clone()), (201, json!("0-1")));
+    // PUT with _deleted:true deletes it (not stored as 0-2)
+    assert_error(
+        &put(
+            &format!("{db}/_local/x"),
+            &json!({"_rev": "0-9", "_deleted": true}),
+        ),
+        409,
+        "conflict",
+    );
+    let (st, r) = put(
+        &format!("{db}/_local/x"),
+        &json!({"_rev": "0-1", "_deleted": true, "v": 3}),
+    );
+    assert_eq!(
+        (st, r),
+        (201, json!({"ok": true, "id": "_local/x", "rev": "0-0"}))
+    );
+    assert_error(&get(&format!("{db}/_local/x")), 404, "not_found");
+    assert_error(
+        &put(&format!("{db}/_local/x"), &json!({"_deleted": true})),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &put(&format!("{db}/_local/x"), &json!({"_deleted": "yes"})),
+        400,
+        "bad_request",
+    );
+    // the same through _bulk_docs, with per-document errors beside other documents
+    put(&format!("{db}/_local/y"), &json!({}));
+    let (st, r) = post(
+        &format!("{db}/_bulk_docs"),
+        &json!({"docs": [
+            {"_id": "_local/y", "_rev": "0-1", "_deleted": true},
+            {"_id": "_local/godzilla", "_rev": "0-1", "_deleted": true},
+            {"_id": "plain"},
+        ]}),
+    );
+    assert_eq!(st, 201, "{r}");
+    assert_eq!(r[0], json!({"ok": true, "id": "_local/y", "rev": "0-0"}));
+    assert_eq!(
+        (r[1]["id"].clone(), r[1]["error"].clone()),
+        (json!("_local/godzilla"), json!("not_found"))
+    );
+    assert_eq!(r[2]["ok"], true);
+    assert_error(&get(&format!("{db}/_local/y")), 404, "not_found");
+    // local docs never enter the feed
+    let (_, ch) = get(&format!("{db}/_changes"));
+    assert_eq!(change_ids(&ch), ["plain"]);
+}

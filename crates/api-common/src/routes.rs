@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::Method;
 use serde_json::{json, Value};
 use syncgate_auth::{Caller, UserCtx};
-use syncgate_core::docs::{GetOptions, GetResult, OpenRev, OpenRevs};
+use syncgate_core::docs::{GetOptions, GetResult, OpenRev, OpenRevs, LOCAL_DELETED_REV};
 use syncgate_core::find::FindRequest;
 use syncgate_core::{Database, Error, Result};
 use syncgate_storage::WriteOutcome;
@@ -357,7 +357,7 @@ async fn local(db: &Database, req: &Request, id: &str) -> Result<Reply> {
             db.delete_local(id, rev.as_deref()).await?;
             Ok(json_reply(
                 200,
-                &json!({"ok": true, "id": format!("_local/{id}")}),
+                &json!({"ok": true, "id": format!("_local/{id}"), "rev": LOCAL_DELETED_REV}),
             ))
         }
         _ => Err(method_not_allowed(req)),

@@ -1314,12 +1314,22 @@ impl Database {
             Some(Value::String(s)) => Some(s),
             Some(_) => return Err(Error::bad("_rev must be a string")),
         };
+        match body.remove("_deleted") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            // a local doc written as deleted is deleted (CouchDB): its rev is then "0-0"
+            Some(Value::Bool(true)) => {
+                self.delete_local(id, rev.as_deref()).await?;
+                return Ok(LOCAL_DELETED_REV.to_string());
+            }
+            Some(_) => return Err(Error::bad("_deleted must be a boolean")),
+        }
         body.retain(|k, _| !k.starts_with('_'));
         let (rev, ticket) = self.store.put_local(id, rev.as_deref(), body)?;
         self.store.durable(ticket).await?;
         Ok(rev)
     }
 
+    /// Deletes a `_local` doc: `rev` must be its current one (409 otherwise); missing → 404.
     pub async fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<()> {
         validate_local_id(id)?;
         let ticket = self.store.delete_local(id, rev)?;
@@ -1327,6 +1337,9 @@ impl Database {
         Ok(())
     }
 }
+
+/// The rev CouchDB answers for a deleted `_local` doc.
+pub const LOCAL_DELETED_REV: &str = "0-0";
 
 fn parse_attachment_name(name: &str) -> Result<()> {
     if name.is_empty() || name.starts_with('_') || name.len() > MAX_DOC_ID {
