@@ -203,13 +203,6 @@ fn hostile_input_corpus() {
             &[400],
         ),
         (
-            "_revisions not matching _rev",
-            "/db/t16?new_edits=false".into(),
-            JSON,
-            br#"{"_rev":"2-x","_revisions":{"start":2,"ids":["y","z"]}}"#.to_vec(),
-            &[400],
-        ),
-        (
             "_revisions with a number id",
             "/db/t17?new_edits=false".into(),
             JSON,
@@ -221,14 +214,6 @@ fn hostile_input_corpus() {
             "/db/t18?new_edits=false".into(),
             JSON,
             br#"{"a":1}"#.to_vec(),
-            &[400],
-        ),
-        (
-            "attachment with a wrong digest",
-            "/db/t19".into(),
-            JSON,
-            br#"{"_attachments":{"a":{"data":"aGk=","digest":"md5-AAAAAAAAAAAAAAAAAAAAAA=="}}}"#
-                .to_vec(),
             &[400],
         ),
         (

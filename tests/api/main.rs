@@ -4,6 +4,7 @@ mod helpers;
 
 mod channels;
 mod config;
+mod conformance;
 mod console;
 mod crash;
 mod documents;

@@ -186,12 +186,14 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
             )))
         }
     };
-    // an EventSource reconnecting sends the id of the last event it saw
+    // an EventSource reconnects to the same URL with the id of the last event it saw: that
+    // id wins over `since` in the URL (CouchDB), or the client would get those events again.
+    // Ids are the rows' JSON `seq` (`"G:S"` quoted), which `Since::parse` reads back.
     let last_event_id = (feed == Feed::EventSource)
         .then(|| req.header("last-event-id"))
         .flatten()
         .map(|h| Value::String(h.to_string()));
-    let since = match param(req, &body, "since").or(last_event_id) {
+    let since = match last_event_id.or_else(|| param(req, &body, "since")) {
         None => Since::default(),
         Some(v) => Since::parse(&v, db.store.last_seq())?,
     };

@@ -5,6 +5,7 @@
 //! - [`reply`]: JSON replies and the single mapping from [`syncgate_core::Error`] to the JSON
 //!   error body; the `recover` for warp's own rejections.
 //! - [`routes`]: the document and replication routes both ports serve.
+//! - [`all_docs`]: `_all_docs` parameters, each supported, accepted as a no-op or refused.
 //! - [`feed`]: streaming `_changes` feeds (longpoll, continuous, eventsource).
 //! - [`cors`]: CORS policy, preflights and response headers for both ports.
 //! - [`multipart`]: `multipart/related` document uploads (CouchDB's replicator) made inline.
@@ -12,6 +13,7 @@
 //! warp is used for what it is good at (turning hyper requests into filters); dispatch is a
 //! `match` on decoded path segments, so a `%2F` inside a doc id stays part of the id.
 
+pub mod all_docs;
 pub mod cors;
 pub mod feed;
 pub mod multipart;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::Method;
 use serde_json::{json, Value};
 use syncgate_auth::{Caller, UserCtx};
-use syncgate_core::docs::{AllDocsOptions, GetOptions, GetResult, OpenRev, OpenRevs};
+use syncgate_core::docs::{GetOptions, GetResult, OpenRev, OpenRevs, LOCAL_DELETED_REV};
 use syncgate_core::find::FindRequest;
 use syncgate_core::{Database, Error, Result};
 use syncgate_storage::WriteOutcome;
@@ -304,47 +304,8 @@ pub fn get_options(req: &Request) -> Result<GetOptions> {
     })
 }
 
-/// A key parameter: JSON (`"abc"`) or, leniently, a bare string.
-fn key_param(req: &Request, names: &[&str]) -> Result<Option<String>> {
-    for n in names {
-        if let Some(raw) = req.q(n) {
-            return match serde_json::from_str::<Value>(raw) {
-                Ok(Value::String(s)) => Ok(Some(s)),
-                Ok(_) => Err(Error::bad(format!("'{n}' must be a JSON string"))),
-                Err(_) => Ok(Some(raw.to_string())),
-            };
-        }
-    }
-    Ok(None)
-}
-
 fn all_docs(db: &Database, caller: &Caller, req: &Request) -> Result<Reply> {
-    let mut keys = match req.q_json("keys")? {
-        Some(v) => Some(string_list(v, "keys")?),
-        None => None,
-    };
-    if req.method == Method::POST {
-        let body = req.json_or_empty()?;
-        if !body.is_object() {
-            return Err(Error::bad("_all_docs body must be a JSON object"));
-        }
-        if let Some(k) = body.get("keys") {
-            keys = Some(string_list(k.clone(), "keys")?);
-        }
-    }
-    let opts = AllDocsOptions {
-        keys,
-        include_docs: req.q_bool("include_docs")?,
-        conflicts: req.q_bool("conflicts")?,
-        start: key_param(req, &["startkey", "start_key", "startkey_docid"])?,
-        end: key_param(req, &["endkey", "end_key", "endkey_docid"])?,
-        inclusive_end: !matches!(req.q("inclusive_end"), Some("false")),
-        limit: req.q_u64("limit")?.map(|l| l as usize),
-        skip: req.q_u64("skip")?.unwrap_or(0) as usize,
-        descending: req.q_bool("descending")?,
-        update_seq: req.q_bool("update_seq")?,
-        attachments: req.q_bool("attachments")?,
-    };
+    let opts = crate::all_docs::options(req)?;
     let body = db.all_docs(caller, &opts)?;
     Ok(bytes_reply(200, "application/json", body))
 }
@@ -402,7 +363,7 @@ async fn local(db: &Database, req: &Request, id: &str) -> Result<Reply> {
             db.delete_local(id, rev.as_deref()).await?;
             Ok(json_reply(
                 200,
-                &json!({"ok": true, "id": format!("_local/{id}")}),
+                &json!({"ok": true, "id": format!("_local/{id}"), "rev": LOCAL_DELETED_REV}),
             ))
         }
         _ => Err(method_not_allowed(req)),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use syncgate_auth::identity::{ALL_CHANNELS, PUBLIC_CHANNEL};
 use syncgate_auth::Caller;
-use syncgate_storage::ChangeEntry;
+use syncgate_storage::{ChangeEntry, ChangesView};
 
 use crate::database::Database;
 use crate::docs::GetOptions;
@@ -260,13 +260,17 @@ impl Database {
     /// never read; a document that left those channels comes once with `"removed"`. For a user,
     /// grants and revocations newer than the checkpoint add backfill and removal rows at the
     /// grant's sequence, as compound `"G:S"` sequences.
+    ///
+    /// The batch reads one [`ChangesView`]: each document appears once, at the sequence it had
+    /// at `end`, even while concurrent updates become durable.
     pub fn changes(&self, caller: &Caller, opts: &ChangesOptions) -> Result<ChangesBatch> {
-        let end = self.store.last_seq();
+        let view = self.store.changes_view();
+        let end = view.seq();
         let limit = opts.limit.unwrap_or(usize::MAX);
         let mut rows = Vec::new();
         let scope = Scope::of(caller, opts.channels.as_ref());
         if opts.descending {
-            for entry in self.store.changes_since(0, true) {
+            for entry in view.since(0, true) {
                 let entry = entry?;
                 if entry.seq > end {
                     continue;
@@ -307,9 +311,9 @@ impl Database {
             Scope::Channels(chs) => {
                 let mut list: Vec<String> = chs.iter().cloned().collect();
                 list.sort();
-                self.store.changes_in_channels(&list, base)
+                view.in_channels(&list, base)
             }
-            Scope::All => self.store.changes_since(base, false),
+            Scope::All => view.since(base, false),
         };
         let mut last_seq = Since {
             seq: end.max(base),
@@ -321,9 +325,9 @@ impl Database {
                 break;
             }
             while let Some(g) = groups.next_if(|g| g.at < entry.seq) {
-                if let Some(stop) =
-                    self.group_rows(caller, &scope, opts, &g, base, resume, limit, &mut rows)?
-                {
+                if let Some(stop) = self.group_rows(
+                    &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
+                )? {
                     return Ok(ChangesBatch {
                         rows,
                         last_seq: stop,
@@ -342,9 +346,9 @@ impl Database {
             }
         }
         for g in groups {
-            if let Some(stop) =
-                self.group_rows(caller, &scope, opts, &g, base, resume, limit, &mut rows)?
-            {
+            if let Some(stop) = self.group_rows(
+                &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
+            )? {
                 return Ok(ChangesBatch {
                     rows,
                     last_seq: stop,
@@ -400,6 +404,7 @@ impl Database {
     #[allow(clippy::too_many_arguments)]
     fn group_rows(
         &self,
+        view: &dyn ChangesView,
         caller: &Caller,
         scope: &Scope,
         opts: &ChangesOptions,
@@ -422,7 +427,7 @@ impl Database {
             .unwrap_or_default();
         // resuming inside this group: entries up to S were delivered
         let from = resume.filter(|(at, _)| *at == g.at).map_or(0, |(_, s)| s);
-        for entry in self.store.changes_in_channels(&g.channels, from) {
+        for entry in view.in_channels(&g.channels, from) {
             let entry = entry?;
             if entry.seq > base {
                 break;

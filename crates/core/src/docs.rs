@@ -283,13 +283,8 @@ fn parse_attachments(m: Map<String, Value>) -> Result<Vec<(String, AttachmentInp
             let data = B64.decode(data.as_bytes()).map_err(|_| {
                 Error::bad(format!("data of attachment \"{name}\" is not valid base64"))
             })?;
-            if let Some(Value::String(d)) = a.get("digest") {
-                if d.starts_with("md5-") && *d != syncgate_storage::attachment_digest(&data) {
-                    return Err(Error::bad(format!(
-                        "digest of attachment \"{name}\" does not match its data"
-                    )));
-                }
-            }
+            // a `digest` sent beside new data (PouchDB updating an attachment in place keeps
+            // the old one) is ignored: the store computes it from the data, as CouchDB does
             AttachmentInput::Data {
                 content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
                 data,
@@ -323,9 +318,10 @@ pub fn channels_of(body: &Map<String, Value>) -> Vec<String> {
     out
 }
 
-/// History of a replicated revision from `_revisions` (or `_rev` alone), newest first.
+/// History of a replicated revision from `_revisions` (or `_rev` alone), newest first. As in
+/// CouchDB, `_revisions` decides when present: a `_rev` beside it is not consulted.
 fn history_from(rev: Option<&str>, revisions: Option<&Value>) -> Result<Vec<String>> {
-    let bad = || Error::bad("Bad _revisions: expected {\"start\":N,\"ids\":[...]} matching _rev");
+    let bad = || Error::bad("Bad _revisions: expected {\"start\":N,\"ids\":[...]}");
     let Some(revs) = revisions else {
         let rev = rev.ok_or_else(bad)?;
         parse_rev(rev)?;
@@ -342,13 +338,6 @@ fn history_from(rev: Option<&str>, revisions: Option<&Value>) -> Result<Vec<Stri
         let r = format!("{}-{}", start - i as u64, s);
         parse_rev(&r)?;
         out.push(r);
-    }
-    if let Some(rev) = rev {
-        if rev != out[0] {
-            return Err(Error::bad(
-                "Bad _revisions: the first id does not match _rev",
-            ));
-        }
     }
     Ok(out)
 }
@@ -391,13 +380,21 @@ impl Database {
             if let Some(p) = &parent {
                 parse_rev(p)?;
             }
+            let mut attachments = sp.attachments;
+            for (_, a) in &mut attachments {
+                // new data is new at this revision, whatever revpos the client kept (CouchDB);
+                // otherwise `atts_since` would take the changed attachment for the old one
+                if let AttachmentInput::Data { revpos, .. } = a {
+                    *revpos = None;
+                }
+            }
             Ok(DocWrite::Edit {
                 id,
                 parent,
                 deleted: sp.deleted,
                 body: json,
                 canonical: canonical(view, sp.deleted),
-                attachments: sp.attachments,
+                attachments,
                 channels,
                 revs_limit,
                 must_exist: false,
@@ -405,7 +402,7 @@ impl Database {
         } else {
             let history = history_from(
                 sp.rev.as_deref().or(parent.as_deref()),
-                sp.revisions.as_ref(),
+                sp.revisions.as_ref().filter(|v| !v.is_null()),
             )?;
             Ok(DocWrite::Replicate {
                 id,
@@ -557,6 +554,18 @@ impl Database {
                 validate_local_doc(local, &doc).map_err(in_doc)?;
                 locals.push((i, local.to_string(), doc));
                 continue;
+            }
+            if !new_edits {
+                // a revision history that cannot be read refuses this document only, so one
+                // document never stalls a replicator (no history at all is a bad request)
+                let rev = doc.sp.rev.as_deref();
+                let revisions = doc.sp.revisions.as_ref().filter(|v| !v.is_null());
+                if rev.is_some() || revisions.is_some() {
+                    if let Err(e) = history_from(rev, revisions) {
+                        results[i] = Some(error_row(id.as_deref(), &e));
+                        continue;
+                    }
+                }
             }
             let w = self.prepare(None, doc, None, new_edits).map_err(in_doc)?;
             positions.push(i);
@@ -1305,12 +1314,22 @@ impl Database {
             Some(Value::String(s)) => Some(s),
             Some(_) => return Err(Error::bad("_rev must be a string")),
         };
+        match body.remove("_deleted") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            // a local doc written as deleted is deleted (CouchDB): its rev is then "0-0"
+            Some(Value::Bool(true)) => {
+                self.delete_local(id, rev.as_deref()).await?;
+                return Ok(LOCAL_DELETED_REV.to_string());
+            }
+            Some(_) => return Err(Error::bad("_deleted must be a boolean")),
+        }
         body.retain(|k, _| !k.starts_with('_'));
         let (rev, ticket) = self.store.put_local(id, rev.as_deref(), body)?;
         self.store.durable(ticket).await?;
         Ok(rev)
     }
 
+    /// Deletes a `_local` doc: `rev` must be its current one (409 otherwise); missing → 404.
     pub async fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<()> {
         validate_local_id(id)?;
         let ticket = self.store.delete_local(id, rev)?;
@@ -1318,6 +1337,9 @@ impl Database {
         Ok(())
     }
 }
+
+/// The rev CouchDB answers for a deleted `_local` doc.
+pub const LOCAL_DELETED_REV: &str = "0-0";
 
 fn parse_attachment_name(name: &str) -> Result<()> {
     if name.is_empty() || name.starts_with('_') || name.len() > MAX_DOC_ID {

@@ -452,7 +452,9 @@ impl Database {
         channels.sort();
         channels.dedup();
         let mut ids = BTreeSet::new();
-        for entry in self.store.changes_in_channels(&channels, 0) {
+        // one consistent view: each document once, at the sequence it has in the view
+        let view = self.store.changes_view();
+        for entry in view.in_channels(&channels, 0) {
             let entry = entry?;
             if !entry.deleted() && entry.channels.iter().any(|c| channels.contains(c)) {
                 ids.insert(entry.id);

@@ -63,6 +63,25 @@ pub enum PrincipalKind {
     Role,
 }
 
+/// A consistent read of the by-sequence index (see [`DatabaseStore::changes_view`]).
+pub trait ChangesView {
+    /// The durable sequence the view shows: no entry above it.
+    fn seq(&self) -> u64;
+    /// Entries with sequence in (`since`, `seq`], ascending (or descending).
+    fn since(
+        &self,
+        since: u64,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
+    /// Entries with sequence in (`since`, `seq`] whose document is or was in one of
+    /// `channels`, ascending, read through the channel index (no scan of unrelated documents).
+    fn in_channels(
+        &self,
+        channels: &[String],
+        since: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
+}
+
 /// One database's storage. The sled backend implements it; a networked backend would too.
 pub trait DatabaseStore: Send + Sync {
     /// Name of the database.
@@ -99,20 +118,12 @@ pub trait DatabaseStore: Send + Sync {
     /// sequence becomes visible when a [`DatabaseStore::durable`] call covering it returns,
     /// so every writer must call `durable` after writing (document and principal writes).
     fn last_seq(&self) -> u64;
-    /// Change entries with sequence > `since`, ascending (or descending). May include entries
-    /// not yet durable: readers stop at [`DatabaseStore::last_seq`].
-    fn changes_since(
-        &self,
-        since: u64,
-        descending: bool,
-    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
-    /// Change entries with sequence > `since` whose document is or was in one of `channels`,
-    /// ascending, read through the channel index (no scan of unrelated documents).
-    fn changes_in_channels(
-        &self,
-        channels: &[String],
-        since: u64,
-    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_>;
+    /// A consistent view of the change index as of [`DatabaseStore::last_seq`] at the call:
+    /// every document that existed then appears exactly once, at the sequence it had then
+    /// (never at neither its old nor its new one while a concurrent update is being made
+    /// durable), and nothing newer. Hold it for one response: while it lives, the store keeps
+    /// the entries it may still need.
+    fn changes_view(&self) -> Box<dyn ChangesView + '_>;
     /// A receiver that sees `last_seq` whenever a write becomes durable: the feeds' wake-up.
     fn subscribe(&self) -> watch::Receiver<u64>;
 

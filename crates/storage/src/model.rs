@@ -117,9 +117,20 @@ pub struct ChangeEntry {
     /// Channels the document was in before and is not in now (for removal notices).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+    /// The sequence of the document's next change, once there is one. A superseded entry is
+    /// kept (for readers whose view predates that change) until no view can need it; a view
+    /// at sequence V shows an entry only while `superseded` is absent or above V.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<u64>,
 }
 
 impl ChangeEntry {
+    /// Whether a view at sequence `view` shows this entry: the document was at this sequence
+    /// then (the entry is durable by then and its next change is not).
+    pub fn visible_at(&self, view: u64) -> bool {
+        self.seq <= view && self.superseded.is_none_or(|next| next > view)
+    }
+
     pub fn deleted(&self) -> bool {
         self.leaves.first().is_some_and(|l| l.deleted)
     }

@@ -13,6 +13,7 @@
 //! | `u`, `r` | user / role name | principal JSON (opaque here) |
 //! | `x` | session key | session JSON (opaque here) |
 //! | `m` | counter name | u64 BE (`last_seq`, `doc_count`) |
+//! | `g` | u64 BE next sequence, u64 BE superseded sequence | channel history of the superseded entry (JSON) |
 //!
 //! Every write is one `apply_batch` (atomic across keys, so a crash never leaves half a
 //! document), made under the database's write mutex so sequences are assigned and committed in
@@ -26,8 +27,39 @@
 //! queued write set, in arrival order, as one batch (one `apply_batch`, one ticket), and hands
 //! each writer its own results. A failed write leaves nothing in the batch, so per-write errors
 //! stay per-write; a batch that fails as a whole fails every writer in it.
+//!
+//! ## Change views: every feed reads one consistent state
+//!
+//! Feeds show only durable sequences (`durable_seq`, advanced after the group commit), but a
+//! batch is applied — visible to sled readers — before it is durable. If an update removed the
+//! document's old `s` entry in its batch, a feed reading between the apply and the flush would
+//! find the old entry gone and the new one above its bound: the document at neither. And a
+//! sled 0.34 range iterator is no snapshot: each `next()` takes sled's concurrency-control
+//! read lock (so it sees a batch whole or not at all) and then continues from the last key
+//! returned, over a copy of the leaf node it last read; batches applied between two `next()`
+//! calls are seen in part (keys after the cursor) or not at all (keys in the copied node).
+//!
+//! So an update does not remove the old entry: the batch rewrites it unchanged plus
+//! `superseded: next` (the document's sequence at the end of the batch) and records `g`,
+//! next, old. A view ([`DatabaseStore::changes_view`]) is pinned at the durable sequence V
+//! and shows an entry at S only if S <= V < superseded ([`ChangeEntry::visible_at`]). For
+//! each document exactly one of its sequences satisfies that, and the iterator's partial
+//! views cannot change the answer:
+//! - the entry the view shows (S <= V < next) exists for the whole read: it was applied
+//!   before V became durable, and is removed only once no open view can show it (below);
+//! - every mark with next <= V was applied before V was published, so every read made after
+//!   the view opened sees it; a mark with next > V does not change visibility at V;
+//! - entries above V (not yet durable) are never shown, as before.
+//!
+//! Superseded entries are collected by later write batches (and by compaction): the `g`
+//! records with next <= the oldest open view's sequence (or the durable sequence when no view
+//! is open) have their `s` entry, `c` keys and `g` record removed. A view registers under the
+//! same lock that computes that horizon, so a view opened later has V >= the horizon and
+//! would not show a collected entry anyway. Within one batch a document written twice just
+//! replaces the entry of its first write (no view stops inside a batch: durable sequences are
+//! batch ends). Views live for one response; a live feed opens one per batch.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,6 +151,7 @@ impl Store {
             durable_seq: AtomicU64::new(last_seq),
             unpublished: Mutex::new(VecDeque::new()),
             notify: tx,
+            views: Mutex::new(BTreeMap::new()),
             docs_read: AtomicU64::new(0),
         }))
     }
@@ -225,6 +258,48 @@ fn channel_key(channel: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// `g`, the superseding sequence, the superseded one: ordered by when it can be collected.
+fn superseded_key(next: u64, old: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'g';
+    k[1..9].copy_from_slice(&next.to_be_bytes());
+    k[9..].copy_from_slice(&old.to_be_bytes());
+    k
+}
+
+/// The by-sequence entry of a document in the state `meta` (the same function writes a new
+/// entry and rewrites a superseded one, so the rewrite is what readers saw before).
+fn change_entry(id: &str, meta: &DocMeta) -> ChangeEntry {
+    let channels: Vec<String> = meta
+        .tree
+        .winner()
+        .map(|w| w.channels.clone())
+        .unwrap_or_default();
+    let removed = meta
+        .channel_history
+        .iter()
+        .filter(|c| !channels.contains(c))
+        .cloned()
+        .collect();
+    let leaves = meta
+        .tree
+        .sorted_leaves()
+        .iter()
+        .map(|n| ChangeRev {
+            rev: n.rev.clone(),
+            deleted: n.deleted,
+        })
+        .collect();
+    ChangeEntry {
+        seq: meta.seq,
+        id: id.to_string(),
+        leaves,
+        channels,
+        removed,
+        superseded: None,
+    }
+}
+
 fn prefixed(p: u8, s: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + s.len());
     k.push(p);
@@ -290,6 +365,9 @@ struct WriteQueue {
 /// Most writes one combined batch takes from the queue (bounds a leader's batch).
 const MAX_COMBINED_WRITES: usize = 1_000;
 
+/// Fewest superseded entries a write batch collects (when there are that many to collect).
+const GC_PER_BATCH: usize = 1_000;
+
 /// The same error for another writer of a failed batch (engine errors are not `Clone`).
 fn shared_error(e: &StorageError) -> StorageError {
     match e {
@@ -343,6 +421,9 @@ pub struct SledDatabase {
     unpublished: Mutex<VecDeque<(Ticket, u64)>>,
     /// Publishes `durable_seq`: wakes changes feeds once a commit is on disk.
     notify: watch::Sender<u64>,
+    /// Open change views by sequence (how many at each): superseded entries a view may still
+    /// show are kept until it closes.
+    views: Mutex<BTreeMap<u64, usize>>,
     docs_read: AtomicU64,
 }
 
@@ -354,7 +435,11 @@ struct BatchState<'a> {
     metas: HashMap<String, Option<DocMeta>>,
     bodies: HashMap<(String, String), StoredBody>,
     blobs: HashSet<String>,
+    /// First sequence of this batch: entries from here on are not applied yet.
+    first_seq: u64,
     next_seq: u64,
+    /// Documents updated in this batch, with their state before it.
+    replaced: BTreeMap<String, DocMeta>,
     doc_count: i64,
 }
 
@@ -475,10 +560,18 @@ impl<'a> BatchState<'a> {
             .as_ref()
             .map(|m| m.channel_history.clone())
             .unwrap_or_default();
-        if let Some(old) = &old {
-            self.batch.remove(&seq_key(old.seq));
-            for ch in &old.channel_history {
-                self.batch.remove(channel_key(ch, old.seq));
+        if let Some(old) = old {
+            if old.seq >= self.first_seq {
+                // written earlier in this batch: no reader has seen it, nor can (the batch is
+                // applied at once and views stop at a batch's end)
+                self.batch.remove(&seq_key(old.seq));
+                for ch in &old.channel_history {
+                    self.batch.remove(channel_key(ch, old.seq));
+                }
+            } else {
+                // visible to views until this change is: marked superseded at the end of the
+                // batch (see `mark_superseded`), removed later by `collect_superseded`
+                self.replaced.entry(id.to_string()).or_insert(old);
             }
         }
         for removed in tree.prune(revs_limit.max(1)) {
@@ -490,9 +583,9 @@ impl<'a> BatchState<'a> {
             .insert((id.to_string(), new_rev.to_string()), body);
         let winner_channels = tree
             .winner()
-            .map(|w| w.channels.clone())
+            .map(|w| w.channels.as_slice())
             .unwrap_or_default();
-        for ch in &winner_channels {
+        for ch in winner_channels {
             if !ch.contains('\0') && !history.contains(ch) {
                 history.push(ch.clone());
             }
@@ -501,38 +594,42 @@ impl<'a> BatchState<'a> {
         for ch in &history {
             self.batch.insert(channel_key(ch, seq), &[] as &[u8]);
         }
-        let removed: Vec<String> = history
-            .iter()
-            .filter(|c| !winner_channels.contains(c))
-            .cloned()
-            .collect();
         let meta = DocMeta {
             seq,
             tree,
             channel_history: history,
         };
-        let leaves = meta
-            .tree
-            .sorted_leaves()
-            .iter()
-            .map(|n| ChangeRev {
-                rev: n.rev.clone(),
-                deleted: n.deleted,
-            })
-            .collect();
-        let entry = ChangeEntry {
-            seq,
-            id: id.to_string(),
-            leaves,
-            channels: winner_channels,
-            removed,
-        };
-        self.batch
-            .insert(&seq_key(seq), encode("change entry", &entry)?);
+        self.batch.insert(
+            &seq_key(seq),
+            encode("change entry", &change_entry(id, &meta))?,
+        );
         self.batch.insert(doc_key(id), encode("document", &meta)?);
         self.doc_count += meta.is_live() as i64 - was_live as i64;
         self.metas.insert(id.to_string(), Some(meta));
         Ok(seq)
+    }
+
+    /// Marks the entry each document had before this batch as superseded by the document's
+    /// sequence at the end of the batch (the entry is rewritten as it was, plus the mark), and
+    /// records the pair under `g` for [`SledDatabase::collect_superseded`].
+    fn mark_superseded(&mut self) -> Result<()> {
+        for (id, old) in std::mem::take(&mut self.replaced) {
+            let Some(Some(now)) = self.metas.get(&id) else {
+                return Err(StorageError::Corrupt(format!(
+                    "document \"{}\" replaced in a batch without a new state",
+                    crate::revtree::truncate(&id, 100)
+                )));
+            };
+            let mut entry = change_entry(&id, &old);
+            entry.superseded = Some(now.seq);
+            self.batch
+                .insert(&seq_key(old.seq), encode("change entry", &entry)?);
+            self.batch.insert(
+                &superseded_key(now.seq, old.seq),
+                encode("superseded entry", &old.channel_history)?,
+            );
+        }
+        Ok(())
     }
 
     fn apply(&mut self, write: DocWrite) -> Result<WriteOutcome> {
@@ -691,13 +788,16 @@ impl SledDatabase {
         sets: Vec<Vec<DocWrite>>,
     ) -> Result<(Vec<Vec<Result<WriteOutcome>>>, Ticket)> {
         let _guard = self.lock();
+        let writes: usize = sets.iter().map(Vec::len).sum();
         let mut st = BatchState {
             store: self,
             batch: Batch::default(),
             metas: HashMap::new(),
             bodies: HashMap::new(),
             blobs: HashSet::new(),
+            first_seq: self.assigned_seq() + 1,
             next_seq: self.assigned_seq() + 1,
+            replaced: BTreeMap::new(),
             doc_count: 0,
         };
         let results: Vec<Vec<Result<WriteOutcome>>> = sets
@@ -709,6 +809,9 @@ impl SledDatabase {
                 writes.into_iter().map(|w| st.apply(w)).collect()
             })
             .collect();
+        st.mark_superseded()?;
+        // collect at least as much as this batch supersedes, so garbage cannot outgrow writes
+        self.collect_superseded(&mut st.batch, (2 * writes).max(GC_PER_BATCH))?;
         let new_last = st.next_seq - 1;
         let BatchState {
             batch, doc_count, ..
@@ -771,6 +874,120 @@ impl SledDatabase {
             }
         }
         Ok(())
+    }
+
+    /// Opens a change view at the durable sequence. Reading `durable_seq` and registering the
+    /// view happen under one lock, which `gc_horizon` takes too: a view that registers after a
+    /// horizon was computed sees a sequence at least that horizon.
+    fn open_view(&self) -> u64 {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = self.durable_seq.load(Ordering::SeqCst);
+        *views.entry(seq).or_default() += 1;
+        seq
+    }
+
+    fn close_view(&self, seq: u64) {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = views.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                views.remove(&seq);
+            }
+        }
+    }
+
+    /// Entries superseded at or below this sequence are hidden from every open and future
+    /// view: the oldest open view's sequence, or the durable one when none is open.
+    fn gc_horizon(&self) -> u64 {
+        let views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = self.durable_seq.load(Ordering::SeqCst);
+        views.keys().next().map_or(durable, |v| (*v).min(durable))
+    }
+
+    /// Adds to `batch` the removal of up to `max` superseded entries no view can show (their
+    /// `s` entry, channel index keys and `g` record). Call under the write lock.
+    fn collect_superseded(&self, batch: &mut Batch, max: usize) -> Result<usize> {
+        let horizon = self.gc_horizon();
+        let end = superseded_key(horizon.saturating_add(1), 0);
+        let mut n = 0;
+        for row in self.tree.range(b"g".to_vec()..end.to_vec()).take(max) {
+            let (k, v) = row?;
+            let old: [u8; 8] = k
+                .get(9..17)
+                .and_then(|t| t.try_into().ok())
+                .ok_or_else(|| StorageError::Corrupt("superseded entry key".into()))?;
+            let old = u64::from_be_bytes(old);
+            let channels: Vec<String> = decode("superseded entry", &v)?;
+            batch.remove(&seq_key(old));
+            for ch in &channels {
+                batch.remove(channel_key(ch, old));
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Every entry with sequence > `since` as stored, applied or not, superseded or not
+    /// (views filter; compaction wants them all).
+    fn raw_changes(
+        &self,
+        since: u64,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let from = seq_key(since.saturating_add(1));
+        let to = [b't'];
+        let dec = move |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ChangeEntry> {
+            let (_, v) = r?;
+            self.docs_read.fetch_add(1, Ordering::Relaxed);
+            decode("change", &v)
+        };
+        if descending {
+            Box::new(self.tree.range(from.to_vec()..to.to_vec()).rev().map(dec))
+        } else {
+            Box::new(self.tree.range(from.to_vec()..to.to_vec()).map(dec))
+        }
+    }
+
+    /// Every entry with sequence > `since` listed under one of `channels`, as stored.
+    fn raw_channel_changes(
+        &self,
+        channels: &[String],
+        since: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let mut sources: Vec<Box<dyn Iterator<Item = Result<u64>> + '_>> = Vec::new();
+        for ch in channels {
+            if ch.contains('\0') {
+                continue;
+            }
+            let from = channel_key(ch, since.saturating_add(1));
+            let mut to = b"c".to_vec();
+            to.extend_from_slice(ch.as_bytes());
+            to.push(1);
+            sources.push(Box::new(self.tree.range(from..to).map(|r| {
+                let (k, _) = r?;
+                let tail: [u8; 8] = k[k.len() - 8..]
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("channel index key".into()))?;
+                Ok(u64::from_be_bytes(tail))
+            })));
+        }
+        Box::new(ChannelMerge::new(sources).filter_map(move |seq| {
+            let seq = match seq {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e)),
+            };
+            match self.tree.get(seq_key(seq)) {
+                Ok(Some(v)) => {
+                    self.docs_read.fetch_add(1, Ordering::Relaxed);
+                    Some(decode("change", &v))
+                }
+                // collected after its index key was read: it was superseded at or below the
+                // oldest open view's sequence, so no view shows it
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        }))
     }
 
     /// Last sequence assigned (writers number from here).
@@ -905,61 +1122,11 @@ impl DatabaseStore for SledDatabase {
         self.durable_seq.load(Ordering::SeqCst)
     }
 
-    fn changes_since(
-        &self,
-        since: u64,
-        descending: bool,
-    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
-        let from = seq_key(since.saturating_add(1));
-        let to = [b't'];
-        let dec = move |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ChangeEntry> {
-            let (_, v) = r?;
-            self.docs_read.fetch_add(1, Ordering::Relaxed);
-            decode("change", &v)
-        };
-        if descending {
-            Box::new(self.tree.range(from.to_vec()..to.to_vec()).rev().map(dec))
-        } else {
-            Box::new(self.tree.range(from.to_vec()..to.to_vec()).map(dec))
-        }
-    }
-
-    fn changes_in_channels(
-        &self,
-        channels: &[String],
-        since: u64,
-    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
-        let mut sources: Vec<Box<dyn Iterator<Item = Result<u64>> + '_>> = Vec::new();
-        for ch in channels {
-            if ch.contains('\0') {
-                continue;
-            }
-            let from = channel_key(ch, since.saturating_add(1));
-            let mut to = b"c".to_vec();
-            to.extend_from_slice(ch.as_bytes());
-            to.push(1);
-            sources.push(Box::new(self.tree.range(from..to).map(|r| {
-                let (k, _) = r?;
-                let tail: [u8; 8] = k[k.len() - 8..]
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("channel index key".into()))?;
-                Ok(u64::from_be_bytes(tail))
-            })));
-        }
-        Box::new(ChannelMerge::new(sources).filter_map(move |seq| {
-            let seq = match seq {
-                Ok(s) => s,
-                Err(e) => return Some(Err(e)),
-            };
-            match self.tree.get(seq_key(seq)) {
-                Ok(Some(v)) => {
-                    self.docs_read.fetch_add(1, Ordering::Relaxed);
-                    Some(decode("change", &v))
-                }
-                Ok(None) => None,
-                Err(e) => Some(Err(e.into())),
-            }
-        }))
+    fn changes_view(&self) -> Box<dyn crate::ChangesView + '_> {
+        Box::new(View {
+            db: self,
+            seq: self.open_view(),
+        })
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
@@ -1096,7 +1263,7 @@ impl DatabaseStore for SledDatabase {
     /// 3. Under the lock: add the digests of every document written since the scan began (a
     ///    write may have referred to a candidate by digest), then delete what is still
     ///    unreferenced. Writers check and use blobs under the same lock, so none can slip
-    ///    between.
+    ///    between. The same batch drops every superseded change entry no open view needs.
     fn compact(&self) -> Result<CompactStats> {
         const STEP: usize = 256;
         let mut stats = CompactStats::default();
@@ -1152,7 +1319,7 @@ impl DatabaseStore for SledDatabase {
         }
         {
             let _guard = self.lock();
-            for entry in self.changes_since(scan_start, false) {
+            for entry in self.raw_changes(scan_start, false) {
                 let entry = entry?;
                 if let Some(v) = self.tree.get(doc_key(&entry.id))? {
                     let meta: DocMeta = decode("document", &v)?;
@@ -1160,6 +1327,8 @@ impl DatabaseStore for SledDatabase {
                 }
             }
             let mut batch = Batch::default();
+            // and every superseded change entry no view needs any more
+            self.collect_superseded(&mut batch, usize::MAX)?;
             for k in candidates {
                 if !referenced.contains(String::from_utf8_lossy(&k[1..]).as_ref()) {
                     batch.remove(k);
@@ -1182,6 +1351,57 @@ impl DatabaseStore for SledDatabase {
 
     fn docs_read(&self) -> u64 {
         self.docs_read.load(Ordering::Relaxed)
+    }
+}
+
+/// A change view (see the module documentation): the sequence it is pinned at, released on
+/// drop.
+struct View<'a> {
+    db: &'a SledDatabase,
+    seq: u64,
+}
+
+impl Drop for View<'_> {
+    fn drop(&mut self) {
+        self.db.close_view(self.seq);
+    }
+}
+
+impl crate::ChangesView for View<'_> {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn since(
+        &self,
+        since: u64,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let view = self.seq;
+        let rows = self.db.raw_changes(since, descending);
+        if descending {
+            Box::new(rows.filter(move |e| e.as_ref().map_or(true, |e| e.visible_at(view))))
+        } else {
+            // ascending: everything after the first entry above the view is above it too
+            Box::new(
+                rows.take_while(move |e| e.as_ref().map_or(true, |e| e.seq <= view))
+                    .filter(move |e| e.as_ref().map_or(true, |e| e.visible_at(view))),
+            )
+        }
+    }
+
+    fn in_channels(
+        &self,
+        channels: &[String],
+        since: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let view = self.seq;
+        Box::new(
+            self.db
+                .raw_channel_changes(channels, since)
+                .take_while(move |e| e.as_ref().map_or(true, |e| e.seq <= view))
+                .filter(move |e| e.as_ref().map_or(true, |e| e.visible_at(view))),
+        )
     }
 }
 
@@ -1233,6 +1453,7 @@ fn local_gen(rev: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ChangesView;
 
     fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
         DocWrite::Edit {
@@ -1248,9 +1469,34 @@ mod tests {
         }
     }
 
+    /// Applies writes and waits until they are durable (visible to change views).
+    fn durable_write(db: &SledDatabase, w: Vec<DocWrite>) -> Result<Vec<Result<WriteOutcome>>> {
+        let (r, ticket) = db.write_docs(w)?;
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(db.durable(ticket))?;
+        Ok(r)
+    }
+
     fn one(db: &SledDatabase, w: DocWrite) -> Result<WriteOutcome> {
-        let (mut r, _) = db.write_docs(vec![w])?;
-        r.remove(0)
+        durable_write(db, vec![w])?.remove(0)
+    }
+
+    fn since(db: &SledDatabase, since: u64) -> Vec<ChangeEntry> {
+        let view = db.changes_view();
+        let rows = view.since(since, false).map(|c| c.unwrap()).collect();
+        rows
+    }
+
+    fn in_channels(db: &SledDatabase, channels: &[&str], since: u64) -> Vec<ChangeEntry> {
+        let channels: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        let view = db.changes_view();
+        let rows = view
+            .in_channels(&channels, since)
+            .map(|c| c.unwrap())
+            .collect();
+        rows
     }
 
     #[test]
@@ -1270,7 +1516,7 @@ mod tests {
             Err(StorageError::Conflict(_))
         ));
         one(&db, edit("other", None, serde_json::json!({}))).unwrap();
-        let changes: Vec<_> = db.changes_since(0, false).map(|c| c.unwrap()).collect();
+        let changes = since(&db, 0);
         assert_eq!(
             changes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
             vec!["doc", "other"]
@@ -1388,15 +1634,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let db = store.database("db").unwrap();
-        let (r, _) = db
-            .write_docs(vec![
+        let r = durable_write(
+            &db,
+            vec![
                 edit("d", None, serde_json::json!({})),
                 edit("d", None, serde_json::json!({"x":1})),
-            ])
-            .unwrap();
+            ],
+        )
+        .unwrap();
         assert!(r[0].is_ok());
         assert!(matches!(r[1], Err(StorageError::Conflict(_))));
-        assert_eq!(db.changes_since(0, false).count(), 1);
+        assert_eq!(since(&db, 0).len(), 1);
     }
 
     #[test]
@@ -1476,7 +1724,7 @@ mod tests {
         let meta = db.doc_meta("c").unwrap().unwrap();
         assert_eq!(meta.tree.leaves().len(), 2);
         assert_eq!(meta.winner().unwrap().0, "2-c");
-        let ch: Vec<_> = db.changes_since(0, false).map(|c| c.unwrap()).collect();
+        let ch = since(&db, 0);
         assert_eq!(ch.len(), 1);
         assert_eq!(ch[0].leaves.len(), 2);
     }
@@ -1502,10 +1750,7 @@ mod tests {
             one(&db, with(&format!("d{i}"), None, &[&ch])).unwrap();
         }
         let before = db.docs_read();
-        let rows: Vec<_> = db
-            .changes_in_channels(&["ch3".into(), "ch7".into()], 0)
-            .map(|r| r.unwrap())
-            .collect();
+        let rows = in_channels(&db, &["ch3", "ch7"], 0);
         assert_eq!(rows.len(), 10);
         assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(
@@ -1523,24 +1768,22 @@ mod tests {
             .0
             .to_string();
         let moved = one(&db, with("d3", Some(&rev), &["ch4"])).unwrap();
-        let ch3: Vec<_> = db
-            .changes_in_channels(&["ch3".into()], 50)
-            .map(|r| r.unwrap())
-            .collect();
+        let ch3 = in_channels(&db, &["ch3"], 50);
         assert_eq!(ch3.len(), 1);
         assert_eq!(
             (ch3[0].seq, ch3[0].removed.clone(), ch3[0].channels.clone()),
             (moved.seq, vec!["ch3".to_string()], vec!["ch4".to_string()])
         );
         // the old index entry is gone: ch3 from 0 lists d3 once, at its new sequence
-        let ids: Vec<_> = db
-            .changes_in_channels(&["ch3".into()], 0)
-            .map(|r| r.unwrap().id)
+        let ids: Vec<_> = in_channels(&db, &["ch3"], 0)
+            .into_iter()
+            .map(|r| r.id)
             .collect();
         assert_eq!(ids.iter().filter(|i| *i == "d3").count(), 1);
         // a tombstone keeps its parent's channels
-        let (mut r, _) = db
-            .write_docs(vec![DocWrite::Edit {
+        let mut r = durable_write(
+            &db,
+            vec![DocWrite::Edit {
                 id: "d4".into(),
                 parent: Some(
                     db.doc_meta("d4")
@@ -1558,13 +1801,11 @@ mod tests {
                 channels: vec![],
                 revs_limit: 1000,
                 must_exist: true,
-            }])
-            .unwrap();
+            }],
+        )
+        .unwrap();
         let del = r.remove(0).unwrap();
-        let ch4: Vec<_> = db
-            .changes_in_channels(&["ch4".into()], del.seq - 1)
-            .map(|r| r.unwrap())
-            .collect();
+        let ch4 = in_channels(&db, &["ch4"], del.seq - 1);
         assert_eq!(ch4.len(), 1);
         assert!(ch4[0].deleted() && ch4[0].removed.is_empty());
     }
@@ -1589,6 +1830,199 @@ mod tests {
         db.delete_local("cp", Some("0-2")).unwrap();
         assert!(db.get_local("cp").unwrap().is_none());
         assert_eq!(db.last_seq(), 0, "local docs take no sequence");
+    }
+
+    /// The race of issue 13, step by step: an update applied but not yet durable must leave
+    /// the document visible at its old sequence; a view keeps showing what it showed while
+    /// later writes collect superseded entries around it.
+    #[test]
+    fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let with = |id: &str, parent: Option<&str>| DocWrite::Edit {
+            id: id.into(),
+            parent: parent.map(Into::into),
+            deleted: false,
+            body: b"{}".to_vec(),
+            canonical: b"{}".to_vec(),
+            attachments: vec![],
+            channels: vec!["c".into()],
+            revs_limit: 1000,
+            must_exist: false,
+        };
+        let a1 = one(&db, with("a", None)).unwrap();
+        one(&db, with("b", None)).unwrap();
+        assert_eq!(db.last_seq(), 2);
+        // applied, not durable
+        let (r, ticket) = db.write_docs(vec![with("a", Some(&a1.rev))]).unwrap();
+        let a2 = r.into_iter().next().unwrap().unwrap();
+        assert_eq!(a2.seq, 3);
+        type Rows = Vec<(String, u64)>;
+        let seqs = |v: &dyn ChangesView| -> (Rows, Rows) {
+            let all = v
+                .since(0, false)
+                .map(|e| e.map(|e| (e.id, e.seq)).unwrap())
+                .collect();
+            let ch = v
+                .in_channels(&["c".into()], 0)
+                .map(|e| e.map(|e| (e.id, e.seq)).unwrap())
+                .collect();
+            (all, ch)
+        };
+        let at_two = vec![("a".to_string(), 1), ("b".to_string(), 2)];
+        let old_view = db.changes_view();
+        assert_eq!(old_view.seq(), 2);
+        assert_eq!(seqs(&*old_view), (at_two.clone(), at_two.clone()));
+        let desc: Vec<u64> = old_view.since(0, true).map(|e| e.unwrap().seq).collect();
+        assert_eq!(desc, vec![2, 1]);
+        rt.block_on(db.durable(ticket)).unwrap();
+        let at_three = vec![("b".to_string(), 2), ("a".to_string(), 3)];
+        {
+            let new_view = db.changes_view();
+            assert_eq!(new_view.seq(), 3);
+            assert_eq!(seqs(&*new_view), (at_three.clone(), at_three.clone()));
+        }
+        // a write while the old view is open must not collect what it shows
+        one(&db, with("c", None)).unwrap();
+        assert_eq!(seqs(&*old_view), (at_two.clone(), at_two));
+        assert_eq!(db.raw_changes(0, false).count(), 4, "a@1 kept for the view");
+        drop(old_view);
+        // the next write collects it: the entry, its channel key and its record
+        one(&db, with("d", None)).unwrap();
+        let raw: Vec<u64> = db.raw_changes(0, false).map(|e| e.unwrap().seq).collect();
+        assert_eq!(raw, vec![2, 3, 4, 5]);
+        assert_eq!(db.scan(b'g').count(), 0);
+        assert!(db.tree.get(channel_key("c", 1)).unwrap().is_none());
+        // a document written twice in one batch: only its last entry, superseding the old one
+        let b1 = db.doc_meta("b").unwrap().unwrap();
+        let b1_rev = b1.winner().unwrap().0.to_string();
+        let r = durable_write(&db, vec![with("b", Some(&b1_rev)), with("e", None)]).unwrap();
+        let b2 = r[0].as_ref().unwrap().rev.clone();
+        let r = durable_write(&db, vec![with("b", Some(&b2)), with("b", None)]).unwrap();
+        assert!(matches!(r[1], Err(StorageError::Conflict(_))));
+        let ids: Vec<(String, u64)> = since(&db, 0).into_iter().map(|e| (e.id, e.seq)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("a".to_string(), 3),
+                ("c".to_string(), 4),
+                ("d".to_string(), 5),
+                ("e".to_string(), 7),
+                ("b".to_string(), 8)
+            ]
+        );
+        // compaction collects whatever no view needs; a reopened store reads the same
+        db.compact().unwrap();
+        assert_eq!(db.scan(b'g').count(), 0);
+        assert_eq!(db.raw_changes(0, false).count(), 5);
+        drop(db);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        assert_eq!(since(&db, 0).len(), 5);
+    }
+
+    /// Writers update documents (moving them between channels) while readers open views in a
+    /// loop: every view lists every document exactly once, by sequence and through the
+    /// channel index, ascending and descending, never above the view's sequence.
+    #[test]
+    fn concurrent_views_list_every_document_once() {
+        const DOCS: usize = 12;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let with = |id: &str, parent: Option<String>, n: usize| DocWrite::Edit {
+            id: id.into(),
+            parent,
+            deleted: false,
+            body: format!("{{\"n\":{n}}}").into_bytes(),
+            canonical: format!("{{\"n\":{n}}}").into_bytes(),
+            attachments: vec![],
+            channels: vec!["all".into(), format!("x{}", n % 2)],
+            revs_limit: 1000,
+            must_exist: false,
+        };
+        let ids: Vec<String> = (0..DOCS).map(|i| format!("d{i:02}")).collect();
+        durable_write(&db, ids.iter().map(|id| with(id, None, 0)).collect()).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // two writers, each owning half the documents, one or two documents per batch
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let db = db.clone();
+                let stop = stop.clone();
+                let mine: Vec<String> = ids.iter().skip(w).step_by(2).cloned().collect();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let pick: Vec<&String> = (0..1 + n % 2)
+                            .map(|k| &mine[(n + k) % mine.len()])
+                            .collect();
+                        let writes = pick
+                            .iter()
+                            .map(|id| {
+                                let rev = db.doc_meta(id).unwrap().unwrap();
+                                let rev = rev.winner().unwrap().0.to_string();
+                                with(id, Some(rev), n)
+                            })
+                            .collect();
+                        let (r, t) = db.write_docs(writes).unwrap();
+                        assert!(r.iter().all(|r| r.is_ok()));
+                        rt.block_on(db.durable(t)).unwrap();
+                    }
+                    n
+                })
+            })
+            .collect();
+        fn check(ids: &[String], what: &str, view: u64, rows: Vec<ChangeEntry>) {
+            assert!(rows.iter().all(|e| e.seq <= view), "{what}: above {view}");
+            let mut got: Vec<&str> = rows.iter().map(|e| e.id.as_str()).collect();
+            got.sort();
+            assert_eq!(got, ids, "{what} at {view}: every document once");
+        }
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let db = db.clone();
+                let ids = ids.clone();
+                let check = move |what: &str, view: u64, rows| check(&ids, what, view, rows);
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        let view = db.changes_view();
+                        let v = view.seq();
+                        check("asc", v, view.since(0, false).map(|e| e.unwrap()).collect());
+                        check("desc", v, view.since(0, true).map(|e| e.unwrap()).collect());
+                        let chans = ["x0".to_string(), "x1".to_string()];
+                        let rows = view.in_channels(&chans, 0).map(|e| e.unwrap()).collect();
+                        check("channels", v, rows);
+                    }
+                })
+            })
+            .collect();
+        let mut failure = None;
+        for r in readers {
+            if let Err(e) = r.join() {
+                failure.get_or_insert(e);
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let batches: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        if let Some(e) = failure {
+            std::panic::resume_unwind(e);
+        }
+        assert!(batches > 2, "writers ran alongside the readers");
+        // with no view open, one more write leaves at most what it supersedes itself
+        let rev = db.doc_meta("d00").unwrap().unwrap();
+        let rev = rev.winner().unwrap().0.to_string();
+        one(&db, with("d00", Some(rev), 0)).unwrap();
+        assert!(db.scan(b'g').count() <= 1);
+        assert_eq!(since(&db, 0).len(), DOCS);
     }
 }
 

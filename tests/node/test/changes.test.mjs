@@ -1,6 +1,7 @@
 // _changes over HTTP: every feed type and parameter, wake-ups, heartbeats and disconnects.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { startServer, req } from '../lib/server.mjs';
 import { eventually } from '../lib/compare.mjs';
 import { openStream, sleep } from '../lib/stream.mjs';
@@ -284,11 +285,44 @@ test('eventsource feed: text/event-stream with data/id lines', async () => {
   assert.deepEqual(parsed.map((p) => p.data.id), ['a', 'b']);
   assert.deepEqual(parsed.map((p) => p.id), ['1', '2']);
   st.abort();
-  // a reconnecting EventSource resumes from Last-Event-ID
-  const re = await openStream(`${url}/_changes?feed=eventsource&timeout=1000`, { headers: { accept: 'text/event-stream', 'last-event-id': '1' } });
+  // a reconnecting EventSource resumes from Last-Event-ID, which wins over since in its URL
+  const re = await openStream(`${url}/_changes?feed=eventsource&since=0&timeout=1000`, { headers: { accept: 'text/event-stream', 'last-event-id': '1' } });
   await re.done;
   assert.deepEqual(re.text().split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice(6)).id), ['b']);
   await eventually(async () => (await feeds(name)) === 0, 5000, 'eventsource released');
+});
+
+test('a real EventSource reconnects with Last-Event-ID and gets no event twice', async () => {
+  const { url } = await fresh();
+  await write(url, [{ _id: 'a' }, { _id: 'b' }]);
+  // Node's own EventSource (undici, behind a flag in Node 20): it reconnects by itself when the
+  // server ends the stream (here after 500 ms idle), to the same URL, with Last-Event-ID
+  const script = `
+    const es = new EventSource(process.argv[1]);
+    es.onmessage = (e) => console.log(JSON.stringify({ id: JSON.parse(e.data).id, lastEventId: e.lastEventId }));
+    es.onopen = () => console.log(JSON.stringify({ open: true }));
+    setInterval(() => {}, 1000); // the reconnect timer alone does not keep the process alive`;
+  const child = spawn(process.execPath, ['--experimental-eventsource', '--no-warnings', '-e', script, `${url}/_changes?feed=eventsource&since=0&timeout=500`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const lines = [];
+    let buf = '';
+    child.stdout.on('data', (d) => {
+      buf += d;
+      const parts = buf.split('\n');
+      buf = parts.pop();
+      for (const p of parts.filter(Boolean)) lines.push(JSON.parse(p));
+    });
+    const events = () => lines.filter((l) => l.id);
+    await eventually(async () => events().length >= 2, 10000, 'first two events');
+    // the first stream ends after 500 ms idle and the client reconnects by itself
+    await eventually(async () => lines.filter((l) => l.open).length >= 2, 15000, 'a reconnect');
+    await write(url, [{ _id: 'c' }]);
+    await eventually(async () => events().some((e) => e.id === 'c'), 15000, 'event c after the reconnect');
+    assert.deepEqual(events().map((e) => e.id), ['a', 'b', 'c'], JSON.stringify(lines));
+    assert.deepEqual(events().map((e) => e.lastEventId), ['1', '2', '3']);
+  } finally {
+    child.kill();
+  }
 });
 
 test('disconnected clients leave nothing behind (longpoll with and without heartbeat, continuous)', async () => {
