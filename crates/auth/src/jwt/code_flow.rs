@@ -873,6 +873,72 @@ mod tests {
         assert!(e.contains("login transaction does not decode"), "{e}");
     }
 
+    /// The callback's state checks, which come before any request to the provider (its
+    /// issuer here is a port nothing listens on).
+    #[tokio::test]
+    async fn callback_state_handling() {
+        let (_d, db) = store();
+        let cfg: OidcConfig = serde_json::from_value(serde_json::json!({"providers": {"kc": {
+            "issuer": "http://127.0.0.1:9/realms/r", "client_id": "app",
+            "callback_url": "http://127.0.0.1:4984/db/_oidc_callback"}}}))
+        .unwrap();
+        let jwt = Arc::new(JwtAuth::new(Some(&cfg), None).unwrap().unwrap());
+        let flow = CodeFlow::new("db", Some(&cfg), Some(jwt), db.clone(), b"k".to_vec()).unwrap();
+        let principals = Principals::new(db);
+        let q = |state: &str| CallbackQuery {
+            code: Some("c".into()),
+            state: Some(state.into()),
+            ..Default::default()
+        };
+        let reason = |r: Result<Login, AuthError>| match r {
+            Err(AuthError::BadRequest(m)) => m,
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        let put =
+            |state: &str, expires_ms: u64| flow.logins().put(state, &rec(expires_ms)).unwrap();
+        // unknown state
+        let m = reason(flow.callback(&q("nope"), Some("cookie"), &principals).await);
+        assert!(m.contains("State mismatch"), "{m}");
+        // another browser's cookie: refused, and the transaction is used up
+        put("s1", now_ms() + 60_000);
+        let m = reason(flow.callback(&q("s1"), Some("other"), &principals).await);
+        assert!(m.contains("did not start this login"), "{m}");
+        let m = reason(flow.callback(&q("s1"), Some("cookie"), &principals).await);
+        assert!(m.contains("already used"), "{m}");
+        // no cookie at all
+        put("s2", now_ms() + 60_000);
+        let m = reason(flow.callback(&q("s2"), None, &principals).await);
+        assert!(m.contains("cookies must be enabled"), "{m}");
+        // expired
+        put("s3", now_ms() - 1);
+        let m = reason(flow.callback(&q("s3"), Some("cookie"), &principals).await);
+        assert!(m.contains("expired"), "{m}");
+        // another provider named on the callback (mix-up)
+        put("s4", now_ms() + 60_000);
+        let mut mixed = q("s4");
+        mixed.provider = Some("other".into());
+        let m = reason(flow.callback(&mixed, Some("cookie"), &principals).await);
+        assert!(m.contains("Unable to identify provider"), "{m}");
+        // a provider error uses up the transaction too, and is a 401 naming the error
+        put("s5", now_ms() + 60_000);
+        let mut denied = q("s5");
+        denied.code = None;
+        denied.error = Some("access_denied".into());
+        match flow.callback(&denied, Some("cookie"), &principals).await {
+            Err(AuthError::Unauthorized { reason, .. }) => {
+                assert!(reason.contains("access_denied"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(flow.logins().count().unwrap(), 0);
+        // the right state and cookie get past the state checks to the provider (down here)
+        put("s6", now_ms() + 60_000);
+        match flow.callback(&q("s6"), Some("cookie"), &principals).await {
+            Err(AuthError::BadGateway(m)) => assert!(m.contains("unavailable"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn random_values_and_cookie() {
         let a = random_token(32);
