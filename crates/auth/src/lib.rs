@@ -48,6 +48,9 @@ pub enum AuthError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
+    /// An upstream service (an OpenID provider's token endpoint) failed or is unreachable.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("Too many failed login attempts; retry in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
     #[error(transparent)]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use serde_json::{json, Value};
-use syncgate_auth::jwt::{bearer::revoke_stale_grants, JwtAuth};
+use syncgate_auth::jwt::{bearer::revoke_stale_grants, code_flow::CodeFlow, JwtAuth};
 use syncgate_auth::{AuthSettings, Authenticator, CookieSettings, SameSite};
 use syncgate_storage::{DatabaseStore, Store};
 use tokio::sync::watch;
@@ -86,6 +86,8 @@ pub struct Database {
     pub tls: bool,
     /// Whether CORS origins are configured for this database (cookie `SameSite` default).
     pub cors_configured: bool,
+    /// The OpenID Connect authorization-code flow (`_oidc*`), when `oidc` is configured.
+    pub code_flow: Option<CodeFlow>,
 }
 
 impl Database {
@@ -177,6 +179,13 @@ impl Server {
             .map_err(|e| Error::Internal(format!("database \"{name}\": JWT providers: {e}")))?
             .map(Arc::new);
         revoke_stale_grants(auth.principals(), jwt.as_deref())?;
+        let code_flow = CodeFlow::new(
+            name,
+            config.oidc.as_ref(),
+            jwt.clone(),
+            store.clone(),
+            self.session_key.clone(),
+        );
         if let Some(jwt) = jwt {
             auth.set_bearer(jwt);
         }
@@ -196,6 +205,7 @@ impl Server {
             shutdown: self.shutdown_tx.subscribe(),
             tls: self.config.tls(),
             cors_configured,
+            code_flow,
         });
         self.dbs
             .write()
@@ -334,7 +344,16 @@ fn spawn_session_gc(db: &Arc<Database>) {
             }
             let Some(db) = weak.upgrade() else { break };
             let name = db.name.clone();
-            match tokio::task::spawn_blocking(move || db.auth.collect_sessions()).await {
+            match tokio::task::spawn_blocking(move || {
+                if let Some(flow) = &db.code_flow {
+                    if let Err(e) = flow.logins().collect(syncgate_auth::sessions::now_ms()) {
+                        tracing::warn!(db = %db.name, "login transaction collection failed: {e}");
+                    }
+                }
+                db.auth.collect_sessions()
+            })
+            .await
+            {
                 Ok(Ok(n)) if n > 0 => {
                     tracing::debug!(db = %name, removed = n, "sessions collected")
                 }

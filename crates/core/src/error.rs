@@ -31,6 +31,9 @@ pub enum Error {
     TooManyRequests { reason: String, retry_after: u64 },
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// An upstream service (an OpenID provider) failed or could not be reached.
+    #[error("{0}")]
+    BadGateway(String),
     /// A bug or an engine failure: logged in detail, answered generically.
     #[error("{0}")]
     Internal(String),
@@ -57,6 +60,7 @@ impl Error {
             Error::TooLarge(_) => (413, "too_large"),
             Error::BadContentType(_) => (415, "bad_content_type"),
             Error::TooManyRequests { .. } => (429, "too_many_requests"),
+            Error::BadGateway(_) => (502, "bad_gateway"),
             Error::ServiceUnavailable(_) => (503, "service_unavailable"),
             Error::Internal(_) | Error::Corrupt(_) => (500, "internal_server_error"),
         }
@@ -110,6 +114,7 @@ impl From<AuthError> for Error {
             AuthError::NotFound(m) => Error::NotFound(m),
             AuthError::MethodNotAllowed(m) => Error::MethodNotAllowed(m),
             AuthError::Conflict(m) => Error::Conflict(m),
+            AuthError::BadGateway(m) => Error::BadGateway(m),
             AuthError::Internal(m) => Error::Internal(m),
             e @ AuthError::TooManyRequests { .. } => {
                 let retry_after = if let AuthError::TooManyRequests { retry_after } = &e {

@@ -15,6 +15,8 @@ use syncgate_core::{Database, Error, Result, Server};
 use warp::filters::BoxedFilter;
 use warp::Filter;
 
+mod oidc;
+
 /// Routes reserved to the admin port (answered 404 here, as if they did not exist).
 const ADMIN_ONLY: &[&str] = &[
     "_user", "_role", "_compact", "_config", "_resync", "_purge", "_offline", "_online", "_raw",
@@ -44,6 +46,8 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(Reply,)> {
 struct Pending {
     /// A session cookie to set: login, logout, or the sliding refresh of the request's session.
     set_cookie: Option<String>,
+    /// Other cookies (the OpenID Connect login binding).
+    extra_cookies: Vec<String>,
 }
 
 async fn handle(server: &Arc<Server>, req: &Request) -> Reply {
@@ -62,9 +66,11 @@ async fn handle(server: &Arc<Server>, req: &Request) -> Reply {
             error_with_challenge(&e, req, db.as_deref())
         }
     };
-    if let Some(c) = pending
-        .set_cookie
-        .and_then(|c| HeaderValue::from_str(&c).ok())
+    for c in pending
+        .extra_cookies
+        .iter()
+        .chain(pending.set_cookie.as_ref())
+        .filter_map(|c| HeaderValue::from_str(c).ok())
     {
         r.headers_mut().append(http::header::SET_COOKIE, c);
     }
@@ -163,6 +169,12 @@ async fn dispatch(
             }
             Method::DELETE => return Err(Error::not_found("unknown URL")),
             _ => {}
+        }
+    }
+    if let (Some(ep), 1) = (rest.first(), rest.len()) {
+        if oidc::ENDPOINTS.contains(&ep.as_str()) {
+            // no authentication: these endpoints are how a caller logs in
+            return oidc::handle(&db, req, ep, pending).await;
         }
     }
     if rest.first().map(String::as_str) == Some("_session") && rest.len() == 1 {

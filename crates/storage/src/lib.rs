@@ -159,6 +159,17 @@ pub trait DatabaseStore: Send + Sync {
     fn delete_sessions(&self, keys: &[String]) -> Result<Ticket>;
     fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>>;
 
+    // --- OpenID Connect login transactions (opaque JSON to this layer) ------------------------
+    /// Stores a pending login (the code flow's state, PKCE verifier, nonce) under a key the
+    /// caller derives from the state (a keyed hash: the store never sees the state itself).
+    fn put_login(&self, key: &str, value: Vec<u8>) -> Result<Ticket>;
+    /// Removes a pending login and returns it: atomic, so of two callers with the same key at
+    /// most one gets the record (a login transaction is single use).
+    fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Every pending login (for collecting expired ones).
+    fn list_logins(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    fn delete_logins(&self, keys: &[String]) -> Result<Ticket>;
+
     // --- maintenance -------------------------------------------------------------------------
     /// Purges bodies of non-leaf revisions and unreferenced attachments.
     fn compact(&self) -> Result<CompactStats>;

@@ -12,6 +12,7 @@
 //! | `a` | digest | attachment bytes (once per digest) |
 //! | `u`, `r` | user / role name | principal JSON (opaque here) |
 //! | `x` | session key | session JSON (opaque here) |
+//! | `o` | login key | OpenID Connect login transaction JSON (opaque here) |
 //! | `m` | counter name | u64 BE (`last_seq`, `doc_count`) |
 //! | `g` | u64 BE next sequence, u64 BE superseded sequence | channel history of the superseded entry (JSON) |
 //!
@@ -1250,6 +1251,31 @@ impl DatabaseStore for SledDatabase {
         self.scan(b'x')
             .map(|r| r.map(|(k, v)| (String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec())))
             .collect()
+    }
+
+    fn put_login(&self, key: &str, value: Vec<u8>) -> Result<Ticket> {
+        self.tree.insert(prefixed(b'o', key), value)?;
+        Ok(self.commit.ticket())
+    }
+
+    fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        // sled's remove is atomic: one caller gets the old value, the others None
+        Ok(self.tree.remove(prefixed(b'o', key))?.map(|v| v.to_vec()))
+    }
+
+    fn list_logins(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.scan(b'o')
+            .map(|r| r.map(|(k, v)| (String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec())))
+            .collect()
+    }
+
+    fn delete_logins(&self, keys: &[String]) -> Result<Ticket> {
+        let mut batch = Batch::default();
+        for k in keys {
+            batch.remove(prefixed(b'o', k));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(self.commit.ticket())
     }
 
     /// Compaction runs beside writers: it takes the write lock only in short steps, so a

@@ -43,7 +43,7 @@ fn up_to_date(rec: &UserRecord, id: &JwtIdentity) -> bool {
 }
 
 /// Creates or updates the token's user. Unknown users without `register` are refused.
-async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(), AuthError> {
+pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(), AuthError> {
     let name = id.username.as_str();
     if name == GUEST {
         return Err(rejected("a token cannot act as GUEST"));

@@ -39,6 +39,10 @@ pub struct OidcConfig {
     pub default_provider: Option<String>,
     #[serde(default)]
     pub providers: BTreeMap<String, OidcProviderConfig>,
+    /// Origins (`scheme://host[:port]`) a code-flow login may send the browser back to with
+    /// `_oidc?return_to=`; any other `return_to` is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub return_to_origins: Vec<String>,
 }
 
 /// One OpenID Connect provider.
@@ -66,6 +70,48 @@ pub struct OidcProviderConfig {
     /// SG's auth-code-flow switch; ignored by Bearer and `POST /_session` (as SG).
     #[serde(default)]
     pub disable_session: bool,
+    /// The client secret for the token endpoint (code flow); use `${VAR}`.
+    #[serde(default, skip_serializing)]
+    pub validation_key: Option<Secret>,
+    /// The code flow's `redirect_uri` (`https://host/{db}/_oidc_callback`), exactly as
+    /// registered at the provider; the code flow is enabled only when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Scopes requested (default `openid email`; `openid` is always sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<String>>,
+    /// Code-flow answers also carry the provider's `access_token`.
+    #[serde(default)]
+    pub include_access: bool,
+    /// Code flow only: the ID token from the token endpoint (a direct TLS answer) is not
+    /// signature-checked; every other check still applies.
+    #[serde(default)]
+    pub allow_unsigned_provider_tokens: bool,
+}
+
+/// Default scopes of the code flow.
+pub const DEFAULT_SCOPES: [&str; 2] = ["openid", "email"];
+
+impl OidcProviderConfig {
+    /// The scopes to request: the configured ones (or `openid email`), `openid` first and once.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut out = vec!["openid".to_string()];
+        let wanted: Vec<String> = match &self.scope {
+            Some(s) => s.clone(),
+            None => DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+        };
+        for s in wanted {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+/// The origin of an http(s) URL: `scheme://host[:port]` (default ports left out).
+pub fn url_origin(u: &reqwest::Url) -> String {
+    u.origin().ascii_serialization()
 }
 
 /// One `local_jwt` provider: tokens signed with static keys (or a JWKS URL, no discovery).
@@ -198,6 +244,50 @@ impl OidcConfig {
             check_claim_name(&at, "username_claim", &p.username_claim)?;
             check_claim_name(&at, "roles_claim", &p.roles_claim)?;
             check_claim_name(&at, "channels_claim", &p.channels_claim)?;
+            if let Some(c) = &p.callback_url {
+                let u = check_http_url(c).map_err(|e| format!("{at}.callback_url: {e}"))?;
+                if u.fragment().is_some() {
+                    return Err(format!(
+                        "{at}.callback_url: a redirect URI may not have a #fragment"
+                    ));
+                }
+                if !u.path().ends_with("/_oidc_callback") {
+                    return Err(format!(
+                        "{at}.callback_url: \"{c}\" must be this database's _oidc_callback URL \
+                         (https://<public host>/<db>/_oidc_callback)"
+                    ));
+                }
+            }
+            if let Some(k) = &p.validation_key {
+                if k.expose().is_empty() {
+                    return Err(format!(
+                        "{at}.validation_key: empty (the client secret; leave it out for a public client)"
+                    ));
+                }
+            }
+            if let Some(s) = &p.scope {
+                for (i, sc) in s.iter().enumerate() {
+                    if sc.is_empty()
+                        || sc.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\')
+                    {
+                        return Err(format!("{at}.scope[{i}]: \"{sc}\" is not a scope token"));
+                    }
+                }
+            }
+            if p.allow_unsigned_provider_tokens && p.callback_url.is_none() {
+                return Err(format!(
+                    "{at}.allow_unsigned_provider_tokens: only applies to the code flow (set callback_url)"
+                ));
+            }
+        }
+        for (i, o) in self.return_to_origins.iter().enumerate() {
+            let u = check_http_url(o).map_err(|e| format!("{at}.return_to_origins[{i}]: {e}"))?;
+            if url_origin(&u) != o.trim_end_matches('/') {
+                return Err(format!(
+                    "{at}.return_to_origins[{i}]: \"{o}\" is not an origin (scheme://host[:port], \
+                     no path, default port left out)"
+                ));
+            }
         }
         Ok(())
     }
@@ -481,19 +571,62 @@ mod tests {
                 json!({"providers":{"a":{"issuer":"https://a","client_id":"c","roles_claim":"a..b"}}}),
                 "roles_claim",
             ),
+            (
+                json!({"providers":{"a":{"issuer":"https://a","client_id":"c","callback_url":"/db/_oidc_callback"}}}),
+                "$.oidc.providers.a.callback_url: \"/db/_oidc_callback\" is not a valid URL",
+            ),
+            (
+                json!({"providers":{"a":{"issuer":"https://a","client_id":"c","callback_url":"https://h/db/_oidc"}}}),
+                "_oidc_callback URL",
+            ),
+            (
+                json!({"providers":{"a":{"issuer":"https://a","client_id":"c","validation_key":""}}}),
+                "validation_key: empty",
+            ),
+            (
+                json!({"providers":{"a":{"issuer":"https://a","client_id":"c","scope":["openid profile"]}}}),
+                "scope[0]",
+            ),
+            (
+                json!({"providers":{"a":{"issuer":"https://a","client_id":"c","allow_unsigned_provider_tokens":true}}}),
+                "set callback_url",
+            ),
+            (
+                json!({"return_to_origins":["https://app.example/path"],"providers":{"a":{"issuer":"https://a","client_id":"c"}}}),
+                "return_to_origins[0]",
+            ),
         ] {
             let c: OidcConfig = serde_json::from_value(cfg.clone()).unwrap();
             let e = c.validate("$.oidc").unwrap_err();
             assert!(e.contains(needle), "{cfg}: {e}");
         }
         assert!(serde_json::from_value::<OidcConfig>(
-            json!({"providers":{"a":{"issuer":"x","client_id":"c","validation_key":"k"}}})
+            json!({"providers":{"a":{"issuer":"x","client_id":"c","validation_secret":"k"}}})
         )
         .is_err());
         // OpenID Connect still needs its issuer (discovery and the iss check depend on it)
         let e = serde_json::from_value::<OidcConfig>(json!({"providers":{"a":{"client_id":"c"}}}))
             .unwrap_err();
         assert!(e.to_string().contains("missing field `issuer`"), "{e}");
+    }
+
+    #[test]
+    fn code_flow_keys() {
+        let c: OidcConfig = serde_json::from_value(json!({
+            "return_to_origins": ["https://app.example", "http://localhost:8080"],
+            "providers": {"kc": {"issuer": "https://kc.example/realms/r", "client_id": "c",
+                "validation_key": "s3cret", "callback_url": "https://sg.example/db/_oidc_callback",
+                "scope": ["profile", "openid", "offline_access"], "include_access": true,
+                "allow_unsigned_provider_tokens": true}}}))
+        .unwrap();
+        c.validate("$.oidc").unwrap();
+        let p = &c.providers["kc"];
+        assert_eq!(p.scopes(), ["openid", "profile", "offline_access"]);
+        assert!(!format!("{p:?}").contains("s3cret"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
+        let d: OidcProviderConfig =
+            serde_json::from_value(json!({"issuer": "https://a", "client_id": "c"})).unwrap();
+        assert_eq!(d.scopes(), ["openid", "email"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod bearer;
 pub mod cache;
+pub mod code_flow;
 pub mod config;
 pub mod keys;
 pub mod provider;
@@ -249,6 +250,35 @@ impl JwtAuth {
             }
         }
         Err(best.unwrap_or(JwtError::NoKey))
+    }
+
+    /// The discovery document of the OpenID provider `name` (fetched or cached).
+    pub async fn discovered(&self, name: &str) -> Result<Arc<remote::Discovered>, JwtError> {
+        let p = self
+            .providers
+            .iter()
+            .find(|p| p.is_oidc && p.name == name)
+            .ok_or(JwtError::UnknownIssuer)?;
+        p.discovered(&self.http).await
+    }
+
+    /// Verifies an ID token the OpenID provider `name` issued to us (code flow): the §7b
+    /// checks of that provider, without the signature when `skip_signature`
+    /// (`allow_unsigned_provider_tokens`). The token is not cached.
+    pub async fn verify_for_provider(
+        &self,
+        name: &str,
+        token: &str,
+        skip_signature: bool,
+        now: i64,
+    ) -> Result<JwtIdentity, JwtError> {
+        let p = self
+            .providers
+            .iter()
+            .find(|p| p.is_oidc && p.name == name)
+            .ok_or(JwtError::UnknownIssuer)?;
+        let jws = Jws::parse(token)?;
+        p.verify_issued(&jws, &self.http, now, skip_signature).await
     }
 
     /// Verified tokens currently cached.

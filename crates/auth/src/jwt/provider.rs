@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::config::{LocalJwtConfig, OidcConfig, DEFAULT_LEEWAY_SECS};
 use super::keys::{Alg, VerifyKey};
-use super::remote::{Discovery, Http, KeySnapshot, RemoteKeySet};
+use super::remote::{Discovered, Discovery, Http, KeySnapshot, RemoteKeySet};
 use super::token::{self, Jws, TimeRules};
 use super::{JwtError, JwtIdentity};
 
@@ -151,6 +151,34 @@ impl Provider {
         self.check_issuer_and_audience(jws)?;
         let generation = self.verify_key(jws, http).await?;
         Ok((self.identity(jws, now)?, generation))
+    }
+
+    /// An ID token from this provider's token endpoint (code flow): as [`Provider::verify`],
+    /// with the signature skipped when `skip_signature`.
+    pub async fn verify_issued(
+        &self,
+        jws: &Jws<'_>,
+        http: &Http,
+        now: i64,
+        skip_signature: bool,
+    ) -> Result<JwtIdentity, JwtError> {
+        self.check_hmac_for_oidc(jws)?;
+        self.check_issuer_and_audience(jws)?;
+        if !skip_signature {
+            self.verify_key(jws, http).await?;
+        }
+        self.identity(jws, now)
+    }
+
+    /// The discovery document (OpenID providers only).
+    pub async fn discovered(&self, http: &Http) -> Result<Arc<Discovered>, JwtError> {
+        match &self.keys {
+            KeySource::Oidc(d) => d.get(http).await,
+            _ => Err(JwtError::ProviderUnavailable(format!(
+                "{} is not an OpenID Connect provider",
+                self.name
+            ))),
+        }
     }
 
     /// Shared-secret algorithms are never accepted for OpenID Connect.

@@ -22,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Whole-request timeout for provider requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest discovery or JWKS document read.
-const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// Discovery documents are re-fetched after their Cache-Control lifetime, clamped to this range.
 pub const DISCOVERY_MIN_TTL: Duration = Duration::from_secs(60);
 pub const DISCOVERY_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -43,6 +43,9 @@ pub(crate) fn next_generation() -> u64 {
 #[derive(Default)]
 pub struct Http {
     client: OnceLock<Result<reqwest::Client, String>>,
+    /// For token requests: never follows redirects (a redirected POST could carry the code
+    /// and the client secret elsewhere).
+    token_client: OnceLock<Result<reqwest::Client, String>>,
 }
 
 /// A fetched JSON document and how long it may be cached.
@@ -59,6 +62,22 @@ impl Http {
                     .connect_timeout(CONNECT_TIMEOUT)
                     .timeout(REQUEST_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::limited(3))
+                    .user_agent(concat!("syncgate/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| JwtError::ProviderUnavailable(format!("HTTP client: {e}")))
+    }
+
+    /// The client for token-endpoint requests (no redirects).
+    pub fn token_client(&self) -> Result<&reqwest::Client, JwtError> {
+        self.token_client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .timeout(REQUEST_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::none())
                     .user_agent(concat!("syncgate/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| e.to_string())
@@ -100,7 +119,7 @@ impl Http {
     }
 }
 
-fn short_error(e: &reqwest::Error) -> &'static str {
+pub(crate) fn short_error(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -306,6 +325,13 @@ pub struct Discovered {
     /// Advertised ∩ {RS*, PS*, ES*, EdDSA}; RS256 when that is empty.
     pub algs: Vec<Alg>,
     pub keys: Arc<RemoteKeySet>,
+    /// The code flow's endpoints (absent from implicit-only providers' documents).
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    /// `token_endpoint_auth_methods_supported` (OpenID default: `client_secret_basic`).
+    pub token_auth_methods: Vec<String>,
+    /// RFC 9207: the provider adds `iss` to its authorization responses.
+    pub iss_in_response: bool,
     expires: Instant,
 }
 
@@ -438,9 +464,38 @@ impl Discovery {
             Some(c) if c.keys.uri == jwks_uri => c.keys.clone(),
             _ => Arc::new(RemoteKeySet::new(jwks_uri.to_string())),
         };
+        let endpoint = |name: &str| -> Result<Option<String>, JwtError> {
+            match f.body.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(u)) => {
+                    super::config::check_http_url(u).map_err(|e| bad(&format!("{name} {e}")))?;
+                    Ok(Some(u.clone()))
+                }
+                Some(_) => Err(bad(&format!("{name} is not a string"))),
+            }
+        };
+        let token_auth_methods = f
+            .body
+            .get("token_endpoint_auth_methods_supported")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["client_secret_basic".to_string()]);
         Ok(Discovered {
             algs,
             keys,
+            authorization_endpoint: endpoint("authorization_endpoint")?,
+            token_endpoint: endpoint("token_endpoint")?,
+            token_auth_methods,
+            iss_in_response: f
+                .body
+                .get("authorization_response_iss_parameter_supported")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             expires: Instant::now() + f.ttl,
         })
     }
