@@ -124,7 +124,8 @@ fn refresh_params(req: &Request) -> Result<(String, Option<String>)> {
             .trim()
             .to_ascii_lowercase();
         if ct == "application/x-www-form-urlencoded" {
-            let text = std::str::from_utf8(&req.body)
+            // a form body carries the refresh token itself: no cross-site write can forge it
+            let text = std::str::from_utf8(req.attachment_body())
                 .map_err(|_| Error::bad("The form body is not UTF-8"))?;
             syncgate_api_common::request::parse_query(text)?
         } else {
