@@ -587,3 +587,54 @@ fn local_docs_delete_and_deleted_writes() {
     let (_, ch) = get(&format!("{db}/_changes"));
     assert_eq!(change_ids(&ch), ["plain"]);
 }
+
+#[test]
+fn latest_bulk_get_revs_and_all_docs_attachments() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    let (_, r1) = put(&format!("{db}/lt"), &json!({"v": 1}));
+    let rev1 = r1["rev"].as_str().unwrap().to_string();
+    let (_, r2) = put(&format!("{db}/lt?rev={rev1}"), &json!({"v": 2}));
+    let rev2 = r2["rev"].as_str().unwrap().to_string();
+    // item 2: ?rev=R&latest=true answers the leaf of R's branch
+    let (st, d) = get(&format!("{db}/lt?rev={rev1}&latest=true"));
+    assert_eq!(st, 200);
+    assert_eq!(d["_rev"], rev2.as_str());
+    assert_eq!(d["v"], 2);
+    let (_, d) = get(&format!("{db}/lt?rev={rev1}"));
+    assert_eq!(
+        d["_rev"],
+        rev1.as_str(),
+        "without latest, the asked revision"
+    );
+    // item 3: _bulk_get gives _revisions only when revs=true
+    let body = json!({"docs": [{"id": "lt", "rev": rev2}]});
+    let (st, b) = post(&format!("{db}/_bulk_get"), &body);
+    assert_eq!(st, 200);
+    let doc = &b["results"][0]["docs"][0]["ok"];
+    assert_eq!(doc["_rev"], rev2.as_str());
+    assert!(doc.get("_revisions").is_none(), "{doc}");
+    let (_, b) = post(&format!("{db}/_bulk_get?revs=true"), &body);
+    assert_eq!(b["results"][0]["docs"][0]["ok"]["_revisions"]["start"], 2);
+    // item 7: _all_docs?include_docs&attachments=true inlines attachment data
+    let (st, _) = put(
+        &format!("{db}/att"),
+        &json!({"_attachments": {"a.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}}),
+    );
+    assert_eq!(st, 201);
+    let (_, all) = get(&format!(
+        "{db}/_all_docs?include_docs=true&attachments=true&keys=[\"att\"]"
+    ));
+    let a = &all["rows"][0]["doc"]["_attachments"]["a.txt"];
+    assert_eq!(a["data"], "aGVsbG8=", "{all}");
+    assert!(a.get("stub").is_none());
+    let (_, all) = get(&format!("{db}/_all_docs?include_docs=true"));
+    let row = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "att")
+        .unwrap()
+        .clone();
+    assert_eq!(row["doc"]["_attachments"]["a.txt"]["stub"], true);
+}
