@@ -31,6 +31,10 @@ pub enum Error {
     TooManyRequests { reason: String, retry_after: u64 },
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// The sync function failed (an exception, invalid output or a timeout): a 500 whose
+    /// reason is shown (the details are only in the log).
+    #[error("{0}")]
+    SyncFunction(String),
     /// A bug or an engine failure: logged in detail, answered generically.
     #[error("{0}")]
     Internal(String),
@@ -58,7 +62,9 @@ impl Error {
             Error::BadContentType(_) => (415, "bad_content_type"),
             Error::TooManyRequests { .. } => (429, "too_many_requests"),
             Error::ServiceUnavailable(_) => (503, "service_unavailable"),
-            Error::Internal(_) | Error::Corrupt(_) => (500, "internal_server_error"),
+            Error::Internal(_) | Error::Corrupt(_) | Error::SyncFunction(_) => {
+                (500, "internal_server_error")
+            }
         }
     }
 

@@ -339,3 +339,19 @@ mod tests {
         assert!(StoredBody::decode(b"\x07junk").is_err());
     }
 }
+
+/// Grants a revision's sync function made: `access()` (user name, or `role:NAME` → channels)
+/// and `role()` (user name → role names). Only the winning revision's grants are in effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevAccess {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub channels: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl RevAccess {
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.roles.is_empty()
+    }
+}
