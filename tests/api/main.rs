@@ -11,4 +11,5 @@ mod fidelity;
 mod hardening;
 mod mango;
 mod sessions;
+mod sync_function;
 mod users;

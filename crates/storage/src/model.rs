@@ -62,6 +62,8 @@ pub enum DocWrite {
         attachments: Vec<(String, AttachmentInput)>,
         /// Channels of the new revision.
         channels: Vec<String>,
+        /// Grants of the new revision (from the sync function).
+        access: RevAccess,
         revs_limit: usize,
         /// When set, a missing document is an error (DELETE of a missing doc is 404).
         must_exist: bool,
@@ -75,6 +77,8 @@ pub enum DocWrite {
         body: Vec<u8>,
         attachments: Vec<(String, AttachmentInput)>,
         channels: Vec<String>,
+        /// Grants of the new revision (from the sync function).
+        access: RevAccess,
         revs_limit: usize,
     },
 }

@@ -545,6 +545,7 @@ impl<'a> BatchState<'a> {
                 canonical,
                 attachments,
                 channels,
+                access,
                 revs_limit,
                 must_exist,
             } => {
@@ -608,6 +609,7 @@ impl<'a> BatchState<'a> {
                     seq: 0,
                     has_body: true,
                     channels,
+                    access,
                 });
                 let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
@@ -619,6 +621,7 @@ impl<'a> BatchState<'a> {
                 body,
                 attachments,
                 channels,
+                access,
                 revs_limit,
             } => {
                 let Some(rev) = history.first().cloned() else {
@@ -651,6 +654,9 @@ impl<'a> BatchState<'a> {
                     channels
                 };
                 tree.graft(&history, deleted, 0, channels);
+                if let Some(n) = tree.nodes.iter_mut().find(|n| n.rev == rev) {
+                    n.access = access;
+                }
                 let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
             }
@@ -1243,6 +1249,7 @@ mod tests {
             canonical: canonical_json(&body),
             attachments: vec![],
             channels: vec![],
+            access: Default::default(),
             revs_limit: 1000,
             must_exist: false,
         }
@@ -1468,6 +1475,7 @@ mod tests {
             body: b"{}".to_vec(),
             attachments: vec![],
             channels: vec![],
+            access: Default::default(),
             revs_limit: 1000,
         };
         assert_eq!(one(&db, rep(&["2-b", "1-a"])).unwrap().seq, 1);
@@ -1494,6 +1502,7 @@ mod tests {
             canonical: b"{}".to_vec(),
             attachments: vec![],
             channels: chans.iter().map(|c| c.to_string()).collect(),
+            access: Default::default(),
             revs_limit: 1000,
             must_exist: false,
         };
@@ -1556,6 +1565,7 @@ mod tests {
                 canonical: br#"{"_deleted":true}"#.to_vec(),
                 attachments: vec![],
                 channels: vec![],
+                access: Default::default(),
                 revs_limit: 1000,
                 must_exist: true,
             }])
@@ -1610,6 +1620,7 @@ mod corrupt_tests {
                 canonical: b"{}".to_vec(),
                 attachments: vec![],
                 channels: vec![],
+                access: Default::default(),
                 revs_limit: 1000,
                 must_exist: false,
             }])

@@ -265,14 +265,26 @@ impl Engine {
 
     /// Runs the function on a worker and awaits its result.
     pub async fn call(&self, input: CallInput) -> CallResult {
+        self.submit(input).await
+    }
+
+    /// Queues a call now; the returned future awaits its result (so several calls can run on
+    /// the workers at once).
+    pub fn submit(
+        &self,
+        input: CallInput,
+    ) -> impl std::future::Future<Output = CallResult> + Send + 'static {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Job { input, reply }).is_err() {
-            return Err(CallError::Exception(
-                "the JavaScript workers have stopped".into(),
-            ));
+        let sent = self.tx.send(Job { input, reply }).is_ok();
+        async move {
+            if !sent {
+                return Err(CallError::Exception(
+                    "the JavaScript workers have stopped".into(),
+                ));
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(CallError::Exception("a JavaScript worker stopped".into())))
         }
-        rx.await
-            .unwrap_or_else(|_| Err(CallError::Exception("a JavaScript worker stopped".into())))
     }
 }
 

@@ -5,6 +5,7 @@
 //! - this module: the database-facing call: the caller's `userCtx`, the mapping of throws and
 //!   exceptions to HTTP errors, and the validation of what the function produced.
 
+pub mod apply;
 pub mod engine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -180,47 +181,62 @@ impl SyncFunction {
         old_doc: Option<String>,
         user_ctx: Option<String>,
     ) -> Result<Decision> {
-        let out = self
-            .engine
-            .call(CallInput {
-                doc,
-                old_doc,
-                user_ctx,
-            })
-            .await;
-        let exception = |detail: &str| {
-            tracing::warn!(doc = %crate::short(doc_id), "exception in the sync function: {detail}");
-            Error::SyncFunction(EXCEPTION.into())
-        };
-        let text = match out {
-            Ok(t) => t,
-            Err(CallError::TimedOut) => {
-                tracing::warn!(doc = %crate::short(doc_id), "the sync function timed out");
-                return Err(Error::SyncFunction(TIMED_OUT.into()));
-            }
-            Err(CallError::Exception(m)) => return Err(exception(&m)),
-            Err(CallError::Forbidden(m)) => return Err(Error::Forbidden(m)),
-            Err(CallError::Unauthorized(m)) => {
-                return Err(Error::Unauthorized {
-                    reason: m,
-                    challenge: false,
-                })
-            }
-        };
-        let raw: RawOutput = serde_json::from_str(&text)
-            .map_err(|e| exception(&format!("unexpected result {text}: {e}")))?;
-        match raw.reject {
-            Some(401) => {
-                return Err(Error::Unauthorized {
-                    reason: raw.reason.unwrap_or_default(),
-                    challenge: false,
-                })
-            }
-            Some(_) => return Err(Error::Forbidden(raw.reason.unwrap_or_default())),
-            None => {}
-        }
-        decide(raw).map_err(|m| exception(&m))
+        self.submit(doc_id.to_string(), doc, old_doc, user_ctx)
+            .await
     }
+
+    /// [`SyncFunction::run`], queued now and awaited later (calls of one request run on the
+    /// workers in parallel).
+    pub fn submit(
+        &self,
+        doc_id: String,
+        doc: String,
+        old_doc: Option<String>,
+        user_ctx: Option<String>,
+    ) -> impl std::future::Future<Output = Result<Decision>> + Send + 'static {
+        let pending = self.engine.submit(CallInput {
+            doc,
+            old_doc,
+            user_ctx,
+        });
+        async move { interpret(&doc_id, pending.await) }
+    }
+}
+
+/// Maps a call's outcome to the revision's decision or the write's error.
+fn interpret(doc_id: &str, out: engine::CallResult) -> Result<Decision> {
+    let exception = |detail: &str| {
+        tracing::warn!(doc = %crate::short(doc_id), "exception in the sync function: {detail}");
+        Error::SyncFunction(EXCEPTION.into())
+    };
+    let text = match out {
+        Ok(t) => t,
+        Err(CallError::TimedOut) => {
+            tracing::warn!(doc = %crate::short(doc_id), "the sync function timed out");
+            return Err(Error::SyncFunction(TIMED_OUT.into()));
+        }
+        Err(CallError::Exception(m)) => return Err(exception(&m)),
+        Err(CallError::Forbidden(m)) => return Err(Error::Forbidden(m)),
+        Err(CallError::Unauthorized(m)) => {
+            return Err(Error::Unauthorized {
+                reason: m,
+                challenge: false,
+            })
+        }
+    };
+    let raw: RawOutput = serde_json::from_str(&text)
+        .map_err(|e| exception(&format!("unexpected result {text}: {e}")))?;
+    match raw.reject {
+        Some(401) => {
+            return Err(Error::Unauthorized {
+                reason: raw.reason.unwrap_or_default(),
+                challenge: false,
+            })
+        }
+        Some(_) => return Err(Error::Forbidden(raw.reason.unwrap_or_default())),
+        None => {}
+    }
+    decide(raw).map_err(|m| exception(&m))
 }
 
 #[cfg(test)]
