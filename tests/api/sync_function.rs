@@ -63,7 +63,6 @@ fn upost(user: &str, url: &str, body: &Value) -> (u16, Value) {
     as_user(user, reqwest::Method::POST, url, Some(body))
 }
 
-#[allow(dead_code)]
 fn uget(user: &str, url: &str) -> (u16, Value) {
     as_user(user, reqwest::Method::GET, url, None)
 }
@@ -390,4 +389,200 @@ fn without_a_sync_function_nothing_changes() {
         &json!({"_rev": a["rev"], "channels": ["c"]}),
     );
     assert_eq!(st, 201);
+}
+
+fn changes(user: &str, public: &str, since: &str) -> Value {
+    uget(
+        user,
+        &format!("{public}/_changes?since={}", urlencode(since)),
+    )
+    .1
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('"', "%22").replace(':', "%3A")
+}
+
+fn rows_for<'a>(feed: &'a Value, id: &str) -> Vec<&'a Value> {
+    feed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["id"] == id)
+        .collect()
+}
+
+#[test]
+fn access_grants_share_documents_and_their_removal_revokes() {
+    // TestDynamicChannelGrant, TestChannelAccessChanges, TestAccessOnTombstone,
+    // TestChangesFromCompoundSinceViaDocGrant
+    let s = start(PRIVATE);
+    let (public, admin) = (format!("{}/db", s.public), format!("{}/db", s.admin));
+    let (st, a1) = uput(
+        "alice",
+        &format!("{public}/a1"),
+        &json!({"owner": "alice", "v": 1}),
+    );
+    assert_eq!(st, 201);
+    let (st, _) = uput(
+        "alice",
+        &format!("{public}/a2"),
+        &json!({"owner": "alice", "v": 2}),
+    );
+    assert_eq!(st, 201);
+    // the owner reads her documents through the channel her documents grant her
+    assert_eq!(uget("alice", &format!("{public}/a1")).0, 200);
+    assert_eq!(uget("bob", &format!("{public}/a1")).0, 403);
+    let before = changes("bob", &public, "0")["last_seq"].to_string();
+    assert_eq!(rows_for(&changes("bob", &public, "0"), "a1").len(), 0);
+    // share: a new revision of a2 grants bob alice's channel
+    let (st, a2) = uput(
+        "alice",
+        &format!("{public}/a2"),
+        &json!({"_rev": uget("alice", &format!("{public}/a2")).1["_rev"], "owner": "alice", "v": 3, "shared_with": "bob"}),
+    );
+    assert_eq!(st, 201, "{a2}");
+    assert_eq!(uget("bob", &format!("{public}/a1")).0, 200);
+    let (_, bob) = get(&format!("{admin}/_user/bob"));
+    assert!(
+        bob["all_channels"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("private-alice")),
+        "{bob}"
+    );
+    assert_eq!(
+        bob["channel_sources"]["private-alice"],
+        json!(["doc:a2"]),
+        "{bob}"
+    );
+    let (_, alice) = get(&format!("{admin}/_user/alice"));
+    assert_eq!(
+        alice["channel_sources"]["private-alice"],
+        json!(["doc:a1", "doc:a2"]),
+        "{alice}"
+    );
+    // the GET body can be PUT back unchanged
+    let mut back = bob.clone();
+    back["password"] = json!("pw-bob-1");
+    assert!(put(&format!("{admin}/_user/bob"), &back).0 < 300);
+    // from a checkpoint before the grant, a1 (older than the grant) is backfilled as "G:S"
+    let feed = changes("bob", &public, &before);
+    let a1_rows = rows_for(&feed, "a1");
+    assert_eq!(a1_rows.len(), 1, "{feed}");
+    assert!(
+        a1_rows[0]["seq"].as_str().is_some_and(|q| q.contains(':')),
+        "{feed}"
+    );
+    assert_eq!(rows_for(&feed, "a2").len(), 1, "{feed}");
+    // un-share: bob loses the channel and gets removal rows from his checkpoint
+    let checkpoint = feed["last_seq"].to_string();
+    let checkpoint = checkpoint.trim_matches('"').to_string();
+    let (st, _) = uput(
+        "alice",
+        &format!("{public}/a2"),
+        &json!({"_rev": a2["rev"], "owner": "alice", "v": 4}),
+    );
+    assert_eq!(st, 201);
+    assert_eq!(uget("bob", &format!("{public}/a1")).0, 403);
+    let feed = changes("bob", &public, &checkpoint);
+    let removed: Vec<&Value> = feed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("removed").is_some())
+        .collect();
+    let mut ids: Vec<&str> = removed.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a1", "a2"], "{feed}");
+    let (_, bob) = get(&format!("{admin}/_user/bob"));
+    assert!(
+        bob["channel_sources"].get("private-alice").is_none(),
+        "{bob}"
+    );
+    // a tombstone grants what the function grants for it: here the owner's grant stays (it
+    // comes from oldDoc, TestAccessOnTombstone)
+    let (st, _) = udelete(
+        "alice",
+        &format!("{public}/a1?rev={}", a1["rev"].as_str().unwrap()),
+    );
+    assert_eq!(st, 200);
+    let (_, alice) = get(&format!("{admin}/_user/alice"));
+    assert_eq!(
+        alice["channel_sources"]["private-alice"],
+        json!(["doc:a1", "doc:a2"]),
+        "{alice}"
+    );
+    // a grant to a user created later applies when it exists (TestAccessFunctionDb)
+    let (st, g1) = put(
+        &format!("{admin}/g1"),
+        &json!({"owner": "alice", "shared_with": "dave"}),
+    );
+    assert_eq!(st, 201);
+    let (st, _) = put(
+        &format!("{admin}/_user/dave"),
+        &json!({"password": "pw-dave-1"}),
+    );
+    assert!(st < 300);
+    assert_eq!(uget("dave", &format!("{public}/a2")).0, 200);
+    // grants survive a restart
+    let s = s.restart();
+    let (public, admin) = (format!("{}/db", s.public), format!("{}/db", s.admin));
+    assert_eq!(uget("dave", &format!("{public}/a2")).0, 200);
+    assert_eq!(uget("bob", &format!("{public}/a2")).0, 403);
+    // deleting the granting document revokes its grant (the tombstone has no shared_with)
+    let (st, _) = delete(&format!("{admin}/g1?rev={}", g1["rev"].as_str().unwrap()));
+    assert_eq!(st, 200);
+    assert_eq!(uget("dave", &format!("{public}/a2")).0, 403);
+    assert_eq!(uget("alice", &format!("{public}/a2")).0, 200);
+}
+
+/// Shared lists: a list document names its members; they get the list's role, the role gets
+/// the list's channel; items are routed to their list's channel.
+const TEAMS: &str = r#"function (doc, oldDoc) {
+  if (doc.type === "team") {
+    role(doc.members, "role:team-" + doc._id);
+    access("role:team-" + doc._id, "team-" + doc._id);
+  } else if (doc.team) {
+    requireRole("team-" + doc.team);
+    channel("team-" + doc.team);
+  }
+}"#;
+
+#[test]
+fn role_grants_give_members_the_role_and_its_channels() {
+    // TestRoleAccessChanges, TestRoleChannelGrantInheritance, TestRequireRole
+    let s = start(TEAMS);
+    let (public, admin) = (format!("{}/db", s.public), format!("{}/db", s.admin));
+    let (st, t) = put(
+        &format!("{admin}/t1"),
+        &json!({"type": "team", "members": ["bob", "carol"]}),
+    );
+    assert_eq!(st, 201);
+    let (st, item) = uput(
+        "bob",
+        &format!("{public}/i1"),
+        &json!({"team": "t1", "text": "hi"}),
+    );
+    assert_eq!(st, 201, "{item}");
+    let r = uput("alice", &format!("{public}/i2"), &json!({"team": "t1"}));
+    assert_error(&r, 403, "forbidden");
+    assert_eq!(r.1["reason"], "sg missing role");
+    assert_eq!(uget("carol", &format!("{public}/i1")).0, 200);
+    assert_eq!(uget("alice", &format!("{public}/i1")).0, 403);
+    let (_, carol) = get(&format!("{admin}/_user/carol"));
+    assert_eq!(carol["roles"], json!(["team-t1"]), "{carol}");
+    assert_eq!(
+        carol["channel_sources"]["team-t1"],
+        json!(["role:team-t1"]),
+        "{carol}"
+    );
+    // carol leaves the team: she loses the role and its channel
+    let (st, _) = put(
+        &format!("{admin}/t1"),
+        &json!({"_rev": t["rev"], "type": "team", "members": ["bob"]}),
+    );
+    assert_eq!(st, 201);
+    assert_eq!(uget("carol", &format!("{public}/i1")).0, 403);
+    assert_eq!(uget("bob", &format!("{public}/i1")).0, 200);
 }

@@ -359,3 +359,27 @@ impl RevAccess {
         self.channels.is_empty() && self.roles.is_empty()
     }
 }
+
+/// What one document's winning revision grants one user or role (the access index entry):
+/// channel or role → sequence of the revision that first granted it, and what a later
+/// revision took away → sequence of that revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocGrant {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub channels: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revoked_channels: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revoked_roles: std::collections::BTreeMap<String, u64>,
+}
+
+impl DocGrant {
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+            && self.roles.is_empty()
+            && self.revoked_channels.is_empty()
+            && self.revoked_roles.is_empty()
+    }
+}

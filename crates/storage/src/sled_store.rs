@@ -27,7 +27,7 @@
 //! each writer its own results. A failed write leaves nothing in the batch, so per-write errors
 //! stay per-write; a batch that fails as a whole fails every writer in it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,6 +120,7 @@ impl Store {
             unpublished: Mutex::new(VecDeque::new()),
             notify: tx,
             docs_read: AtomicU64::new(0),
+            grants_version: AtomicU64::new(0),
         }))
     }
 
@@ -223,6 +224,45 @@ fn channel_key(channel: &str, seq: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Access index key: `g`, the principal kind, its name, NUL, the granting document's id.
+fn grant_key(kind: PrincipalKind, name: &str, doc: &str) -> Vec<u8> {
+    let mut k = grant_prefix(kind, name);
+    k.extend_from_slice(doc.as_bytes());
+    k
+}
+
+fn grant_prefix(kind: PrincipalKind, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + name.len());
+    k.push(b'g');
+    k.push(principal_prefix(kind));
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Applies a new grant list: kept entries keep their sequence, new ones get `seq`, dropped ones
+/// are recorded as revoked at `seq`.
+fn regrant(
+    held: &mut BTreeMap<String, u64>,
+    revoked: &mut BTreeMap<String, u64>,
+    want: &BTreeSet<String>,
+    seq: u64,
+) {
+    let lost: Vec<String> = held
+        .keys()
+        .filter(|c| !want.contains(*c))
+        .cloned()
+        .collect();
+    for c in lost {
+        held.remove(&c);
+        revoked.insert(c, seq);
+    }
+    for c in want {
+        held.entry(c.clone()).or_insert(seq);
+        revoked.remove(c);
+    }
 }
 
 fn prefixed(p: u8, s: &str) -> Vec<u8> {
@@ -344,6 +384,8 @@ pub struct SledDatabase {
     /// Publishes `durable_seq`: wakes changes feeds once a commit is on disk.
     notify: watch::Sender<u64>,
     docs_read: AtomicU64,
+    /// Bumped after every batch that changed the access index.
+    grants_version: AtomicU64,
 }
 
 /// State of one write batch: documents and bodies written earlier in the same batch are visible
@@ -354,6 +396,9 @@ struct BatchState<'a> {
     metas: HashMap<String, Option<DocMeta>>,
     bodies: HashMap<(String, String), StoredBody>,
     blobs: HashSet<String>,
+    /// Access index entries read or written by this batch (`None`: absent or removed).
+    grants: HashMap<Vec<u8>, Option<DocGrant>>,
+    grants_changed: bool,
     next_seq: u64,
     doc_count: i64,
 }
@@ -373,6 +418,52 @@ impl<'a> BatchState<'a> {
             return Ok(Some(b.clone()));
         }
         self.store.load_body(id, rev)
+    }
+
+    /// Moves a document's grants from the previous winner's to the new winner's at `seq`.
+    fn update_grants(
+        &mut self,
+        id: &str,
+        old: &RevAccess,
+        new: &RevAccess,
+        seq: u64,
+    ) -> Result<()> {
+        let principals: BTreeSet<&String> = old
+            .channels
+            .keys()
+            .chain(new.channels.keys())
+            .chain(old.roles.keys())
+            .chain(new.roles.keys())
+            .collect();
+        let none = BTreeSet::new();
+        for p in principals {
+            let (kind, name) = match p.strip_prefix("role:") {
+                Some(r) => (PrincipalKind::Role, r),
+                None => (PrincipalKind::User, p.as_str()),
+            };
+            let key = grant_key(kind, name, id);
+            let mut g = match self.grants.get(&key) {
+                Some(g) => g.clone().unwrap_or_default(),
+                None => match self.store.tree.get(&key)? {
+                    Some(v) => decode("access index entry", &v)?,
+                    None => DocGrant::default(),
+                },
+            };
+            let want_channels = new.channels.get(p).unwrap_or(&none);
+            let want_roles = new.roles.get(p).unwrap_or(&none);
+            regrant(&mut g.channels, &mut g.revoked_channels, want_channels, seq);
+            regrant(&mut g.roles, &mut g.revoked_roles, want_roles, seq);
+            if g.is_empty() {
+                self.batch.remove(key.clone());
+                self.grants.insert(key, None);
+            } else {
+                self.batch
+                    .insert(key.clone(), encode("access index entry", &g)?);
+                self.grants.insert(key, Some(g));
+            }
+            self.grants_changed = true;
+        }
+        Ok(())
     }
 
     fn has_blob(&self, digest: &str) -> Result<bool> {
@@ -483,6 +574,22 @@ impl<'a> BatchState<'a> {
         }
         for removed in tree.prune(revs_limit.max(1)) {
             self.batch.remove(body_key(id, &removed));
+        }
+        // grants stay on leaves only; the winner's are the document's
+        let parents: HashSet<String> = tree.nodes.iter().filter_map(|n| n.parent.clone()).collect();
+        for n in tree.nodes.iter_mut() {
+            if !n.access.is_empty() && parents.contains(&n.rev) {
+                n.access = RevAccess::default();
+            }
+        }
+        let old_access = old
+            .as_ref()
+            .and_then(|m| m.tree.winner())
+            .map(|w| w.access.clone())
+            .unwrap_or_default();
+        let new_access = tree.winner().map(|w| w.access.clone()).unwrap_or_default();
+        if old_access != new_access {
+            self.update_grants(id, &old_access, &new_access, seq)?;
         }
         self.batch
             .insert(body_key(id, new_rev), encode_body(id, new_rev, &body)?);
@@ -703,6 +810,8 @@ impl SledDatabase {
             metas: HashMap::new(),
             bodies: HashMap::new(),
             blobs: HashSet::new(),
+            grants: HashMap::new(),
+            grants_changed: false,
             next_seq: self.assigned_seq() + 1,
             doc_count: 0,
         };
@@ -717,9 +826,15 @@ impl SledDatabase {
             .collect();
         let new_last = st.next_seq - 1;
         let BatchState {
-            batch, doc_count, ..
+            batch,
+            doc_count,
+            grants_changed,
+            ..
         } = st;
         let ticket = self.finish(batch, new_last, doc_count)?;
+        if grants_changed {
+            self.grants_version.fetch_add(1, Ordering::SeqCst);
+        }
         Ok((results, ticket))
     }
 
@@ -1059,6 +1174,23 @@ impl DatabaseStore for SledDatabase {
         batch.remove(prefixed(principal_prefix(kind), name));
         let seq = self.assigned_seq() + 1;
         self.finish(batch, seq, 0)
+    }
+
+    fn doc_grants(&self, kind: PrincipalKind, name: &str) -> Result<Vec<(String, DocGrant)>> {
+        let prefix = grant_prefix(kind, name);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|r| {
+                let (k, v) = r?;
+                let doc = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let g: DocGrant = decode("access index entry", &v)?;
+                Ok((doc, g))
+            })
+            .collect()
+    }
+
+    fn grants_version(&self) -> u64 {
+        self.grants_version.load(Ordering::SeqCst)
     }
 
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {
