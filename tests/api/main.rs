@@ -13,4 +13,5 @@ mod hardening;
 mod http;
 mod mango;
 mod sessions;
+mod sync_function;
 mod users;

@@ -63,7 +63,7 @@ pub async fn db_route(
         None => match *m {
             Method::GET | Method::HEAD => Ok(json_reply(200, &db.info()?)),
             Method::POST => {
-                let o = db.post_doc(req.json_text()?).await?;
+                let o = db.post_doc(&caller, req.json_text()?).await?;
                 let r = written(201, &o);
                 Ok(with_header(r, "location", &o.id))
             }
@@ -76,7 +76,7 @@ pub async fn db_route(
         Some("_bulk_docs") if rest.len() == 1 => match *m {
             Method::POST => Ok(json_reply(
                 201,
-                &Value::Array(db.bulk_docs(req.json_text()?).await?),
+                &Value::Array(db.bulk_docs(&caller, req.json_text()?).await?),
             )),
             _ => Err(method_not_allowed(req)),
         },
@@ -196,12 +196,12 @@ async fn doc_or_attachment(
         Method::PUT => {
             let new_edits = !matches!(req.q("new_edits"), Some("false"));
             let o = db
-                .put_doc(id, &req.doc_text()?, req.rev_param()?, new_edits)
+                .put_doc(caller, id, &req.doc_text()?, req.rev_param()?, new_edits)
                 .await?;
             Ok(written(201, &o))
         }
         Method::DELETE => {
-            let o = db.delete_doc(id, req.rev_param()?).await?;
+            let o = db.delete_doc(caller, id, req.rev_param()?).await?;
             Ok(written(200, &o))
         }
         _ => Err(method_not_allowed(req)),
@@ -331,6 +331,7 @@ async fn attachment(
                 .to_string();
             let o = db
                 .put_attachment(
+                    caller,
                     id,
                     name,
                     req.rev_param()?,
@@ -341,7 +342,9 @@ async fn attachment(
             Ok(written(201, &o))
         }
         Method::DELETE => {
-            let o = db.delete_attachment(id, name, req.rev_param()?).await?;
+            let o = db
+                .delete_attachment(caller, id, name, req.rev_param()?)
+                .await?;
             Ok(written(200, &o))
         }
         _ => Err(method_not_allowed(req)),

@@ -203,6 +203,9 @@ pub struct UserUpdate {
     pub jwt_roles: Option<BTreeSet<String>>,
     pub jwt_channels: Option<BTreeSet<String>>,
     pub jwt_last_updated: Option<Value>,
+    /// Read-only (shown by GET, derived from the grants): accepted and ignored so a GET body
+    /// can be PUT back.
+    pub channel_sources: Option<Value>,
 }
 
 impl fmt::Debug for UserUpdate {
@@ -360,8 +363,10 @@ pub struct Principals {
     store: Arc<dyn DatabaseStore>,
     /// Serializes read-modify-write of principals (never held across an await).
     write: Mutex<()>,
-    /// name → loaded user; cleared on every principal write.
+    /// name → loaded user; cleared on every principal write and when the access index changes.
     cache: Mutex<HashMap<String, Arc<LoadedUser>>>,
+    /// The store's `grants_version` the cache was filled under.
+    cache_version: std::sync::atomic::AtomicU64,
 }
 
 impl Principals {
@@ -370,6 +375,7 @@ impl Principals {
             store,
             write: Mutex::new(()),
             cache: Mutex::new(HashMap::new()),
+            cache_version: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -425,11 +431,37 @@ impl Principals {
 
     /// The user's effective channels (with grant sequences) and roles.
     pub fn effective(&self, user: &UserRecord) -> Result<UserCtx, AuthError> {
+        Ok(self.effective_with_sources(user)?.0)
+    }
+
+    /// What documents grant a principal (the sync function's `access()`/`role()`).
+    fn doc_grants(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+    ) -> Result<Vec<(String, syncgate_storage::DocGrant)>, AuthError> {
+        Ok(self.store.doc_grants(kind, name)?)
+    }
+
+    /// [`Principals::effective`], with where each channel comes from: `admin`, `token`,
+    /// `role:NAME` or `doc:ID`.
+    pub fn effective_with_sources(
+        &self,
+        user: &UserRecord,
+    ) -> Result<(UserCtx, BTreeMap<String, BTreeSet<String>>), AuthError> {
         let mut channels = BTreeMap::new();
-        for (c, s) in user.admin_channels.iter().chain(&user.jwt_channels) {
+        let mut sources: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut source = |c: &str, from: String| {
+            sources.entry(c.to_string()).or_default().insert(from);
+        };
+        for (c, s) in &user.admin_channels {
             grant(&mut channels, c, *s);
+            source(c, "admin".into());
         }
-        let mut roles = BTreeSet::new();
+        for (c, s) in &user.jwt_channels {
+            grant(&mut channels, c, *s);
+            source(c, "token".into());
+        }
         // channel → latest revocation sequence
         let mut revoked: BTreeMap<String, u64> = BTreeMap::new();
         let mut revoke = |c: &str, s: u64| {
@@ -439,41 +471,99 @@ impl Principals {
         for (c, s) in &user.revoked_channels {
             revoke(c, *s);
         }
-        for (r, granted) in user.admin_roles.iter().chain(&user.jwt_roles) {
-            roles.insert(r.clone());
+        // roles held → the sequence from which the user holds them (earliest grant)
+        let mut held: BTreeMap<String, u64> = BTreeMap::new();
+        for (r, s) in user.admin_roles.iter().chain(&user.jwt_roles) {
+            grant(&mut held, r, *s);
+        }
+        // roles lost → sequence of the loss
+        let mut lost_roles: BTreeMap<String, u64> = user.revoked_roles.clone();
+        for (doc, g) in self.doc_grants(PrincipalKind::User, &user.name)? {
+            for (c, s) in &g.channels {
+                grant(&mut channels, c, *s);
+                source(c, format!("doc:{doc}"));
+            }
+            for (c, s) in &g.revoked_channels {
+                revoke(c, *s);
+            }
+            for (r, s) in &g.roles {
+                grant(&mut held, r, *s);
+            }
+            for (r, s) in &g.revoked_roles {
+                let e = lost_roles.entry(r.clone()).or_insert(*s);
+                *e = (*e).max(*s);
+            }
+        }
+        // a role's channels: its admin channels and what documents grant `role:NAME`
+        let role_channels = |r: &str| -> Result<(Grants, Grants), AuthError> {
+            let mut chans = Grants::new();
+            let mut gone = Grants::new();
             if let Some(role) = self.get_role(r)? {
-                for (c, s) in &role.admin_channels {
-                    grant(&mut channels, c, (*s).max(*granted));
+                chans.extend(role.admin_channels.clone());
+                gone.extend(role.revoked_channels.clone());
+            }
+            for (_, g) in self.doc_grants(PrincipalKind::Role, r)? {
+                for (c, s) in g.channels {
+                    grant(&mut chans, &c, s);
                 }
-                for (c, s) in &role.revoked_channels {
-                    // only a loss that happened while the user held the role
-                    if s > granted {
-                        revoke(c, *s);
-                    }
+                for (c, s) in g.revoked_channels {
+                    let e = gone.entry(c).or_insert(s);
+                    *e = (*e).max(s);
+                }
+            }
+            Ok((chans, gone))
+        };
+        for (r, granted) in &held {
+            let (chans, gone) = role_channels(r)?;
+            for (c, s) in &chans {
+                grant(&mut channels, c, (*s).max(*granted));
+                source(c, format!("role:{r}"));
+            }
+            for (c, s) in &gone {
+                // only a loss that happened while the user held the role
+                if s > granted {
+                    revoke(c, *s);
                 }
             }
         }
-        for (r, lost) in &user.revoked_roles {
-            if let Some(role) = self.get_role(r)? {
-                for c in role.admin_channels.keys() {
-                    revoke(c, *lost);
-                }
+        for (r, lost) in &lost_roles {
+            if held.contains_key(r) {
+                continue;
+            }
+            let (chans, _) = role_channels(r)?;
+            for c in chans.keys() {
+                revoke(c, *lost);
             }
         }
         grant(&mut channels, PUBLIC_CHANNEL, 1);
         revoked.retain(|c, _| !channels.contains_key(c));
-        Ok(UserCtx {
-            name: (!user.is_guest()).then(|| user.name.clone()),
-            channels,
-            roles,
-            revoked,
-        })
+        Ok((
+            UserCtx {
+                name: (!user.is_guest()).then(|| user.name.clone()),
+                channels,
+                roles: held.into_keys().collect(),
+                revoked,
+            },
+            sources,
+        ))
     }
 
     /// The user with its effective identity, from the in-memory cache when possible.
     pub fn load(&self, name: &str) -> Result<Option<Arc<LoadedUser>>, AuthError> {
-        if let Some(u) = self.cache.lock().ok().and_then(|c| c.get(name).cloned()) {
-            return Ok(Some(u));
+        // documents' grants change without a principal write: a cached identity is valid only
+        // while the access index is unchanged
+        let version = self.store.grants_version();
+        if let Ok(mut c) = self.cache.lock() {
+            if self
+                .cache_version
+                .swap(version, std::sync::atomic::Ordering::SeqCst)
+                != version
+            {
+                c.clear();
+            }
+            if let Some(u) = c.get(name).cloned() {
+                return Ok(Some(u));
+            }
         }
         let Some(record) = self.get_user(name)? else {
             return Ok(None);
@@ -497,11 +587,12 @@ impl Principals {
 
     /// The admin API's JSON for a user (never the password or its hash).
     pub fn user_json(&self, user: &UserRecord) -> Result<Value, AuthError> {
-        let ctx = self.effective(user)?;
+        let (ctx, sources) = self.effective_with_sources(user)?;
         let mut v = json!({
             "name": user.name,
             "admin_channels": keys(&user.admin_channels),
             "all_channels": ctx.channels.keys().collect::<Vec<_>>(),
+            "channel_sources": sources,
             "disabled": user.disabled,
         });
         if !user.is_guest() {

@@ -307,9 +307,26 @@ impl Database {
             .groups(caller, &scope, opts, base, end)
             .into_iter()
             .peekable();
+        // channels lost after the checkpoint: their documents changed since then come as
+        // removals (the client may hold them; a document granting access changes at the very
+        // sequence that revokes it)
+        let lost_since: HashSet<String> = match (&scope, caller.user()) {
+            (Scope::Channels(chs), Some(u)) if base > 0 => u
+                .revoked
+                .iter()
+                .filter(|(c, r)| **r > base && !chs.contains(*c))
+                .filter(|(c, _)| {
+                    opts.channels
+                        .as_ref()
+                        .is_none_or(|f| f.contains(*c) || f.contains(ALL_CHANNELS))
+                })
+                .map(|(c, _)| c.clone())
+                .collect(),
+            _ => HashSet::new(),
+        };
         let entries = match &scope {
             Scope::Channels(chs) => {
-                let mut list: Vec<String> = chs.iter().cloned().collect();
+                let mut list: Vec<String> = chs.iter().chain(&lost_since).cloned().collect();
                 list.sort();
                 view.in_channels(&list, base)
             }
@@ -334,7 +351,14 @@ impl Database {
                     });
                 }
             }
-            if let Some(row) = self.change_row(caller, &scope, opts, &entry, None)? {
+            let lost: Vec<String> = entry
+                .channels
+                .iter()
+                .filter(|c| lost_since.contains(*c))
+                .cloned()
+                .collect();
+            let revoked = (!lost.is_empty() && !scope.sees(&entry.channels)).then_some(lost);
+            if let Some(row) = self.change_row(caller, &scope, opts, &entry, revoked)? {
                 rows.push(row.into_change_row()?);
                 if rows.len() >= limit {
                     last_seq = Since {

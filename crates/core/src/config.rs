@@ -159,6 +159,23 @@ pub struct DbConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_jwt: Option<BTreeMap<String, LocalJwtConfig>>,
     pub guest: Option<GuestBlock>,
+    /// The sync function (JavaScript source, or `{"file": path}`); absent or blank = the
+    /// default (`channel(doc.channels)`, native, no JS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncSource>,
+    /// Bound of one sync-function call, in milliseconds (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub javascript_timeout_ms: Option<u64>,
+}
+
+/// Where the sync function's source comes from.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SyncSource {
+    /// The JavaScript text itself.
+    Source(String),
+    /// A `.js` file (relative paths are relative to the working directory).
+    File { file: PathBuf },
 }
 
 /// `guest` block (same as `users.GUEST`).
@@ -324,6 +341,23 @@ pub fn validate_db_name(name: &str) -> Result<(), ConfigError> {
 }
 
 impl DbConfig {
+    /// The sync function's source, read from its file if configured so; `None` for the default.
+    pub fn sync_source(&self) -> Result<Option<String>, String> {
+        let text = match &self.sync {
+            None => return Ok(None),
+            Some(SyncSource::Source(s)) => s.clone(),
+            Some(SyncSource::File { file }) => std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+        };
+        Ok((!text.trim().is_empty()).then_some(text))
+    }
+
+    /// `javascript_timeout_ms` or its default.
+    pub fn javascript_timeout_ms(&self) -> u64 {
+        self.javascript_timeout_ms
+            .unwrap_or(crate::sync_fn::DEFAULT_TIMEOUT_MS)
+    }
+
     pub fn revs_limit(&self) -> usize {
         self.revs_limit.unwrap_or(1000) as usize
     }
@@ -397,6 +431,19 @@ impl DbConfig {
         if self.session_ttl_secs == Some(0) {
             return err(format!("{at}.session_ttl_secs: must be positive"));
         }
+        if self.javascript_timeout_ms == Some(0) {
+            return err(format!("{at}.javascript_timeout_ms: must be positive"));
+        }
+        if let Some(src) = self
+            .sync_source()
+            .map_err(|e| ConfigError(format!("{at}.sync: {e}")))?
+        {
+            crate::sync_fn::check(&src).map_err(|e| {
+                ConfigError(format!(
+                    "{at}.sync: the sync function does not compile: {e}"
+                ))
+            })?;
+        }
         if let Some(o) = &self.oidc {
             o.validate(&format!("{at}.oidc")).map_err(ConfigError)?;
         }
@@ -460,7 +507,14 @@ pub fn expand_env(v: &mut Value, path: &str) -> Result<(), ConfigError> {
             }
         }
         Value::Object(m) => {
+            // a database's sync function is JavaScript: `$name` there is code, not a variable
+            let db_block = path
+                .strip_prefix("$.databases.")
+                .is_some_and(|rest| !rest.contains('.'));
             for (k, x) in m.iter_mut() {
+                if db_block && k == "sync" {
+                    continue;
+                }
                 expand_env(x, &format!("{path}.{k}"))?;
             }
         }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::{validate_db_name, DbConfig, ServerConfig};
 use crate::error::{Error, Result};
+use crate::sync_fn::SyncFunction;
 
 /// Counters of one database, exported as Prometheus metrics.
 #[derive(Debug, Default)]
@@ -88,9 +89,16 @@ pub struct Database {
     pub cors_configured: bool,
     /// The OpenID Connect authorization-code flow (`_oidc*`), when `oidc` is configured.
     pub code_flow: Option<CodeFlow>,
+    /// The sync function; `None` = the default (`channel(doc.channels)`, native).
+    pub(crate) sync: RwLock<Option<Arc<SyncFunction>>>,
 }
 
 impl Database {
+    /// The configured sync function (`None`: the native default).
+    pub fn sync_function(&self) -> Option<Arc<SyncFunction>> {
+        self.sync.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// `GET /{db}/`.
     pub fn info(&self) -> Result<Value> {
         let seq = self.store.last_seq();
@@ -195,7 +203,21 @@ impl Server {
                     "database \"{name}\": cannot install the config's users and roles: {e}"
                 ))
             })?;
+        let sync = match config
+            .sync_source()
+            .map_err(|e| Error::Internal(format!("database \"{name}\": sync: {e}")))?
+        {
+            Some(src) => Some(Arc::new(
+                SyncFunction::new(&src, config.javascript_timeout_ms()).map_err(|e| {
+                    Error::Internal(format!(
+                        "database \"{name}\": the sync function does not compile: {e}"
+                    ))
+                })?,
+            )),
+            None => None,
+        };
         let db = Arc::new(Database {
+            sync: RwLock::new(sync),
             name: name.to_string(),
             auth,
             store,

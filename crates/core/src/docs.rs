@@ -396,6 +396,7 @@ impl Database {
                 canonical: canonical(view, sp.deleted),
                 attachments,
                 channels,
+                access: Default::default(),
                 revs_limit,
                 must_exist: false,
             })
@@ -411,6 +412,7 @@ impl Database {
                 body: json,
                 attachments: sp.attachments,
                 channels,
+                access: Default::default(),
                 revs_limit,
             })
         }
@@ -435,7 +437,13 @@ impl Database {
         Ok(results)
     }
 
-    async fn write_one(&self, w: DocWrite) -> Result<WriteOutcome> {
+    /// Runs the sync function (when configured), then writes.
+    async fn write_one(&self, caller: &Caller, w: DocWrite) -> Result<WriteOutcome> {
+        let w = self
+            .run_sync(caller, vec![w])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("empty sync result".into()))??;
         let mut r = self.write(vec![w]).await?;
         Ok(r.pop()
             .ok_or_else(|| Error::Internal("empty write result".into()))??)
@@ -444,17 +452,18 @@ impl Database {
     /// `PUT /{db}/{doc}` with the document's JSON text.
     pub async fn put_doc(
         &self,
+        caller: &Caller,
         id: &str,
         body: &[u8],
         rev: Option<String>,
         new_edits: bool,
     ) -> Result<WriteOutcome> {
         let w = self.prepare(Some(id), parse_doc(body)?, rev, new_edits)?;
-        self.write_one(w).await
+        self.write_one(caller, w).await
     }
 
     /// `POST /{db}/` with the document's JSON text.
-    pub async fn post_doc(&self, body: &[u8]) -> Result<WriteOutcome> {
+    pub async fn post_doc(&self, caller: &Caller, body: &[u8]) -> Result<WriteOutcome> {
         let doc = parse_doc(body)?;
         if doc.sp.rev.is_some() {
             return Err(Error::bad(
@@ -462,11 +471,16 @@ impl Database {
             ));
         }
         let w = self.prepare(None, doc, None, true)?;
-        self.write_one(w).await
+        self.write_one(caller, w).await
     }
 
     /// `DELETE /{db}/{doc}?rev=`.
-    pub async fn delete_doc(&self, id: &str, rev: Option<String>) -> Result<WriteOutcome> {
+    pub async fn delete_doc(
+        &self,
+        caller: &Caller,
+        id: &str,
+        rev: Option<String>,
+    ) -> Result<WriteOutcome> {
         validate_doc_id(id)?;
         if let Some(r) = &rev {
             parse_rev(r)?;
@@ -480,22 +494,26 @@ impl Database {
                 "Document update conflict: DELETE needs ?rev=".into(),
             ));
         }
-        self.write_one(DocWrite::Edit {
-            id: id.to_string(),
-            parent: rev,
-            deleted: true,
-            body: b"{}".to_vec(),
-            canonical: canonical(Map::new(), true),
-            attachments: Vec::new(),
-            channels: Vec::new(),
-            revs_limit: self.config.revs_limit(),
-            must_exist: true,
-        })
+        self.write_one(
+            caller,
+            DocWrite::Edit {
+                id: id.to_string(),
+                parent: rev,
+                deleted: true,
+                body: b"{}".to_vec(),
+                canonical: canonical(Map::new(), true),
+                attachments: Vec::new(),
+                channels: Vec::new(),
+                access: Default::default(),
+                revs_limit: self.config.revs_limit(),
+                must_exist: true,
+            },
+        )
         .await
     }
 
     /// `POST /{db}/_bulk_docs` with the request's JSON text.
-    pub async fn bulk_docs(&self, body: &[u8]) -> Result<Vec<Value>> {
+    pub async fn bulk_docs(&self, caller: &Caller, body: &[u8]) -> Result<Vec<Value>> {
         let req = RawMembers::parse(body).map_err(|e| bad_json("_bulk_docs body", &e))?;
         let mut new_edits = true;
         let mut docs: Option<Vec<&RawValue>> = None;
@@ -571,6 +589,24 @@ impl Database {
             positions.push(i);
             writes.push(w);
         }
+        // the sync function: a rejected document gets its own error entry, the others are written
+        let mut accepted = Vec::with_capacity(writes.len());
+        let mut accepted_at = Vec::with_capacity(writes.len());
+        let ids: Vec<String> = writes.iter().map(|w| w.id().to_string()).collect();
+        for ((pos, id), r) in positions
+            .into_iter()
+            .zip(ids)
+            .zip(self.run_sync(caller, writes).await?)
+        {
+            match r {
+                Ok(w) => {
+                    accepted.push(w);
+                    accepted_at.push(pos);
+                }
+                Err(e) => results[pos] = Some(error_row(Some(&id), &e)),
+            }
+        }
+        let (writes, positions) = (accepted, accepted_at);
         let ids: Vec<String> = writes.iter().map(|w| w.id().to_string()).collect();
         for ((pos, id), r) in positions
             .into_iter()
@@ -1159,6 +1195,7 @@ impl Database {
     /// `PUT /{db}/{doc}/{att}?rev=`: a new revision with the attachment added or replaced.
     pub async fn put_attachment(
         &self,
+        caller: &Caller,
         id: &str,
         name: &str,
         rev: Option<String>,
@@ -1179,23 +1216,28 @@ impl Database {
         ));
         let view = body_view(id, &body)?;
         let channels = channels_of(&view);
-        self.write_one(DocWrite::Edit {
-            id: id.to_string(),
-            parent: rev,
-            deleted: false,
-            canonical: canonical(view, false),
-            body,
-            attachments: atts,
-            channels,
-            revs_limit: self.config.revs_limit(),
-            must_exist: false,
-        })
+        self.write_one(
+            caller,
+            DocWrite::Edit {
+                id: id.to_string(),
+                parent: rev,
+                deleted: false,
+                canonical: canonical(view, false),
+                body,
+                attachments: atts,
+                channels,
+                access: Default::default(),
+                revs_limit: self.config.revs_limit(),
+                must_exist: false,
+            },
+        )
         .await
     }
 
     /// `DELETE /{db}/{doc}/{att}?rev=`.
     pub async fn delete_attachment(
         &self,
+        caller: &Caller,
         id: &str,
         name: &str,
         rev: Option<String>,
@@ -1224,17 +1266,21 @@ impl Database {
         }
         let view = body_view(id, &body)?;
         let channels = channels_of(&view);
-        self.write_one(DocWrite::Edit {
-            id: id.to_string(),
-            parent: rev,
-            deleted: false,
-            canonical: canonical(view, false),
-            body,
-            attachments: atts,
-            channels,
-            revs_limit: self.config.revs_limit(),
-            must_exist: true,
-        })
+        self.write_one(
+            caller,
+            DocWrite::Edit {
+                id: id.to_string(),
+                parent: rev,
+                deleted: false,
+                canonical: canonical(view, false),
+                body,
+                attachments: atts,
+                channels,
+                access: Default::default(),
+                revs_limit: self.config.revs_limit(),
+                must_exist: true,
+            },
+        )
         .await
     }
 

@@ -34,6 +34,10 @@ pub enum Error {
     /// An upstream service (an OpenID provider) failed or could not be reached.
     #[error("{0}")]
     BadGateway(String),
+    /// The sync function failed (an exception, invalid output or a timeout): a 500 whose
+    /// reason is shown (the details are only in the log).
+    #[error("{0}")]
+    SyncFunction(String),
     /// A bug or an engine failure: logged in detail, answered generically.
     #[error("{0}")]
     Internal(String),
@@ -62,7 +66,9 @@ impl Error {
             Error::TooManyRequests { .. } => (429, "too_many_requests"),
             Error::BadGateway(_) => (502, "bad_gateway"),
             Error::ServiceUnavailable(_) => (503, "service_unavailable"),
-            Error::Internal(_) | Error::Corrupt(_) => (500, "internal_server_error"),
+            Error::Internal(_) | Error::Corrupt(_) | Error::SyncFunction(_) => {
+                (500, "internal_server_error")
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`mango`]: Mango selectors (parse once, match many) and `fields` projection.
 //! - [`find`]: Mango over stored documents: `_changes?filter=_selector` and `_find`.
 //! - [`error`]: the one error type, with each variant's HTTP status.
+//! - [`sync_fn`]: the JavaScript sync function (engine pool, helpers, output rules).
 
 pub mod changes;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod docs;
 pub mod error;
 pub mod find;
 pub mod mango;
+pub mod sync_fn;
 
 pub use database::{Database, Server};
 pub use error::{Error, Result};

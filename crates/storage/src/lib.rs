@@ -127,6 +127,15 @@ pub trait DatabaseStore: Send + Sync {
     /// A receiver that sees `last_seq` whenever a write becomes durable: the feeds' wake-up.
     fn subscribe(&self) -> watch::Receiver<u64>;
 
+    // --- grants of the sync function (the access index) ---------------------------------------
+    /// What documents grant one user or role: (document id, grant), in document id order.
+    /// Written with the documents (a winning revision's `access`), so a grant and its document
+    /// are always in the same atomic batch.
+    fn doc_grants(&self, kind: PrincipalKind, name: &str) -> Result<Vec<(String, DocGrant)>>;
+    /// Changes whenever a write changes the access index (so computed channel sets can be
+    /// cached until then).
+    fn grants_version(&self) -> u64;
+
     // --- attachments -------------------------------------------------------------------------
     fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>>;
 

@@ -62,6 +62,8 @@ pub enum DocWrite {
         attachments: Vec<(String, AttachmentInput)>,
         /// Channels of the new revision.
         channels: Vec<String>,
+        /// Grants of the new revision (from the sync function).
+        access: RevAccess,
         revs_limit: usize,
         /// When set, a missing document is an error (DELETE of a missing doc is 404).
         must_exist: bool,
@@ -75,6 +77,8 @@ pub enum DocWrite {
         body: Vec<u8>,
         attachments: Vec<(String, AttachmentInput)>,
         channels: Vec<String>,
+        /// Grants of the new revision (from the sync function).
+        access: RevAccess,
         revs_limit: usize,
     },
 }
@@ -348,5 +352,45 @@ mod tests {
         assert!(StoredBody::decode(b"\x01\x02\x00\x00\x00{}{\"x\":{\"digest\":1}}").is_err());
         assert!(StoredBody::decode(br#"{"_attachments":{"x":7}}"#).is_err());
         assert!(StoredBody::decode(b"\x07junk").is_err());
+    }
+}
+
+/// Grants a revision's sync function made: `access()` (user name, or `role:NAME` → channels)
+/// and `role()` (user name → role names). Only the winning revision's grants are in effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevAccess {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub channels: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl RevAccess {
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.roles.is_empty()
+    }
+}
+
+/// What one document's winning revision grants one user or role (the access index entry):
+/// channel or role → sequence of the revision that first granted it, and what a later
+/// revision took away → sequence of that revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocGrant {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub channels: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revoked_channels: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revoked_roles: std::collections::BTreeMap<String, u64>,
+}
+
+impl DocGrant {
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+            && self.roles.is_empty()
+            && self.revoked_channels.is_empty()
+            && self.revoked_roles.is_empty()
     }
 }

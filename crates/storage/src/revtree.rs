@@ -7,7 +7,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
-use crate::StorageError;
+use crate::{RevAccess, StorageError};
 
 /// Longest revision id accepted (generation, dash and digest).
 pub const MAX_REV_LEN: usize = 200;
@@ -31,6 +31,10 @@ pub struct RevNode {
     /// Channels of this revision (its `channels` property), used for access checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// Grants the sync function made for this revision (kept on leaves only): in effect while
+    /// it is the winner.
+    #[serde(default, skip_serializing_if = "RevAccess::is_empty")]
+    pub access: RevAccess,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -217,6 +221,7 @@ impl RevTree {
                 } else {
                     Vec::new()
                 },
+                access: RevAccess::default(),
             });
             parent = Some(rev.clone());
         }
@@ -274,6 +279,7 @@ mod tests {
             seq: 1,
             has_body: true,
             channels: vec![],
+            access: RevAccess::default(),
         }
     }
 

@@ -60,7 +60,7 @@
 //! replaces the entry of its first write (no view stops inside a batch: durable sequences are
 //! batch ends). Views live for one response; a live feed opens one per batch.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,6 +154,7 @@ impl Store {
             notify: tx,
             views: Mutex::new(BTreeMap::new()),
             docs_read: AtomicU64::new(0),
+            grants_version: AtomicU64::new(0),
         }))
     }
 
@@ -301,6 +302,45 @@ fn change_entry(id: &str, meta: &DocMeta) -> ChangeEntry {
     }
 }
 
+/// Access index key: `p`, the principal kind, its name, NUL, the granting document's id.
+fn grant_key(kind: PrincipalKind, name: &str, doc: &str) -> Vec<u8> {
+    let mut k = grant_prefix(kind, name);
+    k.extend_from_slice(doc.as_bytes());
+    k
+}
+
+fn grant_prefix(kind: PrincipalKind, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + name.len());
+    k.push(b'p');
+    k.push(principal_prefix(kind));
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Applies a new grant list: kept entries keep their sequence, new ones get `seq`, dropped ones
+/// are recorded as revoked at `seq`.
+fn regrant(
+    held: &mut BTreeMap<String, u64>,
+    revoked: &mut BTreeMap<String, u64>,
+    want: &BTreeSet<String>,
+    seq: u64,
+) {
+    let lost: Vec<String> = held
+        .keys()
+        .filter(|c| !want.contains(*c))
+        .cloned()
+        .collect();
+    for c in lost {
+        held.remove(&c);
+        revoked.insert(c, seq);
+    }
+    for c in want {
+        held.entry(c.clone()).or_insert(seq);
+        revoked.remove(c);
+    }
+}
+
 fn prefixed(p: u8, s: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + s.len());
     k.push(p);
@@ -426,6 +466,8 @@ pub struct SledDatabase {
     /// show are kept until it closes.
     views: Mutex<BTreeMap<u64, usize>>,
     docs_read: AtomicU64,
+    /// Bumped after every batch that changed the access index.
+    grants_version: AtomicU64,
 }
 
 /// State of one write batch: documents and bodies written earlier in the same batch are visible
@@ -438,6 +480,9 @@ struct BatchState<'a> {
     blobs: HashSet<String>,
     /// First sequence of this batch: entries from here on are not applied yet.
     first_seq: u64,
+    /// Access index entries read or written by this batch (`None`: absent or removed).
+    grants: HashMap<Vec<u8>, Option<DocGrant>>,
+    grants_changed: bool,
     next_seq: u64,
     /// Documents updated in this batch, with their state before it.
     replaced: BTreeMap<String, DocMeta>,
@@ -459,6 +504,52 @@ impl<'a> BatchState<'a> {
             return Ok(Some(b.clone()));
         }
         self.store.load_body(id, rev)
+    }
+
+    /// Moves a document's grants from the previous winner's to the new winner's at `seq`.
+    fn update_grants(
+        &mut self,
+        id: &str,
+        old: &RevAccess,
+        new: &RevAccess,
+        seq: u64,
+    ) -> Result<()> {
+        let principals: BTreeSet<&String> = old
+            .channels
+            .keys()
+            .chain(new.channels.keys())
+            .chain(old.roles.keys())
+            .chain(new.roles.keys())
+            .collect();
+        let none = BTreeSet::new();
+        for p in principals {
+            let (kind, name) = match p.strip_prefix("role:") {
+                Some(r) => (PrincipalKind::Role, r),
+                None => (PrincipalKind::User, p.as_str()),
+            };
+            let key = grant_key(kind, name, id);
+            let mut g = match self.grants.get(&key) {
+                Some(g) => g.clone().unwrap_or_default(),
+                None => match self.store.tree.get(&key)? {
+                    Some(v) => decode("access index entry", &v)?,
+                    None => DocGrant::default(),
+                },
+            };
+            let want_channels = new.channels.get(p).unwrap_or(&none);
+            let want_roles = new.roles.get(p).unwrap_or(&none);
+            regrant(&mut g.channels, &mut g.revoked_channels, want_channels, seq);
+            regrant(&mut g.roles, &mut g.revoked_roles, want_roles, seq);
+            if g.is_empty() {
+                self.batch.remove(key.clone());
+                self.grants.insert(key, None);
+            } else {
+                self.batch
+                    .insert(key.clone(), encode("access index entry", &g)?);
+                self.grants.insert(key, Some(g));
+            }
+            self.grants_changed = true;
+        }
+        Ok(())
     }
 
     fn has_blob(&self, digest: &str) -> Result<bool> {
@@ -561,6 +652,11 @@ impl<'a> BatchState<'a> {
             .as_ref()
             .map(|m| m.channel_history.clone())
             .unwrap_or_default();
+        let old_access = old
+            .as_ref()
+            .and_then(|m| m.tree.winner())
+            .map(|w| w.access.clone())
+            .unwrap_or_default();
         if let Some(old) = old {
             if old.seq >= self.first_seq {
                 // written earlier in this batch: no reader has seen it, nor can (the batch is
@@ -577,6 +673,17 @@ impl<'a> BatchState<'a> {
         }
         for removed in tree.prune(revs_limit.max(1)) {
             self.batch.remove(body_key(id, &removed));
+        }
+        // grants stay on leaves only; the winner's are the document's
+        let parents: HashSet<String> = tree.nodes.iter().filter_map(|n| n.parent.clone()).collect();
+        for n in tree.nodes.iter_mut() {
+            if !n.access.is_empty() && parents.contains(&n.rev) {
+                n.access = RevAccess::default();
+            }
+        }
+        let new_access = tree.winner().map(|w| w.access.clone()).unwrap_or_default();
+        if old_access != new_access {
+            self.update_grants(id, &old_access, &new_access, seq)?;
         }
         self.batch
             .insert(body_key(id, new_rev), encode_body(id, new_rev, &body)?);
@@ -643,6 +750,7 @@ impl<'a> BatchState<'a> {
                 canonical,
                 attachments,
                 channels,
+                access,
                 revs_limit,
                 must_exist,
             } => {
@@ -706,6 +814,7 @@ impl<'a> BatchState<'a> {
                     seq: 0,
                     has_body: true,
                     channels,
+                    access,
                 });
                 let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
@@ -717,6 +826,7 @@ impl<'a> BatchState<'a> {
                 body,
                 attachments,
                 channels,
+                access,
                 revs_limit,
             } => {
                 let Some(rev) = history.first().cloned() else {
@@ -749,6 +859,9 @@ impl<'a> BatchState<'a> {
                     channels
                 };
                 tree.graft(&history, deleted, 0, channels);
+                if let Some(n) = tree.nodes.iter_mut().find(|n| n.rev == rev) {
+                    n.access = access;
+                }
                 let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
             }
@@ -797,6 +910,8 @@ impl SledDatabase {
             bodies: HashMap::new(),
             blobs: HashSet::new(),
             first_seq: self.assigned_seq() + 1,
+            grants: HashMap::new(),
+            grants_changed: false,
             next_seq: self.assigned_seq() + 1,
             replaced: BTreeMap::new(),
             doc_count: 0,
@@ -815,9 +930,15 @@ impl SledDatabase {
         self.collect_superseded(&mut st.batch, (2 * writes).max(GC_PER_BATCH))?;
         let new_last = st.next_seq - 1;
         let BatchState {
-            batch, doc_count, ..
+            batch,
+            doc_count,
+            grants_changed,
+            ..
         } = st;
         let ticket = self.finish(batch, new_last, doc_count)?;
+        if grants_changed {
+            self.grants_version.fetch_add(1, Ordering::SeqCst);
+        }
         Ok((results, ticket))
     }
 
@@ -1223,6 +1344,23 @@ impl DatabaseStore for SledDatabase {
         self.finish(batch, seq, 0)
     }
 
+    fn doc_grants(&self, kind: PrincipalKind, name: &str) -> Result<Vec<(String, DocGrant)>> {
+        let prefix = grant_prefix(kind, name);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|r| {
+                let (k, v) = r?;
+                let doc = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let g: DocGrant = decode("access index entry", &v)?;
+                Ok((doc, g))
+            })
+            .collect()
+    }
+
+    fn grants_version(&self) -> u64 {
+        self.grants_version.load(Ordering::SeqCst)
+    }
+
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {
         self.scan(principal_prefix(kind))
             .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[1..]).into_owned()))
@@ -1490,6 +1628,7 @@ mod tests {
             canonical: canonical_json(&body),
             attachments: vec![],
             channels: vec![],
+            access: Default::default(),
             revs_limit: 1000,
             must_exist: false,
         }
@@ -1742,6 +1881,7 @@ mod tests {
             body: b"{}".to_vec(),
             attachments: vec![],
             channels: vec![],
+            access: Default::default(),
             revs_limit: 1000,
         };
         assert_eq!(one(&db, rep(&["2-b", "1-a"])).unwrap().seq, 1);
@@ -1768,6 +1908,7 @@ mod tests {
             canonical: b"{}".to_vec(),
             attachments: vec![],
             channels: chans.iter().map(|c| c.to_string()).collect(),
+            access: Default::default(),
             revs_limit: 1000,
             must_exist: false,
         };
@@ -1825,6 +1966,7 @@ mod tests {
                 canonical: br#"{"_deleted":true}"#.to_vec(),
                 attachments: vec![],
                 channels: vec![],
+                access: Default::default(),
                 revs_limit: 1000,
                 must_exist: true,
             }],
@@ -1877,6 +2019,7 @@ mod tests {
             canonical: b"{}".to_vec(),
             attachments: vec![],
             channels: vec!["c".into()],
+            access: Default::default(),
             revs_limit: 1000,
             must_exist: false,
         };
@@ -1969,6 +2112,7 @@ mod tests {
             canonical: format!("{{\"n\":{n}}}").into_bytes(),
             attachments: vec![],
             channels: vec!["all".into(), format!("x{}", n % 2)],
+            access: Default::default(),
             revs_limit: 1000,
             must_exist: false,
         };
@@ -2070,6 +2214,7 @@ mod corrupt_tests {
                 canonical: b"{}".to_vec(),
                 attachments: vec![],
                 channels: vec![],
+                access: Default::default(),
                 revs_limit: 1000,
                 must_exist: false,
             }])

@@ -1,0 +1,460 @@
+//! The JavaScript engine behind the sync function: QuickJS (rquickjs) runtimes owned by a small
+//! pool of worker threads. Each worker compiles the function once into its own runtime; async
+//! code sends calls over a channel and awaits the answer, so JS never runs on a reactor thread.
+//! An interrupt handler stops a call that runs past the timeout, and the runtime that ran it is
+//! replaced (as is one that ran out of memory).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rquickjs::context::EvalOptions;
+use rquickjs::{Context, Ctx, Function, Persistent, Runtime, Value};
+
+const PRELUDE: &str = include_str!("prelude.js");
+/// Memory one runtime may allocate.
+pub const MEMORY_LIMIT: usize = 64 << 20;
+/// JS stack of one runtime (the worker thread's stack is larger).
+const JS_STACK: usize = 1 << 20;
+const THREAD_STACK: usize = 8 << 20;
+
+/// A syntax error in the function's source, located in the user's text (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "JavaScript error at line {} column {}: {}",
+                self.line, self.column, self.message
+            )
+        } else {
+            write!(f, "JavaScript error: {}", self.message)
+        }
+    }
+}
+
+/// Why a call produced no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// `throw({forbidden})` or a failed `require*`: 403 with this reason.
+    Forbidden(String),
+    /// `throw({unauthorized})`: 401.
+    Unauthorized(String),
+    /// Any other exception (the JS message, for the log only).
+    Exception(String),
+    /// The call ran past the timeout.
+    TimedOut,
+}
+
+/// One call's inputs as JSON text.
+#[derive(Debug, Clone)]
+pub struct CallInput {
+    pub doc: String,
+    pub old_doc: Option<String>,
+    /// `{"name","roles":[…],"channels":[…]}`, or `None` for the admin (every `require*` passes).
+    pub user_ctx: Option<String>,
+}
+
+/// What the helpers collected, as the JSON text `{"channels","access","roles"}`.
+pub type CallResult = Result<String, CallError>;
+
+struct Job {
+    input: CallInput,
+    reply: tokio::sync::oneshot::Sender<CallResult>,
+}
+
+/// A compiled function in one runtime.
+struct Vm {
+    // field order: the persistent function and the context go before their runtime
+    run: Persistent<Function<'static>>,
+    ctx: Context,
+    _rt: Runtime,
+    /// Nanoseconds since `base` after which the interrupt handler stops the call.
+    deadline: Arc<AtomicU64>,
+    base: Instant,
+}
+
+fn eval_options(name: &str) -> EvalOptions {
+    let mut o = EvalOptions::default();
+    o.strict = false;
+    o.global = true;
+    o.filename = Some(name.to_string());
+    o
+}
+
+/// The pending exception's description: its message (and stack when there is one).
+fn describe<'js>(ctx: &Ctx<'js>, v: Value<'js>) -> (String, Option<String>) {
+    if let Some(exc) = v.as_exception() {
+        let msg = exc.message().unwrap_or_default();
+        let name: Option<String> = exc.get("name").ok();
+        let text = match name {
+            Some(n) if !n.is_empty() => format!("{n}: {msg}"),
+            _ => msg,
+        };
+        return (text, exc.stack());
+    }
+    if let Some(s) = v.as_string().and_then(|s| s.to_string().ok()) {
+        return (s, None);
+    }
+    let text = ctx
+        .json_stringify(v)
+        .ok()
+        .flatten()
+        .and_then(|s| s.to_string().ok())
+        .unwrap_or_else(|| "a non-JSON value".into());
+    (text, None)
+}
+
+/// `line:column` of the first frame in `file` of a stack trace.
+fn location(stack: &str, file: &str) -> Option<(u32, u32)> {
+    let at = stack.find(&format!("{file}:"))? + file.len() + 1;
+    let mut parts = stack[at..].split(|c: char| !c.is_ascii_digit());
+    let line = parts.next()?.parse().ok()?;
+    let column = parts.next()?.parse().ok()?;
+    Some((line, column))
+}
+
+impl Vm {
+    fn new(source: &str) -> Result<Vm, CompileError> {
+        let internal = |e: rquickjs::Error| CompileError {
+            line: 0,
+            column: 0,
+            message: format!("cannot start the JavaScript engine: {e}"),
+        };
+        let rt = Runtime::new().map_err(internal)?;
+        rt.set_memory_limit(MEMORY_LIMIT);
+        rt.set_max_stack_size(JS_STACK);
+        let deadline = Arc::new(AtomicU64::new(u64::MAX));
+        let base = Instant::now();
+        let d = deadline.clone();
+        rt.set_interrupt_handler(Some(Box::new(move || {
+            base.elapsed().as_nanos() as u64 > d.load(Ordering::Relaxed)
+        })));
+        let ctx = Context::full(&rt).map_err(internal)?;
+        let run = ctx.with(|ctx| -> Result<_, CompileError> {
+            let fail = |ctx: &Ctx<'_>, e: rquickjs::Error| -> CompileError {
+                if !matches!(e, rquickjs::Error::Exception) {
+                    return CompileError {
+                        line: 0,
+                        column: 0,
+                        message: e.to_string(),
+                    };
+                }
+                let (message, stack) = describe(ctx, ctx.catch());
+                // the source is compiled as "(\n" + source + "\n)": its line 1 is line 2
+                let (line, column) = stack
+                    .as_deref()
+                    .and_then(|s| location(s, "sync"))
+                    .map(|(l, c)| (l.saturating_sub(1), c))
+                    .unwrap_or((0, 0));
+                CompileError {
+                    line,
+                    column,
+                    message,
+                }
+            };
+            ctx.eval_with_options::<(), _>(PRELUDE, eval_options("prelude"))
+                .map_err(|e| fail(&ctx, e))?;
+            let wrapped = format!("(\n{source}\n)");
+            let f: Value = ctx
+                .eval_with_options(wrapped, eval_options("sync"))
+                .map_err(|e| fail(&ctx, e))?;
+            let bind: Function = ctx.globals().get("__sg_bind").map_err(|e| fail(&ctx, e))?;
+            let run: Function = bind.call((f,)).map_err(|e| fail(&ctx, e))?;
+            Ok(Persistent::save(&ctx, run))
+        })?;
+        Ok(Vm {
+            run,
+            ctx,
+            _rt: rt,
+            deadline,
+            base,
+        })
+    }
+
+    /// Runs one call. The second value is true when this runtime must be replaced.
+    fn call(&self, input: &CallInput, timeout: Duration) -> (CallResult, bool) {
+        let limit = self.base.elapsed() + timeout;
+        self.deadline
+            .store(limit.as_nanos() as u64, Ordering::Relaxed);
+        let result = self.ctx.with(|ctx| {
+            let run = match self.run.clone().restore(&ctx) {
+                Ok(f) => f,
+                Err(e) => return (Err(CallError::Exception(e.to_string())), true),
+            };
+            let out: rquickjs::Result<String> = run.call((
+                input.doc.as_str(),
+                input.old_doc.as_deref(),
+                input.user_ctx.as_deref(),
+            ));
+            match out {
+                Ok(s) => (Ok(s), false),
+                Err(rquickjs::Error::Exception) => {
+                    let (msg, stack) = describe(&ctx, ctx.catch());
+                    if self.base.elapsed() > limit {
+                        return (Err(CallError::TimedOut), true);
+                    }
+                    let fatal = msg.contains("out of memory");
+                    let detail = match stack {
+                        Some(s) if !s.is_empty() => format!("{msg}\n{s}"),
+                        _ => msg,
+                    };
+                    (Err(CallError::Exception(detail)), fatal)
+                }
+                Err(e) => (Err(CallError::Exception(e.to_string())), true),
+            }
+        });
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+        result
+    }
+}
+
+/// Checks that `source` compiles to a function (what config validation and
+/// `PUT _config/sync` run).
+pub fn check(source: &str) -> Result<(), CompileError> {
+    Vm::new(source).map(|_| ())
+}
+
+/// A compiled sync function served by a pool of worker threads. Dropping it ends the workers
+/// once the calls already queued are answered.
+pub struct Engine {
+    source: Arc<str>,
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Compiles `source` (once here, to report errors; then once per worker) and starts
+    /// `workers` threads.
+    pub fn start(source: &str, timeout: Duration, workers: usize) -> Result<Engine, CompileError> {
+        check(source)?;
+        let source: Arc<str> = Arc::from(source);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            let src = source.clone();
+            std::thread::Builder::new()
+                .name(format!("sync-fn-{i}"))
+                .stack_size(THREAD_STACK)
+                .spawn(move || worker(&src, timeout, &rx))
+                .map_err(|e| CompileError {
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot start a JavaScript worker thread: {e}"),
+                })?;
+        }
+        Ok(Engine { source, tx })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Runs the function on a worker and awaits its result.
+    pub async fn call(&self, input: CallInput) -> CallResult {
+        self.submit(input).await
+    }
+
+    /// Queues a call now; the returned future awaits its result (so several calls can run on
+    /// the workers at once).
+    pub fn submit(
+        &self,
+        input: CallInput,
+    ) -> impl std::future::Future<Output = CallResult> + Send + 'static {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let sent = self.tx.send(Job { input, reply }).is_ok();
+        async move {
+            if !sent {
+                return Err(CallError::Exception(
+                    "the JavaScript workers have stopped".into(),
+                ));
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(CallError::Exception("a JavaScript worker stopped".into())))
+        }
+    }
+}
+
+fn worker(source: &str, timeout: Duration, rx: &Mutex<mpsc::Receiver<Job>>) {
+    let mut vm: Option<Vm> = None;
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        if vm.is_none() {
+            match Vm::new(source) {
+                Ok(v) => vm = Some(v),
+                Err(e) => {
+                    let _ = job.reply.send(Err(CallError::Exception(e.to_string())));
+                    continue;
+                }
+            }
+        }
+        let Some(v) = vm.as_ref() else { continue };
+        let (result, replace) = v.call(&job.input, timeout);
+        if replace {
+            vm = None;
+        }
+        let _ = job.reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(doc: &str, old: Option<&str>, ctx: Option<&str>) -> CallInput {
+        CallInput {
+            doc: doc.into(),
+            old_doc: old.map(str::to_string),
+            user_ctx: ctx.map(str::to_string),
+        }
+    }
+
+    fn engine(src: &str) -> Engine {
+        Engine::start(src, Duration::from_millis(200), 2).unwrap()
+    }
+
+    #[tokio::test]
+    async fn channels_access_roles() {
+        let e = engine(
+            "function(doc, oldDoc) { channel(doc.channels); channel('a', ['b', 5, null]);\
+             access(doc.owner, 'ch-' + doc._id); access(['u1','u2'], ['x','y']); role('u1', 'role:r'); }",
+        );
+        let out = e
+            .call(input(
+                r#"{"_id":"d","channels":"c","owner":"o"}"#,
+                None,
+                None,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"{"channels":["c","a","b"],"access":{"o":["ch-d"],"u1":["x","y"],"u2":["x","y"]},"roles":{"u1":["role:r"]}}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn throws_and_requires() {
+        let e = engine(
+            "function(doc, oldDoc) { if (doc.t == 'f') throw({forbidden: 'no way'});\
+             if (doc.t == 'u') throw({unauthorized: 'login'}); if (doc.t == 's') throw('text');\
+             if (doc.t == 'x') doc.a.b.c; if (doc.t == 'user') requireUser(oldDoc.owner);\
+             if (doc.t == 'role') requireRole('mod'); if (doc.t == 'acc') requireAccess('c');\
+             if (doc.t == 'admin') requireAdmin(); }",
+        );
+        let call = |doc: &str, old: Option<&str>, ctx: Option<&str>| e.call(input(doc, old, ctx));
+        assert_eq!(
+            call(r#"{"t":"f"}"#, None, None).await.unwrap(),
+            r#"{"reject":403,"reason":"no way"}"#
+        );
+        assert_eq!(
+            call(r#"{"t":"u"}"#, None, None).await.unwrap(),
+            r#"{"reject":401,"reason":"login"}"#
+        );
+        assert!(matches!(
+            call(r#"{"t":"s"}"#, None, None).await,
+            Err(CallError::Exception(m)) if m.contains("text")
+        ));
+        assert!(matches!(
+            call(r#"{"t":"x"}"#, None, None).await,
+            Err(CallError::Exception(m)) if m.contains("TypeError")
+        ));
+        let alice = Some(r#"{"name":"alice","roles":["mod"],"channels":["c"]}"#);
+        let bob = Some(r#"{"name":"bob","roles":[],"channels":["*"]}"#);
+        let owner = Some(r#"{"owner":"alice"}"#);
+        let ok = r#"{"channels":[],"access":{},"roles":{}}"#;
+        assert_eq!(call(r#"{"t":"user"}"#, owner, alice).await.unwrap(), ok);
+        assert_eq!(
+            call(r#"{"t":"user"}"#, owner, bob).await.unwrap(),
+            r#"{"reject":403,"reason":"sg wrong user"}"#
+        );
+        assert_eq!(call(r#"{"t":"user"}"#, owner, None).await.unwrap(), ok);
+        assert_eq!(call(r#"{"t":"role"}"#, None, alice).await.unwrap(), ok);
+        assert_eq!(
+            call(r#"{"t":"role"}"#, None, bob).await.unwrap(),
+            r#"{"reject":403,"reason":"sg missing role"}"#
+        );
+        assert_eq!(call(r#"{"t":"acc"}"#, None, bob).await.unwrap(), ok);
+        assert_eq!(
+            call(r#"{"t":"admin"}"#, None, alice).await.unwrap(),
+            r#"{"reject":403,"reason":"sg admin required"}"#
+        );
+        assert_eq!(call(r#"{"t":"admin"}"#, None, None).await.unwrap(), ok);
+    }
+
+    #[tokio::test]
+    async fn timeout_replaces_the_runtime() {
+        let e = Engine::start(
+            "function(doc) { if (doc.loop) while (true) {} channel('ok'); }",
+            Duration::from_millis(100),
+            1,
+        )
+        .unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            e.call(input(r#"{"loop":true}"#, None, None)).await,
+            Err(CallError::TimedOut)
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            e.call(input("{}", None, None)).await.unwrap(),
+            r#"{"channels":["ok"],"access":{},"roles":{}}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn recursion_and_memory_are_exceptions() {
+        let e = engine(
+            "function(doc) { if (doc.r) { var f = function(n) { return f(n + 1) + 1; }; f(0); }\
+             if (doc.m) { var a = []; while (true) a.push({x: a.length, s: 'abc' + a.length}); } }",
+        );
+        assert!(matches!(
+            e.call(input(r#"{"r":1}"#, None, None)).await,
+            Err(CallError::Exception(_))
+        ));
+        assert!(matches!(
+            e.call(input(r#"{"m":1}"#, None, None)).await,
+            Err(CallError::Exception(_)) | Err(CallError::TimedOut)
+        ));
+        assert!(e.call(input("{}", None, None)).await.is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let err = check("function(doc) {\n  channel(doc.x;\n}").unwrap_err();
+        assert_eq!(err.line, 2, "{err:?}");
+        assert!(err.column > 0, "{err:?}");
+        assert!(check("42").is_err());
+        assert!(check("function(doc){ channel(doc.channels); }").is_ok());
+        // ES5 sources in sloppy mode, as Sync Gateway runs them
+        assert!(check("function(doc){ x = 1; with (doc) {} }").is_ok());
+    }
+
+    #[tokio::test]
+    async fn helpers_cannot_be_replaced() {
+        let e = engine("function(doc) { try { channel = null; } catch (e) {} channel('c'); }");
+        assert_eq!(
+            e.call(input("{}", None, None)).await.unwrap(),
+            r#"{"channels":["c"],"access":{},"roles":{}}"#
+        );
+    }
+}
