@@ -207,3 +207,45 @@ fn responses_follow_couchdb_member_order() {
         "{all}"
     );
 }
+
+#[test]
+fn local_documents_keep_numbers_and_member_order() {
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    let (st, _) = put_text(&format!("{db}/_local/cp"), BODY);
+    assert_eq!(st, 201);
+    let expected = format!(r#"{{"_id":"_local/cp","_rev":"0-1",{}}}"#, members());
+    assert_eq!(get_text(&format!("{db}/_local/cp")), expected);
+    // an update through _bulk_docs, with _rev first and pretty-printed members
+    let pretty = format!(
+        "{{\"docs\":[{{\"_id\":\"_local/bulk\",\n  {}}}]}}",
+        members()
+    );
+    let (st, text) = post_text(&format!("{db}/_bulk_docs"), &pretty);
+    assert_eq!(st, 201, "{text}");
+    assert_eq!(
+        get_text(&format!("{db}/_local/bulk")),
+        format!(r#"{{"_id":"_local/bulk","_rev":"0-1",{}}}"#, members())
+    );
+    // a repeated member: the last one wins
+    let (st, _) = put_text(
+        &format!("{db}/_local/cp"),
+        r#"{"_rev":"0-1","a":1,"b":2,"a":3}"#,
+    );
+    assert_eq!(st, 201);
+    assert_eq!(
+        get_text(&format!("{db}/_local/cp")),
+        r#"{"_id":"_local/cp","_rev":"0-2","b":2,"a":3}"#
+    );
+    let (st, text) = put_text(&format!("{db}/_local/cp"), r#"{"_rev":"0-2","_foo":1}"#);
+    assert_eq!(st, 400, "{text}");
+    // too big a number is refused, not altered
+    let (st, text) = put_text(&format!("{db}/_local/n"), r#"{"x":1e400}"#);
+    assert_eq!(st, 400, "{text}");
+    let s = s.restart();
+    let db = format!("{}/db", s.admin);
+    assert_eq!(
+        get_text(&format!("{db}/_local/bulk")),
+        format!(r#"{{"_id":"_local/bulk","_rev":"0-1",{}}}"#, members())
+    );
+}

@@ -353,9 +353,9 @@ async fn attachment(
 
 async fn local(db: &Database, req: &Request, id: &str) -> Result<Reply> {
     match req.method {
-        Method::GET | Method::HEAD => Ok(json_reply(200, &db.get_local(id)?)),
+        Method::GET | Method::HEAD => Ok(bytes_reply(200, "application/json", db.get_local(id)?)),
         Method::PUT => {
-            let rev = db.put_local(id, req.json()?).await?;
+            let rev = db.put_local(id, req.json_text()?).await?;
             Ok(json_reply(
                 201,
                 &json!({"ok": true, "id": format!("_local/{id}"), "rev": rev}),

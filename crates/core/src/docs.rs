@@ -567,10 +567,9 @@ impl Database {
                 other => other,
             };
             if let Some(local) = id.as_deref().and_then(|s| s.strip_prefix("_local/")) {
-                let doc: Value = serde_json::from_str(raw.get())
-                    .map_err(|e| in_doc(Error::bad(format!("not a valid document: {e}"))))?;
-                validate_local_doc(local, &doc).map_err(in_doc)?;
-                locals.push((i, local.to_string(), doc));
+                validate_local_id(local).map_err(in_doc)?;
+                parse_local(raw.get().as_bytes()).map_err(in_doc)?;
+                locals.push((i, local.to_string(), raw.get().as_bytes()));
                 continue;
             }
             if !new_edits {
@@ -1331,46 +1330,36 @@ impl Database {
 
     // --- local documents ------------------------------------------------------------------------
 
-    pub fn get_local(&self, id: &str) -> Result<Value> {
+    /// A `_local` doc as JSON text: `_id`, `_rev`, then its members as the client sent them.
+    pub fn get_local(&self, id: &str) -> Result<Vec<u8>> {
         validate_local_id(id)?;
         let doc = self
             .store
             .get_local(id)?
             .ok_or_else(|| Error::not_found("missing"))?;
-        let mut out = Map::new();
-        out.insert("_id".into(), Value::String(format!("_local/{id}")));
-        out.insert("_rev".into(), Value::String(doc.rev));
-        out.extend(doc.body);
-        Ok(Value::Object(out))
+        let mut out = Vec::with_capacity(doc.body.get().len() + id.len() + 40);
+        out.push(b'{');
+        push_key(&mut out, "_id");
+        push_str(&mut out, &format!("_local/{id}"));
+        push_key(&mut out, "_rev");
+        push_str(&mut out, &doc.rev);
+        push_members(&mut out, doc.body.get().as_bytes());
+        out.push(b'}');
+        Ok(out)
     }
 
-    /// Stores a `_local` doc; the body's `_rev` must match the stored one.
-    pub async fn put_local(&self, id: &str, body: Value) -> Result<String> {
+    /// Stores a `_local` doc from its JSON text; the body's `_rev` must match the stored one.
+    /// Its own members are kept as sent (member order, number digits); an unknown `_` member is
+    /// a 400, as for any document.
+    pub async fn put_local(&self, id: &str, text: &[u8]) -> Result<String> {
         validate_local_id(id)?;
-        let Value::Object(mut body) = body else {
-            return Err(Error::bad("Document body must be a JSON object"));
-        };
-        if depth(&Value::Object(body.clone())) > MAX_DEPTH {
-            return Err(Error::bad(format!(
-                "Document is nested deeper than {MAX_DEPTH} levels"
-            )));
-        }
-        let rev = match body.remove("_rev") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(Error::bad("_rev must be a string")),
-        };
-        match body.remove("_deleted") {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        let local = parse_local(text)?;
+        if local.deleted {
             // a local doc written as deleted is deleted (CouchDB): its rev is then "0-0"
-            Some(Value::Bool(true)) => {
-                self.delete_local(id, rev.as_deref()).await?;
-                return Ok(LOCAL_DELETED_REV.to_string());
-            }
-            Some(_) => return Err(Error::bad("_deleted must be a boolean")),
+            self.delete_local(id, local.rev.as_deref()).await?;
+            return Ok(LOCAL_DELETED_REV.to_string());
         }
-        body.retain(|k, _| !k.starts_with('_'));
-        let (rev, ticket) = self.store.put_local(id, rev.as_deref(), body)?;
+        let (rev, ticket) = self.store.put_local(id, local.rev.as_deref(), local.body)?;
         self.store.durable(ticket).await?;
         Ok(rev)
     }
@@ -1396,18 +1385,67 @@ fn parse_attachment_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a `_local` document before any write of a batch happens.
-fn validate_local_doc(id: &str, doc: &Value) -> Result<()> {
-    validate_local_id(id)?;
-    if depth(doc) > MAX_DEPTH {
+/// A `_local` document from a request: `_rev`, `_deleted` and its own members as compact
+/// JSON object text.
+struct LocalInput {
+    rev: Option<String>,
+    deleted: bool,
+    body: Box<RawValue>,
+}
+
+/// Parses a `_local` document's JSON text (400 for what is not a valid one).
+fn parse_local(text: &[u8]) -> Result<LocalInput> {
+    let members = RawMembers::parse(text).map_err(|e| bad_json("Document body", &e))?;
+    let mut rev = None;
+    let mut deleted = false;
+    let mut own: Vec<(std::borrow::Cow<str>, &RawValue)> = Vec::with_capacity(members.0.len());
+    let mut deepest = 0;
+    for (k, v) in members.0 {
+        match k.as_ref() {
+            "_rev" => rev = special::<Option<String>>(v, "_rev must be a string")?,
+            "_deleted" => {
+                deleted = special::<Option<bool>>(v, "_deleted must be a boolean")?.unwrap_or(false)
+            }
+            // what a document may carry but a local one does not keep
+            "_id" | "_revisions" | "_attachments" | "_conflicts" | "_deleted_conflicts"
+            | "_revs_info" | "_local_seq" | "_exp" => {}
+            name if name.starts_with('_') => {
+                return Err(Error::bad(format!(
+                    "Bad special document member: {}",
+                    crate::short(name)
+                )))
+            }
+            name => {
+                let value: Value = serde_json::from_str(v.get()).map_err(|e| {
+                    Error::bad(format!(
+                        "Document member \"{}\" is not valid: {e}",
+                        crate::short(name)
+                    ))
+                })?;
+                deepest = deepest.max(depth(&value));
+                // a repeated member: the last one wins, as when parsing into a map
+                own.retain(|(o, _)| o.as_ref() != name);
+                own.push((k.clone(), v));
+            }
+        }
+    }
+    if deepest + 1 > MAX_DEPTH {
         return Err(Error::bad(format!(
             "Document is nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    match doc.get("_rev") {
-        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
-        Some(_) => Err(Error::bad("_rev must be a string")),
+    let mut json = Vec::with_capacity(text.len());
+    json.push(b'{');
+    for (k, v) in own {
+        push_key(&mut json, &k);
+        push_compact(&mut json, v.get());
     }
+    json.push(b'}');
+    let body = String::from_utf8(json)
+        .ok()
+        .and_then(|t| RawValue::from_string(t).ok())
+        .ok_or_else(|| Error::Internal("a _local body did not re-encode as JSON".into()))?;
+    Ok(LocalInput { rev, deleted, body })
 }
 
 fn validate_local_id(id: &str) -> Result<()> {

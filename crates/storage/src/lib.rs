@@ -141,12 +141,13 @@ pub trait DatabaseStore: Send + Sync {
 
     // --- local documents ---------------------------------------------------------------------
     fn get_local(&self, id: &str) -> Result<Option<LocalDoc>>;
-    /// Stores a local doc; `rev` must match the stored one (None for a new doc).
+    /// Stores a local doc (`body`: its own members as a JSON object, kept as text); `rev` must
+    /// match the stored one (None for a new doc).
     fn put_local(
         &self,
         id: &str,
         rev: Option<&str>,
-        body: serde_json::Map<String, serde_json::Value>,
+        body: Box<serde_json::value::RawValue>,
     ) -> Result<(String, Ticket)>;
     fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket>;
 

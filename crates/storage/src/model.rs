@@ -140,11 +140,12 @@ impl ChangeEntry {
     }
 }
 
-/// A `_local` document.
+/// A `_local` document: its rev and its own members (no `_` members) as the client's compact
+/// JSON object text. Stored as `{"rev":…,"body":{…}}`, the body written as that text.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalDoc {
     pub rev: String,
-    pub body: Map<String, Value>,
+    pub body: Box<serde_json::value::RawValue>,
 }
 
 /// Attachment metadata as stored in a revision body's `_attachments`.

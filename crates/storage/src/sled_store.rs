@@ -65,7 +65,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Map, Value};
 use sled::Batch;
 use tokio::sync::watch;
 
@@ -1270,7 +1269,7 @@ impl DatabaseStore for SledDatabase {
         &self,
         id: &str,
         rev: Option<&str>,
-        body: Map<String, Value>,
+        body: Box<serde_json::value::RawValue>,
     ) -> Result<(String, Ticket)> {
         let _guard = self.lock();
         let current = self.get_local(id)?;
@@ -1618,6 +1617,8 @@ fn local_gen(rev: &str) -> u64 {
 mod tests {
     use super::*;
     use crate::ChangesView;
+    use serde_json::value::RawValue;
+    use serde_json::Value;
 
     fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
         DocWrite::Edit {
@@ -1983,13 +1984,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let db = store.database("db").unwrap();
-        let (r1, _) = db.put_local("cp", None, Map::new()).unwrap();
+        let (r1, _) = db
+            .put_local("cp", None, RawValue::from_string("{}".into()).unwrap())
+            .unwrap();
         assert_eq!(r1, "0-1");
         assert!(matches!(
-            db.put_local("cp", None, Map::new()),
+            db.put_local("cp", None, RawValue::from_string("{}".into()).unwrap()),
             Err(StorageError::Conflict(_))
         ));
-        let (r2, _) = db.put_local("cp", Some("0-1"), Map::new()).unwrap();
+        let (r2, _) = db
+            .put_local(
+                "cp",
+                Some("0-1"),
+                RawValue::from_string("{}".into()).unwrap(),
+            )
+            .unwrap();
         assert_eq!(r2, "0-2");
         assert!(matches!(
             db.delete_local("cp", Some("0-1")),
