@@ -28,7 +28,7 @@ fn raw(addr: &str, bytes: &[u8]) -> (u16, String) {
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut out = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     )
     .into_bytes();
@@ -510,7 +510,7 @@ fn hostile_input_corpus() {
         "bad content-length"
     );
     // a chunked body over the limit is refused without buffering it all
-    let mut chunked = b"PUT /db/chunky HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked = b"PUT /db/chunky HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..40 {
         chunked.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
         chunked.extend_from_slice(&vec![b' '; 65536]);
@@ -549,7 +549,7 @@ fn slow_clients_and_many_connections() {
     let mut conns = Vec::new();
     for _ in 0..1000 {
         let mut c = TcpStream::connect(&host).unwrap();
-        c.write_all(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        c.write_all(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .unwrap();
         conns.push(c);
     }
@@ -742,4 +742,44 @@ fn tls_on_every_listener() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("SSLKey"));
+}
+
+/// DNS rebinding: a web page whose name resolves to 127.0.0.1 reaches the loopback admin port
+/// with its own name in `Host`; the admin port refuses it and changes nothing.
+#[test]
+fn loopback_admin_port_refuses_foreign_host_names() {
+    let s = TestServer::start();
+    let rebound = |method: &str, path: &str, host: &str| {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        raw(&s.admin, req.as_bytes())
+    };
+    let port = s.admin.rsplit(':').next().unwrap().to_string();
+    let (st, body) = rebound("PUT", "/stolen", &format!("attacker.example:{port}"));
+    assert_eq!(st, 403, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "forbidden");
+    let (st, _) = rebound("GET", "/db/_all_docs", "attacker.example");
+    assert_eq!(st, 403);
+    let (st, _) = rebound("GET", "/_console/", "localhost.attacker.example");
+    assert_eq!(st, 403);
+    // nothing was created
+    let r = client().get(format!("{}/stolen", s.admin)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // loopback names are answered
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (st, body) = rebound("GET", "/db", &host);
+        assert_eq!(st, 200, "{host}: {body}");
+    }
+    // the public port serves any name (clients come through proxies and real host names)
+    let (st, _) = {
+        let req = "GET / HTTP/1.1\r\nHost: sync.example.com\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        raw(&s.public, req.as_bytes())
+    };
+    assert_eq!(st, 200);
 }

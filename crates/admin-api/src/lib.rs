@@ -5,8 +5,11 @@
 //! - `/_console/…`: the admin console's static files ([`console`]).
 //! - `GET /_metrics`: the metrics listener's Prometheus text, for the console.
 //! - `GET /_all_dbs?verbose=true`: every database's info and backend in one call.
+//!
+//! On loopback it answers only requests addressed to a loopback name ([`host`]).
 
 mod console;
+mod host;
 mod principals;
 mod sessions;
 
@@ -50,6 +53,9 @@ pub fn routes(server: Arc<Server>, metrics: MetricsText) -> BoxedFilter<(Reply,)
 }
 
 async fn handle(server: &Arc<Server>, metrics: &MetricsText, req: &Request) -> Reply {
+    if let Err(e) = host::check(server, req.header("host")) {
+        return error_reply(&e);
+    }
     // the console is same-origin only: no CORS headers, no preflight answers
     if req.segments.first().map(String::as_str) == Some(console::PREFIX) {
         return console::serve(req);
