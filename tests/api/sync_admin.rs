@@ -388,16 +388,21 @@ fn a_branch_that_becomes_the_winner_is_rerun_as_admin() {
         "2-".to_string() + &"a".repeat(32),
         "2-".to_string() + &"b".repeat(32),
     );
-    for (rev, n) in [(&a, "a"), (&b, "b")] {
+    for (id, rev, n) in [
+        ("d", &a, "a"),
+        ("d", &b, "b"),
+        ("e", &a, "boom"),
+        ("e", &b, "b"),
+    ] {
         let (st, r) = put(
-            &format!("{admin}/d?new_edits=false"),
+            &format!("{admin}/{id}?new_edits=false"),
             &json!({"_rev": rev, "n": n, "_revisions": {"start": 2, "ids": [&rev[2..], &root[2..]]}}),
         );
         assert_eq!(st, 201, "{r}");
     }
     assert_eq!(get(&format!("{admin}/d")).1["_rev"], b.as_str());
-    assert_eq!(in_channel(&admin, "v1-b"), ["d"]);
-    let v2 = "function (doc) {\n  if (doc._deleted) return;\n  requireAdmin();\n  channel(\"v2-\" + doc.n);\n}";
+    assert_eq!(in_channel(&admin, "v1-b"), ["d", "e"]);
+    let v2 = "function (doc) {\n  if (doc._deleted) return;\n  if (doc.n == \"boom\") throw(\"no\");\n  requireAdmin();\n  channel(\"v2-\" + doc.n);\n}";
     assert_eq!(put_sync(&admin, v2).0, 200);
     let (st, r) = as_user(
         "alice",
@@ -409,6 +414,17 @@ fn a_branch_that_becomes_the_winner_is_rerun_as_admin() {
     assert_eq!(get(&format!("{admin}/d")).1["_rev"], a.as_str());
     assert_eq!(in_channel(&admin, "v2-a"), ["d"]);
     assert!(in_channel(&admin, "v1-a").is_empty());
+    // when the re-run throws, the branch keeps what it was written with; the delete stands
+    let (st, r) = as_user(
+        "alice",
+        reqwest::Method::DELETE,
+        &format!("{public}/e?rev={b}"),
+        None,
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(get(&format!("{admin}/e")).1["_rev"], a.as_str());
+    assert_eq!(in_channel(&admin, "v1-boom"), ["e"]);
+    assert!(s.log_text().contains("keeping its channels and grants"));
 }
 
 #[test]
