@@ -13,5 +13,6 @@ mod hardening;
 mod http;
 mod mango;
 mod sessions;
+mod sync_admin;
 mod sync_function;
 mod users;

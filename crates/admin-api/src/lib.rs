@@ -5,6 +5,7 @@
 //! - `/_console/…`: the admin console's static files ([`console`]).
 //! - `GET /_metrics`: the metrics listener's Prometheus text, for the console.
 //! - `GET /_all_dbs?verbose=true`: every database's info and backend in one call.
+//! - `/{db}/_config/sync`, `/{db}/_sync`, `/{db}/_resync`: the sync function ([`sync_fn`]).
 //!
 //! On loopback it answers only requests addressed to a loopback name ([`host`]).
 
@@ -12,6 +13,7 @@ mod console;
 mod host;
 mod principals;
 mod sessions;
+mod sync_fn;
 
 use std::sync::Arc;
 
@@ -132,6 +134,11 @@ async fn dispatch(server: &Arc<Server>, metrics: &MetricsText, req: &Request) ->
                 "Only POST is allowed on _compact".into(),
             )),
         },
+        Some("_config") if rest.len() == 2 && rest[1] == "sync" => {
+            sync_fn::config_sync(&db, req).await
+        }
+        Some("_sync") if rest.len() == 1 => sync_fn::dry_run(&db, req).await,
+        Some("_resync") if rest.len() == 1 => sync_fn::resync(&db, req),
         Some("_user") => principals::user_routes(&db, req, &rest[1..]).await,
         Some("_role") => principals::role_routes(&db, req, &rest[1..]).await,
         Some("_session") => principals::session_routes(&db, req, &rest[1..]).await,

@@ -283,6 +283,25 @@ impl Request {
         self.json_text().map(Cow::Borrowed)
     }
 
+    /// The JavaScript text of a body (`PUT _config/sync`): the Content-Type must be
+    /// `application/javascript` or `text/javascript` (else 415: neither is one a browser
+    /// sends cross-site without a preflight) and the body UTF-8 (else 400). May be empty.
+    pub fn javascript_text(&self) -> Result<&str> {
+        let mut cts = self.headers.get_all(http::header::CONTENT_TYPE).iter();
+        let mt = match (cts.next(), cts.next()) {
+            (Some(ct), None) => crate::multipart::media_type(ct.to_str().unwrap_or("")),
+            _ => String::new(),
+        };
+        if mt != "application/javascript" && mt != "text/javascript" {
+            return Err(Error::BadContentType(format!(
+                "Content-Type must be application/javascript or text/javascript, not \"{}\"",
+                short(&mt)
+            )));
+        }
+        std::str::from_utf8(&self.body)
+            .map_err(|_| Error::bad("The JavaScript source is not valid UTF-8"))
+    }
+
     /// The raw body, whatever its Content-Type: only for attachment uploads, whose bytes are
     /// stored as sent with the type they say.
     pub fn attachment_body(&self) -> &Bytes {

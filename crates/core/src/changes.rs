@@ -351,12 +351,16 @@ impl Database {
                     });
                 }
             }
-            let lost: Vec<String> = entry
+            // in a lost channel, or left it (after the checkpoint: the client may hold it)
+            let mut lost: Vec<String> = entry
                 .channels
                 .iter()
+                .chain(&entry.removed)
                 .filter(|c| lost_since.contains(*c))
                 .cloned()
                 .collect();
+            lost.sort();
+            lost.dedup();
             let revoked = (!lost.is_empty() && !scope.sees(&entry.channels)).then_some(lost);
             if let Some(row) = self.change_row(caller, &scope, opts, &entry, revoked)? {
                 rows.push(row.into_change_row()?);

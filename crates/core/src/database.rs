@@ -91,6 +91,13 @@ pub struct Database {
     pub code_flow: Option<CodeFlow>,
     /// The sync function; `None` = the default (`channel(doc.channels)`, native).
     pub(crate) sync: RwLock<Option<Arc<SyncFunction>>>,
+    /// The config file's sync function as read at startup (what a function set through the
+    /// admin API is stored against).
+    pub(crate) config_sync: Option<String>,
+    /// One `PUT _config/sync` at a time.
+    pub(crate) sync_admin: tokio::sync::Mutex<()>,
+    /// `_resync` progress.
+    pub(crate) resync: crate::sync_fn::admin::Resync,
 }
 
 impl Database {
@@ -203,10 +210,12 @@ impl Server {
                     "database \"{name}\": cannot install the config's users and roles: {e}"
                 ))
             })?;
-        let sync = match config
+        let config_sync = config
             .sync_source()
-            .map_err(|e| Error::Internal(format!("database \"{name}\": sync: {e}")))?
-        {
+            .map_err(|e| Error::Internal(format!("database \"{name}\": sync: {e}")))?;
+        let source =
+            crate::sync_fn::admin::effective_source(name, store.as_ref(), config_sync.clone())?;
+        let sync = match source {
             Some(src) => Some(Arc::new(
                 SyncFunction::new(&src, config.javascript_timeout_ms()).map_err(|e| {
                     Error::Internal(format!(
@@ -218,6 +227,9 @@ impl Server {
         };
         let db = Arc::new(Database {
             sync: RwLock::new(sync),
+            config_sync,
+            sync_admin: tokio::sync::Mutex::new(()),
+            resync: Default::default(),
             name: name.to_string(),
             auth,
             store,

@@ -439,14 +439,10 @@ impl Database {
 
     /// Runs the sync function (when configured), then writes.
     async fn write_one(&self, caller: &Caller, w: DocWrite) -> Result<WriteOutcome> {
-        let w = self
-            .run_sync(caller, vec![w])
+        self.write_synced(caller, vec![w])
             .await?
             .pop()
-            .ok_or_else(|| Error::Internal("empty sync result".into()))??;
-        let mut r = self.write(vec![w]).await?;
-        Ok(r.pop()
-            .ok_or_else(|| Error::Internal("empty write result".into()))??)
+            .ok_or_else(|| Error::Internal("empty write result".into()))?
     }
 
     /// `PUT /{db}/{doc}` with the document's JSON text.
@@ -589,32 +585,15 @@ impl Database {
             writes.push(w);
         }
         // the sync function: a rejected document gets its own error entry, the others are written
-        let mut accepted = Vec::with_capacity(writes.len());
-        let mut accepted_at = Vec::with_capacity(writes.len());
         let ids: Vec<String> = writes.iter().map(|w| w.id().to_string()).collect();
         for ((pos, id), r) in positions
             .into_iter()
             .zip(ids)
-            .zip(self.run_sync(caller, writes).await?)
-        {
-            match r {
-                Ok(w) => {
-                    accepted.push(w);
-                    accepted_at.push(pos);
-                }
-                Err(e) => results[pos] = Some(error_row(Some(&id), &e)),
-            }
-        }
-        let (writes, positions) = (accepted, accepted_at);
-        let ids: Vec<String> = writes.iter().map(|w| w.id().to_string()).collect();
-        for ((pos, id), r) in positions
-            .into_iter()
-            .zip(ids)
-            .zip(self.write(writes).await?)
+            .zip(self.write_synced(caller, writes).await?)
         {
             results[pos] = Some(match r {
                 Ok(o) => json!({"ok": true, "id": o.id, "rev": o.rev}),
-                Err(e) => error_row(Some(&id), &e.into()),
+                Err(e) => error_row(Some(&id), &e),
             });
         }
         for (i, local, doc) in locals {

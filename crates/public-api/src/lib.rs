@@ -19,8 +19,8 @@ mod oidc;
 
 /// Routes reserved to the admin port (answered 404 here, as if they did not exist).
 const ADMIN_ONLY: &[&str] = &[
-    "_user", "_role", "_compact", "_config", "_resync", "_purge", "_offline", "_online", "_raw",
-    "_dump",
+    "_user", "_role", "_compact", "_config", "_resync", "_sync", "_purge", "_offline", "_online",
+    "_raw", "_dump",
 ];
 
 /// The public port's filter.

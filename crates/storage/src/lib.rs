@@ -136,6 +136,17 @@ pub trait DatabaseStore: Send + Sync {
     /// cached until then).
     fn grants_version(&self) -> u64;
 
+    /// Applies new channels and grants to documents' winning revisions ([`Restamp`]), in
+    /// order, as one batch: each gets its new sequence, or `None` when `rev` no longer wins
+    /// (or the document is gone) or nothing changed.
+    fn restamp_docs(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)>;
+
+    // --- per-database settings (opaque to this layer) -----------------------------------------
+    /// A setting stored with the database (e.g. the sync function set by the admin API).
+    fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores (`Some`) or removes (`None`) a setting.
+    fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket>;
+
     // --- attachments -------------------------------------------------------------------------
     fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>>;
 

@@ -395,3 +395,16 @@ impl DocGrant {
             && self.revoked_roles.is_empty()
     }
 }
+
+/// A new decision of the sync function for a document's winning revision (`_resync`, or the
+/// re-run after the winner switched to another branch): its channels and grants. Applied only
+/// while `rev` is still the winner, and only if something changed; the document then gets a
+/// new sequence (so feeds see its new channels, removals and the grants' fresh sequences), but
+/// no new revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restamp {
+    pub id: String,
+    pub rev: String,
+    pub channels: Vec<String>,
+    pub access: RevAccess,
+}

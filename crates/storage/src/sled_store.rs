@@ -15,6 +15,8 @@
 //! | `o` | login key | OpenID Connect login transaction JSON (opaque here) |
 //! | `m` | counter name | u64 BE (`last_seq`, `doc_count`) |
 //! | `g` | u64 BE next sequence, u64 BE superseded sequence | channel history of the superseded entry (JSON) |
+//! | `p` | principal kind, name, `\0`, doc id | [`DocGrant`] JSON (the access index) |
+//! | `k` | setting name | opaque bytes ([`DatabaseStore::put_setting`]) |
 //!
 //! Every write is one `apply_batch` (atomic across keys, so a crash never leaves half a
 //! document), made under the database's write mutex so sequences are assigned and committed in
@@ -631,20 +633,22 @@ impl<'a> BatchState<'a> {
         Ok(out)
     }
 
-    /// Stores a new revision's body and the document's updated metadata and change entry.
+    /// Stores a new revision's body (when there is one: a restamp has none) and the
+    /// document's updated metadata and change entry.
     fn commit_doc(
         &mut self,
         id: &str,
         old: Option<DocMeta>,
         mut tree: RevTree,
-        new_rev: &str,
-        body: StoredBody,
+        new: Option<(&str, StoredBody)>,
         revs_limit: usize,
     ) -> Result<u64> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(n) = tree.nodes.iter_mut().find(|n| n.rev == new_rev) {
-            n.seq = seq;
+        if let Some((new_rev, _)) = &new {
+            if let Some(n) = tree.nodes.iter_mut().find(|n| n.rev == *new_rev) {
+                n.seq = seq;
+            }
         }
         let was_live = old.as_ref().is_some_and(|m| m.is_live());
         let mut history = old
@@ -684,10 +688,12 @@ impl<'a> BatchState<'a> {
         if old_access != new_access {
             self.update_grants(id, &old_access, &new_access, seq)?;
         }
-        self.batch
-            .insert(body_key(id, new_rev), encode_body(id, new_rev, &body)?);
-        self.bodies
-            .insert((id.to_string(), new_rev.to_string()), body);
+        if let Some((new_rev, body)) = new {
+            self.batch
+                .insert(body_key(id, new_rev), encode_body(id, new_rev, &body)?);
+            self.bodies
+                .insert((id.to_string(), new_rev.to_string()), body);
+        }
         let winner_channels = tree
             .winner()
             .map(|w| w.channels.as_slice())
@@ -737,6 +743,28 @@ impl<'a> BatchState<'a> {
             );
         }
         Ok(())
+    }
+
+    /// New channels and grants for a document's winner (see [`Restamp`]).
+    fn restamp(&mut self, r: Restamp) -> Result<Option<u64>> {
+        let Some(old) = self.meta(&r.id)? else {
+            return Ok(None);
+        };
+        match old.tree.winner() {
+            Some(w) if w.rev == r.rev => {
+                if w.channels == r.channels && w.access == r.access {
+                    return Ok(None);
+                }
+            }
+            _ => return Ok(None),
+        }
+        let mut tree = old.tree.clone();
+        if let Some(n) = tree.nodes.iter_mut().find(|n| n.rev == r.rev) {
+            n.channels = r.channels;
+            n.access = r.access;
+        }
+        let seq = self.commit_doc(&r.id, Some(old), tree, None, usize::MAX)?;
+        Ok(Some(seq))
     }
 
     fn apply(&mut self, write: DocWrite) -> Result<WriteOutcome> {
@@ -815,7 +843,7 @@ impl<'a> BatchState<'a> {
                     channels,
                     access,
                 });
-                let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
+                let seq = self.commit_doc(&id, old, tree, Some((&rev, body)), revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
             }
             DocWrite::Replicate {
@@ -861,7 +889,7 @@ impl<'a> BatchState<'a> {
                 if let Some(n) = tree.nodes.iter_mut().find(|n| n.rev == rev) {
                     n.access = access;
                 }
-                let seq = self.commit_doc(&id, old, tree, &rev, body, revs_limit)?;
+                let seq = self.commit_doc(&id, old, tree, Some((&rev, body)), revs_limit)?;
                 Ok(WriteOutcome { id, rev, seq })
             }
         }
@@ -892,6 +920,43 @@ impl SledDatabase {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // a panic while holding the lock cannot leave sled half-written (batches are atomic)
         self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies restamps as one batch under the write lock.
+    fn apply_restamps(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)> {
+        let _guard = self.lock();
+        let n = docs.len();
+        let mut st = BatchState {
+            store: self,
+            batch: Batch::default(),
+            metas: HashMap::new(),
+            bodies: HashMap::new(),
+            blobs: HashSet::new(),
+            first_seq: self.assigned_seq() + 1,
+            grants: HashMap::new(),
+            grants_changed: false,
+            next_seq: self.assigned_seq() + 1,
+            replaced: BTreeMap::new(),
+            doc_count: 0,
+        };
+        let results = docs
+            .into_iter()
+            .map(|r| st.restamp(r))
+            .collect::<Result<Vec<_>>>()?;
+        st.mark_superseded()?;
+        self.collect_superseded(&mut st.batch, (2 * n).max(GC_PER_BATCH))?;
+        let new_last = st.next_seq - 1;
+        let BatchState {
+            batch,
+            doc_count,
+            grants_changed,
+            ..
+        } = st;
+        let ticket = self.finish(batch, new_last, doc_count)?;
+        if grants_changed {
+            self.grants_version.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok((results, ticket))
     }
 
     /// Applies write sets, in order, as one batch under the write lock: one result list per set,
@@ -1341,6 +1406,22 @@ impl DatabaseStore for SledDatabase {
         batch.remove(prefixed(principal_prefix(kind), name));
         let seq = self.assigned_seq() + 1;
         self.finish(batch, seq, 0)
+    }
+
+    fn restamp_docs(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)> {
+        self.apply_restamps(docs)
+    }
+
+    fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(b'k', key))?.map(|v| v.to_vec()))
+    }
+
+    fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket> {
+        match value {
+            Some(v) => self.tree.insert(prefixed(b'k', key), v)?,
+            None => self.tree.remove(prefixed(b'k', key))?,
+        };
+        Ok(self.commit.ticket())
     }
 
     fn doc_grants(&self, kind: PrincipalKind, name: &str) -> Result<Vec<(String, DocGrant)>> {
@@ -2202,6 +2283,65 @@ mod tests {
         one(&db, with("d00", Some(rev), 0)).unwrap();
         assert!(db.scan(b'g').count() <= 1);
         assert_eq!(since(&db, 0).len(), DOCS);
+    }
+
+    #[test]
+    fn restamps_move_channels_and_grants_under_a_new_sequence_without_a_new_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database("db").unwrap();
+        let mut w = edit("d", None, serde_json::json!({"x": 1}));
+        if let DocWrite::Edit { channels, .. } = &mut w {
+            *channels = vec!["a".into()];
+        }
+        let first = one(&db, w).unwrap();
+        let mut access = RevAccess::default();
+        access
+            .channels
+            .insert("bob".into(), ["b".to_string()].into_iter().collect());
+        let stamp = |rev: &str, chans: &[&str], access: &RevAccess| Restamp {
+            id: "d".into(),
+            rev: rev.into(),
+            channels: chans.iter().map(|c| c.to_string()).collect(),
+            access: access.clone(),
+        };
+        let (r, ticket) = db
+            .restamp_docs(vec![
+                stamp(&first.rev, &["b"], &access),
+                stamp("1-stale", &["c"], &access),
+            ])
+            .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(db.durable(ticket))
+            .unwrap();
+        let seq = r[0].expect("restamped");
+        assert!(seq > first.seq);
+        assert_eq!(r[1], None, "a revision that does not win is left alone");
+        let meta = db.doc_meta("d").unwrap().unwrap();
+        assert_eq!(meta.seq, seq);
+        assert_eq!(meta.tree.nodes.len(), 1, "no new revision");
+        assert_eq!(meta.tree.nodes[0].seq, first.seq);
+        let rows = in_channels(&db, &["a"], first.seq);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].removed, ["a"]);
+        assert_eq!(rows[0].channels, ["b"]);
+        let grants = db.doc_grants(PrincipalKind::User, "bob").unwrap();
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].1.channels["b"], seq);
+        assert!(db.rev_body("d", &first.rev).unwrap().is_some());
+        // nothing changed: no new sequence
+        let (r, _) = db
+            .restamp_docs(vec![stamp(&first.rev, &["b"], &access)])
+            .unwrap();
+        assert_eq!(r, [None]);
+        // settings
+        assert_eq!(db.get_setting("k").unwrap(), None);
+        db.put_setting("k", Some(b"v")).unwrap();
+        assert_eq!(db.get_setting("k").unwrap().as_deref(), Some(&b"v"[..]));
+        db.put_setting("k", None).unwrap();
+        assert_eq!(db.get_setting("k").unwrap(), None);
     }
 }
 

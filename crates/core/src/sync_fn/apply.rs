@@ -3,18 +3,29 @@
 //! request in parallel on the workers, and puts the decided channels and grants into each
 //! write. Writes the store would refuse anyway (a conflict, an existing revision) are passed on
 //! without a call, so the store reports them as it always has.
+//!
+//! After the write: when a write made another, existing branch the winner (the winning branch
+//! was deleted), the function re-runs for the new winner as admin and its channels and grants
+//! replace the ones that branch was written with (a failure keeps those; the caller's write
+//! stands). Grants a document of a `_bulk_docs` request gives the caller count for the later
+//! documents of the same request (Sync Gateway reloads the user after each write): the request
+//! is written up to that document, the caller reloaded, and the rest decided again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use syncgate_auth::Caller;
+use syncgate_auth::{Caller, GUEST};
 use syncgate_storage::json::{push_members, push_str};
-use syncgate_storage::{attachment_digest, compute_rev, AttachmentInput, DocWrite};
+use syncgate_storage::{
+    attachment_digest, compute_rev, AttachmentInput, DocMeta, DocWrite, Restamp, RevAccess,
+    RevNode, WriteOutcome,
+};
 
+use super::{Decision, SyncFunction};
 use crate::database::Database;
 use crate::error::{Error, Result};
 
 /// `{"_id":…,"_rev":…[,"_deleted":true],…members}` (`rev` omitted when `None`).
-fn doc_text(id: &str, rev: Option<&str>, deleted: bool, members: &[u8]) -> String {
+pub(crate) fn doc_text(id: &str, rev: Option<&str>, deleted: bool, members: &[u8]) -> String {
     let mut out = Vec::with_capacity(members.len() + id.len() + 64);
     out.extend_from_slice(b"{\"_id\":");
     push_str(&mut out, id);
@@ -31,10 +42,92 @@ fn doc_text(id: &str, rev: Option<&str>, deleted: bool, members: &[u8]) -> Strin
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// What the function decided for one write of a request.
+struct Decided {
+    write: DocWrite,
+    /// `Ok(None)`: no call was needed (a revision the store already has).
+    outcome: Result<Option<Decision>>,
+    /// The write makes another existing branch the winner.
+    switches_winner: bool,
+}
+
+/// Whether the write `(parent, rev, deleted)` or a graft leaves the document with a winner
+/// that is neither the one before nor the new revision.
+fn switches(
+    meta: &DocMeta,
+    change: impl FnOnce(&mut syncgate_storage::RevTree),
+    rev: &str,
+) -> bool {
+    // with one leaf, the winner after a write is that leaf or the new revision
+    if meta.tree.leaves().len() < 2 {
+        return false;
+    }
+    let before = meta.tree.winner().map(|n| n.rev.clone());
+    let mut tree = meta.tree.clone();
+    change(&mut tree);
+    let after = tree.winner().map(|n| n.rev.as_str());
+    after != Some(rev) && after != before.as_deref()
+}
+
+/// Whether `access` gives `caller` a channel or role it does not hold yet.
+fn grants_to(caller: &Caller, access: &RevAccess) -> bool {
+    let Some(u) = caller.user() else {
+        return false;
+    };
+    let name = u.name.as_deref().unwrap_or(GUEST);
+    let new_channel = |chans: &BTreeSet<String>| chans.iter().any(|c| !u.channels.contains_key(c));
+    access.channels.iter().any(|(who, chans)| {
+        let mine = who == name
+            || who
+                .strip_prefix("role:")
+                .is_some_and(|r| u.roles.contains(r));
+        mine && new_channel(chans)
+    }) || access
+        .roles
+        .get(name)
+        .is_some_and(|roles| roles.iter().any(|r| !u.roles.contains(r)))
+}
+
+/// The winning revision of a document as the function sees it.
+pub(crate) struct Winner {
+    pub rev: String,
+    pub deleted: bool,
+    pub channels: Vec<String>,
+    pub access: RevAccess,
+    /// `doc`: the body with `_id`, `_rev` (and `_deleted`).
+    pub doc: String,
+    /// `oldDoc`: the parent's body when the server still has it.
+    pub old_doc: Option<String>,
+    /// The body's members, parsed (for the default function's `channels` rule).
+    pub json: Vec<u8>,
+}
+
+impl Winner {
+    /// The restamp that makes `decision` the winner's, if it changes anything. A tombstone the
+    /// function gives no channels keeps the ones it has (its parent's), as on a write.
+    pub fn restamp(&self, id: &str, decision: Decision) -> Option<Restamp> {
+        let channels = if self.deleted && decision.channels.is_empty() {
+            self.channels.clone()
+        } else {
+            decision.channels
+        };
+        let same = channels.iter().collect::<BTreeSet<_>>()
+            == self.channels.iter().collect::<BTreeSet<_>>()
+            && decision.access == self.access;
+        (!same).then(|| Restamp {
+            id: id.to_string(),
+            rev: self.rev.clone(),
+            channels,
+            access: decision.access,
+        })
+    }
+}
+
 impl Database {
-    /// `doc` and `oldDoc` of a write; `None` for a replicated revision the store already has
-    /// (a no-op); an error for an edit the store would refuse.
-    fn sync_inputs(&self, w: &DocWrite) -> Result<Option<(String, Option<String>)>> {
+    /// `doc` and `oldDoc` of a write, and whether it makes another branch the winner; `None`
+    /// for a replicated revision the store already has (a no-op); an error for an edit the
+    /// store would refuse.
+    fn sync_inputs(&self, w: &DocWrite) -> Result<Option<(String, Option<String>, bool)>> {
         match w {
             DocWrite::Edit {
                 id,
@@ -95,7 +188,19 @@ impl Database {
                 let rev = compute_rev(parent.as_deref(), canonical, &digests);
                 let doc = doc_text(id, Some(&rev), *deleted, body);
                 let old = parent_body.map(|b| doc_text(id, None, parent_deleted, &b.json));
-                Ok(Some((doc, old)))
+                let switch = meta.as_ref().is_some_and(|m| {
+                    let node = RevNode {
+                        rev: rev.clone(),
+                        parent: parent.clone(),
+                        deleted: *deleted,
+                        seq: 0,
+                        has_body: true,
+                        channels: Vec::new(),
+                        access: RevAccess::default(),
+                    };
+                    switches(m, |t| t.add(node), &rev)
+                });
+                Ok(Some((doc, old, switch)))
             }
             DocWrite::Replicate {
                 id,
@@ -125,57 +230,202 @@ impl Database {
                         .map(|b| doc_text(id, None, n.deleted, &b.json)),
                     None => None,
                 };
-                Ok(Some((doc_text(id, Some(rev), *deleted, body), old)))
+                let switch = meta.as_ref().is_some_and(|m| {
+                    switches(
+                        m,
+                        |t| {
+                            t.graft(history, *deleted, 0, Vec::new());
+                        },
+                        rev,
+                    )
+                });
+                Ok(Some((doc_text(id, Some(rev), *deleted, body), old, switch)))
             }
         }
     }
 
-    /// Runs the configured sync function on each write (none configured: the writes are
-    /// returned unchanged). A rejected write becomes its error and is never stored.
-    pub(crate) async fn run_sync(
+    /// Runs the function on each write of a request (in parallel on the workers).
+    async fn decide(
         &self,
+        f: &SyncFunction,
         caller: &Caller,
         writes: Vec<DocWrite>,
-    ) -> Result<Vec<Result<DocWrite>>> {
-        let Some(f) = self.sync_function() else {
-            return Ok(writes.into_iter().map(Ok).collect());
-        };
+    ) -> Vec<Decided> {
         let ctx = super::user_ctx_json(caller);
         let mut pending = Vec::with_capacity(writes.len());
         for w in writes {
-            let call = match self.sync_inputs(&w) {
-                Ok(Some((doc, old))) => {
-                    Ok(Some(f.submit(w.id().to_string(), doc, old, ctx.clone())))
-                }
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
+            let (call, switch) = match self.sync_inputs(&w) {
+                Ok(Some((doc, old, switch))) => (
+                    Ok(Some(f.submit(w.id().to_string(), doc, old, ctx.clone()))),
+                    switch,
+                ),
+                Ok(None) => (Ok(None), false),
+                Err(e) => (Err(e), false),
             };
-            pending.push((w, call));
+            pending.push((w, call, switch));
         }
         let mut out = Vec::with_capacity(pending.len());
-        for (mut w, call) in pending {
-            out.push(match call {
+        for (write, call, switches_winner) in pending {
+            let outcome = match call {
                 Err(e) => Err(e),
-                Ok(None) => Ok(w),
-                Ok(Some(call)) => match call.await {
-                    Ok(decision) => {
-                        match &mut w {
-                            DocWrite::Edit {
-                                channels, access, ..
-                            }
-                            | DocWrite::Replicate {
-                                channels, access, ..
-                            } => {
-                                *channels = decision.channels;
-                                *access = decision.access;
-                            }
-                        }
-                        Ok(w)
-                    }
-                    Err(e) => Err(e),
-                },
+                Ok(None) => Ok(None),
+                Ok(Some(call)) => call.await.map(Some),
+            };
+            out.push(Decided {
+                write,
+                outcome,
+                switches_winner,
             });
         }
-        Ok(out)
+        out
+    }
+
+    /// Runs the configured sync function on each write (none configured: the writes go to the
+    /// store as they are), stores the accepted ones and settles the winners they switched.
+    /// One result per write, in order; a rejected write is its error and stores nothing.
+    pub(crate) async fn write_synced(
+        &self,
+        caller: &Caller,
+        writes: Vec<DocWrite>,
+    ) -> Result<Vec<Result<WriteOutcome>>> {
+        let Some(f) = self.sync_function() else {
+            return Ok(self
+                .write(writes)
+                .await?
+                .into_iter()
+                .map(|r| r.map_err(Error::from))
+                .collect());
+        };
+        let mut results = Vec::with_capacity(writes.len());
+        let mut caller = caller.clone();
+        let mut pending = writes;
+        while !pending.is_empty() {
+            let mut decided = self.decide(&f, &caller, pending).await;
+            // a document that grants the caller something: the later ones are decided again
+            // once it is written
+            let cut = decided
+                .iter()
+                .position(
+                    |d| matches!(&d.outcome, Ok(Some(dec)) if grants_to(&caller, &dec.access)),
+                )
+                .map(|i| i + 1)
+                .unwrap_or(decided.len());
+            pending = decided
+                .split_off(cut)
+                .into_iter()
+                .map(|d| d.write)
+                .collect();
+            let mut slots: Vec<Option<Result<WriteOutcome>>> = Vec::with_capacity(decided.len());
+            let mut writes = Vec::with_capacity(decided.len());
+            let mut at = Vec::with_capacity(decided.len());
+            for d in decided {
+                let mut w = d.write;
+                match d.outcome {
+                    Err(e) => {
+                        slots.push(Some(Err(e)));
+                        continue;
+                    }
+                    Ok(Some(decision)) => match &mut w {
+                        DocWrite::Edit {
+                            channels, access, ..
+                        }
+                        | DocWrite::Replicate {
+                            channels, access, ..
+                        } => {
+                            *channels = decision.channels;
+                            *access = decision.access;
+                        }
+                    },
+                    Ok(None) => {}
+                }
+                at.push((slots.len(), d.switches_winner));
+                slots.push(None);
+                writes.push(w);
+            }
+            for ((slot, switched), r) in at.into_iter().zip(self.write(writes).await?) {
+                if let (true, Ok(o)) = (switched, &r) {
+                    if o.seq > 0 {
+                        self.settle_winner(&f, &o.id, &o.rev).await;
+                    }
+                }
+                slots[slot] = Some(r.map_err(Error::from));
+            }
+            results.extend(slots.into_iter().map(|s| {
+                s.unwrap_or_else(|| Err(Error::Internal("a write got no result".into())))
+            }));
+            if !pending.is_empty() {
+                caller = self.refresh_caller(&caller).unwrap_or(caller);
+            }
+        }
+        Ok(results)
+    }
+
+    /// The winning revision of a document with the function's inputs; `None` when the
+    /// document or the winner's body is gone.
+    pub(crate) fn winner_inputs(&self, id: &str, meta: &DocMeta) -> Result<Option<Winner>> {
+        let Some(w) = meta.tree.winner() else {
+            return Ok(None);
+        };
+        let Some(body) = self.store.rev_body(id, &w.rev)? else {
+            return Ok(None);
+        };
+        let parent = w
+            .parent
+            .as_deref()
+            .and_then(|p| meta.tree.get(p))
+            .filter(|n| n.has_body);
+        let old_doc = match parent {
+            Some(p) => self
+                .store
+                .rev_body(id, &p.rev)?
+                .map(|b| doc_text(id, None, p.deleted, &b.json)),
+            None => None,
+        };
+        Ok(Some(Winner {
+            rev: w.rev.clone(),
+            deleted: w.deleted,
+            channels: w.channels.clone(),
+            access: w.access.clone(),
+            doc: doc_text(id, Some(&w.rev), w.deleted, &body.json),
+            old_doc,
+            json: body.json,
+        }))
+    }
+
+    /// After a write made another branch the winner: the function re-runs for that winner as
+    /// admin; its channels and grants become the document's. A failure is logged and keeps
+    /// what the branch was written with — never an error for the caller, whose write is done.
+    async fn settle_winner(&self, f: &SyncFunction, id: &str, written: &str) {
+        let short = crate::short(id);
+        let winner = match self.store.doc_meta(id) {
+            Ok(Some(meta)) => self.winner_inputs(id, &meta),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
+        let w = match winner {
+            Ok(Some(w)) if w.rev != written => w,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(doc = %short, "cannot re-run the sync function for the new winner: {e}");
+                return;
+            }
+        };
+        let decision = match f.run(id, w.doc.clone(), w.old_doc.clone(), None).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(doc = %short, rev = %w.rev, "the sync function failed for the new winning revision ({e}); keeping its channels and grants");
+                return;
+            }
+        };
+        let Some(stamp) = w.restamp(id, decision) else {
+            return;
+        };
+        let done = match self.store.restamp_docs(vec![stamp]) {
+            Ok((_, ticket)) => self.store.durable(ticket).await.map_err(Error::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = done {
+            tracing::warn!(doc = %short, "cannot store the new winner's channels and grants: {e}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! - this module: the database-facing call: the caller's `userCtx`, the mapping of throws and
 //!   exceptions to HTTP errors, and the validation of what the function produced.
 
+pub mod admin;
 pub mod apply;
 pub mod engine;
 
@@ -163,7 +164,16 @@ pub fn user_ctx_json(caller: &Caller) -> Option<String> {
 impl SyncFunction {
     /// Compiles `source` and starts its workers.
     pub fn new(source: &str, timeout_ms: u64) -> std::result::Result<SyncFunction, CompileError> {
-        let engine = Engine::start(source, Duration::from_millis(timeout_ms.max(1)), workers())?;
+        Self::with_workers(source, timeout_ms, workers())
+    }
+
+    /// [`SyncFunction::new`] with `workers` threads (a dry run of another function needs one).
+    pub fn with_workers(
+        source: &str,
+        timeout_ms: u64,
+        workers: usize,
+    ) -> std::result::Result<SyncFunction, CompileError> {
+        let engine = Engine::start(source, Duration::from_millis(timeout_ms.max(1)), workers)?;
         Ok(SyncFunction { engine })
     }
 
