@@ -4,7 +4,7 @@
 // What the server stored is always checked on the admin port.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { rmSync, readFileSync } from 'node:fs';
 import { startServer, req, basic } from '../lib/server.mjs';
 import { localDb, remoteDb } from '../lib/pouch.mjs';
 import { eventually } from '../lib/compare.mjs';
@@ -40,12 +40,13 @@ const SYNC = `function (doc, oldDoc) {
 
 const USERS = ['alice', 'bob', 'carol'];
 
-async function start({ guest = false } = {}) {
+/** A server whose database `db` runs `sync`, with users alice, bob and carol (`<name>-pw`). */
+async function startWith(sync, extra = {}) {
   const s = await startServer((c) => {
     c.databases.db = {
-      sync: SYNC,
+      sync,
       users: Object.fromEntries(USERS.map((u) => [u, { password: `${u}-pw`, admin_channels: ['announcements'] }])),
-      ...(guest ? { guest: { disabled: false } } : {}),
+      ...extra,
     };
   });
   s.cleanup = async () => {
@@ -54,6 +55,8 @@ async function start({ guest = false } = {}) {
   };
   return s;
 }
+
+const start = ({ guest = false } = {}) => startWith(SYNC, guest ? { guest: { disabled: false } } : {});
 
 const auth = (name) => (name ? { Authorization: basic(name, `${name}-pw`) } : {});
 /** A request on the public port as `name` (GUEST when null). */
@@ -370,6 +373,117 @@ test('GUEST writes: allowed or refused by the function', async () => {
     assertForbidden(await as(s, null, 'PUT', 'alist', { _rev: l.body.rev, owner: 'alice', items: ['x'] }), 'sg wrong user');
     assert.equal((await stored(s, 'alist')).doc._rev, l.body.rev);
   } finally {
+    await s.cleanup();
+  }
+});
+
+// ---------------------------------------------------------------- the worked examples of docs/sync-function.md
+
+/** The function of example `n` ("### n. …") of docs/sync-function.md, as printed there. */
+function docExample(n) {
+  const text = readFileSync(new URL('../../../docs/sync-function.md', import.meta.url), 'utf8');
+  const section = text.split(/^### /m).find((s) => s.startsWith(`${n}. `));
+  const m = section?.match(/```js\n([\s\S]*?)```/);
+  assert.ok(m, `example ${n} has a js block`);
+  return m[1];
+}
+
+test('docs example 1 (per-user private documents) behaves as described', async () => {
+  const s = await startWith(docExample(1));
+  try {
+    const a = await as(s, 'alice', 'PUT', 'note', { owner: 'alice', text: 'mine' });
+    assert.equal(a.status, 201);
+    assert.equal((await as(s, 'alice', 'GET', 'note')).status, 200);
+    assert.equal((await as(s, 'bob', 'GET', 'note')).status, 403);
+    assertForbidden(await as(s, 'bob', 'PUT', 'note', { _rev: a.body.rev, owner: 'bob' }), 'sg wrong user');
+    assertForbidden(await as(s, 'bob', 'DELETE', `note?rev=${a.body.rev}`), 'sg wrong user');
+    assertForbidden(await as(s, 'alice', 'PUT', 'note', { _rev: a.body.rev, owner: 'bob' }), 'owner cannot change');
+    assertForbidden(await as(s, 'alice', 'PUT', 'noowner', {}), 'owner is required');
+    // the admin port writes on a user's behalf
+    const b = await admin(s, 'PUT', 'note', { _rev: a.body.rev, owner: 'alice', text: 'by the app server' });
+    assert.equal(b.status, 201);
+    const d = await as(s, 'alice', 'DELETE', `note?rev=${b.body.rev}`);
+    assert.equal(d.status, 200);
+    // the tombstone still grants alice her channel
+    const alice = await admin(s, 'GET', '_user/alice');
+    assert.deepEqual(alice.body.channel_sources['user-alice'], ['doc:note'], JSON.stringify(alice.body));
+  } finally {
+    await s.cleanup();
+  }
+});
+
+test('docs example 2 (shared lists with members) behaves as described', async () => {
+  const s = await startWith(docExample(2));
+  const pulls = [];
+  try {
+    const l = await as(s, 'alice', 'PUT', 'groceries', { owner: 'alice', members: [] });
+    assert.equal(l.status, 201);
+    assert.equal((await as(s, 'alice', 'PUT', 'i1', { type: 'item', list: 'groceries', text: 'rice' })).status, 201);
+    assertForbidden(await as(s, 'bob', 'PUT', 'i2', { type: 'item', list: 'groceries' }), 'sg missing channel access');
+    const replica = {};
+    for (const u of ['bob', 'carol']) {
+      replica[u] = localDb();
+      pulls.push(replica[u].replicate.from(remoteAs(s, u), { live: true, retry: true }));
+    }
+    const shared = await as(s, 'alice', 'PUT', 'groceries', { _rev: l.body.rev, owner: 'alice', members: ['bob', 'carol'] });
+    assert.equal(shared.status, 201);
+    for (const u of ['bob', 'carol']) {
+      await eventually(async () => (await state(replica[u], 'groceries')) === 'present' && (await state(replica[u], 'i1')) === 'present', 10000, `${u} receives the list and its item`);
+    }
+    for (const p of pulls) p.cancel();
+    // a member adds items, but does not change the list
+    assert.equal((await as(s, 'bob', 'PUT', 'i2', { type: 'item', list: 'groceries', text: 'beans' })).status, 201);
+    assertForbidden(await as(s, 'bob', 'PUT', 'groceries', { _rev: shared.body.rev, owner: 'alice', members: ['bob', 'carol', 'dave'] }), 'sg wrong user');
+    // carol is removed: removal rows for the list and its items, 403 on reads
+    const before = (await as(s, 'carol', 'GET', '_changes')).body.last_seq;
+    const un = await as(s, 'alice', 'PUT', 'groceries', { _rev: shared.body.rev, owner: 'alice', members: ['bob'] });
+    assert.equal(un.status, 201);
+    const feed = await as(s, 'carol', 'GET', `_changes?since=${encodeURIComponent(JSON.stringify(before))}`);
+    assert.deepEqual(feed.body.results.filter((r) => r.removed).map((r) => r.id).sort(), ['groceries', 'i1', 'i2'], JSON.stringify(feed.body));
+    assert.equal((await as(s, 'carol', 'GET', 'i1')).status, 403);
+    // deleting the list keeps alice's access and withdraws bob's
+    assert.equal((await as(s, 'alice', 'DELETE', `groceries?rev=${un.body.rev}`)).status, 200);
+    assert.equal((await as(s, 'bob', 'GET', 'i1')).status, 403);
+    assert.equal((await as(s, 'alice', 'GET', 'i1')).status, 200);
+  } finally {
+    for (const p of pulls) p.cancel();
+    await s.cleanup();
+  }
+});
+
+test('docs example 3 (a moderated channel) behaves as described', async () => {
+  const s = await startWith(docExample(3), { guest: { disabled: false } });
+  let pull;
+  try {
+    const rep = await as(s, 'bob', 'PUT', 'r1', { type: 'report', text: 'spam' });
+    assert.equal(rep.status, 201);
+    assert.equal((await as(s, null, 'PUT', 'r2', { type: 'report', text: 'anonymous' })).status, 201);
+    assertForbidden(await as(s, null, 'PUT', 'a0', { type: 'announcement' }), 'sg missing role');
+    assertForbidden(await as(s, 'carol', 'PUT', 'a1', { type: 'announcement' }), 'sg missing role');
+    assertForbidden(await as(s, 'bob', 'PUT', 'moderators', { names: ['bob'] }), 'sg admin required');
+    assertForbidden(await as(s, 'bob', 'PUT', 'x', { type: 'other' }), 'unknown document type');
+    const c = localDb();
+    pull = c.replicate.from(remoteAs(s, 'carol'), { live: true, retry: true });
+    const mods = await admin(s, 'PUT', 'moderators', { names: ['carol'] });
+    assert.equal(mods.status, 201);
+    await eventually(async () => (await state(c, 'r1')) === 'present' && (await state(c, 'r2')) === 'present', 10000, 'carol receives the queue');
+    pull.cancel();
+    const a1 = await as(s, 'carol', 'PUT', 'a1', { type: 'announcement', text: 'hello' });
+    assert.equal(a1.status, 201);
+    assert.equal((await as(s, 'bob', 'GET', 'a1')).status, 200, 'everyone reads announcements');
+    assertForbidden(await as(s, 'bob', 'PUT', 'a2', { type: 'announcement' }), 'sg missing role');
+    // only a moderator changes or deletes a report, and a report stays a report
+    assertForbidden(await as(s, 'bob', 'DELETE', `r1?rev=${rep.body.rev}`), 'sg missing role');
+    assertForbidden(await as(s, 'carol', 'PUT', 'r1', { _rev: rep.body.rev, type: 'announcement' }), 'the type cannot change');
+    assert.equal((await as(s, 'carol', 'DELETE', `r1?rev=${rep.body.rev}`)).status, 200);
+    // carol is no longer a moderator
+    const before = (await as(s, 'carol', 'GET', '_changes')).body.last_seq;
+    assert.equal((await admin(s, 'PUT', 'moderators', { _rev: mods.body.rev, names: [] })).status, 201);
+    assertForbidden(await as(s, 'carol', 'PUT', 'a3', { type: 'announcement' }), 'sg missing role');
+    const feed = await as(s, 'carol', 'GET', `_changes?since=${encodeURIComponent(JSON.stringify(before))}`);
+    assert.ok(feed.body.results.some((r) => r.id === 'r2' && r.removed), JSON.stringify(feed.body));
+  } finally {
+    pull?.cancel();
     await s.cleanup();
   }
 });
