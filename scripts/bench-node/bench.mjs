@@ -5,7 +5,8 @@
 //
 // Environment: SYNCGATE_BIN, BARE_WARP_BIN, SLED_CEILING_BIN (paths), BENCH_SECS (seconds per
 // wrk run, default 10), BENCH_DOCS (default 20000), BENCH_LONGPOLL (clients, default 500),
-// BENCH_JSON (write the raw figures there as JSON).
+// BENCH_SYNC_ROUNDS (rounds of the sync-function workload, default 2), BENCH_ONLY=syncfn (run
+// only the sync-function workload), BENCH_JSON (write the raw figures there as JSON).
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,6 +41,12 @@ const PUSH_DB = 'push';
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 /** The whole run is bounded: past this everything is killed and the run fails. */
 const WATCHDOG_MS = Number(process.env.BENCH_WATCHDOG_SECS ?? 1200) * 1000;
+const SYNC_ROUNDS = Number(process.env.BENCH_SYNC_ROUNDS ?? 2);
+const ONLY = process.env.BENCH_ONLY ?? '';
+if (!['', 'syncfn'].includes(ONLY)) {
+  console.error(`bench: BENCH_ONLY=${ONLY}: the only choice is syncfn`);
+  process.exit(2);
+}
 
 const workdir = mkdtempSync(join(tmpdir(), 'syncgate-bench-'));
 const children = new Set();
@@ -122,15 +129,16 @@ function waitForLines(child, re, count, what, logFile) {
 
 // ---------------------------------------------------------------- servers
 
-async function startSyncgate() {
-  const dir = join(workdir, 'syncgate');
+/** Starts the release binary in `workdir/<tag>` with `databases` (default: two empty ones). */
+async function startSyncgate({ tag = 'syncgate', databases = { [DB]: {}, [PUSH_DB]: {} } } = {}) {
+  const dir = join(workdir, tag);
   const config = {
     interface: '127.0.0.1:0',
     adminInterface: '127.0.0.1:0',
     metricsInterface: '127.0.0.1:0',
     data_dir: join(dir, 'data'),
     logging: { console: { log_level: 'warn' } },
-    databases: { [DB]: {}, [PUSH_DB]: {} },
+    databases,
   };
   execFileSync('mkdir', ['-p', dir]);
   const cfg = join(dir, 'config.json');
@@ -139,7 +147,7 @@ async function startSyncgate() {
   const child = track(spawn(SYNCGATE_BIN, [cfg], { stdio: ['ignore', 'pipe', openSync(logFile, 'w')], env: { ...process.env, RUST_LOG: '' } }), 'syncgate');
   const lines = await waitForLines(child, /(public|admin|metrics) listener on (\S+)/, 3, 'syncgate', logFile);
   const urls = Object.fromEntries(lines.map((m) => [m[1], m[2]]));
-  return { name: 'syncgate', child, pid: child.pid, base: urls.admin, public: urls.public, admin: urls.admin };
+  return { name: 'syncgate', child, pid: child.pid, base: urls.admin, public: urls.public, admin: urls.admin, dir };
 }
 
 async function startPouchdbServer() {
@@ -205,7 +213,8 @@ async function measured(server, fn) {
   return { ...out, wall, cpu: cpuSeconds(server.pid) - cpu0 };
 }
 
-async function bulkWrite(server) {
+/** `DOCS` documents made by `doc(i)` in `_bulk_docs` batches of 100 from 4 concurrent clients. */
+async function bulkWrite(server, { doc = bulkDoc, headers = {} } = {}) {
   return measured(server, async () => {
     let next = 0;
     const batches = Math.ceil(DOCS / BATCH);
@@ -214,8 +223,8 @@ async function bulkWrite(server) {
         const b = next++;
         if (b >= batches) return;
         const docs = [];
-        for (let i = b * BATCH; i < Math.min(DOCS, (b + 1) * BATCH); i++) docs.push(bulkDoc(i));
-        const r = await req('POST', `${server.base}/${DB}/_bulk_docs`, `{"docs":[${docs.join(',')}]}`);
+        for (let i = b * BATCH; i < Math.min(DOCS, (b + 1) * BATCH); i++) docs.push(doc(i));
+        const r = await req('POST', `${server.base}/${DB}/_bulk_docs`, `{"docs":[${docs.join(',')}]}`, headers);
         if (r.status !== 201 || !Array.isArray(r.body) || r.body.some((x) => !x.ok)) {
           throw new Error(`${server.name} _bulk_docs: ${r.status} ${r.text.slice(0, 300)}`);
         }
@@ -368,6 +377,115 @@ function sledCeiling() {
   return JSON.parse(out.trim().split('\n').pop());
 }
 
+// ---------------------------------------------------------------- sync function (SPEC §13)
+
+// The same release binary with the default sync function (no JavaScript) and with JavaScript
+// functions, each on a fresh server: the bulk write and the single PUT above, on the public port
+// as user `bench` (Basic auth, so the function's requireUser has a user to check), reported as
+// ratios to the default. The documents carry `"owner":"bench"`.
+const SF_USER = 'bench';
+const SF_PASSWORD = `bench-${process.pid}-secret`;
+const SYNC_VARIANTS = [
+  { key: 'default', label: 'default (no JS)', sync: null },
+  {
+    key: 'js',
+    label: 'five-line function',
+    sync: `function (doc, oldDoc) {
+  if (oldDoc) requireUser(oldDoc.owner); else requireUser(doc.owner);
+  if (doc.type !== "bench") throw({forbidden: "unknown type"});
+  channel("user-" + doc.owner);
+  if (doc.members) access(doc.members, "user-" + doc.owner);
+}`,
+  },
+  {
+    // the pattern of per-document lists: every document grants its owner a channel of its own
+    key: 'grant',
+    label: 'a grant per document',
+    sync: `function (doc, oldDoc) {
+  if (oldDoc) requireUser(oldDoc.owner); else requireUser(doc.owner);
+  if (doc.type !== "bench") throw({forbidden: "unknown type"});
+  channel("list-" + doc._id);
+  access(doc.owner, "list-" + doc._id);
+}`,
+  },
+];
+
+/** The bulk document with an owner (same size as `bulkDoc`). */
+function ownedDoc(i) {
+  const id = `bulk-${String(i).padStart(6, '0')}`;
+  const head = `{"_id":"${id}","type":"bench","owner":"${SF_USER}","n":${i},"pad":"`;
+  return `${head}${'x'.repeat(1024 - head.length - 2)}"}`;
+}
+
+async function syncFunctionBench() {
+  const basicAuth = `Basic ${Buffer.from(`${SF_USER}:${SF_PASSWORD}`).toString('base64')}`;
+  const out = Object.fromEntries(SYNC_VARIANTS.map((v) => [v.key, []]));
+  for (let round = 0; round < SYNC_ROUNDS; round++) {
+    for (const v of SYNC_VARIANTS) {
+      const tag = `syncfn-${v.key}-${round}`;
+      const db = { users: { [SF_USER]: { password: SF_PASSWORD } }, ...(v.sync ? { sync: v.sync } : {}) };
+      const sg = await startSyncgate({ tag, databases: { [DB]: db } });
+      const pub = { ...sg, base: sg.public };
+      try {
+        log(`sync function, round ${round + 1}/${SYNC_ROUNDS}, ${v.label}: bulk write`);
+        const bulk = await bulkWrite(pub, { doc: ownedDoc, headers: { authorization: basicAuth } });
+        log(`sync function, round ${round + 1}/${SYNC_ROUNDS}, ${v.label}: single PUT`);
+        const put = await wrk(pub, 'put.lua', {
+          headers: [`Authorization: ${basicAuth}`],
+          env: { BENCH_DB: DB, BENCH_OWNER: SF_USER, BENCH_RUN: `sf${round}` },
+        });
+        // the function did run: a document in someone else's name is refused by it
+        const probe = await req('PUT', `${sg.public}/${DB}/probe`, { type: 'bench', owner: 'someone-else' }, { authorization: basicAuth });
+        const want = v.sync ? 403 : 201;
+        if (probe.status !== want) throw new Error(`sync function ${v.key}: probe PUT → ${probe.status}, expected ${want}`);
+        const r = { bulk, put, rss: peakRssMb(sg.pid) };
+        log(`sync function, ${v.label} → bulk ${f(bulk.rate)} docs/s, ${f(bulk.cpu, 2)} s CPU; PUT ${f(put.rate)} req/s, ${f(put.cpuPer1k, 1)} ms CPU per 1,000`);
+        out[v.key].push(r);
+      } finally {
+        await stop(sg.child);
+        rmSync(sg.dir, { recursive: true, force: true });
+      }
+    }
+  }
+  return out;
+}
+
+function reportSyncFn(S) {
+  const mean = (runs, get) => runs.reduce((a, x) => a + get(x), 0) / runs.length;
+  const M = Object.fromEntries(Object.entries(S).map(([k, runs]) => [k, {
+    putRate: mean(runs, (x) => x.put.rate),
+    putP50: mean(runs, (x) => x.put.p50),
+    putP99: mean(runs, (x) => x.put.p99),
+    putCpu: mean(runs, (x) => x.put.cpuPer1k),
+    bulkRate: mean(runs, (x) => x.bulk.rate),
+    bulkCpu: mean(runs, (x) => x.bulk.cpu),
+    rss: Math.max(...runs.map((x) => x.rss)),
+  }]));
+  const [D, J, G] = [M.default, M.js, M.grant];
+  const lines = [];
+  lines.push(`| sync function (public port, Basic auth; mean of ${SYNC_ROUNDS} rounds) | default (no JS) | five-line function | function / default | target | a grant per document | grant / default |`);
+  lines.push('|---|---:|---:|---:|:-:|---:|---:|');
+  const row = (name, key, digits, unit, target = '') => {
+    lines.push(`| ${name} | ${f(D[key], digits)} ${unit} | ${f(J[key], digits)} ${unit} | ${f(J[key] / D[key], 2)}× | ${target} | ${f(G[key], digits)} ${unit} | ${f(G[key] / D[key], 2)}× |`);
+  };
+  const putCost = 1 - J.putRate / D.putRate;
+  const bulkCpu = J.bulkCpu / D.bulkCpu;
+  row('single PUT (32 conns)', 'putRate', 0, 'req/s', `cost ${f(putCost * 100, 0)} % (≤ 25 %: ${putCost <= 0.25 ? 'yes' : '**no**'})`);
+  row('  p50 latency', 'putP50', 2, 'ms');
+  row('  p99 latency', 'putP99', 2, 'ms');
+  row('  server CPU per 1,000 PUTs', 'putCpu', 1, 'ms');
+  row(`bulk write ${f(DOCS)} × 1 KB (100/batch, 4 clients)`, 'bulkRate', 0, 'docs/s');
+  row('  server CPU for it', 'bulkCpu', 2, 's', `${f(bulkCpu, 2)}× (≤ 2×: ${bulkCpu <= 2 ? 'yes' : '**no**'})`);
+  row('peak RSS (VmHWM)', 'rss', 1, 'MB');
+  lines.push('');
+  const perRound = S.default.map((d, i) => {
+    const j = S.js[i];
+    return `round ${i + 1}: PUT cost ${f((1 - j.put.rate / d.put.rate) * 100, 0)} %, bulk CPU ${f(j.bulk.cpu / d.bulk.cpu, 2)}×`;
+  });
+  lines.push(`Five-line function against the default, per round: ${perRound.join('; ')}.`);
+  return lines.join('\n');
+}
+
 // ---------------------------------------------------------------- report
 
 const f = (x, d = 0) => (Number.isFinite(x) ? x.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }) : 'n/a');
@@ -441,6 +559,12 @@ function report(R) {
 
 async function main() {
   log(`work dir ${workdir}; ${DOCS} docs, ${SECS} s per wrk run, ${LONGPOLL} longpoll clients`);
+  if (ONLY === 'syncfn') {
+    const S = await syncFunctionBench();
+    console.log(reportSyncFn(S));
+    if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify({ syncFunction: S }, null, 2));
+    return;
+  }
   const sg = await startSyncgate();
   const pdb = await startPouchdbServer();
   const servers = [sg, pdb];
@@ -482,9 +606,12 @@ async function main() {
   await stop(bare.child);
   log('ceilings: sled');
   R.sled = sledCeiling();
+  R.syncFunction = await syncFunctionBench();
 
   const table = report(R);
   console.log(table);
+  console.log('');
+  console.log(reportSyncFn(R.syncFunction));
   if (process.env.BENCH_JSON) {
     writeFileSync(process.env.BENCH_JSON, JSON.stringify(R, (k, v) => (k === 'local' || k === 'child' ? undefined : v), 2));
   }
