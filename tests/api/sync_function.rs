@@ -586,3 +586,61 @@ fn role_grants_give_members_the_role_and_its_channels() {
     assert_eq!(uget("carol", &format!("{public}/i1")).0, 403);
     assert_eq!(uget("bob", &format!("{public}/i1")).0, 200);
 }
+
+/// A replicated branch that shares no stored revision with an existing document is judged
+/// against the document as it is: another user cannot take it over by pushing a new branch.
+#[test]
+fn a_disconnected_replicated_branch_sees_the_current_document_as_old_doc() {
+    let s = TestServer::start_with(|c| {
+        c["databases"]["db"]["sync"] = serde_json::json!(
+            "function(doc, oldDoc) { if (oldDoc) { requireUser(oldDoc.owner); } else { requireUser(doc.owner); } channel('c'); }"
+        );
+        c["databases"]["db"]["users"] = serde_json::json!({
+            "alice": {"password": "pw-alice-1", "admin_channels": ["c"]},
+            "bob": {"password": "pw-bob-1", "admin_channels": ["c"]}
+        });
+    });
+    let db = format!("{}/db", s.public);
+    let r = client()
+        .put(format!("{db}/list"))
+        .basic_auth("alice", Some("pw-alice-1"))
+        .json(&serde_json::json!({"owner": "alice"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = client()
+        .post(format!("{db}/_bulk_docs"))
+        .basic_auth("bob", Some("pw-bob-1"))
+        .json(&serde_json::json!({"new_edits": false, "docs": [
+            {"_id": "list", "_rev": format!("1-{}", "f".repeat(32)), "owner": "bob"}
+        ]}))
+        .send()
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v[0]["error"], "forbidden", "{v}");
+    let r = client()
+        .get(format!("{}/db/list?open_revs=all", s.admin))
+        .header("accept", "application/json")
+        .send()
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "bob's branch was stored: {v}"
+    );
+    // a new document by bob is still his to create
+    let r = client()
+        .post(format!("{db}/_bulk_docs"))
+        .basic_auth("bob", Some("pw-bob-1"))
+        .json(&serde_json::json!({"new_edits": false, "docs": [
+            {"_id": "bobs", "_rev": format!("1-{}", "e".repeat(32)), "owner": "bob"}
+        ]}))
+        .send()
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert!(
+        v.as_array().unwrap().is_empty() || v[0]["error"].is_null(),
+        "{v}"
+    );
+}

@@ -217,11 +217,15 @@ impl Database {
                 if tree.is_some_and(|t| t.contains(rev)) {
                     return Ok(None);
                 }
-                // the nearest ancestor whose body the server has
+                // the nearest ancestor whose body the server has; a branch that connects to
+                // nothing stored (a disconnected branch, or one grafted below pruned bodies) of
+                // an existing document is judged against the document as it is (its winner),
+                // so `requireUser(oldDoc.owner)` cannot be bypassed by pushing a new branch
                 let base = tree.and_then(|t| {
                     history[1..]
                         .iter()
                         .find_map(|r| t.get(r).filter(|n| n.has_body))
+                        .or_else(|| t.winner().filter(|n| n.has_body))
                 });
                 let old = match base {
                     Some(n) => self
