@@ -914,13 +914,9 @@ impl Database {
                             OpenRev::Missing(m) => {
                                 error_entry(&mut out, &id, &m, "not_found", "missing")
                             }
-                            OpenRev::Ok(doc) if doc.removed => error_entry(
-                                &mut out,
-                                &id,
-                                rev.as_deref().unwrap_or_default(),
-                                "forbidden",
-                                "You are not allowed to see this revision",
-                            ),
+                            // a revision the caller may not read is its `_removed` stub,
+                            // as for `open_revs` (Sync Gateway): an error entry would make
+                            // PouchDB retry the batch forever and stall a live pull
                             OpenRev::Ok(doc) => {
                                 out.extend_from_slice(b"{\"ok\":");
                                 out.extend_from_slice(&doc.json);
