@@ -2,6 +2,10 @@
 //!
 //! - [`revtree`]: CouchDB revision trees (winner rule, grafting replicated history, pruning).
 //! - [`model`]: what callers write and read: edits, replicated revisions, attachments, changes.
+//! - [`rules`]: the CouchDB rules every backend shares: conflicts, revision ids and trees,
+//!   tombstone channels, attachments, change entries, grants: a write batch decided above
+//!   the engine, which only stores its operations.
+//! - [`combine`]: concurrent document writers combined into one batch (any backend).
 //! - [`sled_store`]: the sled backend: one sled tree per database with prefixed keys, written
 //!   atomically with `apply_batch` under a per-database write lock, made durable by a shared
 //!   group commit.
@@ -9,9 +13,11 @@
 //! Callers use the [`DatabaseStore`] trait and ask domain questions ("rev tree of doc X",
 //! "changes since S"); nothing here knows HTTP or authentication.
 
+pub mod combine;
 pub mod json;
 pub mod model;
 pub mod revtree;
+pub mod rules;
 pub mod sled_store;
 
 pub use model::*;
@@ -25,7 +31,7 @@ use std::pin::Pin;
 use tokio::sync::watch;
 
 /// Errors of the storage layer. The API layer maps each variant to one HTTP status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// The request is malformed (bad revision id, bad attachment, …).
     #[error("{0}")]
@@ -39,9 +45,10 @@ pub enum StorageError {
     /// An attachment stub refers to data the store does not have.
     #[error("{0}")]
     PreconditionFailed(String),
-    /// The disk or the engine failed.
+    /// The disk or the engine failed (the engine's own error, as text: every backend raises
+    /// this one variant).
     #[error("storage failure: {0}")]
-    Engine(#[from] sled::Error),
+    Engine(String),
     /// Stored bytes could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -57,7 +64,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Ticket(pub u64);
 
 /// Kinds of principal records kept beside the documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PrincipalKind {
     User,
     Role,
