@@ -10,8 +10,10 @@
 //!   atomically with `apply_batch` under a per-database write lock, made durable by a shared
 //!   group commit.
 //!
-//! Callers use the [`DatabaseStore`] trait and ask domain questions ("rev tree of doc X",
-//! "changes since S"); nothing here knows HTTP or authentication.
+//! Callers use two traits: [`StoreServer`] (open, create, delete and list databases; server
+//! values) and [`DatabaseStore`] (one database), and ask domain questions ("rev tree of doc
+//! X", "changes since S"); nothing here knows HTTP or authentication. `tests/conformance.rs`
+//! is what every backend must pass.
 
 pub mod combine;
 pub mod json;
@@ -28,6 +30,7 @@ pub use sled_store::{SledDatabase, Store};
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Errors of the storage layer. The API layer maps each variant to one HTTP status.
@@ -68,6 +71,31 @@ pub struct Ticket(pub u64);
 pub enum PrincipalKind {
     User,
     Role,
+}
+
+/// The server-level store: where every database's storage lives, the registry of databases
+/// created at run time, and the server's own values. `core::Server` holds one of these; the
+/// sled backend ([`Store`]) implements it, a networked backend would too.
+pub trait StoreServer: Send + Sync {
+    /// Opens (creating if needed) one database's storage. Each call returns a new handle;
+    /// open a database once and share the handle.
+    fn open_database(&self, name: &str) -> Result<Arc<dyn DatabaseStore>>;
+    /// Records a database created at run time with its config (JSON, opaque here), so the
+    /// next start opens it again. Its storage is created by [`StoreServer::open_database`].
+    fn create_database(&self, name: &str, config: &[u8]) -> Result<()>;
+    /// Removes a database: all its data and its registration. Handles still open must not
+    /// be used afterwards.
+    fn delete_database(&self, name: &str) -> Result<()>;
+    /// The databases created at run time, with their stored config, in name order.
+    fn list_databases(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// A server-wide value kept in the store (e.g. the session-hashing key): the stored one,
+    /// or `init()` stored durably on first use. Concurrent first uses (also from other nodes
+    /// sharing the store) agree on one value.
+    fn server_value(&self, key: &str, init: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>>;
+    /// Makes everything written durable (at shutdown).
+    fn flush(&self) -> Result<()>;
+    /// Bytes the store takes on this node's disk, for metrics (0 when it lives elsewhere).
+    fn size_on_disk(&self) -> u64;
 }
 
 /// A consistent read of the by-sequence index (see [`DatabaseStore::changes_view`]).

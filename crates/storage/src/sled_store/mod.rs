@@ -84,7 +84,7 @@ use tokio::sync::watch;
 use crate::combine::{WriteCombiner, WriteResult};
 use crate::model::*;
 use crate::rules::{check_local_delete, next_local_rev};
-use crate::{BoxFuture, DatabaseStore, PrincipalKind, Result, StorageError, Ticket};
+use crate::{BoxFuture, DatabaseStore, PrincipalKind, Result, StorageError, StoreServer, Ticket};
 use commit::GroupCommit;
 use keys::*;
 
@@ -143,17 +143,27 @@ impl Store {
             grants_version: AtomicU64::new(0),
         }))
     }
+}
 
-    /// Removes a database and all its data.
-    pub fn drop_database(&self, name: &str) -> Result<()> {
+impl StoreServer for Store {
+    fn open_database(&self, name: &str) -> Result<Arc<dyn DatabaseStore>> {
+        Ok(self.database(name)?)
+    }
+
+    fn create_database(&self, name: &str, config: &[u8]) -> Result<()> {
+        self.registry.insert(name.as_bytes(), config)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn delete_database(&self, name: &str) -> Result<()> {
         self.db.drop_tree(format!("{DB_TREE_PREFIX}{name}"))?;
         self.registry.remove(name.as_bytes())?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Databases created at run time (by the admin API), with their stored config.
-    pub fn registered_databases(&self) -> Result<Vec<(String, Vec<u8>)>> {
+    fn list_databases(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.registry
             .iter()
             .map(|r| {
@@ -163,15 +173,8 @@ impl Store {
             .collect()
     }
 
-    pub fn register_database(&self, name: &str, config: &[u8]) -> Result<()> {
-        self.registry.insert(name.as_bytes(), config)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// A server-wide value kept in the store (e.g. the session-hashing key): the stored one, or
-    /// `init()` stored and flushed on first use. Concurrent first uses agree on one value.
-    pub fn server_value(&self, key: &str, init: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+    /// Concurrent first uses agree on one value (compare-and-swap).
+    fn server_value(&self, key: &str, init: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>> {
         let meta = self.db.open_tree(META_TREE)?;
         if let Some(v) = meta.get(key)? {
             return Ok(v.to_vec());
@@ -186,14 +189,12 @@ impl Store {
         }
     }
 
-    /// Flushes everything (shutdown).
-    pub fn flush(&self) -> Result<()> {
+    fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }
 
-    /// Bytes on disk, for metrics.
-    pub fn size_on_disk(&self) -> u64 {
+    fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
 }
