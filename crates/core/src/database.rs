@@ -9,7 +9,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use syncgate_auth::jwt::{bearer::revoke_stale_grants, code_flow::CodeFlow, JwtAuth};
 use syncgate_auth::{AuthSettings, Authenticator, CookieSettings, SameSite};
-use syncgate_storage::{DatabaseStore, Store};
+use syncgate_storage::{DatabaseStore, Store, StoreServer};
 use tokio::sync::watch;
 
 use crate::config::{validate_db_name, DbConfig, ServerConfig};
@@ -133,7 +133,8 @@ pub const SESSION_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// All databases of the process.
 pub struct Server {
     pub config: ServerConfig,
-    store: Store,
+    /// Where every database's storage lives (the embedded sled store today).
+    store: Arc<dyn StoreServer>,
     /// The server's secret for hashing session ids (generated at first start, kept in the store).
     session_key: Vec<u8>,
     dbs: RwLock<BTreeMap<String, Arc<Database>>>,
@@ -141,7 +142,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store and every configured or previously created database.
+    /// Opens the embedded store in the configured data directory and every configured or
+    /// previously created database.
     pub fn open(config: ServerConfig) -> Result<Arc<Server>> {
         let store = Store::open(&config.data_dir()).map_err(|e| {
             Error::Internal(format!(
@@ -149,8 +151,13 @@ impl Server {
                 config.data_dir().display()
             ))
         })?;
+        Server::with_store(config, Arc::new(store))
+    }
+
+    /// Opens every configured or previously created database in `store`.
+    pub fn with_store(config: ServerConfig, store: Arc<dyn StoreServer>) -> Result<Arc<Server>> {
         let (shutdown_tx, _) = watch::channel(false);
-        let session_key = store.server_value("session_key", || {
+        let session_key = store.server_value("session_key", &mut || {
             let mut k = vec![0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut k);
             k
@@ -162,7 +169,7 @@ impl Server {
             dbs: RwLock::new(BTreeMap::new()),
             shutdown_tx,
         });
-        for (name, cfg) in server.store.registered_databases()? {
+        for (name, cfg) in server.store.list_databases()? {
             let cfg: DbConfig = serde_json::from_slice(&cfg).map_err(|e| {
                 Error::Internal(format!(
                     "the stored config of database \"{name}\" does not parse: {e}"
@@ -177,7 +184,7 @@ impl Server {
     }
 
     fn open_db(&self, name: &str, config: DbConfig) -> Result<Arc<Database>> {
-        let store: Arc<dyn DatabaseStore> = self.store.database(name)?;
+        let store: Arc<dyn DatabaseStore> = self.store.open_database(name)?;
         let cors_configured = match &config.cors {
             Some(c) => !c.origin.is_empty(),
             None => self
@@ -321,7 +328,7 @@ impl Server {
                 "cannot encode the config of database \"{name}\": {e}"
             ))
         })?;
-        self.store.register_database(name, &bytes)?;
+        self.store.create_database(name, &bytes)?;
         self.open_db(name, cfg)
     }
 
@@ -335,7 +342,7 @@ impl Server {
         if removed.is_none() {
             return Err(Error::not_found(format!("no such database \"{name}\"")));
         }
-        self.store.drop_database(name)?;
+        self.store.delete_database(name)?;
         Ok(())
     }
 

@@ -2,16 +2,24 @@
 //!
 //! - [`revtree`]: CouchDB revision trees (winner rule, grafting replicated history, pruning).
 //! - [`model`]: what callers write and read: edits, replicated revisions, attachments, changes.
+//! - [`rules`]: the CouchDB rules every backend shares: conflicts, revision ids and trees,
+//!   tombstone channels, attachments, change entries, grants: a write batch decided above
+//!   the engine, which only stores its operations.
+//! - [`combine`]: concurrent document writers combined into one batch (any backend).
 //! - [`sled_store`]: the sled backend: one sled tree per database with prefixed keys, written
 //!   atomically with `apply_batch` under a per-database write lock, made durable by a shared
 //!   group commit.
 //!
-//! Callers use the [`DatabaseStore`] trait and ask domain questions ("rev tree of doc X",
-//! "changes since S"); nothing here knows HTTP or authentication.
+//! Callers use two traits: [`StoreServer`] (open, create, delete and list databases; server
+//! values) and [`DatabaseStore`] (one database), and ask domain questions ("rev tree of doc
+//! X", "changes since S"); nothing here knows HTTP or authentication. `tests/conformance.rs`
+//! is what every backend must pass.
 
+pub mod combine;
 pub mod json;
 pub mod model;
 pub mod revtree;
+pub mod rules;
 pub mod sled_store;
 
 pub use model::*;
@@ -22,10 +30,11 @@ pub use sled_store::{SledDatabase, Store};
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Errors of the storage layer. The API layer maps each variant to one HTTP status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// The request is malformed (bad revision id, bad attachment, …).
     #[error("{0}")]
@@ -39,9 +48,10 @@ pub enum StorageError {
     /// An attachment stub refers to data the store does not have.
     #[error("{0}")]
     PreconditionFailed(String),
-    /// The disk or the engine failed.
+    /// The disk or the engine failed (the engine's own error, as text: every backend raises
+    /// this one variant).
     #[error("storage failure: {0}")]
-    Engine(#[from] sled::Error),
+    Engine(String),
     /// Stored bytes could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -57,10 +67,35 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Ticket(pub u64);
 
 /// Kinds of principal records kept beside the documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PrincipalKind {
     User,
     Role,
+}
+
+/// The server-level store: where every database's storage lives, the registry of databases
+/// created at run time, and the server's own values. `core::Server` holds one of these; the
+/// sled backend ([`Store`]) implements it, a networked backend would too.
+pub trait StoreServer: Send + Sync {
+    /// Opens (creating if needed) one database's storage. Each call returns a new handle;
+    /// open a database once and share the handle.
+    fn open_database(&self, name: &str) -> Result<Arc<dyn DatabaseStore>>;
+    /// Records a database created at run time with its config (JSON, opaque here), so the
+    /// next start opens it again. Its storage is created by [`StoreServer::open_database`].
+    fn create_database(&self, name: &str, config: &[u8]) -> Result<()>;
+    /// Removes a database: all its data and its registration. Handles still open must not
+    /// be used afterwards.
+    fn delete_database(&self, name: &str) -> Result<()>;
+    /// The databases created at run time, with their stored config, in name order.
+    fn list_databases(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// A server-wide value kept in the store (e.g. the session-hashing key): the stored one,
+    /// or `init()` stored durably on first use. Concurrent first uses (also from other nodes
+    /// sharing the store) agree on one value.
+    fn server_value(&self, key: &str, init: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>>;
+    /// Makes everything written durable (at shutdown).
+    fn flush(&self) -> Result<()>;
+    /// Bytes the store takes on this node's disk, for metrics (0 when it lives elsewhere).
+    fn size_on_disk(&self) -> u64;
 }
 
 /// A consistent read of the by-sequence index (see [`DatabaseStore::changes_view`]).

@@ -1,0 +1,495 @@
+//! The sled backend.
+//!
+//! Key layout inside one database's sled tree (`db/<name>`):
+//!
+//! | prefix | key rest | value |
+//! |---|---|---|
+//! | `d` | doc id | [`DocMeta`] JSON |
+//! | `b` | u32 id length, id, rev | revision body ([`StoredBody`]: user JSON as sent, attachment metadata) |
+//! | `s` | u64 BE sequence | [`ChangeEntry`] JSON |
+//! | `c` | channel, `\0`, u64 BE sequence | empty: the entry at that sequence is or was in the channel |
+//! | `l` | local doc id | [`LocalDoc`] JSON |
+//! | `a` | digest | attachment bytes (once per digest) |
+//! | `u`, `r` | user / role name | principal JSON (opaque here) |
+//! | `x` | session key | session JSON (opaque here) |
+//! | `o` | login key | OpenID Connect login transaction JSON (opaque here) |
+//! | `m` | counter name | u64 BE (`last_seq`, `doc_count`) |
+//! | `g` | u64 BE next sequence, u64 BE superseded sequence | channel history of the superseded entry (JSON) |
+//! | `p` | principal kind, name, `\0`, doc id | [`DocGrant`] JSON (the access index) |
+//! | `k` | setting name | opaque bytes ([`DatabaseStore::put_setting`]) |
+//!
+//! Every write is one `apply_batch` (atomic across keys, so a crash never leaves half a
+//! document), made under the database's write mutex so sequences are assigned and committed in
+//! order (a changes reader never sees seq N+1 before N). Durability is a group commit shared by
+//! all databases: the first waiter flushes for everyone written before it started.
+//!
+//! What a batch writes is decided by the backend-neutral rules ([`crate::rules::DocBatch`]);
+//! this module only turns their operations into the keys above ([`write`]). Concurrent
+//! document writers are combined into one batch ([`crate::combine`]): each sled 0.34
+//! `apply_batch` writes the log buffer out synchronously, so one batch per request made that
+//! cost per PUT.
+//!
+//! Submodules: [`keys`] (layout and encodings), [`write`] (the write batch), [`commit`]
+//! (group commit, publishing durable sequences), [`views`] (change views, collecting
+//! superseded entries), [`compact`].
+//!
+//! ## Change views: every feed reads one consistent state
+//!
+//! Feeds show only durable sequences (`durable_seq`, advanced after the group commit), but a
+//! batch is applied — visible to sled readers — before it is durable. If an update removed the
+//! document's old `s` entry in its batch, a feed reading between the apply and the flush would
+//! find the old entry gone and the new one above its bound: the document at neither. And a
+//! sled 0.34 range iterator is no snapshot: each `next()` takes sled's concurrency-control
+//! read lock (so it sees a batch whole or not at all) and then continues from the last key
+//! returned, over a copy of the leaf node it last read; batches applied between two `next()`
+//! calls are seen in part (keys after the cursor) or not at all (keys in the copied node).
+//!
+//! So an update does not remove the old entry: the batch rewrites it unchanged plus
+//! `superseded: next` (the document's sequence at the end of the batch) and records `g`,
+//! next, old. A view ([`DatabaseStore::changes_view`]) is pinned at the durable sequence V
+//! and shows an entry at S only if S <= V < superseded ([`ChangeEntry::visible_at`]). For
+//! each document exactly one of its sequences satisfies that, and the iterator's partial
+//! views cannot change the answer:
+//! - the entry the view shows (S <= V < next) exists for the whole read: it was applied
+//!   before V became durable, and is removed only once no open view can show it (below);
+//! - every mark with next <= V was applied before V was published, so every read made after
+//!   the view opened sees it; a mark with next > V does not change visibility at V;
+//! - entries above V (not yet durable) are never shown, as before.
+//!
+//! Superseded entries are collected by later write batches (and by compaction): the `g`
+//! records with next <= the oldest open view's sequence (or the durable sequence when no view
+//! is open) have their `s` entry, `c` keys and `g` record removed. A view registers under the
+//! same lock that computes that horizon, so a view opened later has V >= the horizon and
+//! would not show a collected entry anyway. Within one batch a document written twice just
+//! replaces the entry of its first write (no view stops inside a batch: durable sequences are
+//! batch ends). Views live for one response; a live feed opens one per batch.
+
+mod commit;
+mod compact;
+mod keys;
+mod views;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sled::Batch;
+use tokio::sync::watch;
+
+use crate::combine::{WriteCombiner, WriteResult};
+use crate::model::*;
+use crate::rules::{check_local_delete, next_local_rev};
+use crate::{BoxFuture, DatabaseStore, PrincipalKind, Result, StorageError, StoreServer, Ticket};
+use commit::GroupCommit;
+use keys::*;
+
+const DB_TREE_PREFIX: &str = "db/";
+const REGISTRY_TREE: &str = "registry";
+const META_TREE: &str = "meta";
+
+impl From<sled::Error> for StorageError {
+    fn from(e: sled::Error) -> Self {
+        StorageError::Engine(e.to_string())
+    }
+}
+
+/// The whole embedded store: one sled database holding every syncgate database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    registry: sled::Tree,
+    commit: Arc<GroupCommit>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        std::fs::create_dir_all(path).map_err(|e| StorageError::from(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let registry = db.open_tree(REGISTRY_TREE)?;
+        Ok(Store {
+            db,
+            registry,
+            commit: Arc::new(GroupCommit::new()),
+        })
+    }
+
+    /// Opens one database's keyspace.
+    pub fn database(&self, name: &str) -> Result<Arc<SledDatabase>> {
+        let tree = self.db.open_tree(format!("{DB_TREE_PREFIX}{name}"))?;
+        let last_seq = read_u64(&tree, META_LAST_SEQ)?;
+        let (tx, _) = watch::channel(last_seq);
+        Ok(Arc::new(SledDatabase {
+            name: name.to_string(),
+            db: self.db.clone(),
+            tree,
+            commit: self.commit.clone(),
+            write_lock: Mutex::new(()),
+            combiner: WriteCombiner::default(),
+            assigned_seq: AtomicU64::new(last_seq),
+            durable_seq: AtomicU64::new(last_seq),
+            unpublished: Mutex::new(VecDeque::new()),
+            notify: tx,
+            views: Mutex::new(BTreeMap::new()),
+            docs_read: AtomicU64::new(0),
+            grants_version: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl StoreServer for Store {
+    fn open_database(&self, name: &str) -> Result<Arc<dyn DatabaseStore>> {
+        Ok(self.database(name)?)
+    }
+
+    fn create_database(&self, name: &str, config: &[u8]) -> Result<()> {
+        self.registry.insert(name.as_bytes(), config)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn delete_database(&self, name: &str) -> Result<()> {
+        self.db.drop_tree(format!("{DB_TREE_PREFIX}{name}"))?;
+        self.registry.remove(name.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn list_databases(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.registry
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Concurrent first uses agree on one value (compare-and-swap).
+    fn server_value(&self, key: &str, init: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>> {
+        let meta = self.db.open_tree(META_TREE)?;
+        if let Some(v) = meta.get(key)? {
+            return Ok(v.to_vec());
+        }
+        let fresh = init();
+        match meta.compare_and_swap(key, None as Option<&[u8]>, Some(fresh.as_slice()))? {
+            Ok(()) => {
+                meta.flush()?;
+                Ok(fresh)
+            }
+            Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or(fresh)),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// One database in the sled store.
+pub struct SledDatabase {
+    name: String,
+    db: sled::Db,
+    tree: sled::Tree,
+    commit: Arc<GroupCommit>,
+    /// Serializes writers so sequences are committed in the order they are assigned.
+    write_lock: Mutex<()>,
+    /// Document writers waiting to be combined into the next batch.
+    combiner: WriteCombiner,
+    /// Last sequence assigned to an applied batch (the next write takes the one after).
+    assigned_seq: AtomicU64,
+    /// Last sequence whose batch is on disk: what readers of the feed may see. A change is
+    /// never shown before it is durable, so a client can never hold a sequence that a crash
+    /// takes back (and that a later write would then reuse).
+    durable_seq: AtomicU64,
+    /// Batches that moved the sequence and are not yet known durable: (ticket, last seq), in
+    /// ticket order.
+    unpublished: Mutex<VecDeque<(Ticket, u64)>>,
+    /// Publishes `durable_seq`: wakes changes feeds once a commit is on disk.
+    notify: watch::Sender<u64>,
+    /// Open change views by sequence (how many at each): superseded entries a view may still
+    /// show are kept until it closes.
+    views: Mutex<BTreeMap<u64, usize>>,
+    docs_read: AtomicU64,
+    /// Bumped after every batch that changed the access index.
+    grants_version: AtomicU64,
+}
+
+impl SledDatabase {
+    fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
+        match self.tree.get(doc_key(id))? {
+            Some(v) => {
+                self.docs_read.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(decode("document", &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn load_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
+        match self.tree.get(body_key(id, rev))? {
+            Some(v) => {
+                self.docs_read.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(decode_body(id, rev, &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, prefix: u8) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + '_ {
+        self.tree
+            .scan_prefix([prefix])
+            .map(|r| r.map_err(StorageError::from))
+    }
+}
+
+impl DatabaseStore for SledDatabase {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>> {
+        self.load_meta(id)
+    }
+
+    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
+        self.load_body(id, rev)
+    }
+
+    fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)> {
+        let (mut results, ticket) = self.apply_writes(vec![writes])?;
+        Ok((results.pop().unwrap_or_default(), ticket))
+    }
+
+    fn write_docs_shared(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
+        Box::pin(self.combiner.write(writes, |sets| self.apply_writes(sets)))
+    }
+
+    fn doc_count(&self) -> Result<u64> {
+        read_u64(&self.tree, META_DOC_COUNT)
+    }
+
+    fn docs_from(
+        &self,
+        start: &str,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_> {
+        let decode_row = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(String, DocMeta)> {
+            let (k, v) = r?;
+            let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            Ok((id, decode("document", &v)?))
+        };
+        if descending {
+            let mut end = doc_key(start);
+            if start.is_empty() {
+                end = vec![b'e'];
+            } else {
+                end.push(0); // inclusive of `start`
+            }
+            Box::new(self.tree.range(b"d".to_vec()..end).rev().map(decode_row))
+        } else {
+            Box::new(
+                self.tree
+                    .range(doc_key(start)..b"e".to_vec())
+                    .map(decode_row),
+            )
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::SeqCst)
+    }
+
+    fn changes_view(&self) -> Box<dyn crate::ChangesView + '_> {
+        Box::new(self.open_view())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(b'a', digest))?.map(|v| v.to_vec()))
+    }
+
+    fn get_local(&self, id: &str) -> Result<Option<LocalDoc>> {
+        match self.tree.get(prefixed(b'l', id))? {
+            Some(v) => Ok(Some(decode("local document", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_local(
+        &self,
+        id: &str,
+        rev: Option<&str>,
+        body: Box<serde_json::value::RawValue>,
+    ) -> Result<(String, Ticket)> {
+        let _guard = self.lock();
+        let current = self.get_local(id)?;
+        let doc = LocalDoc {
+            rev: next_local_rev(current.as_ref(), rev)?,
+            body,
+        };
+        let mut batch = Batch::default();
+        batch.insert(prefixed(b'l', id), encode("local document", &doc)?);
+        let ticket = self.finish(batch, self.assigned_seq(), 0)?;
+        Ok((doc.rev, ticket))
+    }
+
+    fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket> {
+        let _guard = self.lock();
+        check_local_delete(self.get_local(id)?.as_ref(), rev)?;
+        let mut batch = Batch::default();
+        batch.remove(prefixed(b'l', id));
+        self.finish(batch, self.assigned_seq(), 0)
+    }
+
+    fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(prefixed(principal_prefix(kind), name))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put_principal(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<(u64, Ticket)> {
+        let _guard = self.lock();
+        let seq = self.assigned_seq() + 1;
+        let record = build(seq).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "cannot encode principal \"{}\": {e}",
+                crate::revtree::truncate(name, 100)
+            ))
+        })?;
+        let mut batch = Batch::default();
+        batch.insert(prefixed(principal_prefix(kind), name), record);
+        let ticket = self.finish(batch, seq, 0)?;
+        Ok((seq, ticket))
+    }
+
+    fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket> {
+        let _guard = self.lock();
+        let mut batch = Batch::default();
+        batch.remove(prefixed(principal_prefix(kind), name));
+        let seq = self.assigned_seq() + 1;
+        self.finish(batch, seq, 0)
+    }
+
+    fn restamp_docs(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)> {
+        self.apply_restamps(docs)
+    }
+
+    fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(b'k', key))?.map(|v| v.to_vec()))
+    }
+
+    fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket> {
+        match value {
+            Some(v) => self.tree.insert(prefixed(b'k', key), v)?,
+            None => self.tree.remove(prefixed(b'k', key))?,
+        };
+        Ok(self.commit.ticket())
+    }
+
+    fn doc_grants(&self, kind: PrincipalKind, name: &str) -> Result<Vec<(String, DocGrant)>> {
+        let prefix = grant_prefix(kind, name);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|r| {
+                let (k, v) = r?;
+                let doc = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let g: DocGrant = decode("access index entry", &v)?;
+                Ok((doc, g))
+            })
+            .collect()
+    }
+
+    fn grants_version(&self) -> u64 {
+        self.grants_version.load(Ordering::SeqCst)
+    }
+
+    fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {
+        self.scan(principal_prefix(kind))
+            .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[1..]).into_owned()))
+            .collect()
+    }
+
+    fn get_session(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(prefixed(b'x', key))?.map(|v| v.to_vec()))
+    }
+
+    fn put_session(&self, key: &str, value: Vec<u8>) -> Result<Ticket> {
+        self.tree.insert(prefixed(b'x', key), value)?;
+        Ok(self.commit.ticket())
+    }
+
+    fn delete_sessions(&self, keys: &[String]) -> Result<Ticket> {
+        let mut batch = Batch::default();
+        for k in keys {
+            batch.remove(prefixed(b'x', k));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(self.commit.ticket())
+    }
+
+    fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.scan(b'x')
+            .map(|r| r.map(|(k, v)| (String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec())))
+            .collect()
+    }
+
+    fn put_login(&self, key: &str, value: Vec<u8>) -> Result<Ticket> {
+        self.tree.insert(prefixed(b'o', key), value)?;
+        Ok(self.commit.ticket())
+    }
+
+    fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        // sled's remove is atomic: one caller gets the old value, the others None
+        Ok(self.tree.remove(prefixed(b'o', key))?.map(|v| v.to_vec()))
+    }
+
+    fn list_logins(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.scan(b'o')
+            .map(|r| r.map(|(k, v)| (String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec())))
+            .collect()
+    }
+
+    fn delete_logins(&self, keys: &[String]) -> Result<Ticket> {
+        let mut batch = Batch::default();
+        for k in keys {
+            batch.remove(prefixed(b'o', k));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(self.commit.ticket())
+    }
+
+    fn compact(&self) -> Result<CompactStats> {
+        self.compact_now()
+    }
+
+    fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.wait_durable(ticket))
+    }
+
+    fn docs_read(&self) -> u64 {
+        self.docs_read.load(Ordering::Relaxed)
+    }
+}

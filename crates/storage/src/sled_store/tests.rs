@@ -1,0 +1,361 @@
+//! Tests of the sled engine itself: its key layout, group commit, change views and the
+//! collection of superseded entries. What every backend must do is in
+//! `tests/conformance.rs`.
+
+use super::*;
+use crate::ChangesView;
+use serde_json::Value;
+
+fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
+    DocWrite::Edit {
+        id: id.into(),
+        parent: parent.map(Into::into),
+        deleted: false,
+        body: serde_json::to_vec(&body).unwrap(),
+        canonical: canonical_json(&body),
+        attachments: vec![],
+        channels: vec![],
+        access: Default::default(),
+        revs_limit: 1000,
+        must_exist: false,
+    }
+}
+
+/// Applies writes and waits until they are durable (visible to change views).
+fn durable_write(db: &SledDatabase, w: Vec<DocWrite>) -> Result<Vec<Result<WriteOutcome>>> {
+    let (r, ticket) = db.write_docs(w)?;
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(db.durable(ticket))?;
+    Ok(r)
+}
+
+fn one(db: &SledDatabase, w: DocWrite) -> Result<WriteOutcome> {
+    durable_write(db, vec![w])?.remove(0)
+}
+
+fn since(db: &SledDatabase, since: u64) -> Vec<ChangeEntry> {
+    let view = db.changes_view();
+    let rows = view.since(since, false).map(|c| c.unwrap()).collect();
+    rows
+}
+
+#[test]
+fn queued_writers_share_one_batch_with_their_own_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // as if a batch were being applied: every writer queues
+    db.combiner.hold_lead();
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            let db = db.clone();
+            rt.spawn(async move {
+                db.write_docs_shared(vec![
+                    edit(&format!("d{i}"), None, serde_json::json!({ "i": i })),
+                    edit("dup", None, serde_json::json!({ "i": i })),
+                ])
+                .await
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(db.combiner.state(), (true, 5));
+    // the batch ends: the lead passes to the first queued writer, which takes the rest
+    db.combiner.release_lead();
+    let results: Vec<_> = rt.block_on(async {
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap().unwrap());
+        }
+        out
+    });
+    let ticket = results[0].1;
+    assert!(results.iter().all(|(_, t)| *t == ticket), "one batch");
+    let (first, _) = &results[0];
+    assert_eq!(first[0].as_ref().unwrap().seq, 1);
+    assert_eq!(first[1].as_ref().unwrap().seq, 2);
+    for (i, (r, _)) in results.iter().enumerate().skip(1) {
+        let own = r[0].as_ref().unwrap();
+        assert_eq!(
+            (own.id.as_str(), own.seq),
+            (format!("d{i}").as_str(), i as u64 + 2)
+        );
+        assert!(matches!(r[1], Err(StorageError::Conflict(_))), "{i}");
+    }
+    assert!(!db.combiner.state().0);
+    assert_eq!(db.assigned_seq(), 6);
+    assert_eq!(db.doc_count().unwrap(), 6);
+    // a writer that finds nobody leading applies its own batch at once
+    let (r, t2) = rt
+        .block_on(db.write_docs_shared(vec![edit("e", None, serde_json::json!({}))]))
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap().seq, 7);
+    assert!(t2 > ticket);
+}
+
+#[test]
+fn feeds_see_a_sequence_only_once_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let mut rx = db.subscribe();
+    let (r, ticket) = db
+        .write_docs(vec![edit("a", None, serde_json::json!({}))])
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap().seq, 1);
+    // applied, not yet flushed: invisible, and nobody is woken
+    assert_eq!(db.last_seq(), 0);
+    assert!(!rx.has_changed().unwrap());
+    // the next writer numbers after it all the same
+    let (r2, ticket2) = db
+        .write_docs(vec![edit("b", None, serde_json::json!({}))])
+        .unwrap();
+    assert_eq!(r2[0].as_ref().unwrap().seq, 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(db.durable(ticket)).unwrap();
+    // one flush covers both batches
+    assert_eq!(db.last_seq(), 2);
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 2);
+    rt.block_on(db.durable(ticket2)).unwrap();
+    assert!(!rx.has_changed().unwrap());
+}
+
+/// The race of issue 13, step by step: an update applied but not yet durable must leave
+/// the document visible at its old sequence; a view keeps showing what it showed while
+/// later writes collect superseded entries around it.
+#[test]
+fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let with = |id: &str, parent: Option<&str>| DocWrite::Edit {
+        id: id.into(),
+        parent: parent.map(Into::into),
+        deleted: false,
+        body: b"{}".to_vec(),
+        canonical: b"{}".to_vec(),
+        attachments: vec![],
+        channels: vec!["c".into()],
+        access: Default::default(),
+        revs_limit: 1000,
+        must_exist: false,
+    };
+    let a1 = one(&db, with("a", None)).unwrap();
+    one(&db, with("b", None)).unwrap();
+    assert_eq!(db.last_seq(), 2);
+    // applied, not durable
+    let (r, ticket) = db.write_docs(vec![with("a", Some(&a1.rev))]).unwrap();
+    let a2 = r.into_iter().next().unwrap().unwrap();
+    assert_eq!(a2.seq, 3);
+    type Rows = Vec<(String, u64)>;
+    let seqs = |v: &dyn ChangesView| -> (Rows, Rows) {
+        let all = v
+            .since(0, false)
+            .map(|e| e.map(|e| (e.id, e.seq)).unwrap())
+            .collect();
+        let ch = v
+            .in_channels(&["c".into()], 0)
+            .map(|e| e.map(|e| (e.id, e.seq)).unwrap())
+            .collect();
+        (all, ch)
+    };
+    let at_two = vec![("a".to_string(), 1), ("b".to_string(), 2)];
+    let old_view = db.changes_view();
+    assert_eq!(old_view.seq(), 2);
+    assert_eq!(seqs(&*old_view), (at_two.clone(), at_two.clone()));
+    let desc: Vec<u64> = old_view.since(0, true).map(|e| e.unwrap().seq).collect();
+    assert_eq!(desc, vec![2, 1]);
+    rt.block_on(db.durable(ticket)).unwrap();
+    let at_three = vec![("b".to_string(), 2), ("a".to_string(), 3)];
+    {
+        let new_view = db.changes_view();
+        assert_eq!(new_view.seq(), 3);
+        assert_eq!(seqs(&*new_view), (at_three.clone(), at_three.clone()));
+    }
+    // a write while the old view is open must not collect what it shows
+    one(&db, with("c", None)).unwrap();
+    assert_eq!(seqs(&*old_view), (at_two.clone(), at_two));
+    assert_eq!(db.raw_changes(0, false).count(), 4, "a@1 kept for the view");
+    drop(old_view);
+    // the next write collects it: the entry, its channel key and its record
+    one(&db, with("d", None)).unwrap();
+    let raw: Vec<u64> = db.raw_changes(0, false).map(|e| e.unwrap().seq).collect();
+    assert_eq!(raw, vec![2, 3, 4, 5]);
+    assert_eq!(db.scan(b'g').count(), 0);
+    assert!(db.tree.get(channel_key("c", 1)).unwrap().is_none());
+    // a document written twice in one batch: only its last entry, superseding the old one
+    let b1 = db.doc_meta("b").unwrap().unwrap();
+    let b1_rev = b1.winner().unwrap().0.to_string();
+    let r = durable_write(&db, vec![with("b", Some(&b1_rev)), with("e", None)]).unwrap();
+    let b2 = r[0].as_ref().unwrap().rev.clone();
+    let r = durable_write(&db, vec![with("b", Some(&b2)), with("b", None)]).unwrap();
+    assert!(matches!(r[1], Err(StorageError::Conflict(_))));
+    let ids: Vec<(String, u64)> = since(&db, 0).into_iter().map(|e| (e.id, e.seq)).collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("a".to_string(), 3),
+            ("c".to_string(), 4),
+            ("d".to_string(), 5),
+            ("e".to_string(), 7),
+            ("b".to_string(), 8)
+        ]
+    );
+    // compaction collects whatever no view needs; a reopened store reads the same
+    db.compact().unwrap();
+    assert_eq!(db.scan(b'g').count(), 0);
+    assert_eq!(db.raw_changes(0, false).count(), 5);
+    drop(db);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    assert_eq!(since(&db, 0).len(), 5);
+}
+
+/// Writers update documents (moving them between channels) while readers open views in a
+/// loop: every view lists every document exactly once, by sequence and through the
+/// channel index, ascending and descending, never above the view's sequence.
+#[test]
+fn concurrent_views_list_every_document_once() {
+    const DOCS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let with = |id: &str, parent: Option<String>, n: usize| DocWrite::Edit {
+        id: id.into(),
+        parent,
+        deleted: false,
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+        canonical: format!("{{\"n\":{n}}}").into_bytes(),
+        attachments: vec![],
+        channels: vec!["all".into(), format!("x{}", n % 2)],
+        access: Default::default(),
+        revs_limit: 1000,
+        must_exist: false,
+    };
+    let ids: Vec<String> = (0..DOCS).map(|i| format!("d{i:02}")).collect();
+    durable_write(&db, ids.iter().map(|id| with(id, None, 0)).collect()).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // two writers, each owning half the documents, one or two documents per batch
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let db = db.clone();
+            let stop = stop.clone();
+            let mine: Vec<String> = ids.iter().skip(w).step_by(2).cloned().collect();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let pick: Vec<&String> = (0..1 + n % 2)
+                        .map(|k| &mine[(n + k) % mine.len()])
+                        .collect();
+                    let writes = pick
+                        .iter()
+                        .map(|id| {
+                            let rev = db.doc_meta(id).unwrap().unwrap();
+                            let rev = rev.winner().unwrap().0.to_string();
+                            with(id, Some(rev), n)
+                        })
+                        .collect();
+                    let (r, t) = db.write_docs(writes).unwrap();
+                    assert!(r.iter().all(|r| r.is_ok()));
+                    rt.block_on(db.durable(t)).unwrap();
+                }
+                n
+            })
+        })
+        .collect();
+    fn check(ids: &[String], what: &str, view: u64, rows: Vec<ChangeEntry>) {
+        assert!(rows.iter().all(|e| e.seq <= view), "{what}: above {view}");
+        let mut got: Vec<&str> = rows.iter().map(|e| e.id.as_str()).collect();
+        got.sort();
+        assert_eq!(got, ids, "{what} at {view}: every document once");
+    }
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let db = db.clone();
+            let ids = ids.clone();
+            let check = move |what: &str, view: u64, rows| check(&ids, what, view, rows);
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    let view = db.changes_view();
+                    let v = view.seq();
+                    check("asc", v, view.since(0, false).map(|e| e.unwrap()).collect());
+                    check("desc", v, view.since(0, true).map(|e| e.unwrap()).collect());
+                    let chans = ["x0".to_string(), "x1".to_string()];
+                    let rows = view.in_channels(&chans, 0).map(|e| e.unwrap()).collect();
+                    check("channels", v, rows);
+                }
+            })
+        })
+        .collect();
+    let mut failure = None;
+    for r in readers {
+        if let Err(e) = r.join() {
+            failure.get_or_insert(e);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let batches: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    if let Some(e) = failure {
+        std::panic::resume_unwind(e);
+    }
+    assert!(batches > 2, "writers ran alongside the readers");
+    // with no view open, one more write leaves at most what it supersedes itself
+    let rev = db.doc_meta("d00").unwrap().unwrap();
+    let rev = rev.winner().unwrap().0.to_string();
+    one(&db, with("d00", Some(rev), 0)).unwrap();
+    assert!(db.scan(b'g').count() <= 1);
+    assert_eq!(since(&db, 0).len(), DOCS);
+}
+
+#[test]
+fn a_corrupt_body_is_an_error_naming_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let (mut r, _) = db
+        .write_docs(vec![DocWrite::Edit {
+            id: "doc-x".into(),
+            parent: None,
+            deleted: false,
+            body: b"{}".to_vec(),
+            canonical: b"{}".to_vec(),
+            attachments: vec![],
+            channels: vec![],
+            access: Default::default(),
+            revs_limit: 1000,
+            must_exist: false,
+        }])
+        .unwrap();
+    let rev = r.remove(0).unwrap().rev;
+    db.tree
+        .insert(body_key("doc-x", &rev), &b"\x01\xff"[..])
+        .unwrap();
+    let err = db.rev_body("doc-x", &rev).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains("doc-x"), "{err}");
+    db.tree.insert(doc_key("doc-x"), &b"not json"[..]).unwrap();
+    assert!(matches!(
+        db.doc_meta("doc-x").unwrap_err(),
+        StorageError::Corrupt(_)
+    ));
+}

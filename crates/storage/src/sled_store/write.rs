@@ -1,0 +1,201 @@
+//! The write batch: the rules' operations ([`crate::rules::BatchBackend`]) turned into sled
+//! keys, applied as one `apply_batch` under the database's write lock.
+
+use std::sync::atomic::Ordering;
+
+use sled::Batch;
+
+use super::keys::*;
+use super::SledDatabase;
+use crate::combine::BatchResult;
+use crate::model::*;
+use crate::rules::{BatchBackend, DocBatch};
+use crate::{PrincipalKind, Result, Ticket};
+
+/// Fewest superseded entries a write batch collects (when there are that many to collect).
+const GC_PER_BATCH: usize = 1_000;
+
+/// A sled batch being filled by the rules, reading the tree as it was before the batch.
+pub(super) struct SledBatch<'a> {
+    pub(super) db: &'a SledDatabase,
+    pub(super) batch: Batch,
+}
+
+impl BatchBackend for SledBatch<'_> {
+    fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
+        self.db.load_meta(id)
+    }
+
+    fn load_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
+        self.db.load_body(id, rev)
+    }
+
+    fn attachment_len(&self, digest: &str) -> Result<Option<u64>> {
+        Ok(self
+            .db
+            .tree
+            .get(prefixed(b'a', digest))?
+            .map(|v| v.len() as u64))
+    }
+
+    fn has_attachment(&self, digest: &str) -> Result<bool> {
+        Ok(self.db.tree.contains_key(prefixed(b'a', digest))?)
+    }
+
+    fn load_grant(&self, kind: PrincipalKind, name: &str, doc: &str) -> Result<Option<DocGrant>> {
+        match self.db.tree.get(grant_key(kind, name, doc))? {
+            Some(v) => Ok(Some(decode("access index entry", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_attachment(&mut self, digest: &str, data: &[u8]) -> Result<()> {
+        self.batch.insert(prefixed(b'a', digest), data);
+        Ok(())
+    }
+
+    fn put_body(&mut self, id: &str, rev: &str, body: &StoredBody) -> Result<()> {
+        self.batch
+            .insert(body_key(id, rev), encode_body(id, rev, body)?);
+        Ok(())
+    }
+
+    fn remove_body(&mut self, id: &str, rev: &str) -> Result<()> {
+        self.batch.remove(body_key(id, rev));
+        Ok(())
+    }
+
+    fn put_doc(&mut self, id: &str, meta: &DocMeta, entry: &ChangeEntry) -> Result<()> {
+        for ch in &meta.channel_history {
+            self.batch.insert(channel_key(ch, meta.seq), &[] as &[u8]);
+        }
+        self.batch
+            .insert(&seq_key(meta.seq), encode("change entry", entry)?);
+        self.batch.insert(doc_key(id), encode("document", meta)?);
+        Ok(())
+    }
+
+    fn drop_entry(&mut self, seq: u64, channels: &[String]) -> Result<()> {
+        self.batch.remove(&seq_key(seq));
+        for ch in channels {
+            self.batch.remove(channel_key(ch, seq));
+        }
+        Ok(())
+    }
+
+    /// Rewrites the entry with its `superseded` mark and records the pair under `g` for
+    /// [`SledDatabase::collect_superseded`].
+    fn supersede(&mut self, entry: &ChangeEntry, channel_history: &[String]) -> Result<()> {
+        let next = entry.superseded.unwrap_or(entry.seq);
+        self.batch
+            .insert(&seq_key(entry.seq), encode("change entry", entry)?);
+        self.batch.insert(
+            &superseded_key(next, entry.seq),
+            encode("superseded entry", &channel_history)?,
+        );
+        Ok(())
+    }
+
+    fn put_grant(
+        &mut self,
+        kind: PrincipalKind,
+        name: &str,
+        doc: &str,
+        grant: &DocGrant,
+    ) -> Result<()> {
+        self.batch.insert(
+            grant_key(kind, name, doc),
+            encode("access index entry", grant)?,
+        );
+        Ok(())
+    }
+
+    fn remove_grant(&mut self, kind: PrincipalKind, name: &str, doc: &str) -> Result<()> {
+        self.batch.remove(grant_key(kind, name, doc));
+        Ok(())
+    }
+}
+
+impl SledDatabase {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // a panic while holding the lock cannot leave sled half-written (batches are atomic)
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies write sets, in order, as one batch under the write lock: one result list per set,
+    /// one ticket for all.
+    pub(super) fn apply_writes(&self, sets: Vec<Vec<DocWrite>>) -> BatchResult {
+        let _guard = self.lock();
+        let writes: usize = sets.iter().map(Vec::len).sum();
+        let mut st = DocBatch::new(
+            SledBatch {
+                db: self,
+                batch: Batch::default(),
+            },
+            self.assigned_seq() + 1,
+        );
+        let results: Vec<Vec<Result<WriteOutcome>>> = sets
+            .into_iter()
+            .map(|writes| writes.into_iter().map(|w| st.apply(w)).collect())
+            .collect();
+        let (SledBatch { mut batch, .. }, summary) = st.finish()?;
+        // collect at least as much as this batch supersedes, so garbage cannot outgrow writes
+        self.collect_superseded(&mut batch, (2 * writes).max(GC_PER_BATCH))?;
+        let ticket = self.finish(batch, summary.last_seq, summary.doc_delta)?;
+        if summary.grants_changed {
+            self.grants_version.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok((results, ticket))
+    }
+
+    /// Applies restamps as one batch under the write lock.
+    pub(super) fn apply_restamps(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)> {
+        let _guard = self.lock();
+        let n = docs.len();
+        let mut st = DocBatch::new(
+            SledBatch {
+                db: self,
+                batch: Batch::default(),
+            },
+            self.assigned_seq() + 1,
+        );
+        let results = docs
+            .into_iter()
+            .map(|r| st.restamp(r))
+            .collect::<Result<Vec<_>>>()?;
+        let (SledBatch { mut batch, .. }, summary) = st.finish()?;
+        self.collect_superseded(&mut batch, (2 * n).max(GC_PER_BATCH))?;
+        let ticket = self.finish(batch, summary.last_seq, summary.doc_delta)?;
+        if summary.grants_changed {
+            self.grants_version.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok((results, ticket))
+    }
+
+    /// Applies a batch and publishes the new last sequence. Call under the write lock.
+    pub(super) fn finish(&self, mut batch: Batch, new_last: u64, doc_delta: i64) -> Result<Ticket> {
+        let old_last = self.assigned_seq.load(Ordering::SeqCst);
+        if new_last != old_last {
+            batch.insert(META_LAST_SEQ, &new_last.to_be_bytes());
+        }
+        if doc_delta != 0 {
+            let count = (read_u64(&self.tree, META_DOC_COUNT)? as i64 + doc_delta).max(0) as u64;
+            batch.insert(META_DOC_COUNT, &count.to_be_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        let ticket = self.commit.ticket();
+        if new_last != old_last {
+            self.assigned_seq.store(new_last, Ordering::SeqCst);
+            self.unpublished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((ticket, new_last));
+        }
+        Ok(ticket)
+    }
+
+    /// Last sequence assigned (writers number from here).
+    pub(super) fn assigned_seq(&self) -> u64 {
+        self.assigned_seq.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,852 @@
+//! The storage conformance suite: what every backend must do, checked through the
+//! [`StoreServer`] and [`DatabaseStore`] traits only. Each test runs once per backend listed in
+//! [`backends`]; a new backend adds itself there and must pass all of them.
+//!
+//! Engine internals (sled's key layout, its superseded-entry collection, a batch applied but
+//! not yet flushed) are tested beside the engine, not here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use syncgate_storage::{
+    canonical_json, AttachmentInput, ChangeEntry, DatabaseStore, DocWrite, PrincipalKind, Restamp,
+    RevAccess, StorageError, Store, StoreServer, WriteOutcome,
+};
+
+// --- backends ------------------------------------------------------------------------------
+
+/// A backend under test: makes fresh, empty stores.
+trait Backend {
+    fn name(&self) -> &'static str;
+    fn create(&self) -> Box<dyn TestStore>;
+}
+
+/// One store of a backend under test.
+trait TestStore {
+    fn server(&self) -> Arc<dyn StoreServer>;
+    /// Closes the store and opens the same data again, as a process restart would. The test
+    /// drops its database handles first.
+    fn restart(&mut self);
+}
+
+/// Every backend the suite runs against.
+fn backends() -> Vec<Box<dyn Backend>> {
+    vec![Box::new(Sled)]
+}
+
+struct Sled;
+
+struct SledStore {
+    dir: tempfile::TempDir,
+    store: Option<Arc<Store>>,
+}
+
+impl Backend for Sled {
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+
+    fn create(&self) -> Box<dyn TestStore> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        Box::new(SledStore {
+            dir,
+            store: Some(Arc::new(store)),
+        })
+    }
+}
+
+impl TestStore for SledStore {
+    fn server(&self) -> Arc<dyn StoreServer> {
+        self.store.clone().unwrap()
+    }
+
+    fn restart(&mut self) {
+        let store = self.store.take().unwrap();
+        store.flush().unwrap();
+        drop(store);
+        self.store = Some(Arc::new(Store::open(self.dir.path()).unwrap()));
+    }
+}
+
+/// Runs a test body against every backend, naming the backend when it fails.
+macro_rules! conformance {
+    ($($name:ident($store:ident) $body:block)*) => {$(
+        #[test]
+        fn $name() {
+            for backend in backends() {
+                let name = backend.name();
+                let run = |$store: &mut dyn TestStore| $body;
+                let mut store = backend.create();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&mut *store)
+                }));
+                if let Err(e) = outcome {
+                    eprintln!("backend {name}: {} failed", stringify!($name));
+                    std::panic::resume_unwind(e);
+                }
+            }
+        }
+    )*};
+}
+
+// --- helpers -------------------------------------------------------------------------------
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
+    DocWrite::Edit {
+        id: id.into(),
+        parent: parent.map(Into::into),
+        deleted: false,
+        body: serde_json::to_vec(&body).unwrap(),
+        canonical: canonical_json(&body),
+        attachments: vec![],
+        channels: vec![],
+        access: RevAccess::default(),
+        revs_limit: 1000,
+        must_exist: false,
+    }
+}
+
+fn in_channels(w: DocWrite, chans: &[&str]) -> DocWrite {
+    match w {
+        DocWrite::Edit {
+            id,
+            parent,
+            deleted,
+            body,
+            canonical,
+            attachments,
+            access,
+            revs_limit,
+            must_exist,
+            ..
+        } => DocWrite::Edit {
+            id,
+            parent,
+            deleted,
+            body,
+            canonical,
+            attachments,
+            channels: chans.iter().map(|c| c.to_string()).collect(),
+            access,
+            revs_limit,
+            must_exist,
+        },
+        other => other,
+    }
+}
+
+fn delete(id: &str, parent: Option<&str>) -> DocWrite {
+    DocWrite::Edit {
+        id: id.into(),
+        parent: parent.map(Into::into),
+        deleted: true,
+        body: b"{}".to_vec(),
+        canonical: br#"{"_deleted":true}"#.to_vec(),
+        attachments: vec![],
+        channels: vec![],
+        access: RevAccess::default(),
+        revs_limit: 1000,
+        must_exist: true,
+    }
+}
+
+fn replicate(id: &str, history: &[&str], deleted: bool, chans: &[&str]) -> DocWrite {
+    DocWrite::Replicate {
+        id: id.into(),
+        history: history.iter().map(|s| s.to_string()).collect(),
+        deleted,
+        body: b"{}".to_vec(),
+        attachments: vec![],
+        channels: chans.iter().map(|c| c.to_string()).collect(),
+        access: RevAccess::default(),
+        revs_limit: 1000,
+    }
+}
+
+/// Writes through the shared (combining) path and waits until durable, as handlers do.
+fn write(db: &dyn DatabaseStore, w: Vec<DocWrite>) -> Vec<Result<WriteOutcome, StorageError>> {
+    rt().block_on(async {
+        let (r, t) = db.write_docs_shared(w).await.unwrap();
+        db.durable(t).await.unwrap();
+        r
+    })
+}
+
+fn one(db: &dyn DatabaseStore, w: DocWrite) -> Result<WriteOutcome, StorageError> {
+    write(db, vec![w]).remove(0)
+}
+
+fn winner(db: &dyn DatabaseStore, id: &str) -> String {
+    db.doc_meta(id)
+        .unwrap()
+        .unwrap()
+        .winner()
+        .unwrap()
+        .0
+        .to_string()
+}
+
+fn since(db: &dyn DatabaseStore, since: u64, descending: bool) -> Vec<ChangeEntry> {
+    let view = db.changes_view();
+    let rows = view.since(since, descending).map(|e| e.unwrap()).collect();
+    rows
+}
+
+fn channel_rows(db: &dyn DatabaseStore, chans: &[&str], since: u64) -> Vec<ChangeEntry> {
+    let chans: Vec<String> = chans.iter().map(|c| c.to_string()).collect();
+    let view = db.changes_view();
+    let rows = view
+        .in_channels(&chans, since)
+        .map(|e| e.unwrap())
+        .collect();
+    rows
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_string()).unwrap()
+}
+
+fn ids(rows: &[ChangeEntry]) -> Vec<(&str, u64)> {
+    rows.iter().map(|e| (e.id.as_str(), e.seq)).collect()
+}
+
+fn with_attachment(mut w: DocWrite, name: &str, input: AttachmentInput) -> DocWrite {
+    match &mut w {
+        DocWrite::Edit { attachments, .. } | DocWrite::Replicate { attachments, .. } => {
+            attachments.push((name.into(), input))
+        }
+    }
+    w
+}
+
+fn data(bytes: &[u8]) -> AttachmentInput {
+    AttachmentInput::Data {
+        content_type: "text/plain".into(),
+        data: bytes.to_vec(),
+        revpos: None,
+    }
+}
+
+fn stub(digest: Option<&str>) -> AttachmentInput {
+    AttachmentInput::Stub {
+        digest: digest.map(Into::into),
+        revpos: None,
+        content_type: None,
+    }
+}
+
+// --- the suite -----------------------------------------------------------------------------
+
+conformance! {
+    rev_trees_and_conflicts(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let a = one(db, edit("doc", None, json!({"n": 1}))).unwrap();
+        // deterministic: MD5 over parent, deleted flag and canonical body
+        assert_eq!(a.rev, "1-50133ddd8e49efad34ad9ecae4cb9907");
+        assert_eq!(a.seq, 1);
+        // a live document needs its parent
+        assert!(matches!(one(db, edit("doc", None, json!({}))), Err(StorageError::Conflict(_))));
+        let b = one(db, edit("doc", Some(&a.rev), json!({"n": 2}))).unwrap();
+        assert!(b.rev.starts_with("2-"));
+        // the parent must be a current leaf
+        assert!(matches!(
+            one(db, edit("doc", Some(&a.rev), json!({}))),
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(matches!(
+            one(db, edit("new", Some("1-abc"), json!({}))),
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(matches!(
+            one(db, edit("doc", Some("x-y"), json!({}))),
+            Err(StorageError::BadRequest(_))
+        ));
+        // a replicated branch makes a conflict; the winner is the highest rev string
+        let r = one(db, replicate("doc", &["2-ffff", &a.rev], false, &[])).unwrap();
+        assert_eq!((r.rev.as_str(), r.seq), ("2-ffff", 3));
+        let meta = db.doc_meta("doc").unwrap().unwrap();
+        assert_eq!(meta.tree.leaves().len(), 2);
+        assert_eq!(winner(db, "doc"), "2-ffff");
+        // replicating a known revision is a no-op
+        assert_eq!(one(db, replicate("doc", &["2-ffff", &a.rev], false, &[])).unwrap().seq, 0);
+        // the change entry lists every leaf, winner first, at the latest sequence
+        let rows = since(db, 0, false);
+        assert_eq!(ids(&rows), vec![("doc", 3)]);
+        let leaves: Vec<&str> = rows[0].leaves.iter().map(|l| l.rev.as_str()).collect();
+        assert_eq!(leaves, vec!["2-ffff", b.rev.as_str()]);
+        // a deleted branch loses to a live one of lower generation
+        one(db, delete("doc", Some("2-ffff"))).unwrap();
+        assert_eq!(winner(db, "doc"), b.rev);
+        // the same edit on another store gives the same revision
+        let other = s.server().open_database("other").unwrap();
+        assert_eq!(one(&*other, edit("doc", None, json!({"n": 1}))).unwrap().rev, a.rev);
+        // same document twice in one batch: the second sees the first
+        let r = write(db, vec![edit("t", None, json!({})), edit("t", None, json!({"x": 1}))]);
+        assert!(r[0].is_ok());
+        assert!(matches!(r[1], Err(StorageError::Conflict(_))));
+    }
+
+    bodies_come_back_as_sent(s) {
+        let db = s.server().open_database("db").unwrap();
+        let text = br#"{"z":12345678901234567890123,"a":90.28571428571429,"e":1e400,"m":[1.0,{"y":2,"b":3}]}"#;
+        let value: Value = serde_json::from_slice(text).unwrap_or(Value::Null);
+        let w = DocWrite::Edit {
+            id: "f".into(),
+            parent: None,
+            deleted: false,
+            body: text.to_vec(),
+            canonical: canonical_json(&value),
+            attachments: vec![],
+            channels: vec![],
+            access: RevAccess::default(),
+            revs_limit: 1000,
+            must_exist: false,
+        };
+        let r = one(&*db, w).unwrap();
+        assert_eq!(db.rev_body("f", &r.rev).unwrap().unwrap().json, text.to_vec());
+        drop(db);
+        s.restart();
+        let db = s.server().open_database("db").unwrap();
+        assert_eq!(db.rev_body("f", &r.rev).unwrap().unwrap().json, text.to_vec());
+    }
+
+    tombstones(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        assert!(matches!(one(db, delete("none", None)), Err(StorageError::NotFound(_))));
+        let a = one(db, in_channels(edit("d", None, json!({})), &["red"])).unwrap();
+        one(db, edit("e", None, json!({}))).unwrap();
+        assert_eq!(db.doc_count().unwrap(), 2);
+        let del = one(db, delete("d", Some(&a.rev))).unwrap();
+        assert!(del.rev.starts_with("2-"));
+        let meta = db.doc_meta("d").unwrap().unwrap();
+        assert_eq!(meta.winner(), Some((del.rev.as_str(), true)));
+        assert!(!meta.is_live());
+        assert_eq!(db.doc_count().unwrap(), 1);
+        // the tombstone stays in its parent's channels: the deletion reaches red's readers
+        let red = channel_rows(db, &["red"], a.seq);
+        assert_eq!(ids(&red), vec![("d", del.seq)]);
+        assert!(red[0].deleted() && red[0].removed.is_empty());
+        assert_eq!(red[0].channels, vec!["red".to_string()]);
+        // deleting it again: conflict with the tombstone as parent, not found without one
+        assert!(matches!(one(db, delete("d", Some(&del.rev))), Err(StorageError::Conflict(_))));
+        assert!(matches!(one(db, delete("d", None)), Err(StorageError::NotFound(_))));
+        // a new edit without a parent continues from the tombstone
+        let again = one(db, edit("d", None, json!({"back": true}))).unwrap();
+        assert!(again.rev.starts_with("3-"));
+        assert_eq!(db.doc_count().unwrap(), 2);
+        // a replicated tombstone inherits its nearest known ancestor's channels
+        let r1 = one(db, replicate("r", &["1-a"], false, &["blue"])).unwrap();
+        let r2 = one(db, replicate("r", &["3-c", "2-b", "1-a"], true, &[])).unwrap();
+        let blue = channel_rows(db, &["blue"], r1.seq);
+        assert_eq!(ids(&blue), vec![("r", r2.seq)]);
+        assert!(blue[0].deleted());
+    }
+
+    revs_limit_prunes_ancestors_not_leaves(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let limited = |id: &str, parent: Option<&str>, n: u64| match edit(id, parent, json!({"n": n})) {
+            DocWrite::Edit { id, parent, deleted, body, canonical, attachments, channels, access, must_exist, .. } => {
+                DocWrite::Edit { id, parent, deleted, body, canonical, attachments, channels, access, revs_limit: 3, must_exist }
+            }
+            other => other,
+        };
+        let mut revs = vec![one(db, limited("d", None, 0)).unwrap().rev];
+        for n in 1..6 {
+            let r = one(db, limited("d", Some(revs.last().unwrap()), n)).unwrap();
+            revs.push(r.rev);
+        }
+        // a conflicting leaf from early on survives pruning
+        one(db, replicate("d", &["2-zzzz", &revs[0]], false, &[])).unwrap();
+        let r = one(db, limited("d", Some(&revs[5]), 6)).unwrap();
+        revs.push(r.rev);
+        let meta = db.doc_meta("d").unwrap().unwrap();
+        assert_eq!(meta.tree.history(&revs[6]).len(), 3, "the winner's branch keeps 3 revision ids");
+        assert!(meta.tree.contains("2-zzzz"), "leaves are never pruned");
+        assert!(!meta.tree.contains(&revs[2]));
+        assert!(db.rev_body("d", &revs[2]).unwrap().is_none(), "pruned bodies are gone");
+        assert!(db.rev_body("d", &revs[6]).unwrap().is_some());
+    }
+
+    sequences_are_never_reused(s) {
+        let db = s.server().open_database("db").unwrap();
+        let a = one(&*db, edit("a", None, json!({}))).unwrap();
+        let b = one(&*db, edit("b", None, json!({}))).unwrap();
+        let a2 = one(&*db, edit("a", Some(&a.rev), json!({"v": 2}))).unwrap();
+        assert_eq!((a.seq, b.seq, a2.seq), (1, 2, 3));
+        // principals take sequences from the same counter; local documents take none
+        let (p, t) = db.put_principal(PrincipalKind::User, "u", &mut |_| Ok(b"{}".to_vec())).unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        assert_eq!(p, 4);
+        let (_, t) = db.put_local("cp", None, raw("{}")).unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        assert_eq!(db.last_seq(), 4);
+        // a refused write takes no sequence
+        assert!(one(&*db, edit("a", None, json!({}))).is_err());
+        assert_eq!(db.last_seq(), 4);
+        drop(db);
+        s.restart();
+        let db = s.server().open_database("db").unwrap();
+        assert_eq!(db.last_seq(), 4);
+        let c = one(&*db, edit("c", None, json!({}))).unwrap();
+        assert_eq!(c.seq, 5, "after a restart, numbering continues");
+        assert_eq!(
+            ids(&since(&*db, 0, false)),
+            vec![("b", 2), ("a", 3), ("c", 5)]
+        );
+    }
+
+    changes_since_and_in_channels(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let mut rx = db.subscribe();
+        for i in 0..30 {
+            let ch = format!("ch{}", i % 5);
+            one(db, in_channels(edit(&format!("d{i:02}"), None, json!({"i": i})), &[&ch, "all"])).unwrap();
+        }
+        assert!(rx.has_changed().unwrap(), "a durable write wakes subscribers");
+        assert_eq!(*rx.borrow_and_update(), 30);
+        assert_eq!(db.last_seq(), 30);
+        let asc = since(db, 10, false);
+        assert_eq!(asc.len(), 20);
+        assert!(asc.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(asc[0].seq, 11);
+        let desc = since(db, 25, true);
+        assert_eq!(desc.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![30, 29, 28, 27, 26]);
+        // a channel-limited read touches only its channels' entries
+        let before = db.docs_read();
+        let rows = channel_rows(db, &["ch1", "ch3"], 0);
+        assert_eq!(rows.len(), 12);
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(db.docs_read() - before, 12, "reads only the matching entries");
+        // a document in two asked channels appears once
+        assert_eq!(channel_rows(db, &["ch1", "all"], 0).len(), 30);
+        // a document that leaves a channel shows there once, at its new sequence, as removed
+        let rev = winner(db, "d01");
+        let moved = one(db, in_channels(edit("d01", Some(&rev), json!({})), &["ch2"])).unwrap();
+        let ch1 = channel_rows(db, &["ch1"], 0);
+        assert_eq!(ch1.iter().filter(|e| e.id == "d01").count(), 1);
+        let row = ch1.iter().find(|e| e.id == "d01").unwrap();
+        assert_eq!(row.seq, moved.seq);
+        assert_eq!(row.removed, vec!["all".to_string(), "ch1".to_string()]);
+        assert_eq!(row.channels, vec!["ch2".to_string()]);
+        // the by-sequence index lists each document once, at its latest sequence
+        let all = since(db, 0, false);
+        assert_eq!(all.len(), 30);
+        assert_eq!(all.last().map(|e| (e.id.as_str(), e.seq)), Some(("d01", 31)));
+        // documents in id order, both ways, from a start key
+        let from: Vec<String> = db.docs_from("d28", false).map(|r| r.unwrap().0).collect();
+        assert_eq!(from, vec!["d28", "d29"]);
+        let back: Vec<String> = db.docs_from("d01", true).map(|r| r.unwrap().0).collect();
+        assert_eq!(back, vec!["d01", "d00"]);
+    }
+
+    attachments_by_digest_are_stored_once(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let a = one(db, with_attachment(edit("a", None, json!({})), "f.txt", data(b"hello"))).unwrap();
+        let meta = db.rev_body("a", &a.rev).unwrap().unwrap().attachment("f.txt").unwrap().clone();
+        assert_eq!(meta.digest, "md5-XUFAKrxLKna5cZ2REBfFkg==");
+        assert_eq!((meta.length, meta.revpos, meta.content_type.as_str()), (5, 1, "text/plain"));
+        // the same data in another document: one copy, by digest
+        one(db, with_attachment(edit("b", None, json!({})), "g.txt", data(b"hello"))).unwrap();
+        assert_eq!(db.attachment(&meta.digest).unwrap().unwrap(), b"hello");
+        // a stub keeps the parent's attachment (and its revpos); the rev id covers digests
+        let a2 = one(db, with_attachment(edit("a", Some(&a.rev), json!({"v": 2})), "f.txt", stub(None))).unwrap();
+        let kept = db.rev_body("a", &a2.rev).unwrap().unwrap();
+        assert_eq!(kept.attachment("f.txt").unwrap().revpos, 1);
+        // a stub naming stored data by digest resolves in any document
+        let c = one(db, with_attachment(edit("c", None, json!({})), "h", stub(Some(&meta.digest)))).unwrap();
+        let h = db.rev_body("c", &c.rev).unwrap().unwrap().attachment("h").unwrap().clone();
+        assert_eq!((h.length, h.digest.as_str()), (5, meta.digest.as_str()));
+        // ... also when the data came earlier in the same batch
+        let fresh = syncgate_storage::attachment_digest(b"brand new");
+        let r = write(db, vec![
+            with_attachment(edit("x", None, json!({})), "n", data(b"brand new")),
+            with_attachment(edit("y", None, json!({})), "n", stub(Some(&fresh))),
+        ]);
+        let y = r[1].as_ref().unwrap();
+        assert_eq!(db.rev_body("y", &y.rev).unwrap().unwrap().attachment("n").unwrap().length, 9);
+        // a stub for data the store does not have is refused, and writes nothing
+        let before = db.last_seq();
+        assert!(matches!(
+            one(db, with_attachment(edit("a", Some(&a2.rev), json!({})), "nope", stub(None))),
+            Err(StorageError::PreconditionFailed(_))
+        ));
+        assert!(matches!(
+            one(db, with_attachment(edit("z", None, json!({})), "q", stub(Some("md5-AAAAAAAAAAAAAAAAAAAAAA==")))),
+            Err(StorageError::PreconditionFailed(_))
+        ));
+        assert_eq!(db.last_seq(), before);
+        assert_eq!(winner(db, "a"), a2.rev);
+    }
+
+    compaction(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let a = one(db, with_attachment(edit("a", None, json!({})), "f", data(b"old data"))).unwrap();
+        let old_digest = syncgate_storage::attachment_digest(b"old data");
+        let a2 = one(db, with_attachment(edit("a", Some(&a.rev), json!({"v": 2})), "f", data(b"new data"))).unwrap();
+        let k = one(db, with_attachment(edit("k", None, json!({})), "f", data(b"kept"))).unwrap();
+        let k2 = one(db, edit("k", Some(&k.rev), json!({"v": 2}))).unwrap();
+        let k2b = db.rev_body("k", &k2.rev).unwrap().unwrap();
+        assert!(k2b.attachments.is_empty());
+        // a conflicting leaf keeps its body and attachments
+        let c = one(db, with_attachment(edit("c", None, json!({})), "f", data(b"leaf"))).unwrap();
+        one(db, replicate("c", &["1-zzzz"], false, &[])).unwrap();
+        let stats = db.compact().unwrap();
+        assert_eq!(stats.bodies_removed, 2, "a@1, k@1");
+        assert_eq!(stats.attachments_removed, 2, "old data, kept");
+        assert!(db.rev_body("a", &a.rev).unwrap().is_none());
+        assert!(db.rev_body("a", &a2.rev).unwrap().is_some());
+        assert!(db.attachment(&old_digest).unwrap().is_none());
+        assert!(db.attachment(&syncgate_storage::attachment_digest(b"new data")).unwrap().is_some());
+        assert!(db.rev_body("c", &c.rev).unwrap().is_some());
+        assert!(db.attachment(&syncgate_storage::attachment_digest(b"leaf")).unwrap().is_some());
+        // the tree remembers the revision, without its body
+        let meta = db.doc_meta("a").unwrap().unwrap();
+        assert!(meta.tree.get(&a.rev).is_some_and(|n| !n.has_body));
+        // changes and documents read the same after compaction
+        assert_eq!(since(db, 0, false).len(), 3);
+        assert_eq!(db.doc_count().unwrap(), 3);
+        assert_eq!(db.compact().unwrap().bodies_removed, 0);
+    }
+
+    local_documents(s) {
+        let db = s.server().open_database("db").unwrap();
+        let body = r#"{"last":7,"big":12345678901234567890123}"#;
+        let (r1, _) = db.put_local("cp", None, raw(body)).unwrap();
+        assert_eq!(r1, "0-1");
+        assert!(matches!(db.put_local("cp", None, raw("{}")), Err(StorageError::Conflict(_))));
+        assert!(matches!(db.put_local("nope", Some("0-1"), raw("{}")), Err(StorageError::NotFound(_))));
+        let (r2, t) = db.put_local("cp", Some("0-1"), raw(body)).unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        assert_eq!(r2, "0-2");
+        let got = db.get_local("cp").unwrap().unwrap();
+        assert_eq!((got.rev.as_str(), got.body.get()), ("0-2", body), "kept as sent");
+        assert!(matches!(db.delete_local("cp", Some("0-1")), Err(StorageError::Conflict(_))));
+        assert!(matches!(db.delete_local("nope", None), Err(StorageError::NotFound(_))));
+        db.delete_local("cp", Some("0-2")).unwrap();
+        assert!(db.get_local("cp").unwrap().is_none());
+        assert_eq!(db.last_seq(), 0, "local documents take no sequence");
+        assert!(since(&*db, 0, false).is_empty(), "nor appear in changes");
+        assert_eq!(db.doc_count().unwrap(), 0);
+    }
+
+    restamps_and_settings(s) {
+        // the sync function's new decision for a winner: new channels and grants under a new
+        // sequence, no new revision
+        let store = s.server().open_database("db").unwrap();
+        let db = &*store;
+        let first = one(db, in_channels(edit("d", None, json!({"x": 1})), &["a"])).unwrap();
+        let mut access = RevAccess::default();
+        access.channels.insert("bob".into(), ["b".to_string()].into_iter().collect());
+        let stamp = |rev: &str, chans: &[&str], access: &RevAccess| Restamp {
+            id: "d".into(),
+            rev: rev.into(),
+            channels: chans.iter().map(|c| c.to_string()).collect(),
+            access: access.clone(),
+        };
+        let (r, ticket) = db
+            .restamp_docs(vec![stamp(&first.rev, &["b"], &access), stamp("1-stale", &["c"], &access)])
+            .unwrap();
+        rt().block_on(db.durable(ticket)).unwrap();
+        let seq = r[0].expect("restamped");
+        assert!(seq > first.seq);
+        assert_eq!(r[1], None, "a revision that does not win is left alone");
+        let meta = db.doc_meta("d").unwrap().unwrap();
+        assert_eq!(meta.seq, seq);
+        assert_eq!(meta.tree.nodes.len(), 1, "no new revision");
+        assert_eq!(meta.tree.nodes[0].seq, first.seq);
+        let rows = channel_rows(db, &["a"], first.seq);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].removed, ["a"]);
+        assert_eq!(rows[0].channels, ["b"]);
+        assert_eq!(ids(&since(db, 0, false)), vec![("d", seq)]);
+        let grants = db.doc_grants(PrincipalKind::User, "bob").unwrap();
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].1.channels["b"], seq);
+        assert!(db.rev_body("d", &first.rev).unwrap().is_some());
+        // nothing changed: no new sequence
+        let (r, _) = db.restamp_docs(vec![stamp(&first.rev, &["b"], &access)]).unwrap();
+        assert_eq!(r, [None]);
+        assert!(db.restamp_docs(vec![Restamp { id: "none".into(), ..stamp(&first.rev, &[], &access) }]).unwrap().0 == [None]);
+        // settings
+        assert_eq!(db.get_setting("k").unwrap(), None);
+        db.put_setting("k", Some(b"v")).unwrap();
+        assert_eq!(db.get_setting("k").unwrap().as_deref(), Some(&b"v"[..]));
+        db.put_setting("k", None).unwrap();
+        assert_eq!(db.get_setting("k").unwrap(), None);
+        let t = db.put_setting("kept", Some(b"w")).unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        drop(store);
+        s.restart();
+        let db = s.server().open_database("db").unwrap();
+        assert_eq!(db.get_setting("kept").unwrap().as_deref(), Some(&b"w"[..]));
+    }
+
+    principals_sessions_and_logins(s) {
+        let db = s.server().open_database("db").unwrap();
+        let mut seen = 0;
+        let (seq, t) = db
+            .put_principal(PrincipalKind::User, "ann", &mut |seq| {
+                seen = seq;
+                Ok(format!("{{\"seq\":{seq}}}").into_bytes())
+            })
+            .unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        assert_eq!((seq, seen), (1, 1), "the record carries its own sequence");
+        assert_eq!(db.get_principal(PrincipalKind::User, "ann").unwrap().unwrap(), br#"{"seq":1}"#);
+        assert!(db.get_principal(PrincipalKind::Role, "ann").unwrap().is_none());
+        db.put_principal(PrincipalKind::Role, "admin", &mut |_| Ok(b"{}".to_vec())).unwrap();
+        db.put_principal(PrincipalKind::User, "bob", &mut |_| Ok(b"{}".to_vec())).unwrap();
+        assert!(matches!(
+            db.put_principal(PrincipalKind::User, "bad", &mut |_| Err("no".into())),
+            Err(StorageError::Corrupt(_))
+        ));
+        assert!(db.get_principal(PrincipalKind::User, "bad").unwrap().is_none());
+        let mut users = db.list_principals(PrincipalKind::User).unwrap();
+        users.sort();
+        assert_eq!(users, vec!["ann", "bob"]);
+        assert_eq!(db.list_principals(PrincipalKind::Role).unwrap(), vec!["admin"]);
+        let t = db.delete_principal(PrincipalKind::User, "bob").unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        assert_eq!(db.list_principals(PrincipalKind::User).unwrap(), vec!["ann"]);
+        // sessions
+        db.put_session("k1", b"one".to_vec()).unwrap();
+        db.put_session("k2", b"two".to_vec()).unwrap();
+        assert_eq!(db.get_session("k1").unwrap().unwrap(), b"one");
+        let mut all = db.list_sessions().unwrap();
+        all.sort();
+        assert_eq!(all, vec![("k1".to_string(), b"one".to_vec()), ("k2".to_string(), b"two".to_vec())]);
+        let t = db.delete_sessions(&["k1".to_string()]).unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        assert!(db.get_session("k1").unwrap().is_none());
+        assert_eq!(db.list_sessions().unwrap().len(), 1);
+        // login transactions are single use
+        db.put_login("l", b"state".to_vec()).unwrap();
+        assert_eq!(db.list_logins().unwrap().len(), 1);
+        assert_eq!(db.take_login("l").unwrap().unwrap(), b"state");
+        assert!(db.take_login("l").unwrap().is_none());
+        db.put_login("m", b"x".to_vec()).unwrap();
+        db.delete_logins(&["m".to_string()]).unwrap();
+        assert!(db.list_logins().unwrap().is_empty());
+        // all of it survives a restart
+        drop(db);
+        s.restart();
+        let db = s.server().open_database("db").unwrap();
+        assert!(db.get_principal(PrincipalKind::User, "ann").unwrap().is_some());
+        assert_eq!(db.get_session("k2").unwrap().unwrap(), b"two");
+        assert_eq!(db.last_seq(), 4, "principal writes took sequences 1-4");
+    }
+
+    grants_of_documents(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let access = |user: &str, chans: &[&str]| {
+            let mut a = RevAccess::default();
+            a.channels.insert(user.to_string(), chans.iter().map(|c| c.to_string()).collect::<BTreeSet<_>>());
+            a
+        };
+        let granting = |parent: Option<&str>, a: RevAccess| match edit("g", parent, json!({"p": parent})) {
+            DocWrite::Edit { id, parent, deleted, body, canonical, attachments, channels, revs_limit, must_exist, .. } => {
+                DocWrite::Edit { id, parent, deleted, body, canonical, attachments, channels, access: a, revs_limit, must_exist }
+            }
+            other => other,
+        };
+        let v0 = db.grants_version();
+        let g1 = one(db, granting(None, access("ann", &["x", "y"]))).unwrap();
+        assert_ne!(db.grants_version(), v0);
+        let grants = db.doc_grants(PrincipalKind::User, "ann").unwrap();
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].0, "g");
+        assert_eq!(grants[0].1.channels, BTreeMap::from([("x".to_string(), g1.seq), ("y".to_string(), g1.seq)]));
+        // the next winner drops y: x keeps its sequence, y is revoked at the new one
+        let g2 = one(db, granting(Some(&g1.rev), access("ann", &["x"]))).unwrap();
+        let grants = db.doc_grants(PrincipalKind::User, "ann").unwrap();
+        assert_eq!(grants[0].1.channels, BTreeMap::from([("x".to_string(), g1.seq)]));
+        assert_eq!(grants[0].1.revoked_channels, BTreeMap::from([("y".to_string(), g2.seq)]));
+        assert!(db.doc_grants(PrincipalKind::Role, "ann").unwrap().is_empty());
+        // a write without grants leaves the version alone
+        let v = db.grants_version();
+        one(db, edit("plain", None, json!({}))).unwrap();
+        assert_eq!(db.grants_version(), v);
+    }
+
+    databases_on_the_server(s) {
+        let server = s.server();
+        server.create_database("b", br#"{"n":"b"}"#).unwrap();
+        server.create_database("a", br#"{"n":"a"}"#).unwrap();
+        let a = server.open_database("a").unwrap();
+        one(&*a, edit("doc", None, json!({}))).unwrap();
+        let b = server.open_database("b").unwrap();
+        assert!(b.doc_meta("doc").unwrap().is_none(), "databases are separate");
+        assert_eq!(b.name(), "b");
+        let key = server.server_value("k", &mut || b"first".to_vec()).unwrap();
+        assert_eq!(server.server_value("k", &mut || b"second".to_vec()).unwrap(), key);
+        drop((a, b, server));
+        s.restart();
+        let server = s.server();
+        assert_eq!(
+            server.list_databases().unwrap(),
+            vec![("a".to_string(), br#"{"n":"a"}"#.to_vec()), ("b".to_string(), br#"{"n":"b"}"#.to_vec())]
+        );
+        assert_eq!(server.server_value("k", &mut || b"third".to_vec()).unwrap(), b"first");
+        assert!(server.open_database("a").unwrap().doc_meta("doc").unwrap().is_some());
+        server.delete_database("a").unwrap();
+        assert_eq!(server.list_databases().unwrap().len(), 1);
+        let a = server.open_database("a").unwrap();
+        assert!(a.doc_meta("doc").unwrap().is_none(), "a deleted database's data is gone");
+        assert_eq!(a.last_seq(), 0);
+    }
+
+    concurrent_writers(s) {
+        const WRITERS: usize = 8;
+        const EACH: usize = 25;
+        let db = s.server().open_database("db").unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).build().unwrap();
+        let outcomes: Vec<WriteOutcome> = rt.block_on(async {
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        let mut out = Vec::new();
+                        for i in 0..EACH {
+                            // everyone also fights over one shared document
+                            let (r, t) = db
+                                .write_docs_shared(vec![
+                                    edit(&format!("w{w}-{i}"), None, json!({ "i": i })),
+                                    edit("shared", None, json!({ "w": w })),
+                                ])
+                                .await
+                                .unwrap();
+                            db.durable(t).await.unwrap();
+                            let mut r = r.into_iter();
+                            out.push(r.next().unwrap().unwrap());
+                            if let Some(Ok(o)) = r.next() {
+                                out.push(o);
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        let seqs: BTreeSet<u64> = outcomes.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs.len(), outcomes.len(), "every accepted write has its own sequence");
+        assert_eq!(outcomes.iter().filter(|o| o.id == "shared").count(), 1, "one creator wins");
+        assert_eq!(db.last_seq(), *seqs.iter().last().unwrap());
+        assert_eq!(db.last_seq(), (WRITERS * EACH + 1) as u64, "no gaps: refused writes take none");
+        assert_eq!(db.doc_count().unwrap(), (WRITERS * EACH + 1) as u64);
+        let rows = since(&*db, 0, false);
+        assert_eq!(rows.len(), WRITERS * EACH + 1);
+        let by_id: HashMap<&str, u64> = rows.iter().map(|e| (e.id.as_str(), e.seq)).collect();
+        for o in &outcomes {
+            assert_eq!(by_id.get(o.id.as_str()), Some(&o.seq), "{}", o.id);
+        }
+    }
+
+    feed_invariant_under_concurrent_writers(s) {
+        // A continuous reader (wake on subscribe, read a view since its checkpoint, advance the
+        // checkpoint to the view's sequence) while writers create and update documents: it
+        // sees sequences strictly increasing, never one at or below a checkpoint it already
+        // reported, every created document, and every document at its final sequence.
+        const WRITERS: usize = 3;
+        const ROUNDS: usize = 40;
+        let db = s.server().open_database("db").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let db = db.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let rt = rt();
+                let mut rx = db.subscribe();
+                let mut checkpoint = 0u64;
+                let mut last_shown = 0u64;
+                let mut seen: Vec<(String, u64)> = Vec::new();
+                loop {
+                    let done = stop.load(Ordering::SeqCst);
+                    let view = db.changes_view();
+                    for e in view.since(checkpoint, false) {
+                        let e = e.unwrap();
+                        assert!(e.seq > checkpoint, "seq {} behind checkpoint {checkpoint}", e.seq);
+                        assert!(e.seq > last_shown, "seq {} after {last_shown}", e.seq);
+                        assert!(e.seq <= view.seq());
+                        last_shown = e.seq;
+                        seen.push((e.id, e.seq));
+                    }
+                    checkpoint = view.seq();
+                    drop(view);
+                    if done {
+                        return seen;
+                    }
+                    rt.block_on(async {
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(50),
+                            rx.changed(),
+                        )
+                        .await;
+                    });
+                }
+            })
+        };
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    let rt = rt();
+                    let mut created = Vec::new();
+                    let mine = format!("u{w}");
+                    let mut rev: Option<String> = None;
+                    for i in 0..ROUNDS {
+                        let mut writes = vec![edit(&format!("n{w}-{i}"), None, json!({}))];
+                        writes.push(edit(&mine, rev.as_deref(), json!({ "i": i })));
+                        let r = rt.block_on(async {
+                            let (r, t) = db.write_docs_shared(writes).await.unwrap();
+                            db.durable(t).await.unwrap();
+                            r
+                        });
+                        created.push(r[0].clone().unwrap());
+                        rev = Some(r[1].as_ref().unwrap().rev.clone());
+                    }
+                    created
+                })
+            })
+            .collect();
+        let mut created = Vec::new();
+        for w in writers {
+            created.extend(w.join().unwrap());
+        }
+        stop.store(true, Ordering::SeqCst);
+        let seen = reader.join().unwrap();
+        let seen_ids: HashMap<&str, Vec<u64>> = seen.iter().fold(HashMap::new(), |mut m, (id, seq)| {
+            m.entry(id.as_str()).or_default().push(*seq);
+            m
+        });
+        for c in &created {
+            assert_eq!(seen_ids.get(c.id.as_str()), Some(&vec![c.seq]), "{} exactly once", c.id);
+        }
+        for e in since(&*db, 0, false) {
+            assert_eq!(seen_ids[e.id.as_str()].last(), Some(&e.seq), "{} at its final seq", e.id);
+        }
+        assert_eq!(seen.last().map(|(_, s)| *s), Some(db.last_seq()));
+    }
+}
