@@ -89,3 +89,64 @@ fn bychannel_feed_reads_only_its_channel_and_reports_removals() {
         "bad_request",
     );
 }
+
+/// A tombstone a user loses access to comes as a removal row that still says `deleted`.
+#[test]
+fn removal_row_of_a_tombstone_says_deleted() {
+    let s = TestServer::start();
+    let admin = format!("{}/db", s.admin);
+    let r = client()
+        .put(format!("{admin}/_user/u"))
+        .json(&json!({"password": "pw-u-12345", "admin_channels": ["t"]}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = client()
+        .put(format!("{admin}/gone"))
+        .json(&json!({"channels": ["t"]}))
+        .send()
+        .unwrap();
+    let rev = r.json::<Value>().unwrap()["rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = client()
+        .delete(format!("{admin}/gone?rev={rev}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let feed = |since: &str| -> Value {
+        client()
+            .get(format!("{}/db/_changes?since={since}", s.public))
+            .basic_auth("u", Some("pw-u-12345"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let before = feed("0");
+    let row = before["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "gone")
+        .cloned()
+        .unwrap();
+    assert_eq!(row["deleted"], true, "{before}");
+    let r = client()
+        .put(format!("{admin}/_user/u"))
+        .json(&json!({"admin_channels": []}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    let after = feed(&before["last_seq"].to_string());
+    let row = after["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "gone")
+        .cloned();
+    let row = row.unwrap_or_else(|| panic!("no removal row: {after}"));
+    assert_eq!(row["removed"], json!(["t"]), "{after}");
+    assert_eq!(row["deleted"], true, "{after}");
+}

@@ -544,7 +544,8 @@ impl Database {
             });
             return Ok(Some(Row {
                 changes: vec![RevRef { rev: winner }],
-                deleted: false,
+                // a tombstone that left the channels says so (Sync Gateway)
+                deleted,
                 doc,
                 id: e.id.clone(),
                 removed: Some(removed),
