@@ -197,12 +197,7 @@ fn parse_doc(text: &[u8]) -> Result<ParsedDoc> {
                 )))
             }
             name => {
-                let value: Value = serde_json::from_str(v.get()).map_err(|e| {
-                    Error::bad(format!(
-                        "Document member \"{}\" is not valid: {e}",
-                        crate::short(name)
-                    ))
-                })?;
+                let value = member_value(name, v)?;
                 if view.insert(name.to_string(), value).is_some() {
                     // a repeated member: the last one wins, as when parsing into a map
                     own.retain(|(o, _): &(std::borrow::Cow<str>, &RawValue)| o.as_ref() != name);
@@ -211,19 +206,35 @@ fn parse_doc(text: &[u8]) -> Result<ParsedDoc> {
             }
         }
     }
-    let mut json = Vec::with_capacity(text.len());
-    json.push(b'{');
-    for (k, v) in own {
-        push_key(&mut json, &k);
-        push_compact(&mut json, v.get());
-    }
-    json.push(b'}');
+    let json = object_text(&own, text.len());
     if view.values().map(depth).max().unwrap_or(0) + 1 > MAX_DEPTH {
         return Err(Error::bad(format!(
             "Document is nested deeper than {MAX_DEPTH} levels"
         )));
     }
     Ok(ParsedDoc { sp, json, view })
+}
+
+/// A document member's value, parsed for the rules (400 naming the member if it cannot be).
+fn member_value(name: &str, raw: &RawValue) -> Result<Value> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        Error::bad(format!(
+            "Document member \"{}\" is not valid: {e}",
+            crate::short(name)
+        ))
+    })
+}
+
+/// The members as one compact JSON object, in their order, values as sent.
+fn object_text(own: &[(std::borrow::Cow<str>, &RawValue)], capacity: usize) -> Vec<u8> {
+    let mut json = Vec::with_capacity(capacity);
+    json.push(b'{');
+    for (k, v) in own {
+        push_key(&mut json, k);
+        push_compact(&mut json, v.get());
+    }
+    json.push(b'}');
+    json
 }
 
 /// The canonical JSON a revision id is computed from: the document's own members, plus
@@ -1391,12 +1402,7 @@ fn parse_local(text: &[u8]) -> Result<LocalInput> {
                 )))
             }
             name => {
-                let value: Value = serde_json::from_str(v.get()).map_err(|e| {
-                    Error::bad(format!(
-                        "Document member \"{}\" is not valid: {e}",
-                        crate::short(name)
-                    ))
-                })?;
+                let value = member_value(name, v)?;
                 deepest = deepest.max(depth(&value));
                 // a repeated member: the last one wins, as when parsing into a map
                 own.retain(|(o, _)| o.as_ref() != name);
@@ -1409,13 +1415,7 @@ fn parse_local(text: &[u8]) -> Result<LocalInput> {
             "Document is nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    let mut json = Vec::with_capacity(text.len());
-    json.push(b'{');
-    for (k, v) in own {
-        push_key(&mut json, &k);
-        push_compact(&mut json, v.get());
-    }
-    json.push(b'}');
+    let json = object_text(&own, text.len());
     let body = String::from_utf8(json)
         .ok()
         .and_then(|t| RawValue::from_string(t).ok())
