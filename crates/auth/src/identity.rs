@@ -1,6 +1,7 @@
 //! Who a request acts as, and what it may read.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The channel every document is in; a grant of it sees everything.
 pub const ALL_CHANNELS: &str = "*";
@@ -13,14 +14,15 @@ pub struct UserCtx {
     /// `None` for GUEST.
     pub name: Option<String>,
     /// Effective channels (admin ∪ jwt channels ∪ those of every role, plus `!`), each with the
-    /// sequence from which it is visible to this user (the grant's sequence).
-    pub channels: BTreeMap<String, u64>,
+    /// sequence from which it is visible to this user (the grant's sequence). Shared: a user
+    /// may hold many channels (one per shared list), and every request clones its caller.
+    pub channels: Arc<BTreeMap<String, u64>>,
     /// Effective roles: admin ∪ jwt roles.
     pub roles: BTreeSet<String>,
     /// Channels this user could read before and cannot now, each with the sequence of the
     /// write that took it away (directly, by losing a role, or by a role losing it). The
     /// changes feed uses it to send removals to clients that synced before the revocation.
-    pub revoked: BTreeMap<String, u64>,
+    pub revoked: Arc<BTreeMap<String, u64>>,
 }
 
 impl UserCtx {
@@ -70,7 +72,7 @@ mod tests {
     fn channel_visibility() {
         let u = UserCtx {
             name: Some("a".into()),
-            channels: [("x".to_string(), 1)].into(),
+            channels: Arc::new([("x".to_string(), 1)].into()),
             ..Default::default()
         };
         assert!(u.can_read(&["x".into()]));
@@ -78,7 +80,7 @@ mod tests {
         assert!(!u.can_read(&["y".into()]));
         assert!(!u.can_read(&[]));
         let star = UserCtx {
-            channels: [("*".to_string(), 1)].into(),
+            channels: Arc::new([("*".to_string(), 1)].into()),
             ..Default::default()
         };
         assert!(star.can_read(&[]));

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use syncgate_storage::{DatabaseStore, PrincipalKind, Ticket};
+use syncgate_storage::{DatabaseStore, DocGrant, PrincipalKind, Ticket};
 
 use crate::identity::{UserCtx, PUBLIC_CHANNEL};
 use crate::AuthError;
@@ -363,10 +363,64 @@ pub struct Principals {
     store: Arc<dyn DatabaseStore>,
     /// Serializes read-modify-write of principals (never held across an await).
     write: Mutex<()>,
-    /// name → loaded user; cleared on every principal write and when the access index changes.
-    cache: Mutex<HashMap<String, Arc<LoadedUser>>>,
-    /// The store's `grants_version` the cache was filled under.
-    cache_version: std::sync::atomic::AtomicU64,
+    /// Loaded users and the documents' grants they were computed from.
+    cache: Mutex<Cache>,
+}
+
+/// What documents grant one user: document id → grant.
+type DocGrants = BTreeMap<String, DocGrant>;
+
+/// The in-memory identities. A write that changes the access index moves the store's grants
+/// version; the cache catches up by applying the changed entries
+/// ([`DatabaseStore::grant_changes_since`]): a user whose grants changed is recomputed from
+/// its cached grants (no re-read of every grant), every other user stays cached. A user that
+/// owns one channel per shared document therefore costs one map update per write, not a scan
+/// of all its grants.
+#[derive(Default)]
+struct Cache {
+    /// The store's grants version the cache is up to date with.
+    version: u64,
+    /// Bumped by every principal write: a computation that started before one is not kept.
+    epoch: u64,
+    users: HashMap<String, Arc<LoadedUser>>,
+    grants: HashMap<String, Arc<DocGrants>>,
+}
+
+impl Cache {
+    /// Applies the access-index changes since the cached version.
+    fn catch_up(&mut self, store: &dyn DatabaseStore) {
+        let now = store.grants_version();
+        if now == self.version {
+            return;
+        }
+        let Some((version, changes)) = store.grant_changes_since(self.version) else {
+            self.users.clear();
+            self.grants.clear();
+            self.version = now;
+            return;
+        };
+        let mut roles_changed = false;
+        for c in changes {
+            match c.kind {
+                PrincipalKind::User => {
+                    self.users.remove(&c.name);
+                    if let Some(g) = self.grants.get_mut(&c.name) {
+                        let g = Arc::make_mut(g);
+                        match c.grant {
+                            Some(grant) => g.insert(c.doc, grant),
+                            None => g.remove(&c.doc),
+                        };
+                    }
+                }
+                // a role's channels reach every user holding (or having lost) it
+                PrincipalKind::Role => roles_changed = true,
+            }
+        }
+        if roles_changed {
+            self.users.clear();
+        }
+        self.version = version;
+    }
 }
 
 impl Principals {
@@ -374,9 +428,12 @@ impl Principals {
         Principals {
             store,
             write: Mutex::new(()),
-            cache: Mutex::new(HashMap::new()),
-            cache_version: std::sync::atomic::AtomicU64::new(0),
+            cache: Mutex::new(Cache::default()),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn store(&self) -> &Arc<dyn DatabaseStore> {
@@ -431,7 +488,24 @@ impl Principals {
 
     /// The user's effective channels (with grant sequences) and roles.
     pub fn effective(&self, user: &UserRecord) -> Result<UserCtx, AuthError> {
-        Ok(self.effective_with_sources(user)?.0)
+        let grants = self.user_doc_grants(&user.name)?;
+        Ok(self.compute(user, &grants, false)?.0)
+    }
+
+    /// What documents grant a user, from the cache when it has them.
+    fn user_doc_grants(&self, name: &str) -> Result<Arc<DocGrants>, AuthError> {
+        {
+            let mut c = self.cache();
+            c.catch_up(&*self.store);
+            if let Some(g) = c.grants.get(name) {
+                return Ok(g.clone());
+            }
+        }
+        Ok(Arc::new(
+            self.doc_grants(PrincipalKind::User, name)?
+                .into_iter()
+                .collect(),
+        ))
     }
 
     /// What documents grant a principal (the sync function's `access()`/`role()`).
@@ -449,18 +523,32 @@ impl Principals {
         &self,
         user: &UserRecord,
     ) -> Result<(UserCtx, BTreeMap<String, BTreeSet<String>>), AuthError> {
+        let grants = self.user_doc_grants(&user.name)?;
+        self.compute(user, &grants, true)
+    }
+
+    /// The effective identity of `user` given what documents grant it, with the sources of
+    /// each channel when `with_sources`.
+    fn compute(
+        &self,
+        user: &UserRecord,
+        doc_grants: &DocGrants,
+        with_sources: bool,
+    ) -> Result<(UserCtx, BTreeMap<String, BTreeSet<String>>), AuthError> {
         let mut channels = BTreeMap::new();
         let mut sources: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut source = |c: &str, from: String| {
-            sources.entry(c.to_string()).or_default().insert(from);
+        let mut source = |c: &str, from: &dyn Fn() -> String| {
+            if with_sources {
+                sources.entry(c.to_string()).or_default().insert(from());
+            }
         };
         for (c, s) in &user.admin_channels {
             grant(&mut channels, c, *s);
-            source(c, "admin".into());
+            source(c, &|| "admin".into());
         }
         for (c, s) in &user.jwt_channels {
             grant(&mut channels, c, *s);
-            source(c, "token".into());
+            source(c, &|| "token".into());
         }
         // channel → latest revocation sequence
         let mut revoked: BTreeMap<String, u64> = BTreeMap::new();
@@ -478,10 +566,10 @@ impl Principals {
         }
         // roles lost → sequence of the loss
         let mut lost_roles: BTreeMap<String, u64> = user.revoked_roles.clone();
-        for (doc, g) in self.doc_grants(PrincipalKind::User, &user.name)? {
+        for (doc, g) in doc_grants {
             for (c, s) in &g.channels {
                 grant(&mut channels, c, *s);
-                source(c, format!("doc:{doc}"));
+                source(c, &|| format!("doc:{doc}"));
             }
             for (c, s) in &g.revoked_channels {
                 revoke(c, *s);
@@ -517,7 +605,7 @@ impl Principals {
             let (chans, gone) = role_channels(r)?;
             for (c, s) in &chans {
                 grant(&mut channels, c, (*s).max(*granted));
-                source(c, format!("role:{r}"));
+                source(c, &|| format!("role:{r}"));
             }
             for (c, s) in &gone {
                 // only a loss that happened while the user held the role
@@ -540,9 +628,9 @@ impl Principals {
         Ok((
             UserCtx {
                 name: (!user.is_guest()).then(|| user.name.clone()),
-                channels,
+                channels: Arc::new(channels),
                 roles: held.into_keys().collect(),
-                revoked,
+                revoked: Arc::new(revoked),
             },
             sources,
         ))
@@ -550,39 +638,47 @@ impl Principals {
 
     /// The user with its effective identity, from the in-memory cache when possible.
     pub fn load(&self, name: &str) -> Result<Option<Arc<LoadedUser>>, AuthError> {
-        // documents' grants change without a principal write: a cached identity is valid only
-        // while the access index is unchanged
-        let version = self.store.grants_version();
-        if let Ok(mut c) = self.cache.lock() {
-            if self
-                .cache_version
-                .swap(version, std::sync::atomic::Ordering::SeqCst)
-                != version
-            {
-                c.clear();
+        let (version, epoch, cached_grants) = {
+            let mut c = self.cache();
+            c.catch_up(&*self.store);
+            if let Some(u) = c.users.get(name) {
+                return Ok(Some(u.clone()));
             }
-            if let Some(u) = c.get(name).cloned() {
-                return Ok(Some(u));
-            }
-        }
+            (c.version, c.epoch, c.grants.get(name).cloned())
+        };
         let Some(record) = self.get_user(name)? else {
             return Ok(None);
         };
-        let ctx = self.effective(&record)?;
+        let grants = match cached_grants {
+            Some(g) => g,
+            None => Arc::new(
+                self.doc_grants(PrincipalKind::User, name)?
+                    .into_iter()
+                    .collect(),
+            ),
+        };
+        let ctx = self.compute(&record, &grants, false)?.0;
         let loaded = Arc::new(LoadedUser { record, ctx });
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= CTX_CACHE_CAPACITY {
-                c.clear();
+        let mut c = self.cache();
+        // kept only when nothing changed meanwhile (later changes are applied on the next
+        // catch-up; earlier ones would be missing from what was read)
+        if c.version == version && c.epoch == epoch {
+            if c.users.len() >= CTX_CACHE_CAPACITY {
+                c.users.clear();
             }
-            c.insert(name.to_string(), loaded.clone());
+            if c.grants.len() >= CTX_CACHE_CAPACITY {
+                c.grants.clear();
+            }
+            c.grants.entry(name.to_string()).or_insert(grants);
+            c.users.insert(name.to_string(), loaded.clone());
         }
         Ok(Some(loaded))
     }
 
     fn invalidate_cache(&self) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.clear();
-        }
+        let mut c = self.cache();
+        c.users.clear();
+        c.epoch += 1;
     }
 
     /// The admin API's JSON for a user (never the password or its hash).
@@ -956,6 +1052,65 @@ mod tests {
         assert!(RoleUpdate::from_json(json!({"admin_roles":[]})).is_err());
         let u = upd(json!({"password":"secret-pw"}));
         assert!(!format!("{u:?}").contains("secret-pw"));
+    }
+
+    /// Writes document `id` (child of `parent`) granting `user` the `channels`.
+    fn grant_doc(p: &Principals, id: &str, parent: Option<&str>, user: &str, channels: &[&str]) -> String {
+        let body = json!({"n": id});
+        let mut access = syncgate_storage::RevAccess::default();
+        if !channels.is_empty() {
+            access.channels.insert(
+                user.to_string(),
+                channels.iter().map(|c| c.to_string()).collect(),
+            );
+        }
+        let w = syncgate_storage::DocWrite::Edit {
+            id: id.into(),
+            parent: parent.map(Into::into),
+            deleted: false,
+            body: serde_json::to_vec(&body).unwrap(),
+            canonical: syncgate_storage::canonical_json(&body),
+            attachments: vec![],
+            channels: vec![],
+            access,
+            revs_limit: 1000,
+            must_exist: false,
+        };
+        let (mut r, _) = p.store().write_docs(vec![w]).unwrap();
+        r.remove(0).unwrap().rev
+    }
+
+    fn channel_names(p: &Principals, name: &str) -> Vec<String> {
+        let u = p.load(name).unwrap().unwrap();
+        u.ctx.channels.keys().cloned().collect()
+    }
+
+    #[test]
+    fn cached_identities_follow_document_grants_one_change_at_a_time() {
+        let (_d, p) = principals();
+        for n in ["u", "v"] {
+            p.write_user(n, &upd(json!({"password":"pw"})), Some("$h".into()), WriteMode::Create)
+                .unwrap();
+        }
+        let d1 = grant_doc(&p, "d1", None, "u", &["a"]);
+        assert_eq!(channel_names(&p, "u"), ["!", "a"]);
+        let v_before = p.load("v").unwrap().unwrap();
+        grant_doc(&p, "d2", None, "u", &["b"]);
+        assert_eq!(channel_names(&p, "u"), ["!", "a", "b"]);
+        // d1 no longer grants anything: a is revoked, b stays
+        grant_doc(&p, "d1", Some(&d1), "u", &[]);
+        let u = p.load("u").unwrap().unwrap();
+        assert_eq!(u.ctx.channels.keys().collect::<Vec<_>>(), ["!", "b"]);
+        assert!(u.ctx.revoked.contains_key("a"), "{:?}", u.ctx.revoked);
+        // the other user's identity was not recomputed: the grants changed only u's
+        assert!(Arc::ptr_eq(&v_before, &p.load("v").unwrap().unwrap()));
+        // what the cache caught up to is what a fresh computation from the store gives
+        let fresh = Principals::new(p.store().clone());
+        assert_eq!(fresh.load("u").unwrap().unwrap().ctx, u.ctx);
+        // a grant to v reaches v
+        grant_doc(&p, "d3", None, "v", &["c"]);
+        assert_eq!(channel_names(&p, "v"), ["!", "c"]);
+        assert_eq!(fresh.load("v").unwrap().unwrap().ctx, p.load("v").unwrap().unwrap().ctx);
     }
 
     #[test]

@@ -407,12 +407,12 @@ impl Database {
                 .is_none_or(|f| f.contains(c) || f.contains(ALL_CHANNELS))
         };
         let mut by_seq: std::collections::BTreeMap<(u64, bool), Vec<String>> = Default::default();
-        for (c, g) in &user.channels {
+        for (c, g) in user.channels.iter() {
             if *g > base && *g <= end && visible.contains(c) {
                 by_seq.entry((*g, false)).or_default().push(c.clone());
             }
         }
-        for (c, r) in &user.revoked {
+        for (c, r) in user.revoked.iter() {
             if *r > base && *r <= end && filter_ok(c) {
                 by_seq.entry((*r, true)).or_default().push(c.clone());
             }

@@ -16,6 +16,7 @@
 //! is what every backend must pass.
 
 pub mod combine;
+pub mod grant_log;
 pub mod json;
 pub mod model;
 pub mod revtree;
@@ -170,6 +171,14 @@ pub trait DatabaseStore: Send + Sync {
     /// Changes whenever a write changes the access index (so computed channel sets can be
     /// cached until then).
     fn grants_version(&self) -> u64;
+    /// The access-index entries written after grants version `since`, oldest first, each
+    /// with its new state — what a cache of effective channels applies to catch up with
+    /// [`DatabaseStore::grants_version`]. `None` when the store cannot tell (it keeps a bounded
+    /// history, or none): the caller then drops everything it computed.
+    fn grant_changes_since(&self, since: u64) -> Option<(u64, Vec<GrantChange>)> {
+        let _ = since;
+        None
+    }
 
     /// Applies new channels and grants to documents' winning revisions ([`Restamp`]), in
     /// order, as one batch: each gets its new sequence, or `None` when `rev` no longer wins

@@ -387,6 +387,17 @@ pub struct DocGrant {
     pub revoked_roles: std::collections::BTreeMap<String, u64>,
 }
 
+/// One access-index entry as a write batch left it: what document `doc` now grants the user
+/// or role `name` (`None`: nothing any more). Caches of effective channels apply these
+/// instead of re-reading every grant of a principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantChange {
+    pub kind: crate::PrincipalKind,
+    pub name: String,
+    pub doc: String,
+    pub grant: Option<DocGrant>,
+}
+
 impl DocGrant {
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()

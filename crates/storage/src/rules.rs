@@ -68,7 +68,7 @@ pub trait BatchBackend {
 }
 
 /// What a finished batch changed besides its operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchSummary {
     /// The last sequence the batch assigned (the first sequence - 1 when it assigned none).
     pub last_seq: u64,
@@ -76,6 +76,8 @@ pub struct BatchSummary {
     pub doc_delta: i64,
     /// Whether the batch changed the access index.
     pub grants_changed: bool,
+    /// The access-index entries the batch wrote, with their new state.
+    pub grant_changes: Vec<GrantChange>,
 }
 
 /// One write batch being assembled: documents, bodies and attachments written earlier in the
@@ -247,6 +249,16 @@ impl<B: BatchBackend> DocBatch<B> {
             last_seq: self.next_seq - 1,
             doc_delta: self.doc_delta,
             grants_changed: self.grants_changed,
+            grant_changes: self
+                .grants
+                .into_iter()
+                .map(|((kind, name, doc), grant)| GrantChange {
+                    kind,
+                    name,
+                    doc,
+                    grant,
+                })
+                .collect(),
         };
         Ok((self.backend, summary))
     }

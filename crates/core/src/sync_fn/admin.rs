@@ -114,6 +114,7 @@ fn default_decision(id: &str, json: &[u8]) -> Result<Decision> {
     Ok(Decision {
         channels: crate::docs::channels_of(&view),
         access: Default::default(),
+        consulted: false,
     })
 }
 
@@ -194,11 +195,18 @@ impl Database {
         let outcome = match f {
             Some(f) => {
                 let old = old_doc.filter(|o| !o.is_null()).map(Value::to_string);
-                f.run(id, doc.to_string(), old, user_ctx).await
+                let user = match user_ctx {
+                    Some(t) => Some(Arc::new(
+                        super::call_user_from_json(&t).map_err(Error::bad)?,
+                    )),
+                    None => None,
+                };
+                f.run(id, doc.to_string(), old, user).await
             }
             None => Ok(Decision {
                 channels: crate::docs::channels_of(view),
                 access: Default::default(),
+                consulted: false,
             }),
         };
         let (decision, exception) = match outcome {

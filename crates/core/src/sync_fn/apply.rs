@@ -255,7 +255,7 @@ impl Database {
         caller: &Caller,
         writes: Vec<DocWrite>,
     ) -> Vec<Decided> {
-        let ctx = super::user_ctx_json(caller);
+        let ctx = super::call_user(caller);
         let mut pending = Vec::with_capacity(writes.len());
         for w in writes {
             let (call, switch) = match self.sync_inputs(&w) {
@@ -306,12 +306,28 @@ impl Database {
         while !pending.is_empty() {
             let mut decided = self.decide(&f, &caller, pending).await;
             // a document that grants the caller something: the later ones are decided again
-            // once it is written
+            // once it is written — when one of them read the caller's channels or roles, or
+            // was refused (calls that read neither are decided the same either way)
+            let consulted_after = {
+                let mut seen = false;
+                let mut after = vec![false; decided.len()];
+                for (i, d) in decided.iter().enumerate().rev() {
+                    after[i] = seen;
+                    seen |= match &d.outcome {
+                        Ok(Some(dec)) => dec.consulted,
+                        Ok(None) => false,
+                        Err(_) => true,
+                    };
+                }
+                after
+            };
             let cut = decided
                 .iter()
-                .position(
-                    |d| matches!(&d.outcome, Ok(Some(dec)) if grants_to(&caller, &dec.access)),
-                )
+                .enumerate()
+                .position(|(i, d)| {
+                    consulted_after[i]
+                        && matches!(&d.outcome, Ok(Some(dec)) if grants_to(&caller, &dec.access))
+                })
                 .map(|i| i + 1)
                 .unwrap_or(decided.len());
             pending = decided

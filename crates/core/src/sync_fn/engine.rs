@@ -4,6 +4,8 @@
 //! An interrupt handler stops a call that runs past the timeout, and the runtime that ran it is
 //! replaced (as is one that ran out of memory).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,13 +55,37 @@ pub enum CallError {
     TimedOut,
 }
 
-/// One call's inputs as JSON text.
+/// Who a call acts for: what `requireUser`, `requireRole` and `requireAccess` check.
+#[derive(Debug, Clone, Default)]
+pub struct CallUser {
+    /// The user's name (`""` for GUEST).
+    pub name: String,
+    pub roles: Vec<String>,
+    /// The user's channels: looked up by `requireAccess`, never copied into the runtime (a
+    /// user may hold one channel per shared document).
+    pub channels: Arc<BTreeMap<String, u64>>,
+}
+
+/// One call's inputs: the documents as JSON text.
 #[derive(Debug, Clone)]
 pub struct CallInput {
     pub doc: String,
     pub old_doc: Option<String>,
-    /// `{"name","roles":[…],"channels":[…]}`, or `None` for the admin (every `require*` passes).
-    pub user_ctx: Option<String>,
+    /// `None` for the admin (every `require*` passes).
+    pub user: Option<Arc<CallUser>>,
+}
+
+thread_local! {
+    /// The user of the call running on this worker thread (read by `requireAccess`).
+    static CALL_USER: RefCell<Option<Arc<CallUser>>> = const { RefCell::new(None) };
+}
+
+/// Whether the current call's user holds `channel` (`*` included).
+fn has_channel(channel: String) -> bool {
+    CALL_USER.with(|u| match &*u.borrow() {
+        None => true,
+        Some(u) => u.channels.contains_key(&channel) || u.channels.contains_key("*"),
+    })
 }
 
 /// What the helpers collected, as the JSON text `{"channels","access","roles"}`.
@@ -160,6 +186,10 @@ impl Vm {
                     message,
                 }
             };
+            let has = Function::new(ctx.clone(), has_channel).map_err(|e| fail(&ctx, e))?;
+            ctx.globals()
+                .set("__sg_has_channel", has)
+                .map_err(|e| fail(&ctx, e))?;
             ctx.eval_with_options::<(), _>(PRELUDE, eval_options("prelude"))
                 .map_err(|e| fail(&ctx, e))?;
             let wrapped = format!("(\n{source}\n)");
@@ -184,6 +214,12 @@ impl Vm {
         let limit = self.base.elapsed() + timeout;
         self.deadline
             .store(limit.as_nanos() as u64, Ordering::Relaxed);
+        // the helpers see the name and roles as JSON; the channels through `has_channel`
+        let user_ctx = input
+            .user
+            .as_ref()
+            .map(|u| serde_json::json!({"name": u.name, "roles": u.roles}).to_string());
+        CALL_USER.with(|u| *u.borrow_mut() = input.user.clone());
         let result = self.ctx.with(|ctx| {
             let run = match self.run.clone().restore(&ctx) {
                 Ok(f) => f,
@@ -192,7 +228,7 @@ impl Vm {
             let out: rquickjs::Result<String> = run.call((
                 input.doc.as_str(),
                 input.old_doc.as_deref(),
-                input.user_ctx.as_deref(),
+                user_ctx.as_deref(),
             ));
             match out {
                 Ok(s) => (Ok(s), false),
@@ -212,6 +248,7 @@ impl Vm {
             }
         });
         self.deadline.store(u64::MAX, Ordering::Relaxed);
+        CALL_USER.with(|u| *u.borrow_mut() = None);
         result
     }
 }
@@ -324,7 +361,7 @@ mod tests {
         CallInput {
             doc: doc.into(),
             old_doc: old.map(str::to_string),
-            user_ctx: ctx.map(str::to_string),
+            user: ctx.map(|c| Arc::new(super::super::call_user_from_json(c).unwrap())),
         }
     }
 
@@ -382,18 +419,26 @@ mod tests {
         let bob = Some(r#"{"name":"bob","roles":[],"channels":["*"]}"#);
         let owner = Some(r#"{"owner":"alice"}"#);
         let ok = r#"{"channels":[],"access":{},"roles":{}}"#;
+        // requireRole/requireAccess say they read the caller's roles or channels
+        let consulted = r#"{"channels":[],"access":{},"roles":{},"consulted":true}"#;
         assert_eq!(call(r#"{"t":"user"}"#, owner, alice).await.unwrap(), ok);
         assert_eq!(
             call(r#"{"t":"user"}"#, owner, bob).await.unwrap(),
             r#"{"reject":403,"reason":"sg wrong user"}"#
         );
         assert_eq!(call(r#"{"t":"user"}"#, owner, None).await.unwrap(), ok);
-        assert_eq!(call(r#"{"t":"role"}"#, None, alice).await.unwrap(), ok);
+        assert_eq!(call(r#"{"t":"role"}"#, None, alice).await.unwrap(), consulted);
         assert_eq!(
             call(r#"{"t":"role"}"#, None, bob).await.unwrap(),
             r#"{"reject":403,"reason":"sg missing role"}"#
         );
-        assert_eq!(call(r#"{"t":"acc"}"#, None, bob).await.unwrap(), ok);
+        assert_eq!(call(r#"{"t":"acc"}"#, None, bob).await.unwrap(), consulted);
+        assert_eq!(call(r#"{"t":"acc"}"#, None, alice).await.unwrap(), consulted);
+        let carol = Some(r#"{"name":"carol","roles":[],"channels":["d"]}"#);
+        assert_eq!(
+            call(r#"{"t":"acc"}"#, None, carol).await.unwrap(),
+            r#"{"reject":403,"reason":"sg missing channel access"}"#
+        );
         assert_eq!(
             call(r#"{"t":"admin"}"#, None, alice).await.unwrap(),
             r#"{"reject":403,"reason":"sg admin required"}"#

@@ -10,13 +10,14 @@ pub mod apply;
 pub mod engine;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use syncgate_auth::{Caller, GUEST};
 use syncgate_storage::RevAccess;
 
-pub use engine::{check, CallError, CallInput, CompileError, Engine};
+pub use engine::{check, CallError, CallInput, CallUser, CompileError, Engine};
 
 use crate::error::{Error, Result};
 
@@ -34,6 +35,8 @@ pub struct Decision {
     pub channels: Vec<String>,
     /// Grants from `access()`/`role()`.
     pub access: RevAccess,
+    /// Whether the call read the caller's channels or roles (`requireAccess`/`requireRole`).
+    pub consulted: bool,
 }
 
 /// A configured sync function: its source and the worker pool running it.
@@ -65,6 +68,8 @@ struct RawOutput {
     roles: BTreeMap<String, Vec<String>>,
     reject: Option<u16>,
     reason: Option<String>,
+    #[serde(default)]
+    consulted: bool,
 }
 
 /// Valid channel name: non-empty, no comma, no NUL.
@@ -145,20 +150,37 @@ fn decide(raw: RawOutput) -> std::result::Result<Decision, String> {
     Ok(Decision {
         channels: channels.into_iter().collect(),
         access,
+        consulted: raw.consulted,
     })
 }
 
-/// The `userCtx` the helpers see: `None` for the admin.
-pub fn user_ctx_json(caller: &Caller) -> Option<String> {
+/// Who the helpers check: `None` for the admin. Shares the caller's channel map.
+pub fn call_user(caller: &Caller) -> Option<Arc<CallUser>> {
     let u = caller.user()?;
-    Some(
-        serde_json::json!({
-            "name": u.name.clone().unwrap_or_default(),
-            "roles": u.roles,
-            "channels": u.channels.keys().collect::<Vec<_>>(),
-        })
-        .to_string(),
-    )
+    Some(Arc::new(CallUser {
+        name: u.name.clone().unwrap_or_default(),
+        roles: u.roles.iter().cloned().collect(),
+        channels: u.channels.clone(),
+    }))
+}
+
+/// A `userCtx` given as JSON (the dry run's): `{"name","roles":[…],"channels":[…]}`.
+pub fn call_user_from_json(text: &str) -> std::result::Result<CallUser, String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        roles: Vec<String>,
+        #[serde(default)]
+        channels: Vec<String>,
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|e| format!("userCtx: {e}"))?;
+    Ok(CallUser {
+        name: raw.name.unwrap_or_default(),
+        roles: raw.roles,
+        channels: Arc::new(raw.channels.into_iter().map(|c| (c, 1)).collect()),
+    })
 }
 
 impl SyncFunction {
@@ -189,9 +211,9 @@ impl SyncFunction {
         doc_id: &str,
         doc: String,
         old_doc: Option<String>,
-        user_ctx: Option<String>,
+        user: Option<Arc<CallUser>>,
     ) -> Result<Decision> {
-        self.submit(doc_id.to_string(), doc, old_doc, user_ctx)
+        self.submit(doc_id.to_string(), doc, old_doc, user)
             .await
     }
 
@@ -202,13 +224,9 @@ impl SyncFunction {
         doc_id: String,
         doc: String,
         old_doc: Option<String>,
-        user_ctx: Option<String>,
+        user: Option<Arc<CallUser>>,
     ) -> impl std::future::Future<Output = Result<Decision>> + Send + 'static {
-        let pending = self.engine.submit(CallInput {
-            doc,
-            old_doc,
-            user_ctx,
-        });
+        let pending = self.engine.submit(CallInput { doc, old_doc, user });
         async move { interpret(&doc_id, pending.await) }
     }
 }

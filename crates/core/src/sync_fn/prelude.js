@@ -2,6 +2,9 @@
 // compiled. The helpers are frozen globals; the state of one call lives in `out` and `ctx`.
 (function (g) {
   "use strict";
+  // the native lookup of the caller's channels, kept here and removed from the globals
+  var hasChannel = g.__sg_has_channel;
+  delete g.__sg_has_channel;
   var out = null;
   var ctx = null;
   function add(list, v) {
@@ -39,15 +42,16 @@
     },
     requireRole: function (roles) {
       if (ctx === null) return;
+      out.consulted = true;
       var l = names(roles);
       for (var i = 0; i < l.length; i++) if (ctx.roles.indexOf(l[i]) >= 0) return;
       forbid("sg missing role");
     },
     requireAccess: function (channels) {
       if (ctx === null) return;
+      out.consulted = true;
       var l = names(channels);
-      if (l.length > 0 && ctx.channels.indexOf("*") >= 0) return;
-      for (var i = 0; i < l.length; i++) if (ctx.channels.indexOf(l[i]) >= 0) return;
+      for (var i = 0; i < l.length; i++) if (hasChannel(l[i])) return;
       forbid("sg missing channel access");
     }
   };
@@ -63,6 +67,9 @@
       throw new TypeError("the sync function source does not evaluate to a function");
     }
     return function (docText, oldText, ctxText) {
+      // `out.consulted` (set by requireRole/requireAccess): the call read the caller's
+      // channels or roles, so a grant to the caller earlier in the same request could change
+      // its outcome
       out = { channels: [], access: {}, roles: {} };
       ctx = ctxText == null ? null : JSON.parse(ctxText);
       var doc = JSON.parse(docText);

@@ -140,7 +140,7 @@ impl Store {
             notify: tx,
             views: Mutex::new(BTreeMap::new()),
             docs_read: AtomicU64::new(0),
-            grants_version: AtomicU64::new(0),
+            grants: crate::grant_log::GrantLog::default(),
         }))
     }
 }
@@ -224,8 +224,9 @@ pub struct SledDatabase {
     /// show are kept until it closes.
     views: Mutex<BTreeMap<u64, usize>>,
     docs_read: AtomicU64,
-    /// Bumped after every batch that changed the access index.
-    grants_version: AtomicU64,
+    /// The access index's version (bumped after every batch that changed it) and its recent
+    /// changes.
+    grants: crate::grant_log::GrantLog,
 }
 
 impl SledDatabase {
@@ -423,7 +424,11 @@ impl DatabaseStore for SledDatabase {
     }
 
     fn grants_version(&self) -> u64 {
-        self.grants_version.load(Ordering::SeqCst)
+        self.grants.version()
+    }
+
+    fn grant_changes_since(&self, since: u64) -> Option<(u64, Vec<GrantChange>)> {
+        self.grants.since(since)
     }
 
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {

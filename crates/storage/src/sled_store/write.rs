@@ -143,7 +143,7 @@ impl SledDatabase {
         self.collect_superseded(&mut batch, (2 * writes).max(GC_PER_BATCH))?;
         let ticket = self.finish(batch, summary.last_seq, summary.doc_delta)?;
         if summary.grants_changed {
-            self.grants_version.fetch_add(1, Ordering::SeqCst);
+            self.grants.record(summary.grant_changes);
         }
         Ok((results, ticket))
     }
@@ -167,7 +167,7 @@ impl SledDatabase {
         self.collect_superseded(&mut batch, (2 * n).max(GC_PER_BATCH))?;
         let ticket = self.finish(batch, summary.last_seq, summary.doc_delta)?;
         if summary.grants_changed {
-            self.grants_version.fetch_add(1, Ordering::SeqCst);
+            self.grants.record(summary.grant_changes);
         }
         Ok((results, ticket))
     }
