@@ -86,7 +86,7 @@ impl Application {
             println!("syncgate: {name} listener on {scheme}://{a}");
         }
         for db in server.databases() {
-            tracing::info!(db = %db.name, docs = db.store.doc_count().unwrap_or(0), seq = db.store.last_seq(), "database online");
+            tracing::info!(db = %db.name(), docs = db.doc_count().unwrap_or(0), seq = db.last_seq(), "database online");
         }
         if let Ok(admin) = parse_addr(server.config.admin_interface()) {
             if !admin.ip().is_loopback() {

@@ -109,23 +109,23 @@ pub fn render(server: &Server, http: &HttpMetrics) -> String {
     let docs = Family::<Labels, Gauge>::default();
     let auth = Family::<Labels, Counter>::default();
     for db in server.databases() {
-        let l = vec![("db".to_string(), db.name.clone())];
+        let l = vec![("db".to_string(), db.name().to_string())];
         feeds
             .get_or_create(&l)
-            .set(db.metrics.feeds_active.load(Ordering::SeqCst));
+            .set(db.metrics().feeds_active.load(Ordering::SeqCst));
         written
             .get_or_create(&l)
-            .inc_by(db.metrics.docs_written.load(Ordering::Relaxed));
-        read.get_or_create(&l).inc_by(db.store.docs_read());
+            .inc_by(db.metrics().docs_written.load(Ordering::Relaxed));
+        read.get_or_create(&l).inc_by(db.docs_read());
         docs.get_or_create(&l)
-            .set(db.store.doc_count().unwrap_or(0) as i64);
+            .set(db.doc_count().unwrap_or(0) as i64);
         for why in syncgate_core::database::AuthFailure::ALL {
             let labels = vec![
-                ("db".to_string(), db.name.clone()),
+                ("db".to_string(), db.name().to_string()),
                 ("reason".to_string(), why.label().to_string()),
             ];
             auth.get_or_create(&labels)
-                .inc_by(db.metrics.auth_failures(why));
+                .inc_by(db.metrics().auth_failures(why));
         }
     }
     reg.register(

@@ -27,7 +27,7 @@ fn ok(status: u16) -> Reply {
 
 /// `/{db}/_user/…`; `rest` is the path after `_user`.
 pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Result<Reply> {
-    let auth = &db.auth;
+    let auth = &db.auth();
     match rest {
         [] => match req.method {
             Method::GET | Method::HEAD => {
@@ -145,7 +145,7 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
 
 /// `/{db}/_role/…`.
 pub async fn role_routes(db: &Database, req: &Request, rest: &[String]) -> Result<Reply> {
-    let auth = &db.auth;
+    let auth = &db.auth();
     match rest {
         [] => match req.method {
             Method::GET | Method::HEAD => {
@@ -199,7 +199,7 @@ fn ttl(v: Option<&Value>) -> Result<Option<Duration>> {
 
 /// `/{db}/_session…` on the admin port.
 pub async fn session_routes(db: &Database, req: &Request, rest: &[String]) -> Result<Reply> {
-    let auth = &db.auth;
+    let auth = &db.auth();
     match rest {
         [] => match req.method {
             Method::POST => {

@@ -75,7 +75,7 @@ fn listed(list: &[String], origin: &str) -> bool {
 /// The policy for a request to `db` (or to no database): the database's own `cors`, else the
 /// server's `CORS`; `None` when neither is configured.
 pub fn policy<'a>(server: &'a Server, db: Option<&'a Database>) -> Option<CorsPolicy<'a>> {
-    let p = match db.and_then(|d| d.config.cors.as_ref()) {
+    let p = match db.and_then(|d| d.config().cors.as_ref()) {
         Some(c) => CorsPolicy::from_db(c),
         None => CorsPolicy::from_server(server.config.cors.as_ref()?),
     };

@@ -44,14 +44,14 @@ struct FeedGuard(Arc<Database>);
 
 impl FeedGuard {
     fn new(db: Arc<Database>) -> Self {
-        db.metrics.feeds_active.fetch_add(1, Ordering::SeqCst);
+        db.metrics().feeds_active.fetch_add(1, Ordering::SeqCst);
         FeedGuard(db)
     }
 }
 
 impl Drop for FeedGuard {
     fn drop(&mut self) {
-        self.0.metrics.feeds_active.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics().feeds_active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -195,7 +195,7 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
         .map(|h| Value::String(h.to_string()));
     let since = match last_event_id.or_else(|| param(req, &body, "since")) {
         None => Since::default(),
-        Some(v) => Since::parse(&v, db.store.last_seq())?,
+        Some(v) => Since::parse(&v, db.last_seq())?,
     };
     let mut opts = ChangesOptions {
         since,

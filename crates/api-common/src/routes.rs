@@ -111,7 +111,7 @@ pub async fn db_route(
         Some("_ensure_full_commit") if rest.len() == 1 => match *m {
             Method::POST => Ok(json_reply(
                 201,
-                &json!({"ok": true, "instance_start_time": db.start_time.to_string()}),
+                &json!({"ok": true, "instance_start_time": db.start_time().to_string()}),
             )),
             _ => Err(method_not_allowed(req)),
         },

@@ -74,21 +74,17 @@ impl DbMetrics {
 
 /// One database: its store, authenticator and settings. Both ports' handlers run against it.
 pub struct Database {
-    pub name: String,
-    pub config: DbConfig,
-    pub store: Arc<dyn DatabaseStore>,
-    pub auth: Authenticator,
+    pub(crate) name: String,
+    pub(crate) config: DbConfig,
+    pub(crate) store: Arc<dyn DatabaseStore>,
+    pub(crate) auth: Authenticator,
     /// Microseconds since the epoch when this database was opened.
-    pub start_time: u64,
-    pub metrics: DbMetrics,
+    pub(crate) start_time: u64,
+    pub(crate) metrics: DbMetrics,
     /// Set when the server shuts down: open feeds end.
-    pub shutdown: watch::Receiver<bool>,
-    /// Whether the server serves TLS (cookie `Secure` default).
-    pub tls: bool,
-    /// Whether CORS origins are configured for this database (cookie `SameSite` default).
-    pub cors_configured: bool,
+    pub(crate) shutdown: watch::Receiver<bool>,
     /// The OpenID Connect authorization-code flow (`_oidc*`), when `oidc` is configured.
-    pub code_flow: Option<CodeFlow>,
+    pub(crate) code_flow: Option<CodeFlow>,
     /// The sync function; `None` = the default (`channel(doc.channels)`, native).
     pub(crate) sync: RwLock<Option<Arc<SyncFunction>>>,
     /// The config file's sync function as read at startup (what a function set through the
@@ -101,6 +97,48 @@ pub struct Database {
 }
 
 impl Database {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &DbConfig {
+        &self.config
+    }
+
+    /// Users, roles, sessions and the public port's authentication.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    pub fn metrics(&self) -> &DbMetrics {
+        &self.metrics
+    }
+
+    /// Microseconds since the epoch when this database was opened.
+    pub fn start_time(&self) -> u64 {
+        self.start_time
+    }
+
+    /// The OpenID Connect authorization-code flow, when `oidc` is configured.
+    pub fn code_flow(&self) -> Option<&CodeFlow> {
+        self.code_flow.as_ref()
+    }
+
+    /// The last durable sequence (what `_changes` shows).
+    pub fn last_seq(&self) -> u64 {
+        self.store.last_seq()
+    }
+
+    /// Live documents, for metrics and the startup line.
+    pub fn doc_count(&self) -> Result<u64> {
+        Ok(self.store.doc_count()?)
+    }
+
+    /// Document trees, bodies and change entries read from the store (the `docs_read` metric).
+    pub fn docs_read(&self) -> u64 {
+        self.store.docs_read()
+    }
+
     /// The configured sync function (`None`: the native default).
     pub fn sync_function(&self) -> Option<Arc<SyncFunction>> {
         self.sync.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -244,8 +282,6 @@ impl Server {
             start_time: now_micros(),
             metrics: DbMetrics::default(),
             shutdown: self.shutdown_tx.subscribe(),
-            tls: self.config.tls(),
-            cors_configured,
             code_flow,
         });
         self.dbs

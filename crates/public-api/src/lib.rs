@@ -97,7 +97,7 @@ fn count_auth_failure(db: &Database, req: &Request, e: &Error) {
         }
         _ => return,
     };
-    db.metrics.auth_failed(why);
+    db.metrics().auth_failed(why);
 }
 
 /// Adds `WWW-Authenticate` to a 401 only for clients that can show a native login prompt:
@@ -113,7 +113,7 @@ fn error_with_challenge(e: &Error, req: &Request, db: Option<&Database>) -> Repl
         }
     ) && req.header("origin").is_none()
         && req.header("x-requested-with").is_none()
-        && !db.is_some_and(|d| d.config.disable_password_auth.unwrap_or(false));
+        && !db.is_some_and(|d| d.config().disable_password_auth.unwrap_or(false));
     if challenge {
         with_header(r, "www-authenticate", "Basic realm=\"syncgate\"")
     } else {
@@ -187,7 +187,7 @@ async fn dispatch(
 
 /// The database's session cookie value on this request, if any.
 fn session_cookie<'a>(db: &Database, req: &'a Request) -> Option<&'a str> {
-    let name = db.config.cookie_name();
+    let name = db.config().cookie_name();
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -208,7 +208,7 @@ fn credentials<'a>(db: &Database, req: &'a Request) -> Credentials<'a> {
 
 /// Runs the database's authentication pipeline for this request.
 pub async fn authenticate(db: &Database, req: &Request) -> Result<Authenticated> {
-    Ok(db.auth.authenticate(&credentials(db, req)).await?)
+    Ok(db.auth().authenticate(&credentials(db, req)).await?)
 }
 
 /// `POST /{db}/_session` body: `{"name","password"}`, both optional, nothing else.
@@ -256,7 +256,7 @@ async fn session(
     match req.method {
         Method::GET | Method::HEAD => {
             // a bad cookie is ignored here; anonymous callers get name null
-            let a = db.auth.authenticate_optional(&creds).await?;
+            let a = db.auth().authenticate_optional(&creds).await?;
             let user = a.map(|a| {
                 pending.set_cookie = a.set_cookie;
                 a.user
@@ -271,7 +271,7 @@ async fn session(
             let body = login_body(req)?;
             let name = match body.name {
                 Some(name) => {
-                    if db.auth.settings().disable_password_auth {
+                    if db.auth().settings().disable_password_auth {
                         return Err(Error::Unauthorized {
                             reason: "Password authentication is disabled for this database".into(),
                             challenge: false,
@@ -279,14 +279,14 @@ async fn session(
                     }
                     let password = body.password.unwrap_or_default();
                     let user = db
-                        .auth
+                        .auth()
                         .check_password(&name, &password, creds.client_addr)
                         .await
                         .map_err(no_challenge)?;
                     user.record.name.clone()
                 }
                 None => {
-                    let a = db.auth.authenticate_optional(&creds).await?;
+                    let a = db.auth().authenticate_optional(&creds).await?;
                     match a.and_then(|a| a.user.name) {
                         Some(n) => n,
                         None => {
@@ -299,7 +299,7 @@ async fn session(
                 }
             };
             let s = db
-                .auth
+                .auth()
                 .create_session(&name, None, one_time)
                 .await
                 .map_err(|e| match e {
@@ -309,7 +309,7 @@ async fn session(
                     },
                     e => e.into(),
                 })?;
-            let user = db.auth.principals().load(&name)?.map(|u| u.ctx.clone());
+            let user = db.auth().principals().load(&name)?.map(|u| u.ctx.clone());
             let mut body = routes::session_info(user.as_ref());
             if one_time {
                 body["one_time_session_id"] = json!(s.id);
@@ -322,12 +322,12 @@ async fn session(
                 return Err(no_cors());
             }
             // a bad cookie is a 401 here (the caller must be logged in)
-            db.auth.authenticate(&creds).await?;
+            db.auth().authenticate(&creds).await?;
             let Some(id) = creds.session_cookie else {
                 return Err(Error::not_found("no session"));
             };
-            db.auth.delete_session(id).await?;
-            pending.set_cookie = Some(db.auth.cookie().clear_cookie());
+            db.auth().delete_session(id).await?;
+            pending.set_cookie = Some(db.auth().cookie().clear_cookie());
             Ok(json_reply(200, &json!({"ok": true})))
         }
         _ => Err(Error::MethodNotAllowed(format!(

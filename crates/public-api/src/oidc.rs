@@ -22,10 +22,10 @@ pub const ENDPOINTS: [&str; 4] = [
 ];
 
 fn flow(db: &Database) -> Result<&CodeFlow> {
-    db.code_flow.as_ref().ok_or_else(|| {
+    db.code_flow().ok_or_else(|| {
         Error::bad(format!(
             "OpenID Connect not configured for database {}",
-            db.name
+            db.name()
         ))
     })
 }
@@ -54,7 +54,7 @@ pub async fn handle(
                     req.q("provider"),
                     req.q_bool("offline")?,
                     req.q("return_to"),
-                    db.auth.cookie(),
+                    db.auth().cookie(),
                 )
                 .await?;
             pending.extra_cookies.push(start.set_cookie);
@@ -94,16 +94,16 @@ pub async fn handle(
             // the login cookie is used up with the transaction, whatever the outcome
             pending
                 .extra_cookies
-                .push(login_cookie(db.auth.cookie(), "", 0));
+                .push(login_cookie(db.auth().cookie(), "", 0));
             let login = flow
-                .callback(&q, cookie(req, LOGIN_COOKIE), db.auth.principals())
+                .callback(&q, cookie(req, LOGIN_COOKIE), db.auth().principals())
                 .await?;
             answer(db, login, pending).await
         }
         _ => {
             let (token, provider) = refresh_params(req)?;
             let login = flow
-                .refresh(provider.as_deref(), &token, db.auth.principals())
+                .refresh(provider.as_deref(), &token, db.auth().principals())
                 .await?;
             answer(db, login, pending).await
         }
@@ -187,7 +187,7 @@ async fn answer(db: &Database, login: Login, pending: &mut Pending) -> Result<Re
         None
     } else {
         let s = db
-            .auth
+            .auth()
             .create_session(&login.username, login.session_ttl, false)
             .await
             .map_err(|e| match e {
