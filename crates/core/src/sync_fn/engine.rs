@@ -6,8 +6,8 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rquickjs::context::EvalOptions;
@@ -263,7 +263,17 @@ pub fn check(source: &str) -> Result<(), CompileError> {
 /// once the calls already queued are answered.
 pub struct Engine {
     source: Arc<str>,
+    /// One queue per worker (no lock shared between workers): a call goes to the worker with
+    /// the fewest calls queued.
+    workers: Vec<WorkerQueue>,
+    /// Where the search for the least busy worker starts (rotates, to spread ties).
+    next: AtomicUsize,
+}
+
+struct WorkerQueue {
     tx: mpsc::Sender<Job>,
+    /// Calls sent to this worker and not answered yet.
+    queued: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -278,22 +288,28 @@ impl Engine {
     pub fn start(source: &str, timeout: Duration, workers: usize) -> Result<Engine, CompileError> {
         check(source)?;
         let source: Arc<str> = Arc::from(source);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let mut queues = Vec::new();
         for i in 0..workers.max(1) {
-            let rx = rx.clone();
+            let (tx, rx) = mpsc::channel::<Job>();
+            let queued = Arc::new(AtomicUsize::new(0));
             let src = source.clone();
+            let count = queued.clone();
             std::thread::Builder::new()
                 .name(format!("sync-fn-{i}"))
                 .stack_size(THREAD_STACK)
-                .spawn(move || worker(&src, timeout, &rx))
+                .spawn(move || worker(&src, timeout, &rx, &count))
                 .map_err(|e| CompileError {
                     line: 0,
                     column: 0,
                     message: format!("cannot start a JavaScript worker thread: {e}"),
                 })?;
+            queues.push(WorkerQueue { tx, queued });
         }
-        Ok(Engine { source, tx })
+        Ok(Engine {
+            source,
+            workers: queues,
+            next: AtomicUsize::new(0),
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -312,7 +328,14 @@ impl Engine {
         input: CallInput,
     ) -> impl std::future::Future<Output = CallResult> + Send + 'static {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let sent = self.tx.send(Job { input, reply }).is_ok();
+        let n = self.workers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let w = (0..n)
+            .map(|i| &self.workers[(start + i) % n])
+            .min_by_key(|w| w.queued.load(Ordering::Relaxed))
+            .unwrap_or(&self.workers[0]);
+        w.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = w.tx.send(Job { input, reply }).is_ok();
         async move {
             if !sent {
                 return Err(CallError::Exception(
@@ -325,20 +348,14 @@ impl Engine {
     }
 }
 
-fn worker(source: &str, timeout: Duration, rx: &Mutex<mpsc::Receiver<Job>>) {
+fn worker(source: &str, timeout: Duration, rx: &mpsc::Receiver<Job>, queued: &AtomicUsize) {
     let mut vm: Option<Vm> = None;
-    loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            }
-        };
+    while let Ok(job) = rx.recv() {
         if vm.is_none() {
             match Vm::new(source) {
                 Ok(v) => vm = Some(v),
                 Err(e) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
                     let _ = job.reply.send(Err(CallError::Exception(e.to_string())));
                     continue;
                 }
@@ -349,6 +366,7 @@ fn worker(source: &str, timeout: Duration, rx: &Mutex<mpsc::Receiver<Job>>) {
         if replace {
             vm = None;
         }
+        queued.fetch_sub(1, Ordering::Relaxed);
         let _ = job.reply.send(result);
     }
 }
