@@ -348,27 +348,9 @@ impl Engine {
     }
 }
 
-/// Times a worker yields its core and looks again before it sleeps on an empty queue: under
-/// load the next call arrives within microseconds, and a sleeping worker costs each sender a
-/// wake-up (a futex call and a context switch on both sides). Idle, this costs a few dozen
-/// `sched_yield` calls per call served.
-const POLLS_BEFORE_SLEEP: usize = 64;
-
-/// The next call for a worker; `None` when the engine is gone.
-fn next_job(rx: &mpsc::Receiver<Job>) -> Option<Job> {
-    for _ in 0..POLLS_BEFORE_SLEEP {
-        match rx.try_recv() {
-            Ok(job) => return Some(job),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-        }
-    }
-    rx.recv().ok()
-}
-
 fn worker(source: &str, timeout: Duration, rx: &mpsc::Receiver<Job>, queued: &AtomicUsize) {
     let mut vm: Option<Vm> = None;
-    while let Some(job) = next_job(rx) {
+    while let Ok(job) = rx.recv() {
         if vm.is_none() {
             match Vm::new(source) {
                 Ok(v) => vm = Some(v),
