@@ -18,6 +18,7 @@
 pub mod combine;
 pub mod grant_log;
 pub mod json;
+pub mod migrate;
 pub mod model;
 pub mod revtree;
 pub mod rules;
@@ -184,6 +185,11 @@ pub trait DatabaseStore: Send + Sync {
     /// order, as one batch: each gets its new sequence, or `None` when `rev` no longer wins
     /// (or the document is gone) or nothing changed.
     fn restamp_docs(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)>;
+
+    /// Makes every later change get a sequence above `seq` (no-op when the database is past
+    /// it already). A database copied from another store starts after the source's last
+    /// sequence, so no client checkpoint taken on the source can hide a copied change.
+    fn raise_seq(&self, seq: u64) -> Result<Ticket>;
 
     // --- per-database settings (opaque to this layer) -----------------------------------------
     /// A setting stored with the database (e.g. the sync function set by the admin API).

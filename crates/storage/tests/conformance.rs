@@ -849,4 +849,67 @@ conformance! {
         }
         assert_eq!(seen.last().map(|(_, s)| *s), Some(db.last_seq()));
     }
+
+    copy_database_moves_everything(s) {
+        let server = s.server();
+        let src = server.open_database("src").unwrap();
+        let src = &*src;
+        // a document with a conflict, attachments and channels; a tombstone; a grant
+        let a = one(src, in_channels(edit("doc", None, json!({"n": 1.0e-7, "s": "x"})), &["c1"])).unwrap();
+        let b = one(src, with_attachment(edit("doc", Some(&a.rev), json!({"n": 2})), "f.txt", data(b"hello"))).unwrap();
+        one(src, replicate("doc", &["2-ffff", &a.rev], false, &["c2"])).unwrap();
+        let gone = one(src, edit("gone", None, json!({}))).unwrap();
+        one(src, delete("gone", Some(&gone.rev))).unwrap();
+        let mut grant = edit("list", None, json!({"members": ["ann"]}));
+        if let DocWrite::Edit { access, .. } = &mut grant {
+            access.channels.insert("ann".into(), ["list-1".to_string()].into());
+        }
+        one(src, grant).unwrap();
+        src.put_principal(PrincipalKind::User, "ann", &mut |_| Ok(br#"{"name":"ann","h":"$argon2id$x"}"#.to_vec())).unwrap();
+        src.put_principal(PrincipalKind::Role, "mod", &mut |_| Ok(br#"{"name":"mod"}"#.to_vec())).unwrap();
+        src.put_session("k1", b"session".to_vec()).unwrap();
+        src.put_setting("sync_function", Some(b"function(){}")).unwrap();
+        src.put_setting("other", Some(b"x")).unwrap();
+        let src_last = src.last_seq();
+
+        let dst = server.open_database("dst").unwrap();
+        let dst = &*dst;
+        let mut seen = Vec::new();
+        let stats = rt()
+            .block_on(syncgate_storage::migrate::copy_database(src, dst, &["sync_function"], &mut |n| seen.push(n)))
+            .unwrap();
+        assert_eq!((stats.documents, stats.revisions, stats.users, stats.roles, stats.sessions, stats.settings), (3, 4, 1, 1, 1, 1));
+        assert_eq!(seen.last(), Some(&3));
+        for id in ["doc", "gone", "list"] {
+            let want = src.doc_meta(id).unwrap().unwrap();
+            let got = dst.doc_meta(id).unwrap().unwrap();
+            let shape = |m: &syncgate_storage::DocMeta| {
+                m.tree.sorted_leaves().iter().map(|l| (l.rev.clone(), l.deleted, l.channels.clone(), l.access.clone(), m.tree.history(&l.rev))).collect::<Vec<_>>()
+            };
+            assert_eq!(shape(&got), shape(&want), "{id}");
+            for leaf in want.tree.leaves() {
+                assert_eq!(dst.rev_body(id, &leaf.rev).unwrap(), src.rev_body(id, &leaf.rev).unwrap(), "{id} {}", leaf.rev);
+            }
+            // every copied change comes after every sequence a client of the source can hold
+            assert!(got.seq > src_last, "{id}: {} <= {src_last}", got.seq);
+        }
+        let body = dst.rev_body("doc", &b.rev).unwrap().unwrap();
+        assert_eq!(String::from_utf8(body.json).unwrap(), r#"{"n":2}"#);
+        assert_eq!(dst.attachment(&body.attachments[0].1.digest).unwrap().unwrap(), b"hello");
+        let first = dst.rev_body("doc", &a.rev).unwrap();
+        assert!(first.is_none(), "non-leaf bodies are not carried");
+        assert_eq!(dst.doc_count().unwrap(), src.doc_count().unwrap());
+        assert_eq!(dst.get_principal(PrincipalKind::User, "ann").unwrap(), src.get_principal(PrincipalKind::User, "ann").unwrap());
+        assert_eq!(dst.get_principal(PrincipalKind::Role, "mod").unwrap().unwrap(), br#"{"name":"mod"}"#);
+        assert_eq!(dst.get_session("k1").unwrap().unwrap(), b"session");
+        assert_eq!(dst.get_setting("sync_function").unwrap().unwrap(), b"function(){}");
+        assert_eq!(dst.get_setting("other").unwrap(), None);
+        assert_eq!(dst.doc_grants(PrincipalKind::User, "ann").unwrap().len(), 1);
+        // the feed of the copy lists the documents in the source's order
+        let order = |db: &dyn DatabaseStore| since(db, 0, false).into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(order(dst), order(src));
+        // a target that is not empty is refused
+        let again = rt().block_on(syncgate_storage::migrate::copy_database(src, dst, &[], &mut |_| {}));
+        assert!(matches!(again, Err(StorageError::Conflict(_))), "{again:?}");
+    }
 }
