@@ -565,15 +565,17 @@ fn every_revocation_path_and_forged_cookies() {
 fn expiry_and_sliding_refresh() {
     let s = TestServer::start_with(|c| {
         with_users(c);
-        c["databases"]["db"]["session_ttl_secs"] = json!(4);
+        c["databases"]["db"]["session_ttl_secs"] = json!(5);
     });
     let db = format!("{}/db", s.public);
-    // public login with a 4 s TTL: refresh threshold 0.4 s
+    // a session nobody uses (logged in first: nothing slow between alice's login and her
+    // first request, which must come within 10 % of the TTL)
+    let idle = login_id(&s, "bob", "pw-bob-1");
+    // public login with a 5 s TTL: refresh threshold 0.5 s
     let r = login(&s, "db", "alice", "pw-alice-1");
     let login_cookie = r.header("set-cookie").unwrap().to_string();
     let (_, id, login_attrs) = parse_cookie(&login_cookie);
     let cookie = format!("SyncGatewaySession={id}");
-    let idle = login_id(&s, "bob", "pw-bob-1");
     let r = get_with_cookie(&format!("{db}/"), &cookie);
     assert!(
         r.header("set-cookie").is_none(),
@@ -604,13 +606,13 @@ fn expiry_and_sliding_refresh() {
         "same attributes as at login"
     );
     assert!(
-        expires_in(&attrs) > Duration::from_millis(3000),
+        expires_in(&attrs) > Duration::from_millis(4000),
         "{refreshed}"
     );
     let r = get_with_cookie(&format!("{db}/"), &cookie);
     assert!(r.header("set-cookie").is_none(), "just refreshed");
     // keep the refreshed session alive past the original expiry; the idle one expires
-    for _ in 0..4 {
+    for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(900));
         assert_eq!(get_with_cookie(&format!("{db}/"), &cookie).status, 200);
     }
