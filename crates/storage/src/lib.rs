@@ -19,6 +19,7 @@ pub mod combine;
 pub mod json;
 pub mod model;
 pub mod revtree;
+pub mod pg_store;
 pub mod rules;
 pub mod sled_store;
 
@@ -26,6 +27,7 @@ pub use model::*;
 pub use revtree::{
     compute_rev, generation, parse_rev, truncate as revtree_truncate, RevNode, RevTree,
 };
+pub use pg_store::{ChangeNotify, PgOptions, PgStore};
 pub use sled_store::{SledDatabase, Store};
 
 use std::future::Future;
@@ -55,6 +57,10 @@ pub enum StorageError {
     /// Stored bytes could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A networked engine cannot be reached (connection refused or lost, pool timeout): the
+    /// request may succeed later (503, never 500).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
