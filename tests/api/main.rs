@@ -12,6 +12,7 @@ mod fidelity;
 mod hardening;
 mod http;
 mod mango;
+mod postgres;
 mod sessions;
 mod sync_admin;
 mod sync_function;

@@ -176,9 +176,10 @@ impl PgStore {
     /// Connects, creates or migrates the schema and starts watching for changes.
     pub fn open(options: &PgOptions) -> Result<PgStore> {
         let bridge = Bridge::new()?;
-        let mut config = tokio_postgres::Config::from_str(&options.url).map_err(|e| {
-            StorageError::BadRequest(format!("PostgreSQL URL: {}", redact(&e.to_string())))
-        })?;
+        let mut config =
+            tokio_postgres::Config::from_str(&options.url).map_err(|e| {
+                StorageError::BadRequest(format!("PostgreSQL URL: {}", redact(&e.to_string())))
+            })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -337,6 +338,13 @@ impl StoreServer for PgStore {
     fn size_on_disk(&self) -> u64 {
         0
     }
+}
+
+/// Checks a PostgreSQL URL (for config validation); the error never repeats the password.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    tokio_postgres::Config::from_str(url)
+        .map(|_| ())
+        .map_err(|e| format!("not a valid PostgreSQL URL: {}", redact(&e.to_string())))
 }
 
 /// A PostgreSQL error as a storage error: connection trouble is `Unavailable`, the rest
