@@ -24,16 +24,22 @@ pub struct TestServer {
     pub config: Value,
 }
 
-/// A config with one database `db`, all listeners on loopback port 0, data in `dir`.
+/// A config with one database `db`, all listeners on loopback port 0, data in `dir`. With
+/// `SYNCGATE_TEST_BACKEND=postgres`, every database lives in a fresh PostgreSQL database
+/// (top-level `server`) instead of the embedded store.
 pub fn base_config(dir: &Path) -> Value {
-    json!({
+    let mut cfg = json!({
         "interface": "127.0.0.1:0",
         "adminInterface": "127.0.0.1:0",
         "metricsInterface": "127.0.0.1:0",
         "data_dir": dir.join("data"),
         "logging": {"console": {"log_level": "debug"}},
         "databases": {"db": {}}
-    })
+    });
+    if std::env::var("SYNCGATE_TEST_BACKEND").as_deref() == Ok("postgres") {
+        cfg["server"] = json!(crate::pg_cluster::fresh_database());
+    }
+    cfg
 }
 
 #[allow(dead_code)]

@@ -1,6 +1,8 @@
 //! Black-box tests: every test starts the real binary (one test binary for link time).
 
 mod helpers;
+#[path = "../../crates/storage/tests/pg_cluster.rs"]
+mod pg_cluster;
 
 mod channels;
 mod config;

@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-#[path = "../../crates/storage/tests/pg_cluster.rs"]
-mod pg_cluster;
-
 use crate::helpers::*;
+use crate::pg_cluster;
 
 fn on_postgres(url: &str) -> impl FnOnce(&mut Value) + '_ {
     move |c: &mut Value| {

@@ -48,6 +48,7 @@ pub struct ServerConfig {
     pub password_hash: Option<PasswordHashConfig>,
     /// Default storage of every database (`"embedded"` or `"postgres://…"`); a database
     /// block's `server` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     #[serde(default)]
     pub databases: BTreeMap<String, DbConfig>,

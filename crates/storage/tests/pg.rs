@@ -162,7 +162,7 @@ fn wakes_other_node(mode: ChangeNotify) {
     let db_b = b.database("db").unwrap();
     let other = b.database("other").unwrap();
     let mut rx = db_b.subscribe();
-    let mut other_rx = other.subscribe();
+    let other_rx = other.subscribe();
     assert_eq!(*rx.borrow_and_update(), 0);
     let first = write(&*da, vec![edit("x", None, json!({}))]).remove(0).unwrap();
     assert_eq!(wait_for(&mut rx, first.seq), first.seq);
