@@ -1,7 +1,7 @@
 //! Black-box tests: every test starts the real binary (one test binary for link time).
 
 mod helpers;
-#[path = "../../crates/storage/tests/pg_cluster.rs"]
+#[path = "../../crates/storage/tests/support/pg_cluster.rs"]
 mod pg_cluster;
 
 mod channels;

@@ -180,3 +180,70 @@ fn bad_server_values_are_config_errors() {
         assert!(!stderr.contains("hunter2"), "never echoes a password: {stderr}");
     }
 }
+
+/// Polls `check` until it holds (a hang guard of 20 s, not a speed check).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: never happened");
+}
+
+#[test]
+fn password_changes_and_logouts_reach_the_other_node() {
+    let url = pg_cluster::fresh_database();
+    let a = TestServer::start_with(on_postgres(&url));
+    let b = TestServer::start_with(on_postgres(&url));
+    let status_on_b = |pass: &str| {
+        client()
+            .get(format!("{}/db/_all_docs", b.public))
+            .basic_auth("ann", Some(pass))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // node B knows (and caches) the password
+    assert_eq!(status_on_b("pw-ann-1"), 200);
+    assert_eq!(status_on_b("pw-ann-1"), 200);
+    // changed on node A: node B refuses the old one and takes the new one
+    let (st, r) = put(&format!("{}/db/_user/ann", a.admin), &json!({"password": "pw-ann-2"}));
+    assert_eq!(st, 200, "{r}");
+    eventually("old password refused on B", || status_on_b("pw-ann-1") == 401);
+    assert_eq!(status_on_b("pw-ann-2"), 200);
+    // a session opened on B and ended on A is gone on B
+    let r = client()
+        .post(format!("{}/db/_session", b.public))
+        .json(&json!({"name": "ann", "password": "pw-ann-2"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let name_on_b = || -> Value {
+        let v: Value = client()
+            .get(format!("{}/db/_session", b.public))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["userCtx"]["name"].clone()
+    };
+    assert_eq!(name_on_b(), "ann");
+    let r = client()
+        .delete(format!("{}/db/_session", a.public))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    eventually("session ended on B", || name_on_b().is_null());
+}

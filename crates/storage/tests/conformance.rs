@@ -16,6 +16,7 @@ use syncgate_storage::{
     PgStore, PrincipalKind, Restamp, RevAccess, StorageError, Store, StoreServer, WriteOutcome,
 };
 
+#[path = "support/pg_cluster.rs"]
 mod pg_cluster;
 
 // --- backends ------------------------------------------------------------------------------

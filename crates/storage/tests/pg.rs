@@ -13,6 +13,7 @@ use syncgate_storage::{
     StorageError, StoreServer, WriteOutcome,
 };
 
+#[path = "support/pg_cluster.rs"]
 mod pg_cluster;
 
 fn node(url: &str, notify: ChangeNotify) -> PgStore {
