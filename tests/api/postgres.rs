@@ -247,3 +247,28 @@ fn password_changes_and_logouts_reach_the_other_node() {
     assert!(r.status().is_success(), "{}", r.status());
     eventually("session ended on B", || name_on_b().is_null());
 }
+
+#[test]
+fn postgres_down_is_503_and_the_node_recovers_by_itself() {
+    let pg = pg_cluster::Dedicated::start();
+    let url = pg.url();
+    let s = TestServer::start_with(on_postgres(&url));
+    let db = format!("{}/db", s.admin);
+    assert_eq!(put(&format!("{db}/before"), &json!({})).0, 201);
+    pg.stop();
+    let r = get(&format!("{db}/before"));
+    assert_error(&r, 503, "service_unavailable");
+    let r = put(&format!("{db}/during"), &json!({}));
+    assert_error(&r, 503, "service_unavailable");
+    pg.restart();
+    eventually("reads again", || get(&format!("{db}/before")).0 == 200);
+    assert_eq!(put(&format!("{db}/after"), &json!({})).0, 201);
+    let (_, changes) = get(&format!("{db}/_changes"));
+    let ids: Vec<&str> = changes["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["before", "after"]);
+}

@@ -131,60 +131,125 @@ fn run(mut c: Command, what: &str) -> Result<(), String> {
 }
 
 fn start_cluster() -> Result<String, String> {
-    let bin = bin_dir()?;
-    let root = is_root();
-    let dir = std::env::temp_dir().join(format!("syncgate-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let data = dir.join("data");
-    if root {
-        run(
-            {
-                let mut c = Command::new("chown");
-                c.arg("postgres:").arg(&dir);
-                c
-            },
-            "chown",
-        )?;
+    let c = Dedicated::create("shared")?;
+    let url = c.url();
+    // stopped by its watchdog when this process exits
+    std::mem::forget(c);
+    Ok(url)
+}
+
+/// A cluster of its own (for tests that stop and restart PostgreSQL). Stopped and removed on
+/// drop; a watchdog does the same if this process dies first.
+pub struct Dedicated {
+    bin: PathBuf,
+    root: bool,
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Dedicated {
+    /// Starts a new cluster; panics with how to install PostgreSQL when it is missing.
+    pub fn start() -> Dedicated {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        Dedicated::create(&format!("own{}", N.fetch_add(1, Ordering::SeqCst)))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
-    let mut initdb = pg_command(&bin, "initdb", root);
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]);
-    run(initdb, "initdb")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let mut start = pg_command(&bin, "pg_ctl", root);
-    start
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("log"))
-        .arg("-o")
-        .arg(format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
-            dir.display()
-        ))
-        .args(["-w", "start"]);
-    run(start, "pg_ctl start")?;
-    // the watchdog: stops the cluster and removes its dir once this process is gone
-    let stop = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runas}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
-        pid = std::process::id(),
-        runas = if root { "runuser -u postgres -- " } else { "" },
-        pg_ctl = bin.join("pg_ctl").display(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    Command::new("sh")
-        .args(["-c", &stop])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the cluster watchdog: {e}"))?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+
+    fn create(tag: &str) -> Result<Dedicated, String> {
+        let bin = bin_dir()?;
+        let root = is_root();
+        let dir = std::env::temp_dir().join(format!("syncgate-pg-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let data = dir.join("data");
+        if root {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:").arg(&dir);
+                    c
+                },
+                "chown",
+            )?;
+        }
+        let mut initdb = pg_command(&bin, "initdb", root);
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]);
+        run(initdb, "initdb")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let c = Dedicated {
+            bin,
+            root,
+            dir,
+            data,
+            port,
+        };
+        c.start_server()?;
+        // the watchdog: stops the cluster and removes its dir once this process is gone
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runas}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            runas = if c.root { "runuser -u postgres -- " } else { "" },
+            pg_ctl = c.bin.join("pg_ctl").display(),
+            data = c.data.display(),
+            dir = c.dir.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the cluster watchdog: {e}"))?;
+        Ok(c)
+    }
+
+    fn start_server(&self) -> Result<(), String> {
+        let mut start = pg_command(&self.bin, "pg_ctl", self.root);
+        start
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+                self.port,
+                self.dir.display()
+            ))
+            .args(["-w", "start"]);
+        run(start, "pg_ctl start")
+    }
+
+    /// The maintenance database's URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: open connections are ended).
+    pub fn stop(&self) {
+        let mut stop = pg_command(&self.bin, "pg_ctl", self.root);
+        stop.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]);
+        run(stop, "pg_ctl stop").unwrap();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        self.start_server().unwrap();
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        let mut stop = pg_command(&self.bin, "pg_ctl", self.root);
+        stop.arg("-D").arg(&self.data).args(["-m", "immediate", "stop"]);
+        let _ = run(stop, "pg_ctl stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
