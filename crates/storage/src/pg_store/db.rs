@@ -583,7 +583,10 @@ impl DatabaseStore for PgDatabase {
             let last = self.last_seq();
             views.keys().next().map_or(last, |v| (*v).min(last))
         };
-        self.with_client(move |mut c, db| async move {
+        let pool = self.pool.clone();
+        let db = self.name.clone();
+        self.bridge.run_untimed(async move {
+            let mut c = pool.get().await.map_err(pool_err)?;
             let mut stats = CompactStats::default();
             let tx = c.transaction().await.map_err(pg_err)?;
             tx.query_one(LOCK_COUNTER, &[&db]).await.map_err(pg_err)?;

@@ -183,6 +183,18 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // a server or network that vanishes is noticed (sent data unacknowledged, idle
+        // connections probed), so pooled connections and the listener do not wait forever
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(10));
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            // libpq's default (2 h), i.e. not set in the URL
+            config
+                .keepalives_idle(Duration::from_secs(10))
+                .keepalives_interval(Duration::from_secs(2))
+                .keepalives_retries(3);
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
