@@ -130,9 +130,9 @@ impl PgDatabase {
         let (client, last) = self.bridge.run(async move {
             let c = pool.get().await.map_err(pool_err)?;
             let tx = OpenTx(Some(c));
-            tx.client().batch_execute("BEGIN").await.map_err(pg_err)?;
+            tx.client()?.batch_execute("BEGIN").await.map_err(pg_err)?;
             let last: i64 = tx
-                .client()
+                .client()?
                 .query_one(LOCK_COUNTER, &[&db])
                 .await
                 .map_err(pg_err)?
@@ -185,13 +185,15 @@ impl PgDatabase {
 pub(super) struct OpenTx(Option<Object>);
 
 impl OpenTx {
-    fn client(&self) -> &Object {
-        self.0.as_ref().expect("open transaction")
+    fn client(&self) -> Result<&Object> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| StorageError::Engine("transaction already ended".into()))
     }
 
     async fn pipeline_and_commit(&mut self, stmts: &[super::write::Stmt]) -> Result<()> {
-        let c = self.0.as_mut().expect("open transaction");
-        pipeline(&*c, stmts).await?;
+        let c = self.client()?;
+        pipeline(c, stmts).await?;
         c.batch_execute("COMMIT").await.map_err(pg_err)?;
         // committed: back to the pool
         self.0.take();
