@@ -112,7 +112,9 @@ fn two_nodes_share_sessions_and_wake_each_others_feeds() {
         let url = format!(
             "{}/db/_changes?feed=longpoll&since={}&timeout=60000",
             b.public,
-            since.as_u64().map_or_else(|| since.to_string(), |s| s.to_string())
+            since
+                .as_u64()
+                .map_or_else(|| since.to_string(), |s| s.to_string())
         );
         let cookie = cookie.clone();
         std::thread::spawn(move || -> Value {
@@ -155,7 +157,10 @@ fn two_nodes_share_sessions_and_wake_each_others_feeds() {
 #[test]
 fn bad_server_values_are_config_errors() {
     for (cfg, needle) in [
-        (r#"{"databases":{"db":{"server":"mysql://x"}}}"#, "$.databases.db.server"),
+        (
+            r#"{"databases":{"db":{"server":"mysql://x"}}}"#,
+            "$.databases.db.server",
+        ),
         (r#"{"server":"walrus"}"#, "$.server"),
         (
             r#"{"databases":{"db":{"server":"postgres://u@h/d","change_notify":"shout"}}}"#,
@@ -176,8 +181,14 @@ fn bad_server_values_are_config_errors() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{cfg}: {stderr}");
-        assert!(stderr.contains(needle), "{cfg}: expected {needle:?} in {stderr:?}");
-        assert!(!stderr.contains("hunter2"), "never echoes a password: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{cfg}: expected {needle:?} in {stderr:?}"
+        );
+        assert!(
+            !stderr.contains("hunter2"),
+            "never echoes a password: {stderr}"
+        );
     }
 }
 
@@ -210,9 +221,14 @@ fn password_changes_and_logouts_reach_the_other_node() {
     assert_eq!(status_on_b("pw-ann-1"), 200);
     assert_eq!(status_on_b("pw-ann-1"), 200);
     // changed on node A: node B refuses the old one and takes the new one
-    let (st, r) = put(&format!("{}/db/_user/ann", a.admin), &json!({"password": "pw-ann-2"}));
+    let (st, r) = put(
+        &format!("{}/db/_user/ann", a.admin),
+        &json!({"password": "pw-ann-2"}),
+    );
     assert_eq!(st, 200, "{r}");
-    eventually("old password refused on B", || status_on_b("pw-ann-1") == 401);
+    eventually("old password refused on B", || {
+        status_on_b("pw-ann-1") == 401
+    });
     assert_eq!(status_on_b("pw-ann-2"), 200);
     // a session opened on B and ended on A is gone on B
     let r = client()

@@ -198,7 +198,9 @@ impl Server {
             return Ok((self.store.clone(), self.session_key.clone()));
         };
         let store: Arc<dyn StoreServer> = Arc::new(PgStore::open(&options).map_err(|e| {
-            Error::Internal(format!("database \"{name}\": cannot open its PostgreSQL store: {e}"))
+            Error::Internal(format!(
+                "database \"{name}\": cannot open its PostgreSQL store: {e}"
+            ))
         })?);
         let key = session_key(store.as_ref())?;
         self.db_stores

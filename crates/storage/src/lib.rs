@@ -18,16 +18,16 @@
 pub mod combine;
 pub mod json;
 pub mod model;
-pub mod revtree;
 pub mod pg_store;
+pub mod revtree;
 pub mod rules;
 pub mod sled_store;
 
 pub use model::*;
+pub use pg_store::{ChangeNotify, PgOptions, PgStore};
 pub use revtree::{
     compute_rev, generation, parse_rev, truncate as revtree_truncate, RevNode, RevTree,
 };
-pub use pg_store::{ChangeNotify, PgOptions, PgStore};
 pub use sled_store::{SledDatabase, Store};
 
 use std::future::Future;

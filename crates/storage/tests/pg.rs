@@ -89,7 +89,11 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
                 let view = db.changes_view();
                 for e in view.since(checkpoint, false) {
                     let e = e.unwrap();
-                    assert!(e.seq > checkpoint, "seq {} appeared behind checkpoint {checkpoint}", e.seq);
+                    assert!(
+                        e.seq > checkpoint,
+                        "seq {} appeared behind checkpoint {checkpoint}",
+                        e.seq
+                    );
                     assert!(seen.last().is_none_or(|(_, s)| e.seq > *s));
                     seen.push((e.id, e.seq));
                 }
@@ -133,8 +137,16 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
         created.extend(w.join().unwrap());
     }
     let seqs: BTreeSet<u64> = created.iter().map(|o| o.seq).collect();
-    assert_eq!(seqs.len(), created.len(), "every write has its own sequence across nodes");
-    assert_eq!(created.iter().filter(|o| o.id == "shared").count(), 1, "one creator wins");
+    assert_eq!(
+        seqs.len(),
+        created.len(),
+        "every write has its own sequence across nodes"
+    );
+    assert_eq!(
+        created.iter().filter(|o| o.id == "shared").count(),
+        1,
+        "one creator wins"
+    );
     let last = *seqs.iter().last().unwrap();
     assert_eq!(last, (4 * ROUNDS + 1) as u64, "no gaps");
     // node B learns of node A's last writes, then the reader finishes
@@ -146,7 +158,12 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
         m
     });
     for c in &created {
-        assert_eq!(by_id.get(c.id.as_str()), Some(&vec![c.seq]), "{} exactly once", c.id);
+        assert_eq!(
+            by_id.get(c.id.as_str()),
+            Some(&vec![c.seq]),
+            "{} exactly once",
+            c.id
+        );
     }
     assert_eq!(seen.last().map(|(_, s)| *s), Some(last));
     assert_eq!(da.doc_count().unwrap(), (4 * ROUNDS + 1) as u64);
@@ -165,12 +182,16 @@ fn wakes_other_node(mode: ChangeNotify) {
     let mut rx = db_b.subscribe();
     let other_rx = other.subscribe();
     assert_eq!(*rx.borrow_and_update(), 0);
-    let first = write(&*da, vec![edit("x", None, json!({}))]).remove(0).unwrap();
+    let first = write(&*da, vec![edit("x", None, json!({}))])
+        .remove(0)
+        .unwrap();
     assert_eq!(wait_for(&mut rx, first.seq), first.seq);
     assert_eq!(db_b.last_seq(), first.seq);
     // later writes too (with LISTEN, only a notification can bring these)
     for i in 0..3 {
-        let w = write(&*da, vec![edit(&format!("y{i}"), None, json!({}))]).remove(0).unwrap();
+        let w = write(&*da, vec![edit(&format!("y{i}"), None, json!({}))])
+            .remove(0)
+            .unwrap();
         assert_eq!(wait_for(&mut rx, w.seq), w.seq);
         let view = db_b.changes_view();
         let ids: Vec<String> = view.since(0, false).map(|e| e.unwrap().id).collect();
@@ -178,7 +199,9 @@ fn wakes_other_node(mode: ChangeNotify) {
     }
     // a principal write moves the sequence and wakes too
     let (seq, _) = da
-        .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| Ok(b"{}".to_vec()))
+        .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| {
+            Ok(b"{}".to_vec())
+        })
         .unwrap();
     assert_eq!(wait_for(&mut rx, seq), seq);
     // another database of the same PostgreSQL database was not woken
@@ -202,16 +225,23 @@ fn nodes_starting_together_create_the_schema_once() {
     let opens: Vec<_> = (0..6)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || PgStore::open(&PgOptions {
-                url,
-                pool_size: 2,
-                notify: ChangeNotify::Listen,
-            }))
+            std::thread::spawn(move || {
+                PgStore::open(&PgOptions {
+                    url,
+                    pool_size: 2,
+                    notify: ChangeNotify::Listen,
+                })
+            })
         })
         .collect();
-    let stores: Vec<PgStore> = opens.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+    let stores: Vec<PgStore> = opens
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
     let dbs: Vec<_> = stores.iter().map(|s| s.database("db").unwrap()).collect();
-    let w = write(&*dbs[0], vec![edit("d", None, json!({}))]).remove(0).unwrap();
+    let w = write(&*dbs[0], vec![edit("d", None, json!({}))])
+        .remove(0)
+        .unwrap();
     assert!(dbs[5].doc_meta("d").unwrap().is_some());
     // server values: whichever node stores first, all agree
     let values: Vec<Vec<u8>> = stores
@@ -229,7 +259,9 @@ fn a_newer_schema_is_refused() {
     drop(node(&url, ChangeNotify::Listen));
     let rt = rt();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         client
             .batch_execute("INSERT INTO syncgate_schema_version (version) VALUES (99)")

@@ -11,11 +11,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::bridge::Bridge;
-use super::views::{PgView, Pages};
+use super::views::{Pages, PgView};
 use super::write::{p, pipeline, stmt, write_tx, Param, LOCK_COUNTER, NOTIFY, SET_COUNTERS};
-use super::{
-    decode, decode_body, encode, kind_code, pg_err, pool_err, utf8, Live, CHANNEL,
-};
+use super::{decode, decode_body, encode, kind_code, pg_err, pool_err, utf8, Live, CHANNEL};
 use crate::combine::{BatchResult, WriteCombiner, WriteResult};
 use crate::model::*;
 use crate::rules::{check_local_delete, drop_old_bodies, has_old_bodies, next_local_rev};
@@ -57,8 +55,10 @@ impl PgDatabase {
         self.bridge.run(async move {
             let c = pool.get().await.map_err(pool_err)?;
             let st = c.prepare_cached(sql).await.map_err(pg_err)?;
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                .collect();
             c.query(&st, &refs).await.map_err(pg_err)
         })
     }
@@ -97,7 +97,8 @@ impl PgDatabase {
                 .filter(|id| seen.insert(id.clone()))
                 .collect()
         };
-        let (pool, name, docs_read) = (self.pool.clone(), self.name.clone(), self.docs_read.clone());
+        let (pool, name, docs_read) =
+            (self.pool.clone(), self.name.clone(), self.docs_read.clone());
         let (results, summary) = self.bridge.run_sync(move |h| {
             write_tx(h, &pool, &name, ids, &docs_read, |st| {
                 Ok(sets
@@ -339,7 +340,8 @@ impl DatabaseStore for PgDatabase {
 
     fn restamp_docs(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)> {
         let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
-        let (pool, name, docs_read) = (self.pool.clone(), self.name.clone(), self.docs_read.clone());
+        let (pool, name, docs_read) =
+            (self.pool.clone(), self.name.clone(), self.docs_read.clone());
         let (results, summary) = self.bridge.run_sync(move |h| {
             write_tx(h, &pool, &name, ids, &docs_read, |st| {
                 docs.into_iter()
@@ -623,7 +625,10 @@ impl DatabaseStore for PgDatabase {
             // every body left is a leaf's: their digests are the referenced ones
             let mut referenced: HashSet<Vec<u8>> = HashSet::new();
             let bodies = tx
-                .query("SELECT id, rev, body FROM syncgate_bodies WHERE db = $1", &[&db])
+                .query(
+                    "SELECT id, rev, body FROM syncgate_bodies WHERE db = $1",
+                    &[&db],
+                )
                 .await
                 .map_err(pg_err)?;
             for r in bodies {
@@ -634,7 +639,10 @@ impl DatabaseStore for PgDatabase {
                 }
             }
             let stored = tx
-                .query("SELECT digest FROM syncgate_attachments WHERE db = $1", &[&db])
+                .query(
+                    "SELECT digest FROM syncgate_attachments WHERE db = $1",
+                    &[&db],
+                )
                 .await
                 .map_err(pg_err)?;
             let unreferenced: Vec<Vec<u8>> = stored
@@ -677,4 +685,3 @@ impl DatabaseStore for PgDatabase {
         self.docs_read.load(Ordering::Relaxed)
     }
 }
-

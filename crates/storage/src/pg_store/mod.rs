@@ -176,10 +176,9 @@ impl PgStore {
     /// Connects, creates or migrates the schema and starts watching for changes.
     pub fn open(options: &PgOptions) -> Result<PgStore> {
         let bridge = Bridge::new()?;
-        let mut config =
-            tokio_postgres::Config::from_str(&options.url).map_err(|e| {
-                StorageError::BadRequest(format!("PostgreSQL URL: {}", redact(&e.to_string())))
-            })?;
+        let mut config = tokio_postgres::Config::from_str(&options.url).map_err(|e| {
+            StorageError::BadRequest(format!("PostgreSQL URL: {}", redact(&e.to_string())))
+        })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -242,7 +241,10 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
             let row = c
-                .query_one("SELECT last_seq FROM syncgate_counters WHERE db = $1", &[&db])
+                .query_one(
+                    "SELECT last_seq FROM syncgate_counters WHERE db = $1",
+                    &[&db],
+                )
                 .await
                 .map_err(pg_err)?;
             Ok(row.get::<_, i64>(0))
@@ -329,7 +331,10 @@ impl StoreServer for PgStore {
                     .map_err(pg_err)?;
                 }
                 let row = c
-                    .query_opt("SELECT value FROM syncgate_server_values WHERE key = $1", &[&key])
+                    .query_opt(
+                        "SELECT value FROM syncgate_server_values WHERE key = $1",
+                        &[&key],
+                    )
                     .await
                     .map_err(pg_err)?;
                 Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))

@@ -81,7 +81,10 @@ async fn listen(config: &tokio_postgres::Config, pool: &Pool, live: &LiveMap) ->
     // whatever was committed before LISTEN took effect
     refresh(pool, live).await?;
     while let Some(payload) = rx.recv().await {
-        match payload.split_once(' ').and_then(|(s, db)| Some((s.parse::<u64>().ok()?, db))) {
+        match payload
+            .split_once(' ')
+            .and_then(|(s, db)| Some((s.parse::<u64>().ok()?, db)))
+        {
             Some((seq, db)) => live.advance(db, seq),
             None => tracing::warn!("unexpected notification on {CHANNEL}"),
         }

@@ -70,9 +70,11 @@ pub(super) async fn migrate(pool: &Pool) -> Result<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(pg_err)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS syncgate_schema_version (version integer NOT NULL)")
-        .await
-        .map_err(pg_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS syncgate_schema_version (version integer NOT NULL)",
+    )
+    .await
+    .map_err(pg_err)?;
     let row = tx
         .query_opt("SELECT max(version) FROM syncgate_schema_version", &[])
         .await

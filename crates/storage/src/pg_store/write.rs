@@ -34,7 +34,8 @@ impl Stmt {
     }
 }
 
-const PUT_ATTACHMENT: &str = "INSERT INTO syncgate_attachments (db, digest, data) VALUES ($1, $2, $3) \
+const PUT_ATTACHMENT: &str =
+    "INSERT INTO syncgate_attachments (db, digest, data) VALUES ($1, $2, $3) \
      ON CONFLICT (db, digest) DO NOTHING";
 const PUT_BODY: &str = "INSERT INTO syncgate_bodies (db, id, rev, body) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (db, id, rev) DO UPDATE SET body = EXCLUDED.body";
@@ -80,7 +81,11 @@ impl PgBatch<'_, '_> {
         self.stmts.push(Stmt { sql, params });
     }
 
-    fn one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<tokio_postgres::Row>> {
+    fn one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>> {
         self.h
             .block_on(self.tx.query_opt(sql, params))
             .map_err(pg_err)
@@ -131,7 +136,12 @@ impl BatchBackend for PgBatch<'_, '_> {
         match self.one(
             "SELECT grant_entry FROM syncgate_grants \
              WHERE db = $1 AND kind = $2 AND name = $3 AND doc = $4",
-            &[&self.db, &kind_code(kind), &name.as_bytes(), &doc.as_bytes()],
+            &[
+                &self.db,
+                &kind_code(kind),
+                &name.as_bytes(),
+                &doc.as_bytes(),
+            ],
         )? {
             Some(r) => Ok(Some(decode("access index entry", r.get(0))?)),
             None => Ok(None),
@@ -150,7 +160,11 @@ impl BatchBackend for PgBatch<'_, '_> {
         let bytes = encode_body(id, rev, body)?;
         self.push(
             PUT_BODY,
-            vec![p(id.as_bytes().to_vec()), p(rev.as_bytes().to_vec()), p(bytes)],
+            vec![
+                p(id.as_bytes().to_vec()),
+                p(rev.as_bytes().to_vec()),
+                p(bytes),
+            ],
         );
         Ok(())
     }
@@ -175,7 +189,10 @@ impl BatchBackend for PgBatch<'_, '_> {
         );
         self.push(PUT_ENTRY, vec![p(seq), p(encode("change entry", entry)?)]);
         if !meta.channel_history.is_empty() {
-            self.push(PUT_CHANNELS, vec![p(channel_bytes(&meta.channel_history)), p(seq)]);
+            self.push(
+                PUT_CHANNELS,
+                vec![p(channel_bytes(&meta.channel_history)), p(seq)],
+            );
         }
         Ok(())
     }
@@ -183,7 +200,10 @@ impl BatchBackend for PgBatch<'_, '_> {
     fn drop_entry(&mut self, seq: u64, channels: &[String]) -> Result<()> {
         self.push(DROP_ENTRY, vec![p(seq as i64)]);
         if !channels.is_empty() {
-            self.push(DROP_CHANNELS, vec![p(seq as i64), p(channel_bytes(channels))]);
+            self.push(
+                DROP_CHANNELS,
+                vec![p(seq as i64), p(channel_bytes(channels))],
+            );
         }
         Ok(())
     }
@@ -193,7 +213,11 @@ impl BatchBackend for PgBatch<'_, '_> {
         let next = entry.superseded.unwrap_or(entry.seq) as i64;
         self.push(
             SUPERSEDE,
-            vec![p(entry.seq as i64), p(next), p(encode("change entry", entry)?)],
+            vec![
+                p(entry.seq as i64),
+                p(next),
+                p(encode("change entry", entry)?),
+            ],
         );
         Ok(())
     }
@@ -253,8 +277,7 @@ pub(super) fn write_tx<T>(
         .map_err(pg_err)?
         .get(0);
     let keys: Vec<Vec<u8>> = ids.iter().map(|i| i.as_bytes().to_vec()).collect();
-    let mut metas: HashMap<String, Option<DocMeta>> =
-        ids.into_iter().map(|i| (i, None)).collect();
+    let mut metas: HashMap<String, Option<DocMeta>> = ids.into_iter().map(|i| (i, None)).collect();
     let rows = h
         .block_on(tx.query(
             "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id = ANY($2)",
@@ -287,7 +310,10 @@ pub(super) fn write_tx<T>(
     if summary.last_seq != last as u64 {
         batch.stmts.push(Stmt {
             sql: NOTIFY,
-            params: vec![p(CHANNEL.to_string()), p(format!("{} {db}", summary.last_seq))],
+            params: vec![
+                p(CHANNEL.to_string()),
+                p(format!("{} {db}", summary.last_seq)),
+            ],
         });
     }
     let stmts = std::mem::take(&mut batch.stmts);
@@ -309,7 +335,12 @@ pub(super) async fn pipeline<C: GenericClient>(tx: &C, stmts: &[Stmt]) -> Result
     }
     let refs: Vec<Vec<&(dyn ToSql + Sync)>> = stmts
         .iter()
-        .map(|s| s.params.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect())
+        .map(|s| {
+            s.params
+                .iter()
+                .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                .collect()
+        })
         .collect();
     type Exec<'x> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'x>>;
     let mut futs: Vec<Option<Exec<'_>>> = stmts

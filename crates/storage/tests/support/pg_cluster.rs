@@ -174,10 +174,15 @@ impl Dedicated {
             )?;
         }
         let mut initdb = pg_command(&bin, "initdb", root);
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ]);
         run(initdb, "initdb")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -235,7 +240,9 @@ impl Dedicated {
     /// Stops the server (fast shutdown: open connections are ended).
     pub fn stop(&self) {
         let mut stop = pg_command(&self.bin, "pg_ctl", self.root);
-        stop.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]);
+        stop.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]);
         run(stop, "pg_ctl stop").unwrap();
     }
 
@@ -248,7 +255,9 @@ impl Dedicated {
 impl Drop for Dedicated {
     fn drop(&mut self) {
         let mut stop = pg_command(&self.bin, "pg_ctl", self.root);
-        stop.arg("-D").arg(&self.data).args(["-m", "immediate", "stop"]);
+        stop.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"]);
         let _ = run(stop, "pg_ctl stop");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
