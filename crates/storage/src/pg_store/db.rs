@@ -99,8 +99,9 @@ impl PgDatabase {
         };
         let (pool, name, docs_read) =
             (self.pool.clone(), self.name.clone(), self.docs_read.clone());
+        let live = self.live.clone();
         let (results, summary) = self.bridge.run_sync(move |h| {
-            write_tx(h, &pool, &name, ids, &docs_read, |st| {
+            write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
                 Ok(sets
                     .into_iter()
                     .map(|writes| writes.into_iter().map(|w| st.apply(w)).collect())
@@ -113,10 +114,7 @@ impl PgDatabase {
 
     /// A committed write moved the sequence to `seq` (and maybe the access index).
     fn published(&self, seq: u64, grants_changed: bool) {
-        if grants_changed {
-            self.live.grants_version.fetch_add(1, Ordering::SeqCst);
-        }
-        self.live.advance(seq, false);
+        self.live.committed(seq, grants_changed);
     }
 
     /// A principal write (`record`: `Some` to store, `None` to delete) under a new sequence.
@@ -153,6 +151,7 @@ impl PgDatabase {
         // step 2: write, move the counter, notify, commit
         let db = self.name.clone();
         let key = (kind_code(kind), name.as_bytes().to_vec());
+        let live = self.live.clone();
         self.bridge.run(async move {
             let mut client = client;
             let mut stmts = vec![match record {
@@ -173,6 +172,7 @@ impl PgDatabase {
                 NOTIFY,
                 vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
             ));
+            live.committing(seq);
             client.pipeline_and_commit(&stmts).await
         })?;
         self.published(seq, false);
@@ -342,8 +342,9 @@ impl DatabaseStore for PgDatabase {
         let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
         let (pool, name, docs_read) =
             (self.pool.clone(), self.name.clone(), self.docs_read.clone());
+        let live = self.live.clone();
         let (results, summary) = self.bridge.run_sync(move |h| {
-            write_tx(h, &pool, &name, ids, &docs_read, |st| {
+            write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
                 docs.into_iter()
                     .map(|r| st.restamp(r))
                     .collect::<Result<Vec<_>>>()

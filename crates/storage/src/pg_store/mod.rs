@@ -134,7 +134,7 @@ impl LiveMap {
                 .unwrap_or_default()
         };
         for h in handles {
-            h.advance(seq, true);
+            h.learnt(seq);
         }
     }
 }
@@ -145,6 +145,9 @@ pub(super) struct Live {
     last_seq: AtomicU64,
     notify: watch::Sender<u64>,
     grants_version: AtomicU64,
+    /// Last sequences of this handle's transactions being committed: a notification (or
+    /// poll) that reports one of them before the writer publishes it is not another node's.
+    own: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Live {
@@ -153,12 +156,44 @@ impl Live {
             last_seq: AtomicU64::new(seq),
             notify: watch::channel(seq).0,
             grants_version: AtomicU64::new(0),
+            own: Mutex::new(Default::default()),
         }
+    }
+
+    /// This handle is about to commit a transaction ending at `seq`.
+    pub(super) fn committing(&self, seq: u64) {
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq);
+    }
+
+    /// This handle committed up to `seq` (a failed commit's entry is dropped here too: its
+    /// sequence was never visible).
+    pub(super) fn committed(&self, seq: u64, grants_changed: bool) {
+        if grants_changed {
+            self.grants_version.fetch_add(1, Ordering::SeqCst);
+        }
+        self.advance(seq, false);
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| *s > seq);
+    }
+
+    /// A notification or poll reported `seq` committed.
+    fn learnt(&self, seq: u64) {
+        let own = self
+            .own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&seq);
+        self.advance(seq, !own);
     }
 
     /// Publishes a committed sequence. A change made elsewhere may have moved grants: the
     /// grants version moves too, so computed channel sets are recomputed.
-    pub(super) fn advance(&self, seq: u64, remote: bool) {
+    fn advance(&self, seq: u64, remote: bool) {
         if self.last_seq.fetch_max(seq, Ordering::SeqCst) < seq {
             if remote {
                 self.grants_version.fetch_add(1, Ordering::SeqCst);

@@ -266,6 +266,7 @@ pub(super) fn write_tx<T>(
     h: &Handle,
     pool: &Pool,
     db: &str,
+    live: &super::Live,
     ids: Vec<String>,
     docs_read: &AtomicU64,
     body: impl FnOnce(&mut DocBatch<PgBatch<'_, '_>>) -> Result<T>,
@@ -319,6 +320,7 @@ pub(super) fn write_tx<T>(
     let stmts = std::mem::take(&mut batch.stmts);
     drop(batch);
     h.block_on(pipeline(&tx, &stmts))?;
+    live.committing(summary.last_seq);
     h.block_on(tx.commit()).map_err(pg_err)?;
     Ok((out, summary))
 }
