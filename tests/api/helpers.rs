@@ -145,6 +145,27 @@ impl TestServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Every byte the server stored: the files of its data directory, and the syncgate tables
+    /// when its databases live in PostgreSQL (top-level `server`).
+    pub fn store_bytes(&self) -> Vec<u8> {
+        fn walk(dir: &Path, out: &mut Vec<u8>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if let Ok(b) = std::fs::read(&p) {
+                    out.extend(b);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.join("data"), &mut out);
+        if let Some(url) = self.config["server"].as_str() {
+            out.extend(crate::pg_cluster::dump(url));
+        }
+        out
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
         let text = reqwest::blocking::get(format!("{}/metrics", self.metrics))
             .unwrap()

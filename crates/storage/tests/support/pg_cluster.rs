@@ -262,3 +262,49 @@ impl Drop for Dedicated {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Every text and bytea value of the syncgate tables in the database at `url` (for tests
+/// that check what is, or is not, stored).
+pub fn dump(url: &str) -> Vec<u8> {
+    use tokio_postgres::types::Type;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        let tables = client
+            .query(
+                "SELECT tablename::text FROM pg_tables WHERE tablename LIKE 'syncgate\\_%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        for t in tables {
+            let table: String = t.get(0);
+            for row in client
+                .query(&format!("SELECT * FROM {table}"), &[])
+                .await
+                .unwrap()
+            {
+                for (i, col) in row.columns().iter().enumerate() {
+                    if *col.type_() == Type::BYTEA {
+                        out.extend(row.get::<_, Option<Vec<u8>>>(i).unwrap_or_default());
+                    } else if *col.type_() == Type::TEXT {
+                        out.extend(
+                            row.get::<_, Option<String>>(i)
+                                .unwrap_or_default()
+                                .into_bytes(),
+                        );
+                    }
+                    out.push(0);
+                }
+            }
+        }
+        out
+    })
+}
