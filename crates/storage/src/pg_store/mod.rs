@@ -1,11 +1,11 @@
 //! The PostgreSQL backend: every database a node serves lives in one PostgreSQL database,
 //! which any number of syncgate nodes share.
 //!
-//! Tables ([`schema`], created and migrated at open under an advisory lock) hold one row per
+//! Tables (`schema`, created and migrated at open under an advisory lock) hold one row per
 //! record the embedded store keeps under a key, keyed by the syncgate database name, so several
 //! syncgate databases may share one PostgreSQL database. Records use the embedded store's
 //! encodings. Writes run the backend-neutral rules ([`crate::rules::DocBatch`]) inside one
-//! PostgreSQL transaction ([`write`]); concurrent writers of a node are combined into one
+//! PostgreSQL transaction (`write`); concurrent writers of a node are combined into one
 //! transaction ([`crate::combine`]).
 //!
 //! ## Sequences and the feed invariant
@@ -22,7 +22,7 @@
 //! S+1 before S, whichever nodes wrote them. Acknowledged = committed: [`DatabaseStore::durable`]
 //! has nothing left to wait for once a write returned.
 //!
-//! Change views ([`views`]) use the embedded store's rule: an update does not delete the
+//! Change views (`views`) use the embedded store's rule: an update does not delete the
 //! document's old by-sequence row but marks it `superseded` by the new sequence in the same
 //! transaction, and a view pinned at V shows a row at S only if S <= V < superseded. Each
 //! page is one statement (its own snapshot); the rule makes the pages of one view agree.
@@ -39,13 +39,18 @@
 //!
 //! ## Errors
 //!
-//! A connection that cannot be made or is lost, and a pool wait that times out, are
+//! A connection that cannot be made or is lost, a pool wait that times out, and a call
+//! PostgreSQL does not answer within `bridge::CALL_TIMEOUT` (30 s) are
 //! [`StorageError::Unavailable`] (503); anything else PostgreSQL refuses is
-//! [`StorageError::Engine`].
+//! [`StorageError::Engine`]. Connections use a TCP user timeout and keepalives, so a server
+//! that vanishes is noticed; the pool replaces closed connections, so a node recovers by
+//! itself when PostgreSQL is back.
 //!
-//! Not yet: cross-node invalidation of node-local caches beyond `grants_version` (bumped on any
-//! change made by another node), TLS (`NoTls` only), and collecting superseded rows during
-//! writes.
+//! Node-local caches: a handle bumps `grants_version` whenever it learns of a sequence another
+//! node (or handle) committed, so the principal caches above it reload users and grants
+//! changed elsewhere. Not yet: invalidating other node-local state (a sync function changed
+//! through the admin API on another node), TLS (`NoTls` only), and collecting superseded rows
+//! during writes.
 
 mod bridge;
 mod db;
