@@ -83,10 +83,12 @@ fn init_tracing(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::new(v),
-        _ => EnvFilter::new(if level == "none" {
-            "off".to_string()
-        } else {
-            level.to_string()
+        _ => EnvFilter::new(match level {
+            "none" => "off".to_string(),
+            // the PostgreSQL client logs every statement with its parameters (session keys,
+            // password hashes) at debug: never below info
+            "debug" | "trace" => format!("{level},tokio_postgres=info"),
+            _ => level.to_string(),
         }),
     };
     // colours only for a person at a terminal (and never with NO_COLOR): log files, journald

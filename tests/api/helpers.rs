@@ -24,16 +24,22 @@ pub struct TestServer {
     pub config: Value,
 }
 
-/// A config with one database `db`, all listeners on loopback port 0, data in `dir`.
+/// A config with one database `db`, all listeners on loopback port 0, data in `dir`. With
+/// `SYNCGATE_TEST_BACKEND=postgres`, every database lives in a fresh PostgreSQL database
+/// (top-level `server`) instead of the embedded store.
 pub fn base_config(dir: &Path) -> Value {
-    json!({
+    let mut cfg = json!({
         "interface": "127.0.0.1:0",
         "adminInterface": "127.0.0.1:0",
         "metricsInterface": "127.0.0.1:0",
         "data_dir": dir.join("data"),
         "logging": {"console": {"log_level": "debug"}},
         "databases": {"db": {}}
-    })
+    });
+    if std::env::var("SYNCGATE_TEST_BACKEND").as_deref() == Ok("postgres") {
+        cfg["server"] = json!(crate::pg_cluster::fresh_database());
+    }
+    cfg
 }
 
 #[allow(dead_code)]
@@ -137,6 +143,27 @@ impl TestServer {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every byte the server stored: the files of its data directory, and the syncgate tables
+    /// when its databases live in PostgreSQL (top-level `server`).
+    pub fn store_bytes(&self) -> Vec<u8> {
+        fn walk(dir: &Path, out: &mut Vec<u8>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if let Ok(b) = std::fs::read(&p) {
+                    out.extend(b);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.join("data"), &mut out);
+        if let Some(url) = self.config["server"].as_str() {
+            out.extend(crate::pg_cluster::dump(url));
+        }
+        out
     }
 
     pub fn metric(&self, name: &str) -> f64 {

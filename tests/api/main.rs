@@ -1,6 +1,8 @@
 //! Black-box tests: every test starts the real binary (one test binary for link time).
 
 mod helpers;
+#[path = "../../crates/storage/tests/support/pg_cluster.rs"]
+mod pg_cluster;
 
 mod channels;
 mod config;
@@ -12,6 +14,7 @@ mod fidelity;
 mod hardening;
 mod http;
 mod mango;
+mod postgres;
 mod sessions;
 mod sync_admin;
 mod sync_function;

@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub logging: Option<LoggingConfig>,
     pub max_request_body_bytes: Option<u64>,
     pub password_hash: Option<PasswordHashConfig>,
+    /// Default storage of every database (`"embedded"` or `"postgres://…"`); a database
+    /// block's `server` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     #[serde(default)]
     pub databases: BTreeMap<String, DbConfig>,
 }
@@ -138,7 +142,17 @@ impl Default for PasswordHashConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
+    /// `"embedded"` (sled in `data_dir`, the default) or `"postgres://…"`.
     pub server: Option<String>,
+    /// PostgreSQL: most connections this node opens for the database (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
+    /// PostgreSQL: how changes made on other nodes are learnt: `"listen"` (default) or `"poll"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_notify: Option<String>,
+    /// PostgreSQL with `change_notify: "poll"`: the interval (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
     /// Users created at startup when missing (`GUEST` here is the same as `guest`).
     #[serde(default)]
     pub users: BTreeMap<String, ConfigUser>,
@@ -291,6 +305,9 @@ impl ServerConfig {
                 );
             }
         }
+        if let Some(s) = &self.server {
+            validate_server("$.server", s)?;
+        }
         for (name, db) in &self.databases {
             validate_db_name(name)
                 .map_err(|e| ConfigError(format!("$.databases.{name}: {}", e.0)))?;
@@ -303,6 +320,27 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// Whether a `server` value names PostgreSQL.
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// `server`: `"embedded"` or a PostgreSQL URL (never echoed: it may hold a password).
+fn validate_server(at: &str, s: &str) -> Result<(), ConfigError> {
+    if s == "embedded" {
+        return Ok(());
+    }
+    if !is_postgres_url(s) {
+        return err(format!(
+            "{at}: expected \"embedded\" or a \"postgres://USER:PASSWORD@HOST:PORT/DBNAME\" URL"
+        ));
+    }
+    if let Err(e) = syncgate_storage::pg_store::check_url(s) {
+        return err(format!("{at}: {e}"));
+    }
+    Ok(())
 }
 
 /// Parses `host:port` (IPv4, `[IPv6]`, or `localhost`).
@@ -397,13 +435,42 @@ impl DbConfig {
         }
     }
 
+    /// The PostgreSQL options of this database when its storage (its `server`, else
+    /// `default_server`) is PostgreSQL; `None` for the embedded store.
+    pub fn postgres(&self, default_server: Option<&str>) -> Option<syncgate_storage::PgOptions> {
+        let url = self.server.as_deref().or(default_server)?;
+        if !is_postgres_url(url) {
+            return None;
+        }
+        let notify = match self.change_notify.as_deref() {
+            Some("poll") => syncgate_storage::ChangeNotify::Poll(std::time::Duration::from_millis(
+                self.poll_interval_ms.unwrap_or(100).max(1),
+            )),
+            _ => syncgate_storage::ChangeNotify::Listen,
+        };
+        Some(syncgate_storage::PgOptions {
+            url: url.to_string(),
+            pool_size: self.pool_size.unwrap_or(16) as usize,
+            notify,
+        })
+    }
+
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         if let Some(s) = &self.server {
-            if s != "embedded" {
+            validate_server(&format!("{at}.server"), s)?;
+        }
+        if self.pool_size == Some(0) {
+            return err(format!("{at}.pool_size: must be at least 1"));
+        }
+        if let Some(n) = &self.change_notify {
+            if n != "listen" && n != "poll" {
                 return err(format!(
-                    "{at}.server: only \"embedded\" is supported, not \"{s}\""
+                    "{at}.change_notify: expected \"listen\" or \"poll\", not \"{n}\""
                 ));
             }
+        }
+        if self.poll_interval_ms == Some(0) {
+            return err(format!("{at}.poll_interval_ms: must be at least 1"));
         }
         if let Some(l) = self.revs_limit {
             if l < 20 {

@@ -9,7 +9,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use syncgate_auth::jwt::{bearer::revoke_stale_grants, code_flow::CodeFlow, JwtAuth};
 use syncgate_auth::{AuthSettings, Authenticator, CookieSettings, SameSite};
-use syncgate_storage::{DatabaseStore, Store, StoreServer};
+use syncgate_storage::{DatabaseStore, PgStore, Store, StoreServer};
 use tokio::sync::watch;
 
 use crate::config::{validate_db_name, DbConfig, ServerConfig};
@@ -171,10 +171,14 @@ pub const SESSION_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// All databases of the process.
 pub struct Server {
     pub config: ServerConfig,
-    /// Where every database's storage lives (the embedded sled store today).
+    /// The server's store: the registry of databases created at run time, server values, and
+    /// the storage of every database that does not have its own (the embedded sled store,
+    /// or PostgreSQL when the top-level `server` says so).
     store: Arc<dyn StoreServer>,
     /// The server's secret for hashing session ids (generated at first start, kept in the store).
     session_key: Vec<u8>,
+    /// Databases on PostgreSQL: the store each was opened in (its own pool and listener).
+    db_stores: RwLock<BTreeMap<String, Arc<dyn StoreServer>>>,
     dbs: RwLock<BTreeMap<String, Arc<Database>>>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -183,6 +187,13 @@ impl Server {
     /// Opens the embedded store in the configured data directory and every configured or
     /// previously created database.
     pub fn open(config: ServerConfig) -> Result<Arc<Server>> {
+        if let Some(mut options) = DbConfig::default().postgres(config.server.as_deref()) {
+            options.pool_size = 4;
+            let store = PgStore::open(&options).map_err(|e| {
+                Error::Internal(format!("cannot open the PostgreSQL store (server): {e}"))
+            })?;
+            return Server::with_store(config, Arc::new(store));
+        }
         let store = Store::open(&config.data_dir()).map_err(|e| {
             Error::Internal(format!(
                 "cannot open data directory {}: {e}",
@@ -195,15 +206,12 @@ impl Server {
     /// Opens every configured or previously created database in `store`.
     pub fn with_store(config: ServerConfig, store: Arc<dyn StoreServer>) -> Result<Arc<Server>> {
         let (shutdown_tx, _) = watch::channel(false);
-        let session_key = store.server_value("session_key", &mut || {
-            let mut k = vec![0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut k);
-            k
-        })?;
+        let session_key = session_key(store.as_ref())?;
         let server = Arc::new(Server {
             config,
             store,
             session_key,
+            db_stores: RwLock::new(BTreeMap::new()),
             dbs: RwLock::new(BTreeMap::new()),
             shutdown_tx,
         });
@@ -221,8 +229,28 @@ impl Server {
         Ok(server)
     }
 
+    /// The store a database lives in and the session key it hashes with (kept in that store,
+    /// so every node serving the database agrees on it).
+    fn store_for(&self, name: &str, config: &DbConfig) -> Result<(Arc<dyn StoreServer>, Vec<u8>)> {
+        let Some(options) = config.postgres(self.config.server.as_deref()) else {
+            return Ok((self.store.clone(), self.session_key.clone()));
+        };
+        let store: Arc<dyn StoreServer> = Arc::new(PgStore::open(&options).map_err(|e| {
+            Error::Internal(format!(
+                "database \"{name}\": cannot open its PostgreSQL store: {e}"
+            ))
+        })?);
+        let key = session_key(store.as_ref())?;
+        self.db_stores
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), store.clone());
+        Ok((store, key))
+    }
+
     fn open_db(&self, name: &str, config: DbConfig) -> Result<Arc<Database>> {
-        let store: Arc<dyn DatabaseStore> = self.store.open_database(name)?;
+        let (server_store, session_key) = self.store_for(name, &config)?;
+        let store: Arc<dyn DatabaseStore> = server_store.open_database(name)?;
         let cors_configured = match &config.cors {
             Some(c) => !c.origin.is_empty(),
             None => self
@@ -233,7 +261,7 @@ impl Server {
         };
         let auth = Authenticator::new(
             store.clone(),
-            self.auth_settings(name, &config, cors_configured),
+            self.auth_settings(name, &config, cors_configured, &session_key),
         );
         let jwt = JwtAuth::new(config.oidc.as_ref(), config.local_jwt.as_ref())
             .map_err(|e| Error::Internal(format!("database \"{name}\": JWT providers: {e}")))?
@@ -244,7 +272,7 @@ impl Server {
             config.oidc.as_ref(),
             jwt.clone(),
             store.clone(),
-            self.session_key.clone(),
+            session_key.clone(),
         );
         if let Some(jwt) = jwt {
             auth.set_bearer(jwt);
@@ -293,7 +321,13 @@ impl Server {
     }
 
     /// The authenticator's settings for one database (cookie attributes per SPEC §1).
-    fn auth_settings(&self, name: &str, config: &DbConfig, cors_configured: bool) -> AuthSettings {
+    fn auth_settings(
+        &self,
+        name: &str,
+        config: &DbConfig,
+        cors_configured: bool,
+        session_key: &[u8],
+    ) -> AuthSettings {
         let secure = config.cookie_secure(self.config.tls());
         let same_site = match config.session_cookie_same_site.as_deref() {
             Some("Strict") => SameSite::Strict,
@@ -320,7 +354,7 @@ impl Server {
                 same_site,
             },
             session_ttl: Duration::from_secs(config.session_ttl()),
-            session_key: self.session_key.clone(),
+            session_key: session_key.to_vec(),
         }
     }
 
@@ -378,6 +412,15 @@ impl Server {
         if removed.is_none() {
             return Err(Error::not_found(format!("no such database \"{name}\"")));
         }
+        let own = self
+            .db_stores
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(own) = own {
+            own.delete_database(name)?;
+        }
+        // the registry entry (and the data, for a database in the server's store)
         self.store.delete_database(name)?;
         Ok(())
     }
@@ -398,6 +441,15 @@ impl Server {
     pub fn store_size(&self) -> u64 {
         self.store.size_on_disk()
     }
+}
+
+/// The server's secret for hashing session ids, generated by the first node to need it.
+fn session_key(store: &dyn StoreServer) -> Result<Vec<u8>> {
+    Ok(store.server_value("session_key", &mut || {
+        let mut k = vec![0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        k
+    })?)
 }
 
 /// Collects expired and revoked sessions every [`SESSION_GC_INTERVAL`] until the server shuts

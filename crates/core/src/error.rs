@@ -105,6 +105,7 @@ impl From<StorageError> for Error {
             StorageError::PreconditionFailed(m) => Error::PreconditionFailed(m),
             StorageError::Corrupt(m) => Error::Corrupt(m),
             e @ StorageError::Engine(_) => Error::Internal(e.to_string()),
+            StorageError::Unavailable(m) => Error::ServiceUnavailable(m),
         }
     }
 }

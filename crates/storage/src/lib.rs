@@ -20,11 +20,13 @@ pub mod grant_log;
 pub mod json;
 pub mod migrate;
 pub mod model;
+pub mod pg_store;
 pub mod revtree;
 pub mod rules;
 pub mod sled_store;
 
 pub use model::*;
+pub use pg_store::{ChangeNotify, PgOptions, PgStore};
 pub use revtree::{
     compute_rev, generation, parse_rev, truncate as revtree_truncate, RevNode, RevTree,
 };
@@ -57,6 +59,10 @@ pub enum StorageError {
     /// Stored bytes could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A networked engine cannot be reached (connection refused or lost, pool timeout): the
+    /// request may succeed later (503, never 500).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -12,9 +12,12 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use syncgate_storage::{
-    canonical_json, AttachmentInput, ChangeEntry, DatabaseStore, DocWrite, PrincipalKind, Restamp,
-    RevAccess, StorageError, Store, StoreServer, WriteOutcome,
+    canonical_json, AttachmentInput, ChangeEntry, ChangeNotify, DatabaseStore, DocWrite, PgOptions,
+    PgStore, PrincipalKind, Restamp, RevAccess, StorageError, Store, StoreServer, WriteOutcome,
 };
+
+#[path = "support/pg_cluster.rs"]
+mod pg_cluster;
 
 // --- backends ------------------------------------------------------------------------------
 
@@ -34,7 +37,45 @@ trait TestStore {
 
 /// Every backend the suite runs against.
 fn backends() -> Vec<Box<dyn Backend>> {
-    vec![Box::new(Sled)]
+    vec![Box::new(Sled), Box::new(Postgres)]
+}
+
+/// PostgreSQL: each store a fresh PostgreSQL database on the test server (see `pg_cluster`).
+struct Postgres;
+
+struct PgTestStore {
+    options: PgOptions,
+    store: Option<Arc<PgStore>>,
+}
+
+impl Backend for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn create(&self) -> Box<dyn TestStore> {
+        let options = PgOptions {
+            url: pg_cluster::fresh_database(),
+            pool_size: 8,
+            notify: ChangeNotify::Listen,
+        };
+        let store = PgStore::open(&options).unwrap();
+        Box::new(PgTestStore {
+            options,
+            store: Some(Arc::new(store)),
+        })
+    }
+}
+
+impl TestStore for PgTestStore {
+    fn server(&self) -> Arc<dyn StoreServer> {
+        self.store.clone().unwrap()
+    }
+
+    fn restart(&mut self) {
+        drop(self.store.take());
+        self.store = Some(Arc::new(PgStore::open(&self.options).unwrap()));
+    }
 }
 
 struct Sled;

@@ -1,0 +1,688 @@
+//! One database on PostgreSQL: the [`DatabaseStore`] methods.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::watch;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::bridge::Bridge;
+use super::views::{Pages, PgView};
+use super::write::{p, pipeline, stmt, write_tx, Param, LOCK_COUNTER, NOTIFY, SET_COUNTERS};
+use super::{decode, decode_body, encode, kind_code, pg_err, pool_err, utf8, Live, CHANNEL};
+use crate::combine::{BatchResult, WriteCombiner, WriteResult};
+use crate::model::*;
+use crate::rules::{check_local_delete, drop_old_bodies, has_old_bodies, next_local_rev};
+use crate::{BoxFuture, ChangesView, DatabaseStore, PrincipalKind, Result, StorageError, Ticket};
+
+/// Rows a paged read fetches per statement.
+pub(super) const PAGE: i64 = 256;
+
+/// One database in PostgreSQL.
+pub struct PgDatabase {
+    pub(super) name: String,
+    pub(super) bridge: Bridge,
+    pub(super) pool: Pool,
+    pub(super) live: Arc<Live>,
+    combiner: WriteCombiner,
+    pub(super) docs_read: Arc<AtomicU64>,
+    /// Open change views of this handle by sequence (compaction keeps what they may show).
+    pub(super) views: Mutex<BTreeMap<u64, usize>>,
+}
+
+impl PgDatabase {
+    pub(super) fn new(name: &str, bridge: Bridge, pool: Pool, live: Arc<Live>) -> PgDatabase {
+        PgDatabase {
+            name: name.to_string(),
+            bridge,
+            pool,
+            live,
+            combiner: WriteCombiner::default(),
+            docs_read: Arc::new(AtomicU64::new(0)),
+            views: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Runs one statement (the database name is `$1`) and returns its rows.
+    pub(super) fn rows(&self, sql: &'static str, params: Vec<Param>) -> Result<Vec<Row>> {
+        let pool = self.pool.clone();
+        let mut params = params;
+        params.insert(0, p(self.name.clone()));
+        self.bridge.run(async move {
+            let c = pool.get().await.map_err(pool_err)?;
+            let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            c.query(&st, &refs).await.map_err(pg_err)
+        })
+    }
+
+    /// The first column of the first row, as bytes.
+    fn bytes(&self, sql: &'static str, params: Vec<Param>) -> Result<Option<Vec<u8>>> {
+        Ok(self.rows(sql, params)?.first().map(|r| r.get(0)))
+    }
+
+    fn exec(&self, sql: &'static str, params: Vec<Param>) -> Result<()> {
+        self.rows(sql, params).map(|_| ())
+    }
+
+    /// Runs `f` with a pooled connection on the backend runtime.
+    fn with_client<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Object, String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        let pool = self.pool.clone();
+        let name = self.name.clone();
+        self.bridge.run(async move {
+            let c = pool.get().await.map_err(pool_err)?;
+            f(c, name).await
+        })
+    }
+
+    /// Applies write sets, in order, as one transaction: one result list per set.
+    fn apply_writes(&self, sets: Vec<Vec<DocWrite>>) -> BatchResult {
+        let ids: Vec<String> = {
+            let mut seen = HashSet::new();
+            sets.iter()
+                .flatten()
+                .map(|w| w.id().to_string())
+                .filter(|id| seen.insert(id.clone()))
+                .collect()
+        };
+        let (pool, name, docs_read) =
+            (self.pool.clone(), self.name.clone(), self.docs_read.clone());
+        let live = self.live.clone();
+        let (results, summary) = self.bridge.run_sync(move |h| {
+            write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
+                Ok(sets
+                    .into_iter()
+                    .map(|writes| writes.into_iter().map(|w| st.apply(w)).collect())
+                    .collect::<Vec<Vec<Result<WriteOutcome>>>>())
+            })
+        })?;
+        self.published(summary.last_seq, summary.grants_changed);
+        Ok((results, Ticket(summary.last_seq)))
+    }
+
+    /// A committed write moved the sequence to `seq` (and maybe the access index).
+    fn published(&self, seq: u64, grants_changed: bool) {
+        self.live.committed(seq, grants_changed);
+    }
+
+    /// A principal write (`record`: `Some` to store, `None` to delete) under a new sequence.
+    fn principal_tx(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        build: Option<&mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>>,
+    ) -> Result<u64> {
+        // step 1: open the transaction and take the counter row (the record needs its seq)
+        let (pool, db) = (self.pool.clone(), self.name.clone());
+        let (client, last) = self.bridge.run(async move {
+            let c = pool.get().await.map_err(pool_err)?;
+            let tx = OpenTx(Some(c));
+            tx.client()?.batch_execute("BEGIN").await.map_err(pg_err)?;
+            let last: i64 = tx
+                .client()?
+                .query_one(LOCK_COUNTER, &[&db])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            Ok((tx, last as u64))
+        })?;
+        let seq = last + 1;
+        let record = match build {
+            Some(build) => Some(build(seq).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "cannot encode principal \"{}\": {e}",
+                    crate::revtree::truncate(name, 100)
+                ))
+            })?),
+            None => None,
+        };
+        // step 2: write, move the counter, notify, commit
+        let db = self.name.clone();
+        let key = (kind_code(kind), name.as_bytes().to_vec());
+        let live = self.live.clone();
+        self.bridge.run(async move {
+            let mut client = client;
+            let mut stmts = vec![match record {
+                Some(r) => stmt(
+                    &db,
+                    "INSERT INTO syncgate_principals (db, kind, name, record) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (db, kind, name) DO UPDATE SET record = EXCLUDED.record",
+                    vec![p(key.0), p(key.1), p(r)],
+                ),
+                None => stmt(
+                    &db,
+                    "DELETE FROM syncgate_principals WHERE db = $1 AND kind = $2 AND name = $3",
+                    vec![p(key.0), p(key.1)],
+                ),
+            }];
+            stmts.push(stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)]));
+            stmts.push(super::write::Stmt::new(
+                NOTIFY,
+                vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
+            ));
+            live.committing(seq);
+            client.pipeline_and_commit(&stmts).await
+        })?;
+        self.published(seq, false);
+        Ok(seq)
+    }
+}
+
+/// A pooled connection inside a transaction opened by hand (`BEGIN`) across bridge calls. If
+/// it is dropped before committing, the connection is closed rather than returned to the pool
+/// mid-transaction.
+pub(super) struct OpenTx(Option<Object>);
+
+impl OpenTx {
+    fn client(&self) -> Result<&Object> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| StorageError::Engine("transaction already ended".into()))
+    }
+
+    async fn pipeline_and_commit(&mut self, stmts: &[super::write::Stmt]) -> Result<()> {
+        let c = self.client()?;
+        pipeline(c, stmts).await?;
+        c.batch_execute("COMMIT").await.map_err(pg_err)?;
+        // committed: back to the pool
+        self.0.take();
+        Ok(())
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(Object::take(c));
+        }
+    }
+}
+
+impl DatabaseStore for PgDatabase {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>> {
+        match self.bytes(
+            "SELECT meta FROM syncgate_docs WHERE db = $1 AND id = $2",
+            vec![p(id.as_bytes().to_vec())],
+        )? {
+            Some(v) => {
+                self.docs_read.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(decode("document", &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
+        match self.bytes(
+            "SELECT body FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = $3",
+            vec![p(id.as_bytes().to_vec()), p(rev.as_bytes().to_vec())],
+        )? {
+            Some(v) => {
+                self.docs_read.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(decode_body(id, rev, &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)> {
+        let (mut results, ticket) = self.apply_writes(vec![writes])?;
+        Ok((results.pop().unwrap_or_default(), ticket))
+    }
+
+    fn write_docs_shared(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
+        Box::pin(self.combiner.write(writes, |sets| self.apply_writes(sets)))
+    }
+
+    fn doc_count(&self) -> Result<u64> {
+        let rows = self.rows(
+            "SELECT doc_count FROM syncgate_counters WHERE db = $1",
+            vec![],
+        )?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn docs_from(
+        &self,
+        start: &str,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_> {
+        // the first page includes `start`, later ones continue after the last id
+        let mut cursor: Option<Vec<u8>> = if descending && start.is_empty() {
+            None
+        } else {
+            Some(start.as_bytes().to_vec())
+        };
+        let mut first = true;
+        let mut more = true;
+        Box::new(Pages::new(move || {
+            if !more {
+                return Ok(None);
+            }
+            let sql = match (descending, first, cursor.is_some()) {
+                (false, true, _) => {
+                    "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id >= $2 ORDER BY id LIMIT $3"
+                }
+                (false, false, _) => {
+                    "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id > $2 ORDER BY id LIMIT $3"
+                }
+                (true, _, false) => {
+                    "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND $2::bytea IS NULL \
+                     ORDER BY id DESC LIMIT $3"
+                }
+                (true, true, true) => {
+                    "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id <= $2 ORDER BY id DESC LIMIT $3"
+                }
+                (true, false, true) => {
+                    "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+                }
+            };
+            first = false;
+            let rows = self.rows(sql, vec![p(cursor.clone()), p(PAGE)])?;
+            more = rows.len() as i64 == PAGE;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let id: Vec<u8> = r.get(0);
+                cursor = Some(id.clone());
+                out.push((utf8("document id", id)?, decode("document", r.get(1))?));
+            }
+            Ok(Some(out))
+        }))
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.live.last_seq.load(Ordering::SeqCst)
+    }
+
+    fn changes_view(&self) -> Box<dyn ChangesView + '_> {
+        Box::new(PgView::open(self))
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.live.notify.subscribe()
+    }
+
+    fn doc_grants(&self, kind: PrincipalKind, name: &str) -> Result<Vec<(String, DocGrant)>> {
+        self.rows(
+            "SELECT doc, grant_entry FROM syncgate_grants WHERE db = $1 AND kind = $2 AND name = $3 \
+             ORDER BY doc",
+            vec![p(kind_code(kind)), p(name.as_bytes().to_vec())],
+        )?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                utf8("granting document id", r.get(0))?,
+                decode("access index entry", r.get(1))?,
+            ))
+        })
+        .collect()
+    }
+
+    fn grants_version(&self) -> u64 {
+        self.live.grants_version.load(Ordering::SeqCst)
+    }
+
+    fn restamp_docs(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)> {
+        let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+        let (pool, name, docs_read) =
+            (self.pool.clone(), self.name.clone(), self.docs_read.clone());
+        let live = self.live.clone();
+        let (results, summary) = self.bridge.run_sync(move |h| {
+            write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
+                docs.into_iter()
+                    .map(|r| st.restamp(r))
+                    .collect::<Result<Vec<_>>>()
+            })
+        })?;
+        self.published(summary.last_seq, summary.grants_changed);
+        Ok((results, Ticket(summary.last_seq)))
+    }
+
+    fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.bytes(
+            "SELECT value FROM syncgate_settings WHERE db = $1 AND key = $2",
+            vec![p(key.as_bytes().to_vec())],
+        )
+    }
+
+    fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket> {
+        let key = key.as_bytes().to_vec();
+        match value {
+            Some(v) => self.exec(
+                "INSERT INTO syncgate_settings (db, key, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
+                vec![p(key), p(v.to_vec())],
+            )?,
+            None => self.exec(
+                "DELETE FROM syncgate_settings WHERE db = $1 AND key = $2",
+                vec![p(key)],
+            )?,
+        }
+        Ok(Ticket(0))
+    }
+
+    fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        self.bytes(
+            "SELECT data FROM syncgate_attachments WHERE db = $1 AND digest = $2",
+            vec![p(digest.as_bytes().to_vec())],
+        )
+    }
+
+    fn get_local(&self, id: &str) -> Result<Option<LocalDoc>> {
+        match self.bytes(
+            "SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2",
+            vec![p(id.as_bytes().to_vec())],
+        )? {
+            Some(v) => Ok(Some(decode("local document", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Read, check and write in one transaction (the row locked; a concurrent first write
+    /// of the same id loses on the primary key and is a conflict).
+    fn put_local(
+        &self,
+        id: &str,
+        rev: Option<&str>,
+        body: Box<serde_json::value::RawValue>,
+    ) -> Result<(String, Ticket)> {
+        let id = id.as_bytes().to_vec();
+        let rev = rev.map(str::to_string);
+        let new_rev = self.with_client(move |mut c, db| async move {
+            let tx = c.transaction().await.map_err(pg_err)?;
+            let current: Option<LocalDoc> = match tx
+                .query_opt(
+                    "SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2 FOR UPDATE",
+                    &[&db, &id],
+                )
+                .await
+                .map_err(pg_err)?
+            {
+                Some(r) => Some(decode("local document", r.get(0))?),
+                None => None,
+            };
+            let doc = LocalDoc {
+                rev: next_local_rev(current.as_ref(), rev.as_deref())?,
+                body,
+            };
+            let bytes = encode("local document", &doc)?;
+            let n = if current.is_some() {
+                tx.execute(
+                    "UPDATE syncgate_local SET doc = $3 WHERE db = $1 AND id = $2",
+                    &[&db, &id, &bytes],
+                )
+                .await
+            } else {
+                tx.execute(
+                    "INSERT INTO syncgate_local (db, id, doc) VALUES ($1, $2, $3) \
+                     ON CONFLICT (db, id) DO NOTHING",
+                    &[&db, &id, &bytes],
+                )
+                .await
+            }
+            .map_err(pg_err)?;
+            if n != 1 {
+                return Err(StorageError::Conflict("Document update conflict".into()));
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok(doc.rev)
+        })?;
+        Ok((new_rev, Ticket(0)))
+    }
+
+    fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket> {
+        let id = id.as_bytes().to_vec();
+        let rev = rev.map(str::to_string);
+        self.with_client(move |mut c, db| async move {
+            let tx = c.transaction().await.map_err(pg_err)?;
+            let current: Option<LocalDoc> = match tx
+                .query_opt(
+                    "SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2 FOR UPDATE",
+                    &[&db, &id],
+                )
+                .await
+                .map_err(pg_err)?
+            {
+                Some(r) => Some(decode("local document", r.get(0))?),
+                None => None,
+            };
+            check_local_delete(current.as_ref(), rev.as_deref())?;
+            tx.execute(
+                "DELETE FROM syncgate_local WHERE db = $1 AND id = $2",
+                &[&db, &id],
+            )
+            .await
+            .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)
+        })?;
+        Ok(Ticket(0))
+    }
+
+    fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>> {
+        self.bytes(
+            "SELECT record FROM syncgate_principals WHERE db = $1 AND kind = $2 AND name = $3",
+            vec![p(kind_code(kind)), p(name.as_bytes().to_vec())],
+        )
+    }
+
+    fn put_principal(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<(u64, Ticket)> {
+        let seq = self.principal_tx(kind, name, Some(build))?;
+        Ok((seq, Ticket(seq)))
+    }
+
+    fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket> {
+        let seq = self.principal_tx(kind, name, None)?;
+        Ok(Ticket(seq))
+    }
+
+    fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {
+        self.rows(
+            "SELECT name FROM syncgate_principals WHERE db = $1 AND kind = $2 ORDER BY name",
+            vec![p(kind_code(kind))],
+        )?
+        .into_iter()
+        .map(|r| utf8("principal name", r.get(0)))
+        .collect()
+    }
+
+    fn get_session(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.bytes(
+            "SELECT value FROM syncgate_sessions WHERE db = $1 AND key = $2",
+            vec![p(key.as_bytes().to_vec())],
+        )
+    }
+
+    fn put_session(&self, key: &str, value: Vec<u8>) -> Result<Ticket> {
+        self.exec(
+            "INSERT INTO syncgate_sessions (db, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
+            vec![p(key.as_bytes().to_vec()), p(value)],
+        )?;
+        Ok(Ticket(0))
+    }
+
+    fn delete_sessions(&self, keys: &[String]) -> Result<Ticket> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        self.exec(
+            "DELETE FROM syncgate_sessions WHERE db = $1 AND key = ANY($2)",
+            vec![p(keys)],
+        )?;
+        Ok(Ticket(0))
+    }
+
+    fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.rows(
+            "SELECT key, value FROM syncgate_sessions WHERE db = $1 ORDER BY key",
+            vec![],
+        )?
+        .into_iter()
+        .map(|r| Ok((utf8("session key", r.get(0))?, r.get(1))))
+        .collect()
+    }
+
+    fn put_login(&self, key: &str, value: Vec<u8>) -> Result<Ticket> {
+        self.exec(
+            "INSERT INTO syncgate_logins (db, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
+            vec![p(key.as_bytes().to_vec()), p(value)],
+        )?;
+        Ok(Ticket(0))
+    }
+
+    /// `DELETE … RETURNING`: of two callers, one gets the row.
+    fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.bytes(
+            "DELETE FROM syncgate_logins WHERE db = $1 AND key = $2 RETURNING value",
+            vec![p(key.as_bytes().to_vec())],
+        )
+    }
+
+    fn list_logins(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.rows(
+            "SELECT key, value FROM syncgate_logins WHERE db = $1 ORDER BY key",
+            vec![],
+        )?
+        .into_iter()
+        .map(|r| Ok((utf8("login key", r.get(0))?, r.get(1))))
+        .collect()
+    }
+
+    fn delete_logins(&self, keys: &[String]) -> Result<Ticket> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        self.exec(
+            "DELETE FROM syncgate_logins WHERE db = $1 AND key = ANY($2)",
+            vec![p(keys)],
+        )?;
+        Ok(Ticket(0))
+    }
+
+    /// One transaction holding the counter row (writers of the database wait meanwhile):
+    /// drops non-leaf bodies, attachment data no remaining body refers to, and superseded
+    /// change rows at or below the oldest change view open on this handle (or the last
+    /// sequence). Views open on other nodes are not known here: one older than that horizon
+    /// may miss a document updated meanwhile (it shows at its new sequence in the next view).
+    fn compact(&self) -> Result<CompactStats> {
+        let horizon = {
+            let views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            let last = self.last_seq();
+            views.keys().next().map_or(last, |v| (*v).min(last))
+        };
+        let pool = self.pool.clone();
+        let db = self.name.clone();
+        self.bridge.run_untimed(async move {
+            let mut c = pool.get().await.map_err(pool_err)?;
+            let mut stats = CompactStats::default();
+            let tx = c.transaction().await.map_err(pg_err)?;
+            tx.query_one(LOCK_COUNTER, &[&db]).await.map_err(pg_err)?;
+            let docs = tx
+                .query("SELECT id, meta FROM syncgate_docs WHERE db = $1", &[&db])
+                .await
+                .map_err(pg_err)?;
+            for r in docs {
+                let id: Vec<u8> = r.get(0);
+                let mut meta: DocMeta = decode("document", r.get(1))?;
+                if !has_old_bodies(&meta) {
+                    continue;
+                }
+                let dropped: Vec<Vec<u8>> = drop_old_bodies(&mut meta)
+                    .into_iter()
+                    .map(String::into_bytes)
+                    .collect();
+                stats.bodies_removed += dropped.len() as u64;
+                tx.execute(
+                    "DELETE FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = ANY($3)",
+                    &[&db, &id, &dropped],
+                )
+                .await
+                .map_err(pg_err)?;
+                tx.execute(
+                    "UPDATE syncgate_docs SET meta = $3 WHERE db = $1 AND id = $2",
+                    &[&db, &id, &encode("document", &meta)?],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            // every body left is a leaf's: their digests are the referenced ones
+            let mut referenced: HashSet<Vec<u8>> = HashSet::new();
+            let bodies = tx
+                .query(
+                    "SELECT id, rev, body FROM syncgate_bodies WHERE db = $1",
+                    &[&db],
+                )
+                .await
+                .map_err(pg_err)?;
+            for r in bodies {
+                let id = String::from_utf8_lossy(r.get::<_, &[u8]>(0)).into_owned();
+                let rev = String::from_utf8_lossy(r.get::<_, &[u8]>(1)).into_owned();
+                for (_, a) in decode_body(&id, &rev, r.get(2))?.attachments {
+                    referenced.insert(a.digest.into_bytes());
+                }
+            }
+            let stored = tx
+                .query(
+                    "SELECT digest FROM syncgate_attachments WHERE db = $1",
+                    &[&db],
+                )
+                .await
+                .map_err(pg_err)?;
+            let unreferenced: Vec<Vec<u8>> = stored
+                .into_iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .filter(|d| !referenced.contains(d))
+                .collect();
+            stats.attachments_removed = unreferenced.len() as u64;
+            tx.execute(
+                "DELETE FROM syncgate_attachments WHERE db = $1 AND digest = ANY($2)",
+                &[&db, &unreferenced],
+            )
+            .await
+            .map_err(pg_err)?;
+            let horizon = horizon as i64;
+            tx.execute(
+                "DELETE FROM syncgate_channels c USING syncgate_changes e \
+                 WHERE c.db = $1 AND e.db = $1 AND c.seq = e.seq AND e.superseded <= $2",
+                &[&db, &horizon],
+            )
+            .await
+            .map_err(pg_err)?;
+            tx.execute(
+                "DELETE FROM syncgate_changes WHERE db = $1 AND superseded <= $2",
+                &[&db, &horizon],
+            )
+            .await
+            .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            Ok(stats)
+        })
+    }
+
+    /// Acknowledged = committed: a write has returned only after its commit.
+    fn durable(&self, _ticket: Ticket) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn docs_read(&self) -> u64 {
+        self.docs_read.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,175 @@
+//! Change views on PostgreSQL: pinned at a committed sequence V, read in pages by sequence,
+//! showing a row at S only if S <= V < superseded (see the module documentation).
+
+use std::sync::atomic::Ordering;
+
+use super::db::{PgDatabase, PAGE};
+use super::decode;
+use super::write::p;
+use crate::model::ChangeEntry;
+use crate::{ChangesView, Result};
+
+const SINCE_ASC: &str = "SELECT seq, entry FROM syncgate_changes \
+     WHERE db = $1 AND seq > $2 AND seq <= $3 AND (superseded IS NULL OR superseded > $3) \
+     ORDER BY seq LIMIT $4";
+const SINCE_DESC: &str = "SELECT seq, entry FROM syncgate_changes \
+     WHERE db = $1 AND seq > $2 AND seq < $5 AND seq <= $3 \
+     AND (superseded IS NULL OR superseded > $3) ORDER BY seq DESC LIMIT $4";
+/// Only the channel index rows of the asked channels, then their change rows.
+const IN_CHANNELS: &str = "SELECT seq, entry FROM syncgate_changes \
+     WHERE db = $1 AND seq IN (SELECT seq FROM syncgate_channels \
+         WHERE db = $1 AND channel = ANY($5) AND seq > $2 AND seq <= $3) \
+     AND (superseded IS NULL OR superseded > $3) ORDER BY seq LIMIT $4";
+
+/// A change view of one handle; registered while it lives (compaction's horizon).
+pub(super) struct PgView<'a> {
+    db: &'a PgDatabase,
+    seq: u64,
+}
+
+impl<'a> PgView<'a> {
+    pub(super) fn open(db: &'a PgDatabase) -> PgView<'a> {
+        let mut views = db.views.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = db.live.last_seq.load(Ordering::SeqCst);
+        *views.entry(seq).or_default() += 1;
+        PgView { db, seq }
+    }
+
+    /// One page of entries: `sql` with ($since, $view, $limit, $extra).
+    fn page(
+        &self,
+        sql: &'static str,
+        since: u64,
+        extra: Option<super::write::Param>,
+    ) -> Result<Vec<ChangeEntry>> {
+        let mut params = vec![p(since as i64), p(self.seq as i64), p(PAGE)];
+        params.extend(extra);
+        let rows = self.db.rows(sql, params)?;
+        self.db
+            .docs_read
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        rows.iter().map(|r| decode("change", r.get(1))).collect()
+    }
+}
+
+impl Drop for PgView<'_> {
+    fn drop(&mut self) {
+        let mut views = self.db.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = views.get_mut(&self.seq) {
+            *n -= 1;
+            if *n == 0 {
+                views.remove(&self.seq);
+            }
+        }
+    }
+}
+
+impl ChangesView for PgView<'_> {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn since(
+        &self,
+        since: u64,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let mut more = true;
+        if descending {
+            let mut below = self.seq.saturating_add(1);
+            Box::new(Pages::new(move || {
+                if !more {
+                    return Ok(None);
+                }
+                let rows = self.page(SINCE_DESC, since, Some(p(below as i64)))?;
+                more = rows.len() as i64 == PAGE;
+                if let Some(last) = rows.last() {
+                    below = last.seq;
+                }
+                Ok(Some(rows))
+            }))
+        } else {
+            let mut after = since;
+            Box::new(Pages::new(move || {
+                if !more {
+                    return Ok(None);
+                }
+                let rows = self.page(SINCE_ASC, after, None)?;
+                more = rows.len() as i64 == PAGE;
+                if let Some(last) = rows.last() {
+                    after = last.seq;
+                }
+                Ok(Some(rows))
+            }))
+        }
+    }
+
+    fn in_channels(
+        &self,
+        channels: &[String],
+        since: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        let channels: Vec<Vec<u8>> = channels
+            .iter()
+            .filter(|c| !c.contains('\0'))
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        let mut more = !channels.is_empty();
+        let mut after = since;
+        Box::new(Pages::new(move || {
+            if !more {
+                return Ok(None);
+            }
+            let rows = self.page(IN_CHANNELS, after, Some(p(channels.clone())))?;
+            more = rows.len() as i64 == PAGE;
+            if let Some(last) = rows.last() {
+                after = last.seq;
+            }
+            Ok(Some(rows))
+        }))
+    }
+}
+
+/// An iterator over pages fetched on demand: `fetch` returns the next page, or `None` when
+/// there is none.
+pub(super) struct Pages<T, F> {
+    fetch: F,
+    page: std::vec::IntoIter<T>,
+    done: bool,
+}
+
+impl<T, F: FnMut() -> Result<Option<Vec<T>>>> Pages<T, F> {
+    pub(super) fn new(fetch: F) -> Self {
+        Pages {
+            fetch,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+impl<T, F: FnMut() -> Result<Option<Vec<T>>>> Iterator for Pages<T, F> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        loop {
+            if let Some(x) = self.page.next() {
+                return Some(Ok(x));
+            }
+            if self.done {
+                return None;
+            }
+            match (self.fetch)() {
+                Ok(Some(page)) if !page.is_empty() => self.page = page.into_iter(),
+                Ok(_) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
