@@ -481,6 +481,38 @@ impl DatabaseStore for PgDatabase {
         )
     }
 
+    fn raise_seq(&self, seq: u64) -> Result<Ticket> {
+        let (pool, db) = (self.pool.clone(), self.name.clone());
+        let live = self.live.clone();
+        let (last, raised) = self.bridge.run(async move {
+            let c = pool.get().await.map_err(pool_err)?;
+            let mut tx = OpenTx(Some(c));
+            tx.client()?.batch_execute("BEGIN").await.map_err(pg_err)?;
+            let last: i64 = tx
+                .client()?
+                .query_one(LOCK_COUNTER, &[&db])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            let last = last as u64;
+            if last >= seq {
+                tx.pipeline_and_commit(&[]).await?;
+                return Ok((last, false));
+            }
+            let stmts = vec![
+                stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)]),
+                super::write::Stmt::new(NOTIFY, vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))]),
+            ];
+            live.committing(seq);
+            tx.pipeline_and_commit(&stmts).await?;
+            Ok((seq, true))
+        })?;
+        if raised {
+            self.published(last, false);
+        }
+        Ok(Ticket(last))
+    }
+
     fn put_principal(
         &self,
         kind: PrincipalKind,
