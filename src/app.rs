@@ -32,6 +32,29 @@ type ResBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the server did not start, and the exit code that says so (2: the configuration or the
+/// store cannot be used by this build; 1: anything else).
+#[derive(Debug)]
+pub struct StartupError {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl From<String> for StartupError {
+    fn from(message: String) -> Self {
+        StartupError {
+            message,
+            exit_code: 1,
+        }
+    }
+}
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// A built server: listeners bound, not yet serving.
 pub struct Application {
     server: Arc<Server>,
@@ -45,8 +68,11 @@ impl Application {
     pub async fn build(
         config: ServerConfig,
         tls: Option<TlsAcceptor>,
-    ) -> Result<Application, String> {
-        let server = Server::open(config).map_err(|e| e.to_string())?;
+    ) -> Result<Application, StartupError> {
+        let server = Server::open(config).map_err(|e| StartupError {
+            exit_code: if matches!(e, Error::Incompatible(_)) { 2 } else { 1 },
+            message: e.to_string(),
+        })?;
         let cfg = &server.config;
         let mut listeners = Vec::new();
         let http_metrics = HttpMetrics::new();
@@ -316,23 +342,33 @@ fn into_body(resp: Reply) -> http::Response<ResBody> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    // registered now, before the listeners are announced: a SIGTERM right after startup is a
+    // graceful stop too, not the default action
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (term, int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {},
+                _ = wait(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

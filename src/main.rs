@@ -9,13 +9,15 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use syncgate_core::config::ServerConfig;
 
 /// A Sync Gateway-style sync replication server.
 #[derive(Parser, Debug)]
 #[command(name = "syncgate", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The JSON config file.
     #[arg(default_value = "config.json")]
     config: PathBuf,
@@ -24,8 +26,28 @@ struct Cli {
     check_config: Option<PathBuf>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Copy a database from the store CONFIG gives it (normally the embedded store) into a
+    /// PostgreSQL database, with syncgate stopped; then set the database's `server` to that URL.
+    Migrate {
+        /// The database to copy (a name under `databases` in CONFIG).
+        #[arg(long)]
+        db: String,
+        /// The target: postgres://USER:PASSWORD@HOST:PORT/DBNAME (or $VAR naming it).
+        #[arg(long)]
+        to: String,
+        /// The JSON config file.
+        #[arg(default_value = "config.json")]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Migrate { db, to, config }) = cli.command {
+        return migrate(&config, &db, &to);
+    }
     if let Some(path) = cli.check_config {
         return match ServerConfig::load(&path) {
             Ok(_) => {
@@ -67,14 +89,15 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        let stop = app::shutdown_signal();
         let app = match app::Application::build(config, tls).await {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("syncgate: {e}");
-                return ExitCode::from(1);
+                return ExitCode::from(e.exit_code);
             }
         };
-        app.run_until_stopped(app::shutdown_signal()).await;
+        app.run_until_stopped(stop).await;
         ExitCode::SUCCESS
     })
 }
@@ -101,4 +124,84 @@ fn init_tracing(level: &str) {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// `syncgate migrate`: exit 0 when copied, 2 for a bad config or target, 1 otherwise.
+fn migrate(config_path: &std::path::Path, db: &str, to: &str) -> ExitCode {
+    let config = match ServerConfig::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("syncgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // the URL may be given as $VAR (it holds a password: keep it out of the shell history)
+    let to = match to.strip_prefix('$') {
+        Some(var) => match std::env::var(var.trim_start_matches('{').trim_end_matches('}')) {
+            Ok(v) => v,
+            Err(_) => {
+                eprintln!("syncgate migrate: --to names ${var}, which is not set");
+                return ExitCode::from(2);
+            }
+        },
+        None => to.to_string(),
+    };
+    init_tracing(config.log_level());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("syncgate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = rt.block_on(async {
+        let mut last_report = std::time::Instant::now();
+        let mut progress = |n: u64| {
+            if last_report.elapsed() >= std::time::Duration::from_secs(2) {
+                eprintln!("syncgate migrate: {n} documents copied");
+                last_report = std::time::Instant::now();
+            }
+        };
+        syncgate_core::migrate::migrate(&config, db, &to, &mut progress).await
+    });
+    match result {
+        Ok(r) => {
+            let c = &r.copied;
+            println!(
+                "syncgate migrate: database \"{db}\" copied in {:.1} s: {} documents ({} leaf revisions), {} users, {} roles, {} sessions, {} settings",
+                started.elapsed().as_secs_f64(),
+                c.documents,
+                c.revisions,
+                c.users,
+                c.roles,
+                c.sessions,
+                c.settings
+            );
+            if r.sessions_dropped {
+                println!(
+                    "syncgate migrate: the target already had another session key: sessions were not copied (users log in again)"
+                );
+            }
+            println!(
+                "syncgate migrate: now set \"server\" of database \"{db}\" in {} to the PostgreSQL URL and start syncgate",
+                config_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncgate migrate: {e}");
+            let code = match e {
+                syncgate_core::Error::BadRequest(_)
+                | syncgate_core::Error::NotFound(_)
+                | syncgate_core::Error::Conflict(_)
+                | syncgate_core::Error::Incompatible(_) => 2,
+                _ => 1,
+            };
+            ExitCode::from(code)
+        }
+    }
 }

@@ -14,6 +14,7 @@ mod fidelity;
 mod hardening;
 mod http;
 mod mango;
+mod migrate;
 mod postgres;
 mod sessions;
 mod sync_admin;

@@ -9,7 +9,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use syncgate_auth::jwt::{bearer::revoke_stale_grants, code_flow::CodeFlow, JwtAuth};
 use syncgate_auth::{AuthSettings, Authenticator, CookieSettings, SameSite};
-use syncgate_storage::{DatabaseStore, PgStore, Store, StoreServer};
+use syncgate_storage::{DatabaseStore, PgStore, StorageError, Store, StoreServer};
 use tokio::sync::watch;
 
 use crate::config::{validate_db_name, DbConfig, ServerConfig};
@@ -189,8 +189,9 @@ impl Server {
     pub fn open(config: ServerConfig) -> Result<Arc<Server>> {
         if let Some(mut options) = DbConfig::default().postgres(config.server.as_deref()) {
             options.pool_size = 4;
-            let store = PgStore::open(&options).map_err(|e| {
-                Error::Internal(format!("cannot open the PostgreSQL store (server): {e}"))
+            let store = PgStore::open(&options).map_err(|e| match e {
+                StorageError::Incompatible(m) => Error::Incompatible(format!("server: {m}")),
+                e => Error::Internal(format!("cannot open the PostgreSQL store (server): {e}")),
             })?;
             return Server::with_store(config, Arc::new(store));
         }
@@ -235,10 +236,11 @@ impl Server {
         let Some(options) = config.postgres(self.config.server.as_deref()) else {
             return Ok((self.store.clone(), self.session_key.clone()));
         };
-        let store: Arc<dyn StoreServer> = Arc::new(PgStore::open(&options).map_err(|e| {
-            Error::Internal(format!(
+        let store: Arc<dyn StoreServer> = Arc::new(PgStore::open(&options).map_err(|e| match e {
+            StorageError::Incompatible(m) => Error::Incompatible(format!("database \"{name}\": {m}")),
+            e => Error::Internal(format!(
                 "database \"{name}\": cannot open its PostgreSQL store: {e}"
-            ))
+            )),
         })?);
         let key = session_key(store.as_ref())?;
         self.db_stores

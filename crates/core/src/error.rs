@@ -41,6 +41,9 @@ pub enum Error {
     /// A bug or an engine failure: logged in detail, answered generically.
     #[error("{0}")]
     Internal(String),
+    /// The store was written by a newer syncgate (startup refuses it: exit 2).
+    #[error("{0}")]
+    Incompatible(String),
     /// A stored record that does not decode: logged, and answered naming the record (never
     /// served as an empty or default value).
     #[error("A stored record is corrupt: {0}")]
@@ -66,7 +69,10 @@ impl Error {
             Error::TooManyRequests { .. } => (429, "too_many_requests"),
             Error::BadGateway(_) => (502, "bad_gateway"),
             Error::ServiceUnavailable(_) => (503, "service_unavailable"),
-            Error::Internal(_) | Error::Corrupt(_) | Error::SyncFunction(_) => {
+            Error::Internal(_)
+            | Error::Corrupt(_)
+            | Error::SyncFunction(_)
+            | Error::Incompatible(_) => {
                 (500, "internal_server_error")
             }
         }
@@ -106,6 +112,7 @@ impl From<StorageError> for Error {
             StorageError::Corrupt(m) => Error::Corrupt(m),
             e @ StorageError::Engine(_) => Error::Internal(e.to_string()),
             StorageError::Unavailable(m) => Error::ServiceUnavailable(m),
+            StorageError::Incompatible(m) => Error::Incompatible(m),
         }
     }
 }

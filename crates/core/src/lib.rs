@@ -20,6 +20,7 @@ pub mod docs;
 pub mod error;
 pub mod find;
 pub mod mango;
+pub mod migrate;
 pub mod sync_fn;
 
 pub use database::{Database, Server};

@@ -56,6 +56,10 @@ pub enum StorageError {
     /// this one variant).
     #[error("storage failure: {0}")]
     Engine(String),
+    /// The store was written by a newer (or unknown) version of syncgate: this build must not
+    /// touch it (at startup: exit 2).
+    #[error("{0}")]
+    Incompatible(String),
     /// Stored bytes could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),

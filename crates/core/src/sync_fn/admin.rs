@@ -16,7 +16,7 @@ use crate::database::Database;
 use crate::error::{Error, Result};
 
 /// Setting key of the function set through the admin API.
-const SETTING: &str = "sync_function";
+pub(crate) const SETTING: &str = "sync_function";
 
 /// The function `PUT /{db}/_config/sync` stored, and the config file's function at that time:
 /// the stored one is used while the file's is still that text.

@@ -92,13 +92,13 @@ pub(super) async fn migrate(pool: &Pool) -> Result<()> {
         }
         Some(v) if v == VERSION => {}
         Some(v) if v > VERSION => {
-            return Err(StorageError::Engine(format!(
+            return Err(StorageError::Incompatible(format!(
                 "the PostgreSQL schema is version {v}, newer than this syncgate understands \
                  ({VERSION}): upgrade syncgate"
             )))
         }
         Some(v) => {
-            return Err(StorageError::Engine(format!(
+            return Err(StorageError::Incompatible(format!(
                 "the PostgreSQL schema is version {v}: no migration from it to {VERSION}"
             )))
         }
