@@ -3,6 +3,7 @@
 mod helpers;
 
 mod channels;
+mod compaction;
 mod config;
 mod conformance;
 mod console;

@@ -26,7 +26,7 @@ pub use model::*;
 pub use revtree::{
     compute_rev, generation, parse_rev, truncate as revtree_truncate, RevNode, RevTree,
 };
-pub use sled_store::{SledDatabase, Store};
+pub use sled_store::{SledDatabase, SledOptions, Store, DEFAULT_CACHE_MB};
 
 use std::future::Future;
 use std::pin::Pin;
