@@ -62,17 +62,13 @@ fn churn(db: &str, rounds: usize) -> String {
 
 #[test]
 fn growth_compacts_by_itself() {
-    // idle trigger off: only the store's growth can start it
+    // the other triggers off: only the store's growth can start it
     let s = TestServer::start_with(|c| {
-        c["auto_compact"] =
-            json!({"growth_mb": 1, "growth_percent": 0, "idle_secs": 0, "check_secs": 1});
+        c["auto_compact"] = json!({"growth_mb": 1, "growth_percent": 0, "written_percent": 0,
+            "idle_secs": 0, "check_secs": 1});
     });
     let db = format!("{}/db", s.admin);
     let first = churn(&db, 10);
-    // still there right after the writes (nothing removes it but compaction) ...
-    let (st, _) = get(&format!("{db}/d000?rev={first}"));
-    assert_eq!(st, 200);
-    // ... until the policy runs
     wait_until_compacted(&s, &db, "d000", &first);
     let log = s.log_text();
     assert!(
@@ -85,10 +81,30 @@ fn growth_compacts_by_itself() {
 }
 
 #[test]
-fn an_idle_database_is_compacted_by_itself() {
-    // growth trigger out of reach: only idleness can start it
+fn written_revisions_compact_by_themselves() {
+    // 100 documents and 1,100 revisions: past the default 100 % and the 1,000 floor; the
+    // other triggers out of reach
     let s = TestServer::start_with(|c| {
-        c["auto_compact"] = json!({"growth_mb": 1_000_000, "idle_secs": 1, "check_secs": 1});
+        c["auto_compact"] = json!({"growth_mb": 1_000_000, "idle_secs": 0, "check_secs": 1});
+    });
+    let db = format!("{}/db", s.admin);
+    let first = churn(&db, 10);
+    wait_until_compacted(&s, &db, "d000", &first);
+    let log = s.log_text();
+    assert!(
+        log.contains("auto-compacted") && log.contains("written"),
+        "{log}"
+    );
+    let (st, doc) = get(&format!("{db}/d099"));
+    assert_eq!((st, doc["n"].clone()), (200, json!(10)));
+}
+
+#[test]
+fn an_idle_database_is_compacted_by_itself() {
+    // the other triggers out of reach: only idleness can start it
+    let s = TestServer::start_with(|c| {
+        c["auto_compact"] = json!({"growth_mb": 1_000_000, "written_percent": 0,
+            "idle_secs": 1, "check_secs": 1});
     });
     let db = format!("{}/db", s.admin);
     let (st, r1) = put(&format!("{db}/doc"), &json!({"v": 1}));

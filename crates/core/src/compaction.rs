@@ -7,8 +7,16 @@
 //!
 //! - a database is *dirty* when its sequence moved since its last compaction (only writes
 //!   that take a sequence leave old bodies and superseded change entries behind);
+//! - **written**: a database whose revisions written since its last compaction reach
+//!   `written_percent` % of its document count (and at least [`WRITTEN_MIN`]) is compacted.
+//!   This is the trigger that bounds the disk under steady updates: what compaction frees is
+//!   at most one old body per revision written, so the garbage stays below that share of the
+//!   live data. A trigger on the store's size alone cannot: the embedded store reuses freed
+//!   space rather than shrinking its file, so "grown since the last compaction" only fires
+//!   once the garbage has outgrown the free space — later and later as the file grows;
 //! - **growth**: when the store grew by at least `growth_mb` MiB *and* `growth_percent` % of
-//!   its size after the last compaction, every dirty database is compacted;
+//!   its size after the last compaction, every dirty database is compacted (a safety net for
+//!   what revision counts miss, such as attachments);
 //! - **idle**: a dirty database whose sequence has not moved for `idle_secs` is compacted.
 //!
 //! Compactions run one at a time (this task awaits each), and [`Database::compact`] holds the
@@ -19,6 +27,7 @@
 //! [`StoreServer::size_on_disk`]: syncgate_storage::StoreServer::size_on_disk
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,6 +49,10 @@ pub struct AutoCompactConfig {
     /// ... and at least this share (%) of the size the last compaction left.
     #[serde(default = "default_growth_percent")]
     pub growth_percent: u64,
+    /// Written trigger: revisions written since the last compaction, as % of the document
+    /// count (0 = off).
+    #[serde(default = "default_written_percent")]
+    pub written_percent: u64,
     /// Idle trigger: a database written to and then left alone this long (0 = off).
     #[serde(default = "default_idle_secs")]
     pub idle_secs: u64,
@@ -57,6 +70,9 @@ fn default_growth_mb() -> u64 {
 fn default_growth_percent() -> u64 {
     50
 }
+fn default_written_percent() -> u64 {
+    100
+}
 fn default_idle_secs() -> u64 {
     600
 }
@@ -70,6 +86,7 @@ impl Default for AutoCompactConfig {
             enabled: default_enabled(),
             growth_mb: default_growth_mb(),
             growth_percent: default_growth_percent(),
+            written_percent: default_written_percent(),
             idle_secs: default_idle_secs(),
             check_secs: default_check_secs(),
         }
@@ -83,9 +100,12 @@ impl AutoCompactConfig {
                 "{at}.check_secs: must be between 1 and 86400"
             )));
         }
-        if self.growth_mb > 1 << 30 || self.growth_percent > 100_000 {
+        if self.growth_mb > 1 << 30
+            || self.growth_percent > 100_000
+            || self.written_percent > 100_000
+        {
             return Err(ConfigError(format!(
-                "{at}: growth_mb ≤ 1073741824 and growth_percent ≤ 100000"
+                "{at}: growth_mb ≤ 1073741824, growth_percent and written_percent ≤ 100000"
             )));
         }
         Ok(())
@@ -97,9 +117,14 @@ impl AutoCompactConfig {
     }
 }
 
+/// The written trigger never fires below this many revisions (a small database would
+/// otherwise be compacted every few writes).
+pub const WRITTEN_MIN: u64 = 1000;
+
 /// Why a database is compacted (logged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
+    Written,
     Growth,
     Idle,
 }
@@ -107,6 +132,7 @@ enum Trigger {
 impl Trigger {
     fn label(self) -> &'static str {
         match self {
+            Trigger::Written => "written",
             Trigger::Growth => "growth",
             Trigger::Idle => "idle",
         }
@@ -118,9 +144,20 @@ struct DbState {
     /// The sequence its last compaction started at (0: none since the server started, so a
     /// database with any write is dirty once after a start).
     compacted_seq: u64,
+    /// Revisions written (the `docs_written` metric) when its last compaction started.
+    compacted_written: u64,
     /// The sequence seen at the last check and since when it has not moved.
     seen_seq: u64,
     seen_since: Instant,
+}
+
+/// What a check sees of one database.
+struct Seen {
+    name: String,
+    seq: u64,
+    /// Revisions written since the server started.
+    written: u64,
+    doc_count: u64,
 }
 
 /// The policy's state between checks (a plain struct so the decision is testable without
@@ -141,20 +178,27 @@ impl Policy {
         }
     }
 
-    /// Which databases to compact now, given each one's current sequence and the store's
-    /// size; forgets databases that are gone.
-    fn due(&mut self, now: Instant, seqs: &[(String, u64)], size: u64) -> Vec<(String, Trigger)> {
+    /// Which databases to compact now, given what each one looks like and the store's size;
+    /// forgets databases that are gone.
+    fn due(&mut self, now: Instant, seen: &[Seen], size: u64) -> Vec<(String, Trigger)> {
         self.dbs
-            .retain(|name, _| seqs.iter().any(|(n, _)| n == name));
+            .retain(|name, _| seen.iter().any(|s| &s.name == name));
         let grown = size
             >= self
                 .baseline
                 .saturating_add(self.config.growth_threshold(self.baseline));
         let idle = Duration::from_secs(self.config.idle_secs);
         let mut due = Vec::new();
-        for (name, seq) in seqs {
+        for Seen {
+            name,
+            seq,
+            written,
+            doc_count,
+        } in seen
+        {
             let st = self.dbs.entry(name.clone()).or_insert(DbState {
                 compacted_seq: 0,
+                compacted_written: 0,
                 seen_seq: *seq,
                 seen_since: now,
             });
@@ -165,7 +209,13 @@ impl Policy {
             if *seq == st.compacted_seq {
                 continue; // nothing written since the last compaction
             }
-            if grown {
+            let written_since = written.saturating_sub(st.compacted_written);
+            let written_due = self.config.written_percent > 0
+                && written_since
+                    >= WRITTEN_MIN.max(doc_count.saturating_mul(self.config.written_percent) / 100);
+            if written_due {
+                due.push((name.clone(), Trigger::Written));
+            } else if grown {
                 due.push((name.clone(), Trigger::Growth));
             } else if self.config.idle_secs > 0 && now.duration_since(st.seen_since) >= idle {
                 due.push((name.clone(), Trigger::Idle));
@@ -179,10 +229,12 @@ impl Policy {
         due
     }
 
-    /// Records a compaction of `name` that started at sequence `seq`.
-    fn compacted(&mut self, name: &str, seq: u64) {
+    /// Records a compaction of `name` that started at sequence `seq`, with `written`
+    /// revisions written by then.
+    fn compacted(&mut self, name: &str, seq: u64, written: u64) {
         if let Some(st) = self.dbs.get_mut(name) {
             st.compacted_seq = seq;
+            st.compacted_written = written;
         }
     }
 }
@@ -213,12 +265,17 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                 break;
             }
             let Some(server) = weak.upgrade() else { break };
-            let dbs = server.databases();
-            let seqs: Vec<(String, u64)> = dbs
+            let seen: Vec<Seen> = server
+                .databases()
                 .iter()
-                .map(|db| (db.name.clone(), db.store.last_seq()))
+                .map(|db| Seen {
+                    name: db.name.clone(),
+                    seq: db.store.last_seq(),
+                    written: db.metrics.docs_written.load(Ordering::Relaxed),
+                    doc_count: db.store.doc_count().unwrap_or(0),
+                })
                 .collect();
-            let due = policy.due(Instant::now(), &seqs, server.store_size());
+            let due = policy.due(Instant::now(), &seen, server.store_size());
             let mut compacted = false;
             for (name, trigger) in due {
                 if *shutdown.borrow() {
@@ -227,11 +284,12 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                 // deleted since the list was taken: skip it
                 let Some(db) = server.db(&name) else { continue };
                 let seq = db.store.last_seq();
+                let written = db.metrics.docs_written.load(Ordering::Relaxed);
                 let before = server.store_size();
                 let started = Instant::now();
                 match db.compact_quietly().await {
                     Ok(stats) => {
-                        policy.compacted(&name, seq);
+                        policy.compacted(&name, seq, written);
                         compacted = true;
                         let after = server.store_size();
                         tracing::info!(
@@ -241,7 +299,6 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                             attachments = stats.attachments_removed,
                             store_bytes_before = before,
                             store_bytes_after = after,
-                            reclaimed_bytes = before.saturating_sub(after),
                             ms = started.elapsed().as_millis() as u64,
                             "auto-compacted"
                         );
@@ -265,13 +322,22 @@ mod tests {
             enabled: true,
             growth_mb,
             growth_percent,
+            written_percent: 0,
             idle_secs,
             check_secs: 1,
         }
     }
 
-    fn seqs(v: &[(&str, u64)]) -> Vec<(String, u64)> {
-        v.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    /// Databases by (name, seq), nothing counted as written.
+    fn seqs(v: &[(&str, u64)]) -> Vec<Seen> {
+        v.iter()
+            .map(|(n, s)| Seen {
+                name: n.to_string(),
+                seq: *s,
+                written: 0,
+                doc_count: 0,
+            })
+            .collect()
     }
 
     const MB: u64 = 1 << 20;
@@ -284,14 +350,14 @@ mod tests {
         assert!(p.due(t, &seqs(&[("a", 5), ("b", 0)]), 140 * MB).is_empty());
         let due = p.due(t, &seqs(&[("a", 5), ("b", 0)]), 150 * MB);
         assert_eq!(due, vec![("a".to_string(), Trigger::Growth)]);
-        p.compacted("a", 5);
+        p.compacted("a", 5, 0);
         p.baseline = 120 * MB;
         // measured from the new baseline: 150 is not 50 % above 120
         assert!(p.due(t, &seqs(&[("a", 6)]), 150 * MB).is_empty());
         assert_eq!(p.baseline, 120 * MB);
         // grown, but nothing written since the compaction: nothing to do, and the next
         // growth is measured from here
-        p.compacted("a", 6);
+        p.compacted("a", 6, 0);
         assert!(p.due(t, &seqs(&[("a", 6)]), 185 * MB).is_empty());
         assert_eq!(p.baseline, 185 * MB);
     }
@@ -318,7 +384,7 @@ mod tests {
             .is_empty());
         let due = p.due(t + Duration::from_secs(122), &seqs(&[("a", 4)]), 0);
         assert_eq!(due, vec![("a".to_string(), Trigger::Idle)]);
-        p.compacted("a", 4);
+        p.compacted("a", 4, 0);
         assert!(p
             .due(t + Duration::from_secs(500), &seqs(&[("a", 4)]), 0)
             .is_empty());
@@ -328,6 +394,38 @@ mod tests {
         assert!(p
             .due(t + Duration::from_secs(10_000), &seqs(&[("a", 3)]), 0)
             .is_empty());
+    }
+
+    #[test]
+    fn written_compacts_once_the_revisions_reach_the_share_of_documents() {
+        let mut c = cfg(1 << 20, 0, 0);
+        c.written_percent = 100;
+        let mut p = Policy::new(c, 0);
+        let t = Instant::now();
+        let db = |seq, written, doc_count| {
+            vec![Seen {
+                name: "a".into(),
+                seq,
+                written,
+                doc_count,
+            }]
+        };
+        // 5,000 documents: 4,999 revisions are not enough, 5,000 are
+        assert!(p.due(t, &db(4999, 4999, 5000), 0).is_empty());
+        assert_eq!(
+            p.due(t, &db(5000, 5000, 5000), 0),
+            vec![("a".to_string(), Trigger::Written)]
+        );
+        p.compacted("a", 5000, 5000);
+        // counted from the compaction: 4,999 updates more are not enough
+        assert!(p.due(t, &db(9999, 9999, 5000), 0).is_empty());
+        assert_eq!(p.due(t, &db(10000, 10000, 5000), 0).len(), 1);
+        // a small database waits for WRITTEN_MIN revisions
+        let mut c = cfg(1 << 20, 0, 0);
+        c.written_percent = 100;
+        let mut p = Policy::new(c, 0);
+        assert!(p.due(t, &db(999, 999, 10), 0).is_empty());
+        assert_eq!(p.due(t, &db(1000, 1000, 10), 0).len(), 1);
     }
 
     #[test]
