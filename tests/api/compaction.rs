@@ -28,6 +28,18 @@ fn wait_until_compacted(s: &TestServer, db: &str, id: &str, rev: &str) {
     }
 }
 
+/// The log once it has an `auto-compacted` line (written just after the compaction).
+fn compaction_log(s: &TestServer) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = s.log_text();
+        if log.contains("auto-compacted") || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Writes 100 documents of ~2 KB, then updates each of them `rounds` times; returns the
 /// first revision of `d000`.
 fn churn(db: &str, rounds: usize) -> String {
@@ -70,9 +82,9 @@ fn growth_compacts_by_itself() {
     let db = format!("{}/db", s.admin);
     let first = churn(&db, 10);
     wait_until_compacted(&s, &db, "d000", &first);
-    let log = s.log_text();
+    let log = compaction_log(&s);
     assert!(
-        log.contains("auto-compacted") && log.contains("growth"),
+        log.contains("auto-compacted db=db trigger=\"growth\""),
         "{log}"
     );
     // the current revisions are untouched
@@ -90,9 +102,9 @@ fn written_revisions_compact_by_themselves() {
     let db = format!("{}/db", s.admin);
     let first = churn(&db, 10);
     wait_until_compacted(&s, &db, "d000", &first);
-    let log = s.log_text();
+    let log = compaction_log(&s);
     assert!(
-        log.contains("auto-compacted") && log.contains("written"),
+        log.contains("auto-compacted db=db trigger=\"written\""),
         "{log}"
     );
     let (st, doc) = get(&format!("{db}/d099"));
@@ -113,9 +125,9 @@ fn an_idle_database_is_compacted_by_itself() {
     let (st, _) = put(&format!("{db}/doc?rev={rev1}"), &json!({"v": 2}));
     assert_eq!(st, 201);
     wait_until_compacted(&s, &db, "doc", &rev1);
-    let log = s.log_text();
+    let log = compaction_log(&s);
     assert!(
-        log.contains("auto-compacted") && log.contains("idle"),
+        log.contains("auto-compacted db=db trigger=\"idle\""),
         "{log}"
     );
     let (st, doc) = get(&format!("{db}/doc"));
