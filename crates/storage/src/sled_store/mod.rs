@@ -109,9 +109,10 @@ pub struct Store {
 /// How the embedded store is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SledOptions {
-    /// Bound of sled's page cache in bytes (the config's `cache_mb`). sled counts the
-    /// in-memory size of cached pages against it and evicts beyond; see docs/benchmarks.md
-    /// for what the rest of the process's memory is.
+    /// Bound of sled's page cache in bytes (the config's `cache_mb`). sled counts cached
+    /// pages by their serialized size and evicts beyond it. It does not bound sled's log
+    /// buffers (512 KiB per sealed write) nor what the allocator keeps: docs/benchmarks.md,
+    /// "Memory and disk".
     pub cache_bytes: u64,
 }
 
