@@ -272,7 +272,11 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                     name: db.name.clone(),
                     seq: db.store.last_seq(),
                     written: db.metrics.docs_written.load(Ordering::Relaxed),
-                    doc_count: db.store.doc_count().unwrap_or(0),
+                    // unreadable: the written trigger waits (the others still apply)
+                    doc_count: db.store.doc_count().unwrap_or_else(|e| {
+                        tracing::warn!(db = %db.name, "automatic compaction: no document count: {e}");
+                        u64::MAX
+                    }),
                 })
                 .collect();
             let due = policy.due(Instant::now(), &seen, server.store_size());
