@@ -76,7 +76,7 @@ fn churn(db: &str, rounds: usize) -> String {
 fn growth_compacts_by_itself() {
     // the other triggers off: only the store's growth can start it
     let s = TestServer::start_with(|c| {
-        c["auto_compact"] = json!({"growth_mb": 1, "growth_percent": 0, "written_percent": 0,
+        c["auto_compact"] = json!({"growth_mb": 1, "growth_percent": 0, "updates_percent": 0,
             "idle_secs": 0, "check_secs": 1});
     });
     let db = format!("{}/db", s.admin);
@@ -93,8 +93,8 @@ fn growth_compacts_by_itself() {
 }
 
 #[test]
-fn written_revisions_compact_by_themselves() {
-    // 100 documents and 1,100 revisions: past the default 100 % and the 1,000 floor; the
+fn updates_compact_by_themselves() {
+    // 100 documents and 1,000 updates: the default 100 % and the 1,000 floor; the
     // other triggers out of reach
     let s = TestServer::start_with(|c| {
         c["auto_compact"] = json!({"growth_mb": 1_000_000, "idle_secs": 0, "check_secs": 1});
@@ -104,7 +104,7 @@ fn written_revisions_compact_by_themselves() {
     wait_until_compacted(&s, &db, "d000", &first);
     let log = compaction_log(&s);
     assert!(
-        log.contains("auto-compacted db=db trigger=\"written\""),
+        log.contains("auto-compacted db=db trigger=\"updates\""),
         "{log}"
     );
     let (st, doc) = get(&format!("{db}/d099"));
@@ -115,7 +115,7 @@ fn written_revisions_compact_by_themselves() {
 fn an_idle_database_is_compacted_by_itself() {
     // the other triggers out of reach: only idleness can start it
     let s = TestServer::start_with(|c| {
-        c["auto_compact"] = json!({"growth_mb": 1_000_000, "written_percent": 0,
+        c["auto_compact"] = json!({"growth_mb": 1_000_000, "updates_percent": 0,
             "idle_secs": 1, "check_secs": 1});
     });
     let db = format!("{}/db", s.admin);

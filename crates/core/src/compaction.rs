@@ -7,11 +7,13 @@
 //!
 //! - a database is *dirty* when its sequence moved since its last compaction (only writes
 //!   that take a sequence leave old bodies and superseded change entries behind);
-//! - **written**: a database whose revisions written since its last compaction reach
-//!   `written_percent` % of its document count (and at least [`WRITTEN_MIN`]) is compacted.
-//!   This is the trigger that bounds the disk under steady updates: what compaction frees is
-//!   at most one old body per revision written, so the garbage stays below that share of the
-//!   live data. A trigger on the store's size alone cannot: the embedded store reuses freed
+//! - **updates**: a database whose updates since its last compaction reach `updates_percent`
+//!   % of its document count (and at least [`UPDATES_MIN`]) is compacted. Updates are the
+//!   revisions written (the `docs_written` metric) less the documents added (the growth of the
+//!   document count): a new document leaves nothing to reclaim, so a bulk load never triggers
+//!   it. This is the trigger that bounds the disk under steady updates: what compaction frees
+//!   is at most one old body per update, so the garbage stays below that share of the live
+//!   data. A trigger on the store's size alone cannot: the embedded store reuses freed
 //!   space rather than shrinking its file, so "grown since the last compaction" only fires
 //!   once the garbage has outgrown the free space — later and later as the file grows;
 //! - **growth**: when the store grew by at least `growth_mb` MiB *and* `growth_percent` % of
@@ -49,10 +51,10 @@ pub struct AutoCompactConfig {
     /// ... and at least this share (%) of the size the last compaction left.
     #[serde(default = "default_growth_percent")]
     pub growth_percent: u64,
-    /// Written trigger: revisions written since the last compaction, as % of the document
-    /// count (0 = off).
-    #[serde(default = "default_written_percent")]
-    pub written_percent: u64,
+    /// Updates trigger: updates since the last compaction, as % of the document count
+    /// (0 = off).
+    #[serde(default = "default_updates_percent")]
+    pub updates_percent: u64,
     /// Idle trigger: a database written to and then left alone this long (0 = off).
     #[serde(default = "default_idle_secs")]
     pub idle_secs: u64,
@@ -70,7 +72,7 @@ fn default_growth_mb() -> u64 {
 fn default_growth_percent() -> u64 {
     50
 }
-fn default_written_percent() -> u64 {
+fn default_updates_percent() -> u64 {
     100
 }
 fn default_idle_secs() -> u64 {
@@ -86,7 +88,7 @@ impl Default for AutoCompactConfig {
             enabled: default_enabled(),
             growth_mb: default_growth_mb(),
             growth_percent: default_growth_percent(),
-            written_percent: default_written_percent(),
+            updates_percent: default_updates_percent(),
             idle_secs: default_idle_secs(),
             check_secs: default_check_secs(),
         }
@@ -102,10 +104,10 @@ impl AutoCompactConfig {
         }
         if self.growth_mb > 1 << 30
             || self.growth_percent > 100_000
-            || self.written_percent > 100_000
+            || self.updates_percent > 100_000
         {
             return Err(ConfigError(format!(
-                "{at}: growth_mb ≤ 1073741824, growth_percent and written_percent ≤ 100000"
+                "{at}: growth_mb ≤ 1073741824, growth_percent and updates_percent ≤ 100000"
             )));
         }
         Ok(())
@@ -117,14 +119,14 @@ impl AutoCompactConfig {
     }
 }
 
-/// The written trigger never fires below this many revisions (a small database would
+/// The updates trigger never fires below this many updates (a small database would
 /// otherwise be compacted every few writes).
-pub const WRITTEN_MIN: u64 = 1000;
+pub const UPDATES_MIN: u64 = 1000;
 
 /// Why a database is compacted (logged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
-    Written,
+    Updates,
     Growth,
     Idle,
 }
@@ -132,7 +134,7 @@ enum Trigger {
 impl Trigger {
     fn label(self) -> &'static str {
         match self {
-            Trigger::Written => "written",
+            Trigger::Updates => "updates",
             Trigger::Growth => "growth",
             Trigger::Idle => "idle",
         }
@@ -144,8 +146,10 @@ struct DbState {
     /// The sequence its last compaction started at (0: none since the server started, so a
     /// database with any write is dirty once after a start).
     compacted_seq: u64,
-    /// Revisions written (the `docs_written` metric) when its last compaction started.
+    /// Revisions written (the `docs_written` metric) and documents when its last compaction
+    /// started (or when the policy first saw it).
     compacted_written: u64,
+    compacted_docs: u64,
     /// The sequence seen at the last check and since when it has not moved.
     seen_seq: u64,
     seen_since: Instant,
@@ -198,7 +202,9 @@ impl Policy {
         {
             let st = self.dbs.entry(name.clone()).or_insert(DbState {
                 compacted_seq: 0,
+                // not seen at start: created since, empty
                 compacted_written: 0,
+                compacted_docs: 0,
                 seen_seq: *seq,
                 seen_since: now,
             });
@@ -209,12 +215,15 @@ impl Policy {
             if *seq == st.compacted_seq {
                 continue; // nothing written since the last compaction
             }
-            let written_since = written.saturating_sub(st.compacted_written);
-            let written_due = self.config.written_percent > 0
-                && written_since
-                    >= WRITTEN_MIN.max(doc_count.saturating_mul(self.config.written_percent) / 100);
-            if written_due {
-                due.push((name.clone(), Trigger::Written));
+            let added = doc_count.saturating_sub(st.compacted_docs);
+            let updates = written
+                .saturating_sub(st.compacted_written)
+                .saturating_sub(added);
+            let updates_due = self.config.updates_percent > 0
+                && updates
+                    >= UPDATES_MIN.max(doc_count.saturating_mul(self.config.updates_percent) / 100);
+            if updates_due {
+                due.push((name.clone(), Trigger::Updates));
             } else if grown {
                 due.push((name.clone(), Trigger::Growth));
             } else if self.config.idle_secs > 0 && now.duration_since(st.seen_since) >= idle {
@@ -229,12 +238,27 @@ impl Policy {
         due
     }
 
+    /// Notes a database open at start: its documents so far are not updates.
+    fn seed(&mut self, name: &str, seq: u64, doc_count: u64, now: Instant) {
+        self.dbs.insert(
+            name.to_string(),
+            DbState {
+                compacted_seq: 0,
+                compacted_written: 0,
+                compacted_docs: doc_count,
+                seen_seq: seq,
+                seen_since: now,
+            },
+        );
+    }
+
     /// Records a compaction of `name` that started at sequence `seq`, with `written`
-    /// revisions written by then.
-    fn compacted(&mut self, name: &str, seq: u64, written: u64) {
+    /// revisions written and `docs` documents by then.
+    fn compacted(&mut self, name: &str, seq: u64, written: u64, docs: u64) {
         if let Some(st) = self.dbs.get_mut(name) {
             st.compacted_seq = seq;
             st.compacted_written = written;
+            st.compacted_docs = docs;
         }
     }
 }
@@ -252,6 +276,11 @@ pub(crate) fn spawn(server: &Arc<Server>) {
     let weak: Weak<Server> = Arc::downgrade(server);
     let mut shutdown = server.shutdown_signal();
     let mut policy = Policy::new(config.clone(), server.store_size());
+    // before the listeners start: nothing written yet (`docs_written` is 0)
+    for db in server.databases() {
+        let docs = db.store.doc_count().unwrap_or(u64::MAX);
+        policy.seed(&db.name, db.store.last_seq(), docs, Instant::now());
+    }
     rt.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(config.check_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -272,7 +301,7 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                     name: db.name.clone(),
                     seq: db.store.last_seq(),
                     written: db.metrics.docs_written.load(Ordering::Relaxed),
-                    // unreadable: the written trigger waits (the others still apply)
+                    // unreadable: the updates trigger waits (the others still apply)
                     doc_count: db.store.doc_count().unwrap_or_else(|e| {
                         tracing::warn!(db = %db.name, "automatic compaction: no document count: {e}");
                         u64::MAX
@@ -289,11 +318,12 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                 let Some(db) = server.db(&name) else { continue };
                 let seq = db.store.last_seq();
                 let written = db.metrics.docs_written.load(Ordering::Relaxed);
+                let docs = db.store.doc_count().unwrap_or(u64::MAX);
                 let before = server.store_size();
                 let started = Instant::now();
                 match db.compact_quietly().await {
                     Ok(stats) => {
-                        policy.compacted(&name, seq, written);
+                        policy.compacted(&name, seq, written, docs);
                         compacted = true;
                         let after = server.store_size();
                         tracing::info!(
@@ -326,7 +356,7 @@ mod tests {
             enabled: true,
             growth_mb,
             growth_percent,
-            written_percent: 0,
+            updates_percent: 0,
             idle_secs,
             check_secs: 1,
         }
@@ -354,14 +384,14 @@ mod tests {
         assert!(p.due(t, &seqs(&[("a", 5), ("b", 0)]), 140 * MB).is_empty());
         let due = p.due(t, &seqs(&[("a", 5), ("b", 0)]), 150 * MB);
         assert_eq!(due, vec![("a".to_string(), Trigger::Growth)]);
-        p.compacted("a", 5, 0);
+        p.compacted("a", 5, 0, 0);
         p.baseline = 120 * MB;
         // measured from the new baseline: 150 is not 50 % above 120
         assert!(p.due(t, &seqs(&[("a", 6)]), 150 * MB).is_empty());
         assert_eq!(p.baseline, 120 * MB);
         // grown, but nothing written since the compaction: nothing to do, and the next
         // growth is measured from here
-        p.compacted("a", 6, 0);
+        p.compacted("a", 6, 0, 0);
         assert!(p.due(t, &seqs(&[("a", 6)]), 185 * MB).is_empty());
         assert_eq!(p.baseline, 185 * MB);
     }
@@ -388,7 +418,7 @@ mod tests {
             .is_empty());
         let due = p.due(t + Duration::from_secs(122), &seqs(&[("a", 4)]), 0);
         assert_eq!(due, vec![("a".to_string(), Trigger::Idle)]);
-        p.compacted("a", 4, 0);
+        p.compacted("a", 4, 0, 0);
         assert!(p
             .due(t + Duration::from_secs(500), &seqs(&[("a", 4)]), 0)
             .is_empty());
@@ -401,9 +431,9 @@ mod tests {
     }
 
     #[test]
-    fn written_compacts_once_the_revisions_reach_the_share_of_documents() {
+    fn updates_compact_once_they_reach_the_share_of_documents() {
         let mut c = cfg(1 << 20, 0, 0);
-        c.written_percent = 100;
+        c.updates_percent = 100;
         let mut p = Policy::new(c, 0);
         let t = Instant::now();
         let db = |seq, written, doc_count| {
@@ -414,22 +444,28 @@ mod tests {
                 doc_count,
             }]
         };
-        // 5,000 documents: 4,999 revisions are not enough, 5,000 are
-        assert!(p.due(t, &db(4999, 4999, 5000), 0).is_empty());
+        // open at start with 5,000 documents
+        p.seed("a", 5000, 5000, t);
+        assert!(p.due(t, &db(5000, 0, 5000), 0).is_empty());
+        // a bulk load of 20,000 new documents is no update
+        assert!(p.due(t, &db(25000, 20000, 25000), 0).is_empty());
+        // 24,999 updates are not enough, 25,000 are
+        assert!(p.due(t, &db(49999, 44999, 25000), 0).is_empty());
         assert_eq!(
-            p.due(t, &db(5000, 5000, 5000), 0),
-            vec![("a".to_string(), Trigger::Written)]
+            p.due(t, &db(50000, 45000, 25000), 0),
+            vec![("a".to_string(), Trigger::Updates)]
         );
-        p.compacted("a", 5000, 5000);
-        // counted from the compaction: 4,999 updates more are not enough
-        assert!(p.due(t, &db(9999, 9999, 5000), 0).is_empty());
-        assert_eq!(p.due(t, &db(10000, 10000, 5000), 0).len(), 1);
-        // a small database waits for WRITTEN_MIN revisions
+        p.compacted("a", 50000, 45000, 25000);
+        // counted from the compaction
+        assert!(p.due(t, &db(74999, 69999, 25000), 0).is_empty());
+        assert_eq!(p.due(t, &db(75000, 70000, 25000), 0).len(), 1);
+        // created later (first seen with 10 documents and 1,009 revisions: 999 updates); a
+        // small database waits for UPDATES_MIN updates
         let mut c = cfg(1 << 20, 0, 0);
-        c.written_percent = 100;
+        c.updates_percent = 100;
         let mut p = Policy::new(c, 0);
-        assert!(p.due(t, &db(999, 999, 10), 0).is_empty());
-        assert_eq!(p.due(t, &db(1000, 1000, 10), 0).len(), 1);
+        assert!(p.due(t, &db(1009, 1009, 10), 0).is_empty());
+        assert_eq!(p.due(t, &db(1010, 1010, 10), 0).len(), 1);
     }
 
     #[test]
