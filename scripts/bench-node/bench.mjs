@@ -79,6 +79,11 @@ function cpuSeconds(pid) {
   return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
 }
 
+/** Bytes under `dir` (`du -sb`) in MB. */
+function dirMb(dir) {
+  return Number(execFileSync('du', ['-sb', dir]).toString().split('\t')[0]) / 1048576;
+}
+
 /** Peak resident set size (VmHWM) in MB. */
 function peakRssMb(pid) {
   const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+) kB/);
@@ -147,7 +152,7 @@ async function startSyncgate({ tag = 'syncgate', databases = { [DB]: {}, [PUSH_D
   const child = track(spawn(SYNCGATE_BIN, [cfg], { stdio: ['ignore', 'pipe', openSync(logFile, 'w')], env: { ...process.env, RUST_LOG: '' } }), 'syncgate');
   const lines = await waitForLines(child, /(public|admin|metrics) listener on (\S+)/, 3, 'syncgate', logFile);
   const urls = Object.fromEntries(lines.map((m) => [m[1], m[2]]));
-  return { name: 'syncgate', child, pid: child.pid, base: urls.admin, public: urls.public, admin: urls.admin, dir };
+  return { name: 'syncgate', child, pid: child.pid, base: urls.admin, public: urls.public, admin: urls.admin, dir, data: join(dir, 'data') };
 }
 
 async function startPouchdbServer() {
@@ -171,7 +176,7 @@ async function startPouchdbServer() {
     const r = await req('PUT', `${base}/${db}`);
     if (r.status !== 201) throw new Error(`pouchdb-server: creating ${db}: ${r.status} ${JSON.stringify(r.body)}`);
   }
-  return { name: 'pouchdb-server', child, pid: child.pid, base };
+  return { name: 'pouchdb-server', child, pid: child.pid, base, data: join(dir, 'data') };
 }
 
 async function startBareWarp() {
@@ -522,6 +527,7 @@ function report(R) {
   row('server CPU, whole run (unequal work)', S.cpuTotal, P.cpuTotal, 1, false, 's', false);
   row(`peak RSS (VmHWM) at ${f(DOCS)} docs (after bulk, changes, GET, pull)`, S.rssAfter.pull, P.rssAfter.pull, 1, false, 'MB', false);
   row(`peak RSS (VmHWM), whole run (${f(R.docsAtEnd.syncgate)} / ${f(R.docsAtEnd['pouchdb-server'])} docs)`, S.rss, P.rss, 1, false, 'MB', false);
+  row('data directory after the run (`du -sb`)', S.disk, P.disk, 1, false, 'MB', false);
 
   const lines = [];
   lines.push('| workload | syncgate | pouchdb-server 4.2.0 | syncgate better by | ≥ 5× |');
@@ -530,7 +536,10 @@ function report(R) {
   lines.push('');
   lines.push(`peak RSS of syncgate at ${f(DOCS)} docs: ${f(S.rssAfter.pull, 1)} MB (target < 100 MB: ${S.rssAfter.pull < 100 ? 'yes' : '**no**'}); ` +
     `after the whole run: ${f(S.rss, 1)} MB. VmHWM after each workload (MB): ` +
-    Object.entries(S.rssAfter).map(([k, v]) => `${k} ${f(v, 0)}`).join(', '));
+    Object.entries(S.rssAfter).map(([k, v]) => `${k} ${f(v, 0)}`).join(', ') +
+    '. Data directory after each workload (MB), syncgate: ' +
+    Object.entries(S.diskAfter).map(([k, v]) => `${k} ${f(v, 1)}`).join(', ') +
+    '; pouchdb-server: ' + Object.entries(P.diskAfter).map(([k, v]) => `${k} ${f(v, 1)}`).join(', '));
   lines.push('');
   lines.push('| syncgate only | admin port, no auth | public port, Basic auth | Basic / none |');
   lines.push('|---|---:|---:|---:|');
@@ -574,6 +583,7 @@ async function main() {
       log(`${label}: ${s.name}`);
       R[s.name][label] = await fn(s);
       (R[s.name].rssAfter ??= {})[label] = peakRssMb(s.pid);
+      (R[s.name].diskAfter ??= {})[label] = dirMb(s.data);
       log(`${label}: ${s.name} → ${JSON.stringify(R[s.name][label], (k, v) => (k === 'local' ? undefined : typeof v === 'number' ? Number(v.toFixed(3)) : v))}`);
     }
   };
@@ -592,6 +602,7 @@ async function main() {
     R.docsAtEnd[s.name] = docs;
     R[s.name].cpuTotal = cpuSeconds(s.pid);
     R[s.name].rss = peakRssMb(s.pid);
+    R[s.name].disk = dirMb(s.data);
   }
   log('basic auth vs admin GET: syncgate');
   R.auth = await basicAuth(sg);

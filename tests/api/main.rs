@@ -5,6 +5,7 @@ mod helpers;
 mod pg_cluster;
 
 mod channels;
+mod compaction;
 mod config;
 mod conformance;
 mod console;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use syncgate_auth::jwt::{config::validate_local_jwt, LocalJwtConfig, OidcConfig};
 use syncgate_auth::{ConfigRole, ConfigUser, GuestConfig, HashParams, GUEST};
+use syncgate_storage::DEFAULT_CACHE_MB;
 
 /// A config problem, printed as one line by the binary (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,10 @@ pub struct ServerConfig {
     /// block's `server` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// Bound of the embedded store's page cache, MiB (default [`DEFAULT_CACHE_MB`]).
+    pub cache_mb: Option<u64>,
+    /// Automatic compaction policy ([`crate::compaction`]).
+    pub auto_compact: Option<crate::compaction::AutoCompactConfig>,
     #[serde(default)]
     pub databases: BTreeMap<String, DbConfig>,
 }
@@ -220,6 +225,9 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| PathBuf::from("./data"))
     }
+    pub fn cache_mb(&self) -> u64 {
+        self.cache_mb.unwrap_or(DEFAULT_CACHE_MB)
+    }
     pub fn max_body(&self) -> u64 {
         self.max_request_body_bytes.unwrap_or(DEFAULT_MAX_BODY)
     }
@@ -293,6 +301,12 @@ impl ServerConfig {
         }
         if self.max_body() < 1024 {
             return err("$.max_request_body_bytes: must be at least 1024");
+        }
+        if !(1..=1 << 20).contains(&self.cache_mb()) {
+            return err("$.cache_mb: must be between 1 and 1048576");
+        }
+        if let Some(ac) = &self.auto_compact {
+            ac.validate("$.auto_compact")?;
         }
         if let Some(ph) = &self.password_hash {
             if ph.memory_kib < 8 * ph.parallelism.max(1) || ph.iterations < 1 || ph.parallelism < 1

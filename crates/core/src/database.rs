@@ -9,7 +9,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use syncgate_auth::jwt::{bearer::revoke_stale_grants, code_flow::CodeFlow, JwtAuth};
 use syncgate_auth::{AuthSettings, Authenticator, CookieSettings, SameSite};
-use syncgate_storage::{DatabaseStore, PgStore, StorageError, Store, StoreServer};
+use syncgate_storage::{DatabaseStore, PgStore, SledOptions, StorageError, Store, StoreServer};
 use tokio::sync::watch;
 
 use crate::config::{validate_db_name, DbConfig, ServerConfig};
@@ -94,6 +94,8 @@ pub struct Database {
     pub(crate) sync_admin: tokio::sync::Mutex<()>,
     /// `_resync` progress.
     pub(crate) resync: crate::sync_fn::admin::Resync,
+    /// One compaction at a time (admin `_compact` and the automatic policy).
+    pub(crate) compacting: tokio::sync::Mutex<()>,
 }
 
 impl Database {
@@ -195,7 +197,10 @@ impl Server {
             })?;
             return Server::with_store(config, Arc::new(store));
         }
-        let store = Store::open(&config.data_dir()).map_err(|e| {
+        let options = SledOptions {
+            cache_bytes: config.cache_mb() << 20,
+        };
+        let store = Store::open_with(&config.data_dir(), options).map_err(|e| {
             Error::Internal(format!(
                 "cannot open data directory {}: {e}",
                 config.data_dir().display()
@@ -227,6 +232,7 @@ impl Server {
         for (name, cfg) in server.config.databases.clone() {
             server.open_db(&name, cfg)?;
         }
+        crate::compaction::spawn(&server);
         Ok(server)
     }
 
@@ -305,6 +311,7 @@ impl Server {
             config_sync,
             sync_admin: tokio::sync::Mutex::new(()),
             resync: Default::default(),
+            compacting: tokio::sync::Mutex::new(()),
             name: name.to_string(),
             auth,
             store,
@@ -432,6 +439,11 @@ impl Server {
         self.shutdown_tx.send_replace(true);
     }
 
+    /// Changes to `true` when the server shuts down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown_tx.borrow()
     }
@@ -499,12 +511,20 @@ impl Database {
     /// Admin `_compact`: runs on a blocking thread (it scans the whole database) and logs
     /// what it removed.
     pub async fn compact(&self) -> Result<syncgate_storage::CompactStats> {
-        let store = self.store.clone();
-        let stats = tokio::task::spawn_blocking(move || store.compact())
-            .await
-            .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))??;
+        let stats = self.compact_quietly().await?;
         tracing::info!(db = %self.name, bodies = stats.bodies_removed, attachments = stats.attachments_removed, "compacted");
         Ok(stats)
+    }
+
+    /// Compacts without logging; waits for a compaction already running (admin or
+    /// automatic, [`crate::compaction`]) to finish first.
+    pub(crate) async fn compact_quietly(&self) -> Result<syncgate_storage::CompactStats> {
+        let _one = self.compacting.lock().await;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.compact())
+            .await
+            .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))?
+            .map_err(Error::from)
     }
 
     pub(crate) fn note_written(&self, n: usize) {

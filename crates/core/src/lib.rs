@@ -11,9 +11,11 @@
 //! - [`mango`]: Mango selectors (parse once, match many) and `fields` projection.
 //! - [`find`]: Mango over stored documents: `_changes?filter=_selector` and `_find`.
 //! - [`error`]: the one error type, with each variant's HTTP status.
+//! - [`compaction`]: automatic compaction on a size-growth or idle policy.
 //! - [`sync_fn`]: the JavaScript sync function (engine pool, helpers, output rules).
 
 pub mod changes;
+pub mod compaction;
 pub mod config;
 pub mod database;
 pub mod docs;

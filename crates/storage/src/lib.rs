@@ -30,7 +30,7 @@ pub use pg_store::{ChangeNotify, PgOptions, PgStore};
 pub use revtree::{
     compute_rev, generation, parse_rev, truncate as revtree_truncate, RevNode, RevTree,
 };
-pub use sled_store::{SledDatabase, Store};
+pub use sled_store::{SledDatabase, SledOptions, Store, DEFAULT_CACHE_MB};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -106,13 +106,39 @@ pub struct Store {
     commit: Arc<GroupCommit>,
 }
 
+/// How the embedded store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledOptions {
+    /// Bound of sled's page cache in bytes (the config's `cache_mb`). sled counts cached
+    /// pages by their serialized size and evicts beyond it. It does not bound sled's log
+    /// buffers (512 KiB per sealed write) nor what the allocator keeps: docs/benchmarks.md,
+    /// "Memory and disk".
+    pub cache_bytes: u64,
+}
+
+/// The default page cache bound, in MiB (measured: docs/benchmarks.md, "Memory and disk").
+pub const DEFAULT_CACHE_MB: u64 = 16;
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_bytes: DEFAULT_CACHE_MB * 1024 * 1024,
+        }
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the store in `path`.
+    /// Opens (creating if needed) the store in `path` with the default options.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, SledOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open_with(path: &Path, options: SledOptions) -> Result<Store> {
         std::fs::create_dir_all(path).map_err(|e| StorageError::from(sled::Error::Io(e)))?;
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(options.cache_bytes)
             .open()?;
         let registry = db.open_tree(REGISTRY_TREE)?;
         Ok(Store {
