@@ -1,5 +1,5 @@
 // Starts the real syncgate binary on ephemeral loopback ports with a generated config.
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -11,8 +11,22 @@ export const BIN = process.env.SYNCGATE_BIN
   ? resolve(process.env.SYNCGATE_BIN)
   : resolve(here, '../../../target/debug/syncgate');
 
+let pgDatabases = 0;
+
+/**
+ * With SYNCGATE_TEST_POSTGRES (a postgres:// URL of a server the tests may create databases
+ * on), a fresh PostgreSQL database for one server: its URL. `psql` creates it.
+ */
+function freshPostgresDatabase(url) {
+  const name = `sgnode_${process.pid}_${Date.now()}_${pgDatabases++}`;
+  execFileSync('psql', [url, '-q', '-c', `CREATE DATABASE ${name}`], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const u = new URL(url);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
+
 export function baseConfig(dir) {
-  return {
+  const config = {
     interface: '127.0.0.1:0',
     adminInterface: '127.0.0.1:0',
     metricsInterface: '127.0.0.1:0',
@@ -20,6 +34,9 @@ export function baseConfig(dir) {
     logging: { console: { log_level: 'debug' } },
     databases: { db: {} },
   };
+  // every database of the server on PostgreSQL (scripts/test runs a subset of the suites so)
+  if (process.env.SYNCGATE_TEST_POSTGRES) config.server = freshPostgresDatabase(process.env.SYNCGATE_TEST_POSTGRES);
+  return config;
 }
 
 /**
