@@ -202,6 +202,12 @@ pub trait DatabaseStore: Send + Sync {
     fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Stores (`Some`) or removes (`None`) a setting.
     fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket>;
+    /// A receiver that sees a new value whenever another node sharing this database changed
+    /// its settings (so the database reloads what it derived from them, e.g. the sync
+    /// function). `None` (the default): settings change only through this handle.
+    fn settings_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 
     // --- attachments -------------------------------------------------------------------------
     fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>>;
