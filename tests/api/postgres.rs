@@ -558,3 +558,27 @@ fn a_sync_function_set_on_one_node_takes_effect_on_the_other() {
         ids_of(&feed).contains(&id.as_str())
     });
 }
+
+/// `/_ping` on the metrics port reports the database state: OK while PostgreSQL serves, 503
+/// naming the database while it is stopped, OK again once it is back (no restart).
+#[test]
+fn ping_reports_postgres_down_and_back() {
+    let pg = pg_cluster::Dedicated::start();
+    let url = pg.url();
+    let s = TestServer::start_with(on_postgres(&url));
+    let ping = || -> (u16, String) {
+        let r = client().get(format!("{}/_ping", s.metrics)).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(ping(), (200, "OK".to_string()));
+    pg.stop();
+    let (st, body) = ping();
+    assert_eq!(st, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "service_unavailable", "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("database \"db\" unavailable"), "{reason}");
+    assert!(!reason.contains(&url), "never echoes the URL: {reason}");
+    pg.restart();
+    eventually("ping OK again", || ping().0 == 200);
+}

@@ -376,6 +376,20 @@ impl Server {
             .collect()
     }
 
+    /// The databases whose store cannot serve now, with why (`/_ping` on the metrics port).
+    /// Blocking: one round trip per database on a networked store.
+    pub fn unavailable_databases(&self) -> Vec<(String, String)> {
+        self.databases()
+            .iter()
+            .filter_map(|db| {
+                db.store
+                    .health()
+                    .err()
+                    .map(|e| (db.name.clone(), e.to_string()))
+            })
+            .collect()
+    }
+
     pub fn databases(&self) -> Vec<Arc<Database>> {
         self.dbs
             .read()

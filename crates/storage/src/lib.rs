@@ -260,4 +260,10 @@ pub trait DatabaseStore: Send + Sync {
     fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>>;
     /// Document trees, bodies and change entries read from the store (the `docs_read` metric).
     fn docs_read(&self) -> u64;
+    /// Whether the store can serve now (`/_ping` on the metrics port): an error when it cannot
+    /// (a networked store it cannot reach: [`StorageError::Unavailable`]). The embedded store
+    /// is always there.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }

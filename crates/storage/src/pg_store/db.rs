@@ -405,6 +405,11 @@ impl DatabaseStore for PgDatabase {
         Ok(Ticket(0))
     }
 
+    /// One round trip (`SELECT`) on a pooled connection.
+    fn health(&self) -> Result<()> {
+        self.exec("SELECT $1::text", vec![])
+    }
+
     fn settings_changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.live.settings.subscribe())
     }
