@@ -105,7 +105,7 @@ function postgresCpuSeconds() {
 /** CPU seconds of a server under test: syncgate on PostgreSQL counts the PostgreSQL server's
  * too (all of it: run nothing else on that server meanwhile). */
 function serverCpu(server) {
-  return serverCpu(server) + (server.postgres ? postgresCpuSeconds() : 0);
+  return cpuSeconds(server.pid) + (server.postgres ? postgresCpuSeconds() : 0);
 }
 
 /** Peak resident set size (VmHWM) in MB. */
