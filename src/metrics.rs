@@ -165,16 +165,38 @@ pub fn render(server: &Server, http: &HttpMetrics) -> String {
 
 pub fn routes(server: Arc<Server>, http: HttpMetrics) -> BoxedFilter<(Reply,)> {
     warp::path::full()
-        .map(move |p: warp::path::FullPath| match p.as_str() {
-            "/metrics" => bytes_reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                render(&server, &http).into_bytes(),
-            ),
-            "/_ping" => bytes_reply(200, "text/plain; charset=utf-8", b"OK".to_vec()),
-            _ => error_reply(&Error::not_found("unknown URL")),
+        .then(move |p: warp::path::FullPath| {
+            let (server, http) = (server.clone(), http.clone());
+            async move {
+                match p.as_str() {
+                    "/metrics" => bytes_reply(
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        render(&server, &http).into_bytes(),
+                    ),
+                    "/_ping" => ping(server).await,
+                    _ => error_reply(&Error::not_found("unknown URL")),
+                }
+            }
         })
         .boxed()
+}
+
+/// `GET /_ping`: `OK`, or 503 naming every database whose store cannot serve (PostgreSQL
+/// unreachable).
+async fn ping(server: Arc<Server>) -> Reply {
+    let down = tokio::task::spawn_blocking(move || server.unavailable_databases())
+        .await
+        .unwrap_or_else(|e| vec![("*".into(), format!("health check failed: {e}"))]);
+    if down.is_empty() {
+        return bytes_reply(200, "text/plain; charset=utf-8", b"OK".to_vec());
+    }
+    let reason = down
+        .iter()
+        .map(|(db, why)| format!("database \"{db}\" unavailable: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    error_reply(&Error::ServiceUnavailable(reason))
 }
 
 #[cfg(test)]

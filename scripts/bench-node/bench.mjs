@@ -6,9 +6,11 @@
 // Environment: SYNCGATE_BIN, BARE_WARP_BIN, SLED_CEILING_BIN (paths), BENCH_SECS (seconds per
 // wrk run, default 10), BENCH_DOCS (default 20000), BENCH_LONGPOLL (clients, default 500),
 // BENCH_SYNC_ROUNDS (rounds of the sync-function workload, default 2), BENCH_ONLY=syncfn (run
-// only the sync-function workload), BENCH_JSON (write the raw figures there as JSON).
+// only the sync-function workload), BENCH_JSON (write the raw figures there as JSON),
+// BENCH_POSTGRES (syncgate's databases on that PostgreSQL server: a fresh database per start)
+// and BENCH_POSTGRES_PID (its postmaster, whose CPU then counts as syncgate's).
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, openSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, readdirSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,6 +45,9 @@ const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) |
 const WATCHDOG_MS = Number(process.env.BENCH_WATCHDOG_SECS ?? 1200) * 1000;
 const SYNC_ROUNDS = Number(process.env.BENCH_SYNC_ROUNDS ?? 2);
 const ONLY = process.env.BENCH_ONLY ?? '';
+// syncgate's databases on PostgreSQL: the URL of a server's maintenance database (scripts/bench
+// sets it, and BENCH_POSTGRES_PID, when BENCH_BACKEND=postgres starts a throwaway cluster)
+const POSTGRES = process.env.BENCH_POSTGRES ?? '';
 if (!['', 'syncfn'].includes(ONLY)) {
   console.error(`bench: BENCH_ONLY=${ONLY}: the only choice is syncfn`);
   process.exit(2);
@@ -82,6 +87,30 @@ function cpuSeconds(pid) {
 /** Bytes under `dir` (`du -sb`) in MB. */
 function dirMb(dir) {
   return Number(execFileSync('du', ['-sb', dir]).toString().split('\t')[0]) / 1048576;
+}
+
+/** CPU seconds of the PostgreSQL server (`BENCH_POSTGRES_PID`: its postmaster) and every
+ * process under it, exited backends included; 0 without it. */
+function postgresCpuSeconds() {
+  const root = Number(process.env.BENCH_POSTGRES_PID ?? 0);
+  if (!root) return 0;
+  let total = 0;
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    let stat;
+    try { stat = readFileSync(`/proc/${e}/stat`, 'utf8'); } catch { continue; }
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // rest[1] is field 4 (ppid); cutime/cstime (fields 16, 17): children that exited
+    if (Number(e) === root) total += Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14]);
+    else if (Number(rest[1]) === root) total += Number(rest[11]) + Number(rest[12]);
+  }
+  return total / CLK_TCK;
+}
+
+/** CPU seconds of a server under test: syncgate on PostgreSQL counts the PostgreSQL server's
+ * too (all of it: run nothing else on that server meanwhile). */
+function serverCpu(server) {
+  return cpuSeconds(server.pid) + (server.postgres ? postgresCpuSeconds() : 0);
 }
 
 /** Peak resident set size (VmHWM) in MB. */
@@ -145,6 +174,7 @@ async function startSyncgate({ tag = 'syncgate', databases = { [DB]: {}, [PUSH_D
     logging: { console: { log_level: 'warn' } },
     databases,
   };
+  if (POSTGRES) config.server = freshPostgresDatabase(tag);
   execFileSync('mkdir', ['-p', dir]);
   const cfg = join(dir, 'config.json');
   writeFileSync(cfg, JSON.stringify(config, null, 2));
@@ -152,7 +182,16 @@ async function startSyncgate({ tag = 'syncgate', databases = { [DB]: {}, [PUSH_D
   const child = track(spawn(SYNCGATE_BIN, [cfg], { stdio: ['ignore', 'pipe', openSync(logFile, 'w')], env: { ...process.env, RUST_LOG: '' } }), 'syncgate');
   const lines = await waitForLines(child, /(public|admin|metrics) listener on (\S+)/, 3, 'syncgate', logFile);
   const urls = Object.fromEntries(lines.map((m) => [m[1], m[2]]));
-  return { name: 'syncgate', child, pid: child.pid, base: urls.admin, public: urls.public, admin: urls.admin, dir, data: join(dir, 'data') };
+  return { name: 'syncgate', child, pid: child.pid, base: urls.admin, public: urls.public, admin: urls.admin, dir, data: join(dir, 'data'), postgres: Boolean(POSTGRES) };
+}
+
+/** A new, empty database on the `BENCH_POSTGRES` server (made with `psql`); its URL. */
+function freshPostgresDatabase(tag) {
+  const name = `sgbench_${process.pid}_${tag.replace(/[^a-z0-9]/gi, '_')}_${Date.now()}`.toLowerCase();
+  execFileSync('psql', [POSTGRES, '-q', '-v', 'ON_ERROR_STOP=1', '-c', `CREATE DATABASE ${name}`], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const u = new URL(POSTGRES);
+  u.pathname = `/${name}`;
+  return u.toString();
 }
 
 async function startPouchdbServer() {
@@ -211,11 +250,11 @@ function bulkDoc(i) {
 
 /** Runs `fn` and returns { wall, cpu } with the server's CPU seconds spent meanwhile. */
 async function measured(server, fn) {
-  const cpu0 = cpuSeconds(server.pid);
+  const cpu0 = serverCpu(server);
   const t0 = performance.now();
   const out = await fn();
   const wall = (performance.now() - t0) / 1000;
-  return { ...out, wall, cpu: cpuSeconds(server.pid) - cpu0 };
+  return { ...out, wall, cpu: serverCpu(server) - cpu0 };
 }
 
 /** `DOCS` documents made by `doc(i)` in `_bulk_docs` batches of 100 from 4 concurrent clients. */
@@ -324,7 +363,7 @@ async function longpoll(server) {
   const since = info.body.update_seq;
   const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
   const url = new URL(`${server.base}/${DB}/_changes?feed=longpoll&since=${encodeURIComponent(since)}&timeout=60000`);
-  const cpu0 = cpuSeconds(server.pid);
+  const cpu0 = serverCpu(server);
   const t0 = performance.now();
   let woke = null;
   const headersAt = [];
@@ -355,7 +394,7 @@ async function longpoll(server) {
   const put = await req('PUT', `${server.base}/${DB}/wake-${Date.now()}`, { wake: true });
   if (put.status !== 201) throw new Error(`${server.name} wake write: ${put.status}`);
   woke = await Promise.all(clients);
-  const cpu = cpuSeconds(server.pid) - cpu0;
+  const cpu = serverCpu(server) - cpu0;
   agent.destroy();
   for (const w of woke) {
     if (w.status !== 200 || !w.body.includes('wake-')) throw new Error(`${server.name} longpoll: bad wake response ${w.status} ${w.body.slice(0, 200)}`);
@@ -530,7 +569,12 @@ function report(R) {
   row('data directory after the run (`du -sb`)', S.disk, P.disk, 1, false, 'MB', false);
 
   const lines = [];
-  lines.push('| workload | syncgate | pouchdb-server 4.2.0 | syncgate better by | ≥ 5× |');
+  const sgLabel = POSTGRES ? 'syncgate on PostgreSQL' : 'syncgate';
+  if (POSTGRES) {
+    lines.push(`syncgate's databases on PostgreSQL; its server CPU figures include the PostgreSQL server's${process.env.BENCH_POSTGRES_PID ? '' : ' (not measured: BENCH_POSTGRES_PID unset, so syncgate only)'}.`);
+    lines.push('');
+  }
+  lines.push(`| workload | ${sgLabel} | pouchdb-server 4.2.0 | syncgate better by | ≥ 5× |`);
   lines.push('|---|---:|---:|---:|:-:|');
   lines.push(...rows);
   lines.push('');
@@ -600,7 +644,7 @@ async function main() {
     let docs = 0;
     for (const db of [DB, PUSH_DB]) docs += (await req('GET', `${s.base}/${db}/`)).body.doc_count;
     R.docsAtEnd[s.name] = docs;
-    R[s.name].cpuTotal = cpuSeconds(s.pid);
+    R[s.name].cpuTotal = serverCpu(s);
     R[s.name].rss = peakRssMb(s.pid);
     R[s.name].disk = dirMb(s.data);
   }

@@ -326,6 +326,7 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), db.clone());
         spawn_session_gc(&db);
+        spawn_settings_watch(&db);
         Ok(db)
     }
 
@@ -381,6 +382,20 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .keys()
             .cloned()
+            .collect()
+    }
+
+    /// The databases whose store cannot serve now, with why (`/_ping` on the metrics port).
+    /// Blocking: one round trip per database on a networked store.
+    pub fn unavailable_databases(&self) -> Vec<(String, String)> {
+        self.databases()
+            .iter()
+            .filter_map(|db| {
+                db.store
+                    .health()
+                    .err()
+                    .map(|e| (db.name.clone(), e.to_string()))
+            })
             .collect()
     }
 
@@ -468,6 +483,31 @@ fn session_key(store: &dyn StoreServer) -> Result<Vec<u8>> {
 
 /// Collects expired and revoked sessions every [`SESSION_GC_INTERVAL`] until the server shuts
 /// down or the database is deleted. Needs a runtime (absent in sync unit tests: then no task).
+/// Reloads the sync function when another node changed the database's settings (stores
+/// shared by several nodes: [`DatabaseStore::settings_changes`]).
+fn spawn_settings_watch(db: &Arc<Database>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Some(mut changes) = db.store.settings_changes() else {
+        return;
+    };
+    let weak = Arc::downgrade(db);
+    let mut shutdown = db.shutdown.clone();
+    rt.spawn(async move {
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+            let Some(db) = weak.upgrade() else { break };
+            if let Err(e) = db.reload_sync_function().await {
+                tracing::warn!(db = %db.name, "reloading the sync function changed on another node: {e}");
+            }
+        }
+    });
+}
+
 fn spawn_session_gc(db: &Arc<Database>) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;

@@ -206,6 +206,12 @@ pub trait DatabaseStore: Send + Sync {
     fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Stores (`Some`) or removes (`None`) a setting.
     fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket>;
+    /// A receiver that sees a new value whenever another node sharing this database changed
+    /// its settings (so the database reloads what it derived from them, e.g. the sync
+    /// function). `None` (the default): settings change only through this handle.
+    fn settings_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 
     // --- attachments -------------------------------------------------------------------------
     fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>>;
@@ -258,4 +264,10 @@ pub trait DatabaseStore: Send + Sync {
     fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>>;
     /// Document trees, bodies and change entries read from the store (the `docs_read` metric).
     fn docs_read(&self) -> u64;
+    /// Whether the store can serve now (`/_ping` on the metrics port): an error when it cannot
+    /// (a networked store it cannot reach: [`StorageError::Unavailable`]). The embedded store
+    /// is always there.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }

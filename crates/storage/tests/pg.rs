@@ -321,3 +321,78 @@ fn writes_from_a_multi_thread_runtime_and_a_plain_thread() {
     let (r, _) = db.write_docs(vec![edit("plain", None, json!({}))]).unwrap();
     assert_eq!(r[0].as_ref().unwrap().seq, seq + 1);
 }
+
+/// A setting written on node A moves the settings watch of node B's handle (the signal to
+/// reload the sync function), and another database's watch stays still.
+fn settings_reach_other_node(mode: ChangeNotify) {
+    let url = pg_cluster::fresh_database();
+    let a = node(&url, ChangeNotify::Listen);
+    let b = node(&url, mode);
+    let (da, db_b, other) = (
+        a.database("db").unwrap(),
+        b.database("db").unwrap(),
+        b.database("other").unwrap(),
+    );
+    let mut rx = db_b
+        .settings_changes()
+        .expect("PostgreSQL reports settings changes");
+    let other_rx = other.settings_changes().unwrap();
+    let v0 = *rx.borrow_and_update();
+    da.put_setting("sync_function", Some(b"one")).unwrap();
+    let v1 = wait_for(&mut rx, v0 + 1);
+    assert_eq!(db_b.get_setting("sync_function").unwrap().unwrap(), b"one");
+    da.put_setting("sync_function", None).unwrap();
+    wait_for(&mut rx, v1 + 1);
+    assert_eq!(db_b.get_setting("sync_function").unwrap(), None);
+    // a document write moves no settings version
+    let before = *rx.borrow_and_update();
+    let w = write(&*da, vec![edit("d", None, json!({}))])
+        .remove(0)
+        .unwrap();
+    wait_for(&mut db_b.subscribe(), w.seq);
+    assert_eq!(*rx.borrow_and_update(), before);
+    assert!(!other_rx.has_changed().unwrap());
+}
+
+#[test]
+fn notify_brings_settings_changes_to_another_node() {
+    settings_reach_other_node(ChangeNotify::Listen);
+}
+
+#[test]
+fn polling_brings_settings_changes_to_another_node() {
+    settings_reach_other_node(ChangeNotify::Poll(Duration::from_millis(50)));
+}
+
+/// A database made by a build of schema version 1 is migrated to version 2 at open, data
+/// kept.
+#[test]
+fn a_version_1_schema_is_migrated() {
+    let url = pg_cluster::fresh_database();
+    {
+        let a = node(&url, ChangeNotify::Listen);
+        write(
+            &*a.database("db").unwrap(),
+            vec![edit("kept", None, json!({}))],
+        );
+    }
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // what a version 1 build left
+        client
+            .batch_execute(
+                "ALTER TABLE syncgate_counters DROP COLUMN settings_version; \
+                 UPDATE syncgate_schema_version SET version = 1",
+            )
+            .await
+            .unwrap();
+    });
+    let a = node(&url, ChangeNotify::Listen);
+    let db = a.database("db").unwrap();
+    assert!(db.doc_meta("kept").unwrap().is_some());
+    db.put_setting("k", Some(b"v")).unwrap();
+    assert_eq!(db.get_setting("k").unwrap().unwrap(), b"v");
+}

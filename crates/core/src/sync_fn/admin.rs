@@ -160,6 +160,45 @@ impl Database {
         Ok(())
     }
 
+    /// Another node changed this database's settings: the function stored there (or, none
+    /// stored, the config file's) replaces this node's, unless it is the one in use.
+    pub(crate) async fn reload_sync_function(self: &Arc<Self>) -> Result<()> {
+        let _one_at_a_time = self.sync_admin.lock().await;
+        let db = self.clone();
+        let compiled = tokio::task::spawn_blocking(move || -> Result<Option<_>> {
+            let source = match db.store.get_setting(SETTING)? {
+                Some(bytes) => {
+                    let stored: StoredSync = serde_json::from_slice(&bytes).map_err(|e| {
+                        Error::Corrupt(format!(
+                            "the sync function stored for database \"{}\" by PUT _config/sync: {e}",
+                            db.name
+                        ))
+                    })?;
+                    stored.source
+                }
+                None => db.config_sync.clone(),
+            };
+            if source == db.sync_source() {
+                return Ok(None);
+            }
+            let compiled = match source {
+                Some(src) => Some(Arc::new(
+                    SyncFunction::new(&src, db.config.javascript_timeout_ms())
+                        .map_err(|e| Error::bad(e.to_string()))?,
+                )),
+                None => None,
+            };
+            Ok(Some(compiled))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("reloading the sync function: {e}")))??;
+        if let Some(compiled) = compiled {
+            *self.sync.write().unwrap_or_else(|e| e.into_inner()) = compiled;
+            tracing::info!(db = %self.name, "sync function replaced on another node: reloaded");
+        }
+        Ok(())
+    }
+
     /// `POST /{db}/_sync`: runs the function (`source`, else the database's) on `doc` and
     /// `old_doc` as the user `user_ctx` (JSON text, `None` = admin) and reports what it decided,
     /// writing nothing: `{"channels","access","roles"}`, plus `"exception"` (the reason a

@@ -361,20 +361,57 @@ impl DatabaseStore for PgDatabase {
         )
     }
 
+    /// Moves the database's settings version in the same transaction and notifies it, so the
+    /// other nodes reload the setting (see the module documentation).
     fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket> {
         let key = key.as_bytes().to_vec();
-        match value {
-            Some(v) => self.exec(
-                "INSERT INTO syncgate_settings (db, key, value) VALUES ($1, $2, $3) \
-                 ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
-                vec![p(key), p(v.to_vec())],
-            )?,
-            None => self.exec(
-                "DELETE FROM syncgate_settings WHERE db = $1 AND key = $2",
-                vec![p(key)],
-            )?,
-        }
+        let value = value.map(<[u8]>::to_vec);
+        let version = self.with_client(move |mut c, db| async move {
+            let tx = c.transaction().await.map_err(pg_err)?;
+            match value {
+                Some(v) => {
+                    tx.execute(
+                        "INSERT INTO syncgate_settings (db, key, value) VALUES ($1, $2, $3) \
+                         ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
+                        &[&db, &key, &v],
+                    )
+                    .await
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM syncgate_settings WHERE db = $1 AND key = $2",
+                        &[&db, &key],
+                    )
+                    .await
+                }
+            }
+            .map_err(pg_err)?;
+            let version: i64 = tx
+                .query_one(
+                    "UPDATE syncgate_counters SET settings_version = settings_version + 1 \
+                     WHERE db = $1 RETURNING settings_version",
+                    &[&db],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            tx.execute(NOTIFY, &[&CHANNEL, &format!("settings {version} {db}")])
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            Ok(version as u64)
+        })?;
+        self.live.settings_moved(version, false);
         Ok(Ticket(0))
+    }
+
+    /// One round trip (`SELECT`) on a pooled connection.
+    fn health(&self) -> Result<()> {
+        self.exec("SELECT $1::text", vec![])
+    }
+
+    fn settings_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.live.settings.subscribe())
     }
 
     fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>> {
@@ -501,7 +538,10 @@ impl DatabaseStore for PgDatabase {
             }
             let stmts = vec![
                 stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)]),
-                super::write::Stmt::new(NOTIFY, vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))]),
+                super::write::Stmt::new(
+                    NOTIFY,
+                    vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
+                ),
             ];
             live.committing(seq);
             tx.pipeline_and_commit(&stmts).await?;

@@ -48,9 +48,12 @@
 //!
 //! Node-local caches: a handle bumps `grants_version` whenever it learns of a sequence another
 //! node (or handle) committed, so the principal caches above it reload users and grants
-//! changed elsewhere. Not yet: invalidating other node-local state (a sync function changed
-//! through the admin API on another node), TLS (`NoTls` only), and collecting superseded rows
-//! during writes.
+//! changed elsewhere. A settings write (the sync function set through the admin API) moves
+//! the database's `settings_version` in the counter row and notifies `settings <version>
+//! <db>`; the listener (or the poll, which reads the counters anyway) publishes it on the
+//! handle's settings watch ([`DatabaseStore::settings_changes`]), so the database above
+//! reloads the setting — nothing is checked on the write path. Not yet: TLS (`NoTls` only),
+//! and collecting superseded rows during writes.
 
 mod bridge;
 mod db;
@@ -130,16 +133,24 @@ impl LiveMap {
         m.keys().cloned().collect()
     }
 
+    fn handles(&self, db: &str) -> Vec<Arc<Live>> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(db)
+            .map(|v| v.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
     /// Another node (or this one) committed `seq` in `db`.
     fn advance(&self, db: &str, seq: u64) {
-        let handles: Vec<Arc<Live>> = {
-            let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            m.get(db)
-                .map(|v| v.iter().filter_map(Weak::upgrade).collect())
-                .unwrap_or_default()
-        };
-        for h in handles {
+        for h in self.handles(db) {
             h.learnt(seq);
+        }
+    }
+
+    /// `db`'s settings version is `version` (a node changed a setting).
+    fn settings(&self, db: &str, version: u64) {
+        for h in self.handles(db) {
+            h.settings_moved(version, true);
         }
     }
 }
@@ -153,15 +164,30 @@ pub(super) struct Live {
     /// Last sequences of this handle's transactions being committed: a notification (or
     /// poll) that reports one of them before the writer publishes it is not another node's.
     own: Mutex<std::collections::BTreeSet<u64>>,
+    /// The database's settings version (`syncgate_counters.settings_version`) this handle
+    /// knows of, and the watch that tells the database above of settings changed elsewhere.
+    settings_version: AtomicU64,
+    settings: watch::Sender<u64>,
 }
 
 impl Live {
-    fn new(seq: u64) -> Live {
+    fn new(seq: u64, settings_version: u64) -> Live {
         Live {
             last_seq: AtomicU64::new(seq),
             notify: watch::channel(seq).0,
             grants_version: AtomicU64::new(0),
             own: Mutex::new(Default::default()),
+            settings_version: AtomicU64::new(settings_version),
+            settings: watch::channel(settings_version).0,
+        }
+    }
+
+    /// The settings version is now `version`: `notify` (a change made elsewhere) wakes the
+    /// watchers; this handle's own writes only record it (their notification may still arrive
+    /// first and wake them: the reload then finds what is in use).
+    pub(super) fn settings_moved(&self, version: u64, notify: bool) {
+        if self.settings_version.fetch_max(version, Ordering::SeqCst) < version && notify {
+            self.settings.send_replace(version);
         }
     }
 
@@ -282,14 +308,14 @@ impl PgStore {
             .map_err(pg_err)?;
             let row = c
                 .query_one(
-                    "SELECT last_seq FROM syncgate_counters WHERE db = $1",
+                    "SELECT last_seq, settings_version FROM syncgate_counters WHERE db = $1",
                     &[&db],
                 )
                 .await
                 .map_err(pg_err)?;
-            Ok(row.get::<_, i64>(0))
+            Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
         })?;
-        let live = Arc::new(Live::new(last as u64));
+        let live = Arc::new(Live::new(last.0 as u64, last.1 as u64));
         self.live.register(name, &live);
         Ok(Arc::new(PgDatabase::new(
             name,

@@ -81,6 +81,16 @@ async fn listen(config: &tokio_postgres::Config, pool: &Pool, live: &LiveMap) ->
     // whatever was committed before LISTEN took effect
     refresh(pool, live).await?;
     while let Some(payload) = rx.recv().await {
+        if let Some(rest) = payload.strip_prefix("settings ") {
+            match rest
+                .split_once(' ')
+                .and_then(|(v, db)| Some((v.parse::<u64>().ok()?, db)))
+            {
+                Some((version, db)) => live.settings(db, version),
+                None => tracing::warn!("unexpected notification on {CHANNEL}"),
+            }
+            continue;
+        }
         match payload
             .split_once(' ')
             .and_then(|(s, db)| Some((s.parse::<u64>().ok()?, db)))
@@ -94,7 +104,7 @@ async fn listen(config: &tokio_postgres::Config, pool: &Pool, live: &LiveMap) ->
     ))
 }
 
-/// Re-reads the counters of every open database.
+/// Re-reads the counters (and settings versions) of every open database.
 async fn refresh(pool: &Pool, live: &LiveMap) -> Result<()> {
     let names = live.names();
     if names.is_empty() {
@@ -103,7 +113,7 @@ async fn refresh(pool: &Pool, live: &LiveMap) -> Result<()> {
     let c = pool.get().await.map_err(pool_err)?;
     let rows = c
         .query(
-            "SELECT db, last_seq FROM syncgate_counters WHERE db = ANY($1)",
+            "SELECT db, last_seq, settings_version FROM syncgate_counters WHERE db = ANY($1)",
             &[&names],
         )
         .await
@@ -111,7 +121,9 @@ async fn refresh(pool: &Pool, live: &LiveMap) -> Result<()> {
     for r in rows {
         let db: String = r.get(0);
         let seq: i64 = r.get(1);
+        let settings: i64 = r.get(2);
         live.advance(&db, seq as u64);
+        live.settings(&db, settings as u64);
     }
     Ok(())
 }

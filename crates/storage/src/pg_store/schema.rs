@@ -7,7 +7,7 @@ use super::{pg_err, pool_err};
 use crate::{Result, StorageError};
 
 /// The schema version this build writes and reads.
-pub(super) const VERSION: i32 = 1;
+pub(super) const VERSION: i32 = 2;
 
 /// Key of the transaction-scoped advisory lock taken while the schema is checked.
 const LOCK_KEY: i64 = 0x5359_4e43_4741_5445; // "SYNCGATE"
@@ -47,6 +47,12 @@ CREATE TABLE syncgate_settings (db text NOT NULL, key bytea NOT NULL, value byte
     PRIMARY KEY (db, key));
 "#;
 
+/// Version 2: a per-database settings version, moved by every settings write, so nodes learn
+/// of a setting (the sync function) changed elsewhere — by notification or by the poll that
+/// reads the counters anyway.
+const V2: &str =
+    "ALTER TABLE syncgate_counters ADD COLUMN settings_version bigint NOT NULL DEFAULT 0";
+
 /// Every table holding one database's rows (what deleting a database clears).
 pub(super) const DB_TABLES: &[&str] = &[
     "syncgate_counters",
@@ -81,8 +87,11 @@ pub(super) async fn migrate(pool: &Pool) -> Result<()> {
         .map_err(pg_err)?;
     let current: Option<i32> = row.and_then(|r| r.get(0));
     match current {
-        None => {
-            tx.batch_execute(V1).await.map_err(pg_err)?;
+        None | Some(1) => {
+            if current.is_none() {
+                tx.batch_execute(V1).await.map_err(pg_err)?;
+            }
+            tx.batch_execute(V2).await.map_err(pg_err)?;
             tx.execute(
                 "INSERT INTO syncgate_schema_version (version) VALUES ($1)",
                 &[&VERSION],
