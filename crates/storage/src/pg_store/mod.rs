@@ -206,6 +206,12 @@ impl Live {
             self.grants_version.fetch_add(1, Ordering::SeqCst);
         }
         self.advance(seq, false);
+        if grants_changed {
+            // this commit's own NOTIFY may have published `seq` before the grants moved: wake
+            // the feeds once more so they re-read their users with the new grants (else a
+            // feed that woke in between would wait for the next change)
+            self.notify.send_modify(|_| {});
+        }
         self.own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
