@@ -173,7 +173,11 @@ impl PgDatabase {
                 vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
             ));
             live.committing(seq);
-            client.pipeline_and_commit(&stmts).await
+            let done = client.pipeline_and_commit(&stmts).await;
+            if done.is_err() {
+                live.abandoned(seq);
+            }
+            done
         })?;
         self.published(seq, false);
         Ok(seq)
@@ -544,7 +548,10 @@ impl DatabaseStore for PgDatabase {
                 ),
             ];
             live.committing(seq);
-            tx.pipeline_and_commit(&stmts).await?;
+            if let Err(e) = tx.pipeline_and_commit(&stmts).await {
+                live.abandoned(seq);
+                return Err(e);
+            }
             Ok((seq, true))
         })?;
         if raised {
@@ -749,8 +756,10 @@ impl DatabaseStore for PgDatabase {
         })
     }
 
-    /// Acknowledged = committed: a write has returned only after its commit.
-    fn durable(&self, _ticket: Ticket) -> BoxFuture<'_, Result<()>> {
+    /// Acknowledged = committed: a write has returned only after its commit; here its
+    /// sequence is published to this node's feeds (see `Live::committed`).
+    fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>> {
+        self.live.publish(ticket.0);
         Box::pin(async { Ok(()) })
     }
 

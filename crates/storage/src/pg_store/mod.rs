@@ -199,33 +199,45 @@ impl Live {
             .insert(seq);
     }
 
-    /// This handle committed up to `seq` (a failed commit's entry is dropped here too: its
-    /// sequence was never visible).
-    pub(super) fn committed(&self, seq: u64, grants_changed: bool) {
+    /// This handle committed a transaction ending at `seq` (and maybe moved the access index).
+    /// The sequence is published by [`Live::publish`] when the writer calls `durable`, as on
+    /// the embedded store: by then the caller has updated what it caches about the write (a
+    /// user's identity after a principal write), so a feed woken by it reads the new state.
+    pub(super) fn committed(&self, _seq: u64, grants_changed: bool) {
         if grants_changed {
             self.grants_version.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// A commit ending at `seq` failed: nothing of it is visible (another node may commit the
+    /// same sequence, which must then be learnt).
+    pub(super) fn abandoned(&self, seq: u64) {
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq);
+    }
+
+    /// The writer of everything up to `seq` made it durable: publish it to this node's feeds.
+    pub(super) fn publish(&self, seq: u64) {
         self.advance(seq, false);
-        if grants_changed {
-            // this commit's own NOTIFY may have published `seq` before the grants moved: wake
-            // the feeds once more so they re-read their users with the new grants (else a
-            // feed that woke in between would wait for the next change)
-            self.notify.send_modify(|_| {});
-        }
         self.own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|s| *s > seq);
     }
 
-    /// A notification or poll reported `seq` committed.
+    /// A notification or poll reported `seq` committed. This handle's own commits are
+    /// published by their writers ([`Live::publish`]), not here.
     fn learnt(&self, seq: u64) {
         let own = self
             .own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&seq);
-        self.advance(seq, !own);
+        if !own {
+            self.advance(seq, true);
+        }
     }
 
     /// Publishes a committed sequence. A change made elsewhere may have moved grants: the

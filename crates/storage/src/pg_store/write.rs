@@ -321,7 +321,10 @@ pub(super) fn write_tx<T>(
     drop(batch);
     h.block_on(pipeline(&tx, &stmts))?;
     live.committing(summary.last_seq);
-    h.block_on(tx.commit()).map_err(pg_err)?;
+    if let Err(e) = h.block_on(tx.commit()) {
+        live.abandoned(summary.last_seq);
+        return Err(pg_err(e));
+    }
     Ok((out, summary))
 }
 
