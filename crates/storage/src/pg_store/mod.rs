@@ -16,11 +16,13 @@
 //! committing. The row lock serialises a database's writers across all nodes, so the
 //! transaction that commits sequence S+1 starts only after the one that committed S has
 //! released the lock by committing: sequences commit in order. A node shows a reader only a
-//! committed counter value V ([`DatabaseStore::last_seq`]: after its own commit, from a
+//! committed counter value V ([`DatabaseStore::last_seq`]: its own commits once their writer calls
+//! `durable`, as on the embedded store; others' from a
 //! notification, or polled), and every change at or below V is committed before V is, so no
 //! change can appear at or below a sequence some reader has already seen — no reader ever sees
 //! S+1 before S, whichever nodes wrote them. Acknowledged = committed: [`DatabaseStore::durable`]
-//! has nothing left to wait for once a write returned.
+//! has nothing left to wait for once a write returned; it publishes the write's sequence to this
+//! node's feeds (after the writer has updated its caches).
 //!
 //! Change views (`views`) use the embedded store's rule: an update does not delete the
 //! document's old by-sequence row but marks it `superseded` by the new sequence in the same
