@@ -70,7 +70,11 @@ impl Application {
         tls: Option<TlsAcceptor>,
     ) -> Result<Application, StartupError> {
         let server = Server::open(config).map_err(|e| StartupError {
-            exit_code: if matches!(e, Error::Incompatible(_)) { 2 } else { 1 },
+            exit_code: if matches!(e, Error::Incompatible(_)) {
+                2
+            } else {
+                1
+            },
             message: e.to_string(),
         })?;
         let cfg = &server.config;
@@ -348,7 +352,10 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     let (term, int) = {
         use tokio::signal::unix::{signal, SignalKind};
-        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
     async move {
         #[cfg(unix)]

@@ -37,12 +37,16 @@ fn cookie_of(resp: &reqwest::blocking::Response) -> String {
 fn an_embedded_database_moves_to_postgres() {
     let mut s = TestServer::start_with(|c| {
         c.as_object_mut().unwrap().remove("server"); // the source is the embedded store
-        c["databases"]["db"]["users"] = json!({"cfg": {"password": "pw-cfg-1", "admin_channels": ["*"]}});
+        c["databases"]["db"]["users"] =
+            json!({"cfg": {"password": "pw-cfg-1", "admin_channels": ["*"]}});
     });
     let db = format!("{}/db", s.admin);
     let c = client();
     // a user made at run time, a session, the sync function set through the admin API
-    let (st, _) = put(&format!("{db}/_user/ann"), &json!({"password": "pw-ann-1", "admin_channels": ["a"]}));
+    let (st, _) = put(
+        &format!("{db}/_user/ann"),
+        &json!({"password": "pw-ann-1", "admin_channels": ["a"]}),
+    );
     assert_eq!(st, 201);
     let st = c
         .put(format!("{db}/_config/sync"))
@@ -68,7 +72,10 @@ fn an_embedded_database_moves_to_postgres() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
-    let d1_rev = r.json::<serde_json::Value>().unwrap()["rev"].as_str().unwrap().to_string();
+    let d1_rev = r.json::<serde_json::Value>().unwrap()["rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (st, r) = post(
         &format!("{db}/_bulk_docs"),
         &json!({"new_edits": false, "docs": [{"_id": "d1", "_rev": "1-ffff", "ch": "a", "v": "branch"}]}),
@@ -96,7 +103,12 @@ fn an_embedded_database_moves_to_postgres() {
     assert_eq!(code, 2, "{out}");
     let (code, out) = migrate(&s, &url);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("153 documents (154 leaf revisions), 2 users, 0 roles, 1 sessions, 1 settings"), "{out}");
+    assert!(
+        out.contains(
+            "153 documents (154 leaf revisions), 2 users, 0 roles, 1 sessions, 1 settings"
+        ),
+        "{out}"
+    );
     assert!(!out.contains("pw-"), "{out}");
     // a second copy into the same database is refused
     let (code, out) = migrate(&s, &url);
@@ -110,12 +122,25 @@ fn an_embedded_database_moves_to_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let p = TestServer::spawn(dir.path(), cfg);
     let db = format!("{}/db", p.admin);
-    let text = c.get(format!("{db}/d1?rev={d1_rev}")).send().unwrap().text().unwrap();
-    assert!(text.contains(r#""f":90.28571428571429,"big":12345678901234567890123"#), "{text}");
+    let text = c
+        .get(format!("{db}/d1?rev={d1_rev}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains(r#""f":90.28571428571429,"big":12345678901234567890123"#),
+        "{text}"
+    );
     let (_, d1) = get(&format!("{db}/d1?conflicts=true"));
     assert_eq!(d1, d1_before);
     assert_eq!(d1["_conflicts"], json!([d1_rev]), "{d1}");
-    let att = c.get(format!("{db}/d2/t.txt")).send().unwrap().text().unwrap();
+    let att = c
+        .get(format!("{db}/d2/t.txt"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert_eq!(att, "hello");
     let (st, _) = get(&format!("{db}/gone"));
     assert_eq!(st, 404);
@@ -123,19 +148,41 @@ fn an_embedded_database_moves_to_postgres() {
     assert_eq!(info["doc_count"], json!(152), "{info}");
     // every document comes after the old checkpoint
     let (_, after) = get(&format!("{db}/_changes?since={checkpoint}"));
-    let ids: Vec<&str> = after["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = after["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 153, "{ids:?}");
     assert_eq!(&ids[..3], ["d1", "d2", "gone"]);
     // the sync function, the users (their passwords) and the session came along
-    let src = c.get(format!("{db}/_config/sync")).send().unwrap().text().unwrap();
+    let src = c
+        .get(format!("{db}/_config/sync"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert_eq!(src, SYNC);
-    let (st, _) = send(c.get(format!("{}/db/d1", p.public)).basic_auth("ann", Some("pw-ann-1")));
+    let (st, _) = send(
+        c.get(format!("{}/db/d1", p.public))
+            .basic_auth("ann", Some("pw-ann-1")),
+    );
     assert_eq!(st, 200);
-    let (st, _) = send(c.get(format!("{}/db/n000", p.public)).basic_auth("ann", Some("pw-ann-1")));
+    let (st, _) = send(
+        c.get(format!("{}/db/n000", p.public))
+            .basic_auth("ann", Some("pw-ann-1")),
+    );
     assert_eq!(st, 403, "ann has channel a only");
-    let (st, _) = send(c.get(format!("{}/db/d1", p.public)).basic_auth("cfg", Some("pw-cfg-1")));
+    let (st, _) = send(
+        c.get(format!("{}/db/d1", p.public))
+            .basic_auth("cfg", Some("pw-cfg-1")),
+    );
     assert_eq!(st, 200);
-    let (st, who) = send(c.get(format!("{}/db/_session", p.public)).header("cookie", &cookie));
+    let (st, who) = send(
+        c.get(format!("{}/db/_session", p.public))
+            .header("cookie", &cookie),
+    );
     assert_eq!((st, &who["userCtx"]["name"]), (200, &json!("ann")), "{who}");
 }
 
@@ -145,11 +192,19 @@ fn a_newer_postgres_schema_refuses_to_start() {
     let mut s = TestServer::start_with(|c| c["databases"]["db"]["server"] = json!(url));
     // stopped at once: the signal handlers are in place before the listeners are announced
     assert_eq!(s.terminate(), Some(0));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
-        client.batch_execute("UPDATE syncgate_schema_version SET version = 99").await.unwrap();
+        client
+            .batch_execute("UPDATE syncgate_schema_version SET version = 99")
+            .await
+            .unwrap();
     });
     let out = Command::new(BIN)
         .arg(s.dir.join("config.json"))
@@ -158,6 +213,8 @@ fn a_newer_postgres_schema_refuses_to_start() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("version 99, newer than this syncgate understands"), "{err}");
+    assert!(
+        err.contains("version 99, newer than this syncgate understands"),
+        "{err}"
+    );
 }
-

@@ -1055,7 +1055,13 @@ mod tests {
     }
 
     /// Writes document `id` (child of `parent`) granting `user` the `channels`.
-    fn grant_doc(p: &Principals, id: &str, parent: Option<&str>, user: &str, channels: &[&str]) -> String {
+    fn grant_doc(
+        p: &Principals,
+        id: &str,
+        parent: Option<&str>,
+        user: &str,
+        channels: &[&str],
+    ) -> String {
         let body = json!({"n": id});
         let mut access = syncgate_storage::RevAccess::default();
         if !channels.is_empty() {
@@ -1089,8 +1095,13 @@ mod tests {
     fn cached_identities_follow_document_grants_one_change_at_a_time() {
         let (_d, p) = principals();
         for n in ["u", "v"] {
-            p.write_user(n, &upd(json!({"password":"pw"})), Some("$h".into()), WriteMode::Create)
-                .unwrap();
+            p.write_user(
+                n,
+                &upd(json!({"password":"pw"})),
+                Some("$h".into()),
+                WriteMode::Create,
+            )
+            .unwrap();
         }
         let d1 = grant_doc(&p, "d1", None, "u", &["a"]);
         assert_eq!(channel_names(&p, "u"), ["!", "a"]);
@@ -1110,7 +1121,10 @@ mod tests {
         // a grant to v reaches v
         grant_doc(&p, "d3", None, "v", &["c"]);
         assert_eq!(channel_names(&p, "v"), ["!", "c"]);
-        assert_eq!(fresh.load("v").unwrap().unwrap().ctx, p.load("v").unwrap().unwrap().ctx);
+        assert_eq!(
+            fresh.load("v").unwrap().unwrap().ctx,
+            p.load("v").unwrap().unwrap().ctx
+        );
     }
 
     #[test]

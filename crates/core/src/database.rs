@@ -242,12 +242,15 @@ impl Server {
         let Some(options) = config.postgres(self.config.server.as_deref()) else {
             return Ok((self.store.clone(), self.session_key.clone()));
         };
-        let store: Arc<dyn StoreServer> = Arc::new(PgStore::open(&options).map_err(|e| match e {
-            StorageError::Incompatible(m) => Error::Incompatible(format!("database \"{name}\": {m}")),
-            e => Error::Internal(format!(
-                "database \"{name}\": cannot open its PostgreSQL store: {e}"
-            )),
-        })?);
+        let store: Arc<dyn StoreServer> =
+            Arc::new(PgStore::open(&options).map_err(|e| match e {
+                StorageError::Incompatible(m) => {
+                    Error::Incompatible(format!("database \"{name}\": {m}"))
+                }
+                e => Error::Internal(format!(
+                    "database \"{name}\": cannot open its PostgreSQL store: {e}"
+                )),
+            })?);
         let key = session_key(store.as_ref())?;
         self.db_stores
             .write()

@@ -72,9 +72,7 @@ impl Error {
             Error::Internal(_)
             | Error::Corrupt(_)
             | Error::SyncFunction(_)
-            | Error::Incompatible(_) => {
-                (500, "internal_server_error")
-            }
+            | Error::Incompatible(_) => (500, "internal_server_error"),
         }
     }
 

@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(log.version(), 2);
         let (v, c) = log.since(0).unwrap();
         assert_eq!(v, 2);
-        assert_eq!(c.iter().map(|c| c.doc.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            c.iter().map(|c| c.doc.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert_eq!(log.since(1).unwrap().1.len(), 2);
         assert_eq!(log.since(3), None);
         for _ in 0..CAPACITY {

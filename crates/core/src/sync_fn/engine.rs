@@ -445,13 +445,19 @@ mod tests {
             r#"{"reject":403,"reason":"sg wrong user"}"#
         );
         assert_eq!(call(r#"{"t":"user"}"#, owner, None).await.unwrap(), ok);
-        assert_eq!(call(r#"{"t":"role"}"#, None, alice).await.unwrap(), consulted);
+        assert_eq!(
+            call(r#"{"t":"role"}"#, None, alice).await.unwrap(),
+            consulted
+        );
         assert_eq!(
             call(r#"{"t":"role"}"#, None, bob).await.unwrap(),
             r#"{"reject":403,"reason":"sg missing role"}"#
         );
         assert_eq!(call(r#"{"t":"acc"}"#, None, bob).await.unwrap(), consulted);
-        assert_eq!(call(r#"{"t":"acc"}"#, None, alice).await.unwrap(), consulted);
+        assert_eq!(
+            call(r#"{"t":"acc"}"#, None, alice).await.unwrap(),
+            consulted
+        );
         let carol = Some(r#"{"name":"carol","roles":[],"channels":["d"]}"#);
         assert_eq!(
             call(r#"{"t":"acc"}"#, None, carol).await.unwrap(),

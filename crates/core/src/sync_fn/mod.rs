@@ -213,8 +213,7 @@ impl SyncFunction {
         old_doc: Option<String>,
         user: Option<Arc<CallUser>>,
     ) -> Result<Decision> {
-        self.submit(doc_id.to_string(), doc, old_doc, user)
-            .await
+        self.submit(doc_id.to_string(), doc, old_doc, user).await
     }
 
     /// [`SyncFunction::run`], queued now and awaited later (calls of one request run on the
