@@ -78,15 +78,9 @@ fn main() -> ExitCode {
         _ => None,
     };
     init_tracing(config.log_level());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("syncgate: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let stop = app::shutdown_signal();
@@ -147,15 +141,9 @@ fn migrate(config_path: &std::path::Path, db: &str, to: &str) -> ExitCode {
         None => to.to_string(),
     };
     init_tracing(config.log_level());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("syncgate: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let started = std::time::Instant::now();
     let result = rt.block_on(async {
@@ -204,4 +192,15 @@ fn migrate(config_path: &std::path::Path, db: &str, to: &str) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The multi-threaded runtime both commands run on; exit 1 when it cannot start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("syncgate: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
 }

@@ -75,18 +75,12 @@ pub async fn migrate(
     let src = source.open_database(name)?;
     let dst = target.open_database(name)?;
     let settings = [crate::sync_fn::admin::SETTING];
-    let mut copied = copy_database(&*src, &*dst, &settings, progress)
+    let copied = copy_database(&*src, &*dst, !sessions_dropped, &settings, progress)
         .await
         .map_err(|e| match e {
             StorageError::Conflict(m) => Error::Conflict(m),
             e => Error::from(e),
         })?;
-    if sessions_dropped {
-        let keys: Vec<String> = dst.list_sessions()?.into_iter().map(|(k, _)| k).collect();
-        let t = dst.delete_sessions(&keys)?;
-        dst.durable(t).await?;
-        copied.sessions = 0;
-    }
     source.flush()?;
     Ok(MigrateReport {
         copied,

@@ -30,11 +30,13 @@ pub struct CopyStats {
     pub settings: u64,
 }
 
-/// Copies database `src` into the empty database `dst`; `progress` is called after each batch
-/// of documents with the number copied so far. Returns what was copied once it is durable.
+/// Copies database `src` into the empty database `dst` (its sessions only with `sessions`:
+/// they are keyed by a hash the target must share); `progress` is called after each batch of
+/// documents with the number copied so far. Returns what was copied once it is durable.
 pub async fn copy_database(
     src: &dyn DatabaseStore,
     dst: &dyn DatabaseStore,
+    sessions: bool,
     settings: &[&str],
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<CopyStats> {
@@ -59,7 +61,11 @@ pub async fn copy_database(
             }
         }
     }
-    for (key, value) in src.list_sessions()? {
+    for (key, value) in if sessions {
+        src.list_sessions()?
+    } else {
+        Vec::new()
+    } {
         last = last.max(dst.put_session(&key, value)?);
         stats.sessions += 1;
     }

@@ -917,7 +917,7 @@ conformance! {
         let dst = &*dst;
         let mut seen = Vec::new();
         let stats = rt()
-            .block_on(syncgate_storage::migrate::copy_database(src, dst, &["sync_function"], &mut |n| seen.push(n)))
+            .block_on(syncgate_storage::migrate::copy_database(src, dst, true, &["sync_function"], &mut |n| seen.push(n)))
             .unwrap();
         assert_eq!((stats.documents, stats.revisions, stats.users, stats.roles, stats.sessions, stats.settings), (3, 4, 1, 1, 1, 1));
         assert_eq!(seen.last(), Some(&3));
@@ -950,7 +950,14 @@ conformance! {
         let order = |db: &dyn DatabaseStore| since(db, 0, false).into_iter().map(|e| e.id).collect::<Vec<_>>();
         assert_eq!(order(dst), order(src));
         // a target that is not empty is refused
-        let again = rt().block_on(syncgate_storage::migrate::copy_database(src, dst, &[], &mut |_| {}));
+        // without sessions (a target with another session key): none copied
+        let bare = server.open_database("bare").unwrap();
+        let stats = rt()
+            .block_on(syncgate_storage::migrate::copy_database(src, &*bare, false, &[], &mut |_| {}))
+            .unwrap();
+        assert_eq!((stats.documents, stats.sessions), (3, 0));
+        assert_eq!(bare.get_session("k1").unwrap(), None);
+        let again = rt().block_on(syncgate_storage::migrate::copy_database(src, dst, true, &[], &mut |_| {}));
         assert!(matches!(again, Err(StorageError::Conflict(_))), "{again:?}");
     }
 }
