@@ -3,6 +3,7 @@
 //! of recomputing every principal from all of its grants after each write.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::model::GrantChange;
@@ -14,6 +15,8 @@ const CAPACITY: usize = 4096;
 #[derive(Debug, Default)]
 pub struct GrantLog {
     inner: Mutex<Inner>,
+    /// `inner.version`, readable without the lock (every request's identity check reads it).
+    current: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -27,7 +30,7 @@ struct Inner {
 impl GrantLog {
     /// The current version: it changes with every [`GrantLog::record`].
     pub fn version(&self) -> u64 {
-        self.lock().version
+        self.current.load(Ordering::SeqCst)
     }
 
     /// Records the changes of one batch as the next version (call after the batch is
@@ -36,6 +39,7 @@ impl GrantLog {
         let mut g = self.lock();
         g.version += 1;
         let v = g.version;
+        self.current.store(v, Ordering::SeqCst);
         g.len += changes.len();
         g.entries.push_back((v, changes));
         while g.len > CAPACITY && g.entries.len() > 1 {
