@@ -426,7 +426,9 @@ function sledCeiling() {
 // The same release binary with the default sync function (no JavaScript) and with JavaScript
 // functions, each on a fresh server: the bulk write and the single PUT above, on the public port
 // as user `bench` (Basic auth, so the function's requireUser has a user to check), reported as
-// ratios to the default. The documents carry `"owner":"bench"`.
+// ratios to the default. The documents carry `"owner":"bench"` and `"channels":["user-bench"]`:
+// the default function (`channel(doc.channels)`) gives them the channel the five-line function
+// gives them, so both store the same channels and the difference is the function's cost.
 const SF_USER = 'bench';
 const SF_PASSWORD = `bench-${process.pid}-secret`;
 const SYNC_VARIANTS = [
@@ -457,7 +459,7 @@ const SYNC_VARIANTS = [
 /** The bulk document with an owner (same size as `bulkDoc`). */
 function ownedDoc(i) {
   const id = `bulk-${String(i).padStart(6, '0')}`;
-  const head = `{"_id":"${id}","type":"bench","owner":"${SF_USER}","n":${i},"pad":"`;
+  const head = `{"_id":"${id}","type":"bench","owner":"${SF_USER}","channels":["user-${SF_USER}"],"n":${i},"pad":"`;
   return `${head}${'x'.repeat(1024 - head.length - 2)}"}`;
 }
 

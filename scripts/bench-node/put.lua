@@ -1,5 +1,6 @@
 -- wrk script: PUT a new ~1 KB document with a unique id on every request.
--- BENCH_OWNER adds an "owner" member (what the sync-function workload's function checks).
+-- BENCH_OWNER adds an "owner" member (what the sync-function workload's function checks) and
+-- the channel that function gives the document, for the default function's `channels` rule.
 local db = os.getenv("BENCH_DB") or "bench"
 local owner = os.getenv("BENCH_OWNER")
 local run = os.getenv("BENCH_RUN") or "r"
@@ -18,7 +19,7 @@ function init(args)
   for k, v in pairs(wrk.headers) do headers[k] = v end
   headers["Content-Type"] = "application/json"
   local head = '{"type":"bench","n":0,"pad":"'
-  if owner then head = '{"type":"bench","owner":"' .. owner .. '","n":0,"pad":"' end
+  if owner then head = '{"type":"bench","owner":"' .. owner .. '","channels":["user-' .. owner .. '"],"n":0,"pad":"' end
   body = head .. string.rep("x", 1024 - #head - 2) .. '"}'
 end
 

@@ -56,7 +56,7 @@ pub enum CallError {
 }
 
 /// Who a call acts for: what `requireUser`, `requireRole` and `requireAccess` check.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CallUser {
     /// The user's name (`""` for GUEST).
     pub name: String,
@@ -64,6 +64,20 @@ pub struct CallUser {
     /// The user's channels: looked up by `requireAccess`, never copied into the runtime (a
     /// user may hold one channel per shared document).
     pub channels: Arc<BTreeMap<String, u64>>,
+    /// `{"name","roles"}` as the helpers see them, encoded once for every call of a request.
+    ctx_json: String,
+}
+
+impl CallUser {
+    pub fn new(name: String, roles: Vec<String>, channels: Arc<BTreeMap<String, u64>>) -> CallUser {
+        let ctx_json = serde_json::json!({"name": name, "roles": roles}).to_string();
+        CallUser {
+            name,
+            roles,
+            channels,
+            ctx_json,
+        }
+    }
 }
 
 /// One call's inputs: the documents as JSON text.
@@ -215,21 +229,15 @@ impl Vm {
         self.deadline
             .store(limit.as_nanos() as u64, Ordering::Relaxed);
         // the helpers see the name and roles as JSON; the channels through `has_channel`
-        let user_ctx = input
-            .user
-            .as_ref()
-            .map(|u| serde_json::json!({"name": u.name, "roles": u.roles}).to_string());
+        let user_ctx = input.user.as_ref().map(|u| u.ctx_json.as_str());
         CALL_USER.with(|u| *u.borrow_mut() = input.user.clone());
         let result = self.ctx.with(|ctx| {
             let run = match self.run.clone().restore(&ctx) {
                 Ok(f) => f,
                 Err(e) => return (Err(CallError::Exception(e.to_string())), true),
             };
-            let out: rquickjs::Result<String> = run.call((
-                input.doc.as_str(),
-                input.old_doc.as_deref(),
-                user_ctx.as_deref(),
-            ));
+            let out: rquickjs::Result<String> =
+                run.call((input.doc.as_str(), input.old_doc.as_deref(), user_ctx));
             match out {
                 Ok(s) => (Ok(s), false),
                 Err(rquickjs::Error::Exception) => {

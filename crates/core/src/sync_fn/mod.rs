@@ -157,11 +157,11 @@ fn decide(raw: RawOutput) -> std::result::Result<Decision, String> {
 /// Who the helpers check: `None` for the admin. Shares the caller's channel map.
 pub fn call_user(caller: &Caller) -> Option<Arc<CallUser>> {
     let u = caller.user()?;
-    Some(Arc::new(CallUser {
-        name: u.name.clone().unwrap_or_default(),
-        roles: u.roles.iter().cloned().collect(),
-        channels: u.channels.clone(),
-    }))
+    Some(Arc::new(CallUser::new(
+        u.name.clone().unwrap_or_default(),
+        u.roles.iter().cloned().collect(),
+        u.channels.clone(),
+    )))
 }
 
 /// A `userCtx` given as JSON (the dry run's): `{"name","roles":[…],"channels":[…]}`.
@@ -176,11 +176,11 @@ pub fn call_user_from_json(text: &str) -> std::result::Result<CallUser, String> 
         channels: Vec<String>,
     }
     let raw: Raw = serde_json::from_str(text).map_err(|e| format!("userCtx: {e}"))?;
-    Ok(CallUser {
-        name: raw.name.unwrap_or_default(),
-        roles: raw.roles,
-        channels: Arc::new(raw.channels.into_iter().map(|c| (c, 1)).collect()),
-    })
+    Ok(CallUser::new(
+        raw.name.unwrap_or_default(),
+        raw.roles,
+        Arc::new(raw.channels.into_iter().map(|c| (c, 1)).collect()),
+    ))
 }
 
 impl SyncFunction {
