@@ -251,11 +251,15 @@ fn concurrent_views_list_every_document_once() {
     let ids: Vec<String> = (0..DOCS).map(|i| format!("d{i:02}")).collect();
     durable_write(&db, ids.iter().map(|id| with(id, None, 0)).collect()).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // batches written so far: the readers go on until the writers did several (on a busy
+    // machine 300 views can be over before a writer's first flush)
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // two writers, each owning half the documents, one or two documents per batch
     let writers: Vec<_> = (0..2)
         .map(|w| {
             let db = db.clone();
             let stop = stop.clone();
+            let written = written.clone();
             let mine: Vec<String> = ids.iter().skip(w).step_by(2).cloned().collect();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -278,6 +282,7 @@ fn concurrent_views_list_every_document_once() {
                     let (r, t) = db.write_docs(writes).unwrap();
                     assert!(r.iter().all(|r| r.is_ok()));
                     rt.block_on(db.durable(t)).unwrap();
+                    written.fetch_add(1, Ordering::SeqCst);
                 }
                 n
             })
@@ -294,8 +299,15 @@ fn concurrent_views_list_every_document_once() {
             let db = db.clone();
             let ids = ids.clone();
             let check = move |what: &str, view: u64, rows| check(&ids, what, view, rows);
+            let written = written.clone();
             std::thread::spawn(move || {
-                for _ in 0..300 {
+                let started = std::time::Instant::now();
+                let mut views = 0;
+                while views < 300
+                    || (written.load(Ordering::SeqCst) < 20
+                        && started.elapsed() < std::time::Duration::from_secs(60))
+                {
+                    views += 1;
                     let view = db.changes_view();
                     let v = view.seq();
                     check("asc", v, view.since(0, false).map(|e| e.unwrap()).collect());
