@@ -638,3 +638,74 @@ fn latest_bulk_get_revs_and_all_docs_attachments() {
         .clone();
     assert_eq!(row["doc"]["_attachments"]["a.txt"]["stub"], true);
 }
+
+/// A feed of more rows than one page (1,000) is sent a page at a time: still one JSON body
+/// with every row once, in sequence order, documents included, the right `last_seq` — for a
+/// normal feed, a channel-limited user's feed, a `limit` inside the second page and a
+/// longpoll that has changes ready.
+#[test]
+fn a_feed_larger_than_a_page_is_one_body_in_order() {
+    const DOCS: usize = 2_345;
+    let s = TestServer::start();
+    let db = format!("{}/db", s.admin);
+    for chunk in (0..DOCS).collect::<Vec<_>>().chunks(500) {
+        let docs: Vec<Value> = chunk
+            .iter()
+            .map(
+                |i| json!({"_id": format!("d{i:05}"), "channels": [format!("c{}", i % 2)], "n": i}),
+            )
+            .collect();
+        let (st, _) = post(&format!("{db}/_bulk_docs"), &json!({"docs": docs}));
+        assert_eq!(st, 201);
+    }
+    let all: Vec<String> = (0..DOCS).map(|i| format!("d{i:05}")).collect();
+    let check = |url: &str, want: &[String], last_seq: u64| {
+        let resp = client().get(url).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let v: Value = serde_json::from_str(&resp.text().unwrap())
+            .unwrap_or_else(|e| panic!("{url}: not one JSON body: {e}"));
+        assert_eq!(change_ids(&v), want, "{url}");
+        let seqs: Vec<u64> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{url}: sequence order"
+        );
+        assert_eq!(v["last_seq"], last_seq, "{url}");
+        v
+    };
+    let v = check(
+        &format!("{db}/_changes?include_docs=true"),
+        &all,
+        DOCS as u64,
+    );
+    let rows = v["results"].as_array().unwrap();
+    assert!(rows.iter().enumerate().all(|(i, r)| r["doc"]["n"] == i));
+    check(&format!("{db}/_changes?limit=1500"), &all[..1500], 1500);
+    check(
+        &format!("{db}/_changes?feed=longpoll&since=0"),
+        &all,
+        DOCS as u64,
+    );
+    // a user reading one channel: every other document, across the page boundaries
+    post(
+        &format!("{db}/_user/"),
+        &json!({"name": "half", "password": "pw-half-1", "admin_channels": ["c1"]}),
+    );
+    let odd: Vec<String> = all.iter().skip(1).step_by(2).cloned().collect();
+    let resp = client()
+        .get(format!("{}/db/_changes", s.public))
+        .basic_auth("half", Some("pw-half-1"))
+        .send()
+        .unwrap();
+    let v: Value = serde_json::from_str(&resp.text().unwrap()).unwrap();
+    let ids: Vec<String> = change_ids(&v)
+        .into_iter()
+        .filter(|id| id.starts_with('d'))
+        .collect();
+    assert_eq!(ids, odd);
+}

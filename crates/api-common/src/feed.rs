@@ -14,7 +14,7 @@ use futures_util::stream::{self, StreamExt};
 use http::HeaderValue;
 use serde_json::{json, Value};
 use syncgate_auth::Caller;
-use syncgate_core::changes::{ChangeRow, ChangesOptions, Since};
+use syncgate_core::changes::{ChangeRow, ChangesBatch, ChangesOptions, Since};
 use syncgate_core::find::SelectorFilter;
 use syncgate_core::mango::{self, Selector};
 use syncgate_core::{Database, Error, Result};
@@ -262,21 +262,13 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
 
     if feed == Feed::Normal || opts.descending {
         let batch = db.changes(&caller, &opts)?;
-        return Ok(no_store(bytes_reply(
-            200,
-            "application/json",
-            batch.to_body(),
-        )));
+        return Ok(no_store(batch_reply(batch)));
     }
-    // a longpoll with changes ready answers at once, without streaming
+    // a longpoll with changes ready answers at once
     if feed == Feed::Longpoll {
         let batch = db.changes(&caller, &opts)?;
         if !batch.rows.is_empty() || db.is_shutting_down() {
-            return Ok(no_store(bytes_reply(
-                200,
-                "application/json",
-                batch.to_body(),
-            )));
+            return Ok(no_store(batch_reply(batch)));
         }
     }
     let state = LiveFeed {
@@ -307,6 +299,48 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
     );
     r.extensions_mut().insert(StreamingBody::new(body));
     Ok(no_store(r))
+}
+
+/// One batch as `{"results":[…],"last_seq":…}`: a small batch in one piece; a large one
+/// sent a page of rows at a time, each page's rows dropped once sent, so the rows (read from
+/// one consistent view) are never held twice, as rows and as the body.
+fn batch_reply(batch: ChangesBatch) -> Reply {
+    if batch.rows.len() <= STREAM_PAGE {
+        return bytes_reply(200, "application/json", batch.to_body());
+    }
+    let mut end = b"],\"last_seq\":".to_vec();
+    // a Since always serializes
+    let _ = serde_json::to_writer(&mut end, &batch.last_seq);
+    end.push(b'}');
+    let mut rows = batch.rows.into_iter();
+    let mut first = true;
+    let pages = std::iter::from_fn(move || {
+        let page: Vec<ChangeRow> = rows.by_ref().take(STREAM_PAGE).collect();
+        if page.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(page.iter().map(|r| r.json.len() + 1).sum::<usize>() + 16);
+        if first {
+            out.extend_from_slice(b"{\"results\":[");
+        }
+        for row in &page {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(row.json.as_bytes());
+        }
+        Some(Bytes::from(out))
+    })
+    .chain(std::iter::once(Bytes::from(end)));
+    let mut r = Reply::new(Bytes::new().into());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.extensions_mut()
+        .insert(StreamingBody::new(stream::iter(pages).boxed()));
+    r
 }
 
 /// Feeds are never cached (SG sends the same header).
