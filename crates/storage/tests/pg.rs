@@ -396,3 +396,81 @@ fn a_version_1_schema_is_migrated() {
     db.put_setting("k", Some(b"v")).unwrap();
     assert_eq!(db.get_setting("k").unwrap().unwrap(), b"v");
 }
+
+/// `change_notify: "poll"` sends no `NOTIFY` (engines without `pg_notify`, such as
+/// CockroachDB, would refuse every write): a `LISTEN`ing connection hears nothing of a poll
+/// node's document, principal and settings writes, which another poll node still sees; the
+/// same writes from a `LISTEN` node are heard (the listener works).
+#[test]
+fn polling_nodes_send_no_notify_and_still_see_each_other() {
+    let url = pg_cluster::fresh_database();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let _listener = {
+        let heard = heard.clone();
+        let url = url.clone();
+        rt.block_on(async move {
+            use futures_util::StreamExt;
+            let (client, mut conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(m)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                        heard.lock().unwrap().push(n.payload().to_string());
+                    }
+                }
+            });
+            client.batch_execute("LISTEN syncgate_changes").await.unwrap();
+            client
+        })
+    };
+    let poll = ChangeNotify::Poll(Duration::from_millis(50));
+    let (a, b) = (node(&url, poll), node(&url, poll));
+    let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+    let mut rx = db_b.subscribe();
+    let mut settings = db_b.settings_changes().unwrap();
+    let v0 = *settings.borrow_and_update();
+    let w = write(&*da, vec![edit("x", None, json!({}))])
+        .remove(0)
+        .unwrap();
+    assert_eq!(wait_for(&mut rx, w.seq), w.seq);
+    let (seq, _) = da
+        .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| {
+            Ok(b"{}".to_vec())
+        })
+        .unwrap();
+    assert_eq!(wait_for(&mut rx, seq), seq);
+    da.put_setting("sync_function", Some(b"one")).unwrap();
+    wait_for(&mut settings, v0 + 1);
+    da.raise_seq(seq + 10).unwrap();
+    assert_eq!(wait_for(&mut rx, seq + 10), seq + 10);
+    // the same writes from a LISTEN node are heard (so silence above means none was sent)
+    let l = node(&url, ChangeNotify::Listen);
+    let dl = l.database("db").unwrap();
+    let w = write(&*dl, vec![edit("y", None, json!({}))])
+        .remove(0)
+        .unwrap();
+    assert_eq!(wait_for(&mut rx, w.seq), w.seq);
+    dl.put_setting("sync_function", None).unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while heard.lock().unwrap().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the LISTEN node's notifications never arrived")
+    });
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(
+        heard,
+        vec![format!("{} db", w.seq), "settings 2 db".to_string()],
+        "only the LISTEN node notifies"
+    );
+}

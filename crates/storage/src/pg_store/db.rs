@@ -168,10 +168,12 @@ impl PgDatabase {
                 ),
             }];
             stmts.push(stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)]));
-            stmts.push(super::write::Stmt::new(
-                NOTIFY,
-                vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
-            ));
+            if live.notifies {
+                stmts.push(super::write::Stmt::new(
+                    NOTIFY,
+                    vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
+                ));
+            }
             live.committing(seq);
             let done = client.pipeline_and_commit(&stmts).await;
             if done.is_err() {
@@ -370,6 +372,7 @@ impl DatabaseStore for PgDatabase {
     fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket> {
         let key = key.as_bytes().to_vec();
         let value = value.map(<[u8]>::to_vec);
+        let notifies = self.live.notifies;
         let version = self.with_client(move |mut c, db| async move {
             let tx = c.transaction().await.map_err(pg_err)?;
             match value {
@@ -399,9 +402,11 @@ impl DatabaseStore for PgDatabase {
                 .await
                 .map_err(pg_err)?
                 .get(0);
-            tx.execute(NOTIFY, &[&CHANNEL, &format!("settings {version} {db}")])
-                .await
-                .map_err(pg_err)?;
+            if notifies {
+                tx.execute(NOTIFY, &[&CHANNEL, &format!("settings {version} {db}")])
+                    .await
+                    .map_err(pg_err)?;
+            }
             tx.commit().await.map_err(pg_err)?;
             Ok(version as u64)
         })?;
@@ -540,13 +545,13 @@ impl DatabaseStore for PgDatabase {
                 tx.pipeline_and_commit(&[]).await?;
                 return Ok((last, false));
             }
-            let stmts = vec![
-                stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)]),
-                super::write::Stmt::new(
+            let mut stmts = vec![stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)])];
+            if live.notifies {
+                stmts.push(super::write::Stmt::new(
                     NOTIFY,
                     vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
-                ),
-            ];
+                ));
+            }
             live.committing(seq);
             if let Err(e) = tx.pipeline_and_commit(&stmts).await {
                 live.abandoned(seq);

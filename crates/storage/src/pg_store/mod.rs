@@ -37,7 +37,8 @@
 //! `last_seq` (and the watch channel feeds wait on) of every database it has open; after a
 //! (re)connect it re-reads the counters, so nothing missed while disconnected stays missed.
 //! With [`ChangeNotify::Poll`] (for engines without `LISTEN`), a task re-reads the counters of
-//! its open databases every interval instead.
+//! its open databases every interval instead, and the store's write transactions send no
+//! `NOTIFY` (`Live::notifies`: CockroachDB has no `pg_notify`).
 //!
 //! ## Errors
 //!
@@ -109,6 +110,7 @@ pub struct PgStore {
     bridge: Bridge,
     pool: Pool,
     live: Arc<LiveMap>,
+    notify: ChangeNotify,
     /// Dropped with the store: ends its listener or poller.
     _stop: watch::Sender<()>,
 }
@@ -170,11 +172,15 @@ pub(super) struct Live {
     /// knows of, and the watch that tells the database above of settings changed elsewhere.
     settings_version: AtomicU64,
     settings: watch::Sender<u64>,
+    /// Write transactions send `NOTIFY` (`ChangeNotify::Listen`); with `Poll` they send
+    /// nothing (engines without `pg_notify`, such as CockroachDB, would refuse the write).
+    pub(super) notifies: bool,
 }
 
 impl Live {
-    fn new(seq: u64, settings_version: u64) -> Live {
+    fn new(seq: u64, settings_version: u64, notifies: bool) -> Live {
         Live {
+            notifies,
             last_seq: AtomicU64::new(seq),
             notify: watch::channel(seq).0,
             grants_version: AtomicU64::new(0),
@@ -309,6 +315,7 @@ impl PgStore {
             bridge,
             pool,
             live,
+            notify: options.notify,
             _stop: stop,
         })
     }
@@ -335,7 +342,11 @@ impl PgStore {
                 .map_err(pg_err)?;
             Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
         })?;
-        let live = Arc::new(Live::new(last.0 as u64, last.1 as u64));
+        let live = Arc::new(Live::new(
+            last.0 as u64,
+            last.1 as u64,
+            self.notify == ChangeNotify::Listen,
+        ));
         self.live.register(name, &live);
         Ok(Arc::new(PgDatabase::new(
             name,
