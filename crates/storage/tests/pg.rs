@@ -426,7 +426,10 @@ fn polling_nodes_send_no_notify_and_still_see_each_other() {
                     }
                 }
             });
-            client.batch_execute("LISTEN syncgate_changes").await.unwrap();
+            client
+                .batch_execute("LISTEN syncgate_changes")
+                .await
+                .unwrap();
             client
         })
     };
@@ -473,4 +476,77 @@ fn polling_nodes_send_no_notify_and_still_see_each_other() {
         vec![format!("{} db", w.seq), "settings 2 db".to_string()],
         "only the LISTEN node notifies"
     );
+}
+
+/// TLS to PostgreSQL (a cluster that refuses unencrypted connections, its certificate signed
+/// by a CA made for the test): `verify-full` with that CA opens, as do `verify-ca`, `require`
+/// and `prefer`; `verify-full` with another CA is refused with a TLS error saying so (at
+/// startup: `Incompatible`, exit 2), never repeating the password; `disable` cannot connect.
+#[test]
+fn tls_sslmode_and_sslrootcert() {
+    let (cluster, ca, other_ca) = pg_cluster::Dedicated::start_tls();
+    let port = cluster
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, r)| r.split_once('/'))
+        .map(|(p, _)| p.to_string())
+        .unwrap();
+    let url = |host: &str, params: &str| {
+        format!("postgres://postgres:hunter2@{host}:{port}/postgres?{params}")
+    };
+    let opens = |u: String| {
+        PgStore::open(&PgOptions {
+            url: u,
+            pool_size: 2,
+            notify: ChangeNotify::Listen,
+        })
+    };
+    let ca = ca.display().to_string();
+    for (host, params) in [
+        ("localhost", format!("sslmode=verify-full&sslrootcert={ca}")),
+        ("127.0.0.1", format!("sslmode=verify-full&sslrootcert={ca}")),
+        ("127.0.0.1", format!("sslmode=verify-ca&sslrootcert={ca}")),
+        ("127.0.0.1", "sslmode=require".to_string()),
+        ("127.0.0.1", String::new()),
+    ] {
+        // the store works over it: the listener (LISTEN connection) too
+        let a = opens(url(host, &params)).unwrap_or_else(|e| panic!("{params}: {e}"));
+        let b = opens(url(host, &params)).unwrap();
+        let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+        let mut rx = db_b.subscribe();
+        let w = write(
+            &*da,
+            vec![edit(&format!("{host}{params}"), None, json!({}))],
+        )
+        .remove(0)
+        .unwrap();
+        assert_eq!(wait_for(&mut rx, w.seq), w.seq, "{params}");
+    }
+    for params in [
+        format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+        format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
+    ] {
+        let e = opens(url("127.0.0.1", &params)).err().unwrap().to_string();
+        let StorageError::Incompatible(_) = opens(url("127.0.0.1", &params)).err().unwrap() else {
+            panic!("{params}: not a startup error: {e}");
+        };
+        assert!(
+            e.contains("TLS") && e.contains("certificate"),
+            "{params}: {e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+    // a missing CA file is named
+    let e = opens(url(
+        "127.0.0.1",
+        "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    // the cluster refuses unencrypted connections: TLS really was used above
+    let e = opens(url("127.0.0.1", "sslmode=disable")).err().unwrap();
+    assert!(!matches!(e, StorageError::Incompatible(_)), "{e}");
+    assert!(e.to_string().contains("no encryption"), "{e}");
 }
