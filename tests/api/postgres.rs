@@ -619,7 +619,10 @@ fn postgres_tls_with_a_wrong_ca_is_a_startup_error() {
         stderr.contains("TLS") && stderr.contains("certificate") && stderr.contains("sslrootcert"),
         "{stderr}"
     );
-    assert!(!stderr.contains("hunter2"), "never echoes a password: {stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "never echoes a password: {stderr}"
+    );
     // the right CA: the database is served over TLS
     let s = TestServer::start_with(|c: &mut Value| {
         c["databases"]["db"] = json!({"server": url(&ca), "pool_size": 2});

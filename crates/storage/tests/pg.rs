@@ -550,3 +550,60 @@ fn tls_sslmode_and_sslrootcert() {
     assert!(!matches!(e, StorageError::Incompatible(_)), "{e}");
     assert!(e.to_string().contains("no encryption"), "{e}");
 }
+
+/// Compaction works through the database a page at a time (past the first page), while
+/// another node writes: every old body goes, every write lands, the leaves stay.
+#[test]
+fn compaction_pages_through_the_documents_while_another_node_writes() {
+    const DOCS: usize = 700;
+    let url = pg_cluster::fresh_database();
+    let (a, b) = (
+        node(&url, ChangeNotify::Listen),
+        node(&url, ChangeNotify::Listen),
+    );
+    let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+    let firsts: Vec<_> = write(
+        &*da,
+        (0..DOCS)
+            .map(|i| edit(&format!("d{i:04}"), None, json!({"v": 1})))
+            .collect(),
+    );
+    let seconds: Vec<DocWrite> = firsts
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let rev = w.as_ref().unwrap().rev.clone();
+            edit(&format!("d{i:04}"), Some(&rev), json!({"v": 2}))
+        })
+        .collect();
+    write(&*da, seconds);
+    let writer = {
+        let db = db_b.clone();
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                let r = write(&*db, vec![edit(&format!("during{i}"), None, json!({}))]);
+                r.into_iter().for_each(|r| {
+                    r.unwrap();
+                });
+            }
+        })
+    };
+    let stats = da.compact().unwrap();
+    writer.join().unwrap();
+    assert_eq!(stats.bodies_removed, DOCS as u64);
+    for (i, w) in firsts.iter().enumerate().step_by(97) {
+        let id = format!("d{i:04}");
+        assert!(da
+            .rev_body(&id, &w.as_ref().unwrap().rev)
+            .unwrap()
+            .is_none());
+        let meta = da.doc_meta(&id).unwrap().unwrap();
+        assert!(meta
+            .tree
+            .leaves()
+            .iter()
+            .all(|l| da.rev_body(&id, &l.rev).unwrap().is_some()));
+    }
+    assert_eq!(db_b.doc_count().unwrap(), (DOCS + 50) as u64);
+    assert_eq!(da.compact().unwrap().bodies_removed, 0);
+}

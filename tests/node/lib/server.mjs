@@ -34,7 +34,7 @@ export function baseConfig(dir) {
     logging: { console: { log_level: 'debug' } },
     databases: { db: {} },
   };
-  // every database of the server on PostgreSQL (scripts/test runs a subset of the suites so)
+  // every database of the server on PostgreSQL (scripts/test runs every suite once more so)
   if (process.env.SYNCGATE_TEST_POSTGRES) config.server = freshPostgresDatabase(process.env.SYNCGATE_TEST_POSTGRES);
   return config;
 }
