@@ -482,6 +482,7 @@ fn polling_nodes_send_no_notify_and_still_see_each_other() {
 /// by a CA made for the test): `verify-full` with that CA opens, as do `verify-ca`, `require`
 /// and `prefer`; `verify-full` with another CA is refused with a TLS error saying so (at
 /// startup: `Incompatible`, exit 2), never repeating the password; `disable` cannot connect.
+/// The cluster authenticates with SCRAM (over TLS).
 #[test]
 fn tls_sslmode_and_sslrootcert() {
     let (cluster, ca, other_ca) = pg_cluster::Dedicated::start_tls();
@@ -545,6 +546,13 @@ fn tls_sslmode_and_sslrootcert() {
     .unwrap()
     .to_string();
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    // the password is checked (SCRAM over TLS above)
+    let e = opens(
+        url("127.0.0.1", "sslmode=require").replace(pg_cluster::TLS_PASSWORD, "wrong-pw"),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("password"), "{e}");
     // the cluster refuses unencrypted connections: TLS really was used above
     let e = opens(url("127.0.0.1", "sslmode=disable")).err().unwrap();
     assert!(!matches!(e, StorageError::Incompatible(_)), "{e}");

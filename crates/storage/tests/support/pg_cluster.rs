@@ -138,6 +138,9 @@ fn start_cluster() -> Result<String, String> {
     Ok(url)
 }
 
+/// The `postgres` user's password on a [`Dedicated::start_tls`] cluster.
+pub const TLS_PASSWORD: &str = "hunter2";
+
 /// A cluster of its own (for tests that stop and restart PostgreSQL). Stopped and removed on
 /// drop; a watchdog does the same if this process dies first.
 pub struct Dedicated {
@@ -158,7 +161,8 @@ impl Dedicated {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A cluster that accepts only TLS connections (`hostssl`), with a server certificate
+    /// A cluster that accepts only TLS connections (`hostssl`, user `postgres` with password
+    /// [`TLS_PASSWORD`], SCRAM), with a server certificate
     /// for `localhost` and 127.0.0.1 signed by a CA made here (openssl CLI). Returns it, the
     /// CA's certificate file and another CA's (which did not sign it).
     pub fn start_tls() -> (Dedicated, PathBuf, PathBuf) {
@@ -172,13 +176,20 @@ impl Dedicated {
             printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > ext
             openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext 2>/dev/null
             chmod 600 server.key
-            printf 'local all all trust\\nhostssl all all 127.0.0.1/32 trust\\n' > pg_hba.conf";
+            printf 'local all all trust\\nhostssl all all 127.0.0.1/32 scram-sha-256\\n' > pg_hba.conf";
         let mut gen = pg_command(Path::new("/bin"), "sh", c.root);
         gen.args(["-c", script, "sh"]).arg(&c.data);
         run(gen, "making the test certificates").unwrap_or_else(|e| panic!("{e}"));
         let mut c = c;
         c.extra = " -c ssl=on".into();
         c.start_server().unwrap_or_else(|e| panic!("{e}"));
+        // TCP clients authenticate with a password (SCRAM over TLS), set over the socket
+        let mut psql = pg_command(&c.bin, "psql", c.root);
+        psql.arg("-h")
+            .arg(&c.dir)
+            .args(["-p", &c.port.to_string(), "-U", "postgres", "-d", "postgres", "-q", "-c"])
+            .arg(format!("ALTER USER postgres PASSWORD '{TLS_PASSWORD}'"));
+        run(psql, "setting the password").unwrap_or_else(|e| panic!("{e}"));
         let (ca, other) = (c.data.join("ca.crt"), c.data.join("other-ca.crt"));
         (c, ca, other)
     }
