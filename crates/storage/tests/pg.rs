@@ -547,11 +547,10 @@ fn tls_sslmode_and_sslrootcert() {
     .to_string();
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     // the password is checked (SCRAM over TLS above)
-    let e = opens(
-        url("127.0.0.1", "sslmode=require").replace(pg_cluster::TLS_PASSWORD, "wrong-pw"),
-    )
-    .err()
-    .unwrap();
+    let e =
+        opens(url("127.0.0.1", "sslmode=require").replace(pg_cluster::TLS_PASSWORD, "wrong-pw"))
+            .err()
+            .unwrap();
     assert!(e.to_string().contains("password"), "{e}");
     // the cluster refuses unencrypted connections: TLS really was used above
     let e = opens(url("127.0.0.1", "sslmode=disable")).err().unwrap();
@@ -570,10 +569,29 @@ fn compaction_pages_through_the_documents_while_another_node_writes() {
         node(&url, ChangeNotify::Listen),
     );
     let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+    // each revision with an attachment of its own: the first ones' go with their bodies
+    let attach = |mut w: DocWrite, bytes: String| {
+        if let DocWrite::Edit { attachments, .. } = &mut w {
+            attachments.push((
+                "f".into(),
+                syncgate_storage::AttachmentInput::Data {
+                    content_type: "text/plain".into(),
+                    data: bytes.into_bytes(),
+                    revpos: None,
+                },
+            ));
+        }
+        w
+    };
     let firsts: Vec<_> = write(
         &*da,
         (0..DOCS)
-            .map(|i| edit(&format!("d{i:04}"), None, json!({"v": 1})))
+            .map(|i| {
+                attach(
+                    edit(&format!("d{i:04}"), None, json!({"v": 1})),
+                    format!("old {i}"),
+                )
+            })
             .collect(),
     );
     let seconds: Vec<DocWrite> = firsts
@@ -581,7 +599,10 @@ fn compaction_pages_through_the_documents_while_another_node_writes() {
         .enumerate()
         .map(|(i, w)| {
             let rev = w.as_ref().unwrap().rev.clone();
-            edit(&format!("d{i:04}"), Some(&rev), json!({"v": 2}))
+            attach(
+                edit(&format!("d{i:04}"), Some(&rev), json!({"v": 2})),
+                format!("new {i}"),
+            )
         })
         .collect();
     write(&*da, seconds);
@@ -599,6 +620,18 @@ fn compaction_pages_through_the_documents_while_another_node_writes() {
     let stats = da.compact().unwrap();
     writer.join().unwrap();
     assert_eq!(stats.bodies_removed, DOCS as u64);
+    assert_eq!(stats.attachments_removed, DOCS as u64);
+    for i in (0..DOCS).step_by(97) {
+        let digest = |t: String| syncgate_storage::attachment_digest(t.as_bytes());
+        assert!(da
+            .attachment(&digest(format!("old {i}")))
+            .unwrap()
+            .is_none());
+        assert!(da
+            .attachment(&digest(format!("new {i}")))
+            .unwrap()
+            .is_some());
+    }
     for (i, w) in firsts.iter().enumerate().step_by(97) {
         let id = format!("d{i:04}");
         assert!(da

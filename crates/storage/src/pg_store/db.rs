@@ -748,7 +748,8 @@ impl DatabaseStore for PgDatabase {
             // read a page at a time without a lock, are the referenced ones — plus those of
             // bodies written after the scan began (documents whose sequence moved past
             // `since`), read under the counter lock with the deletion, so an attachment a
-            // write has just referenced again is kept
+            // write has just referenced again is kept (one written after the scan of the
+            // attachments is no candidate)
             let since: i64 = c
                 .query_one(
                     "SELECT last_seq FROM syncgate_counters WHERE db = $1",
@@ -785,40 +786,58 @@ impl DatabaseStore for PgDatabase {
                     break;
                 }
             }
-            let tx = c.transaction().await.map_err(pg_err)?;
-            tx.query_one(LOCK_COUNTER, &[&db]).await.map_err(pg_err)?;
-            let fresh = tx
-                .query(
-                    "SELECT b.id, b.rev, b.body FROM syncgate_bodies b \
-                     JOIN syncgate_docs d ON d.db = b.db AND d.id = b.id \
-                     WHERE b.db = $1 AND d.seq > $2",
-                    &[&db, &since],
-                )
-                .await
-                .map_err(pg_err)?;
-            for r in &fresh {
-                refer(r, &mut referenced)?;
+            // the stored attachments no scanned body references, a page at a time
+            let mut candidates: Vec<Vec<u8>> = Vec::new();
+            let mut after_digest: Vec<u8> = Vec::new();
+            loop {
+                let page = c
+                    .query(
+                        "SELECT digest FROM syncgate_attachments WHERE db = $1 AND digest > $2 \
+                         ORDER BY digest LIMIT $3",
+                        &[&db, &after_digest, &(PAGE * 16)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let Some(last) = page.last() else { break };
+                after_digest = last.get(0);
+                let full = page.len() as i64 == PAGE * 16;
+                candidates.extend(
+                    page.into_iter()
+                        .map(|r| r.get::<_, Vec<u8>>(0))
+                        .filter(|d| !referenced.contains(d)),
+                );
+                if !full {
+                    break;
+                }
             }
-            let stored = tx
-                .query(
-                    "SELECT digest FROM syncgate_attachments WHERE db = $1",
-                    &[&db],
-                )
-                .await
-                .map_err(pg_err)?;
-            let unreferenced: Vec<Vec<u8>> = stored
-                .into_iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-                .filter(|d| !referenced.contains(d))
-                .collect();
-            stats.attachments_removed = unreferenced.len() as u64;
-            tx.execute(
-                "DELETE FROM syncgate_attachments WHERE db = $1 AND digest = ANY($2)",
-                &[&db, &unreferenced],
-            )
-            .await
-            .map_err(pg_err)?;
-            tx.commit().await.map_err(pg_err)?;
+            drop(referenced);
+            if !candidates.is_empty() {
+                // under the lock: those a body written since the scan began refers to stay
+                let tx = c.transaction().await.map_err(pg_err)?;
+                tx.query_one(LOCK_COUNTER, &[&db]).await.map_err(pg_err)?;
+                let fresh = tx
+                    .query(
+                        "SELECT b.id, b.rev, b.body FROM syncgate_bodies b \
+                         JOIN syncgate_docs d ON d.db = b.db AND d.id = b.id \
+                         WHERE b.db = $1 AND d.seq > $2",
+                        &[&db, &since],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let mut again = HashSet::new();
+                for r in &fresh {
+                    refer(r, &mut again)?;
+                }
+                candidates.retain(|d| !again.contains(d));
+                stats.attachments_removed = tx
+                    .execute(
+                        "DELETE FROM syncgate_attachments WHERE db = $1 AND digest = ANY($2)",
+                        &[&db, &candidates],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                tx.commit().await.map_err(pg_err)?;
+            }
             // 3. by-sequence rows superseded at or below the horizon (no open view shows them;
             // no writer touches them again), a range of sequences at a time, without the lock
             let horizon = horizon as i64;

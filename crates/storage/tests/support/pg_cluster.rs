@@ -187,7 +187,16 @@ impl Dedicated {
         let mut psql = pg_command(&c.bin, "psql", c.root);
         psql.arg("-h")
             .arg(&c.dir)
-            .args(["-p", &c.port.to_string(), "-U", "postgres", "-d", "postgres", "-q", "-c"])
+            .args([
+                "-p",
+                &c.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+            ])
             .arg(format!("ALTER USER postgres PASSWORD '{TLS_PASSWORD}'"));
         run(psql, "setting the password").unwrap_or_else(|e| panic!("{e}"));
         let (ca, other) = (c.data.join("ca.crt"), c.data.join("other-ca.crt"));
