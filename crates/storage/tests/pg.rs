@@ -537,6 +537,13 @@ fn tls_sslmode_and_sslrootcert() {
         );
         assert!(!e.contains("hunter2"), "{e}");
     }
+    // a Unix socket (no TLS there: PostgreSQL never offers it) works with the default `prefer`
+    let socket = format!(
+        "postgres://postgres@localhost:{port}/postgres?host={}",
+        cluster.socket_dir().display()
+    );
+    let s = opens(socket).unwrap_or_else(|e| panic!("over the socket: {e}"));
+    s.database("db").unwrap();
     // a missing CA file is named
     let e = opens(url(
         "127.0.0.1",

@@ -188,14 +188,17 @@ where
     type TlsConnect = RustlsConnect;
     type Error = io::Error;
 
+    /// `domain` is empty for a Unix socket, where PostgreSQL never offers TLS (so `prefer`
+    /// goes on unencrypted): a name that is not one fails only if a handshake is attempted.
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        let name = ServerName::try_from(domain.to_string())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not a valid host name"))?;
-        Ok(RustlsConnect(self.0.clone(), name))
+        Ok(RustlsConnect(
+            self.0.clone(),
+            ServerName::try_from(domain.to_string()).ok(),
+        ))
     }
 }
 
-pub(super) struct RustlsConnect(Arc<ClientConfig>, ServerName<'static>);
+pub(super) struct RustlsConnect(Arc<ClientConfig>, Option<ServerName<'static>>);
 
 impl<S> TlsConnect<S> for RustlsConnect
 where
@@ -208,8 +211,11 @@ where
     fn connect(self, stream: S) -> Self::Future {
         let connector = tokio_rustls::TlsConnector::from(self.0);
         Box::pin(async move {
+            let name = self.1.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "not a valid host name for TLS")
+            })?;
             connector
-                .connect(self.1, stream)
+                .connect(name, stream)
                 .await
                 .map(|s| RustlsStream(Box::new(s)))
         })

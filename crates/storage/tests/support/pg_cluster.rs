@@ -287,6 +287,11 @@ impl Dedicated {
         run(start, "pg_ctl start")
     }
 
+    /// The directory of its Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The maintenance database's URL.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
