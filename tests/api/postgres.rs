@@ -582,3 +582,51 @@ fn ping_reports_postgres_down_and_back() {
     pg.restart();
     eventually("ping OK again", || ping().0 == 200);
 }
+
+/// `sslmode=verify-full` with a CA that did not sign the server's certificate stops the
+/// binary with a line naming the TLS failure (exit 2, the URL's password never echoed); with
+/// the right CA it serves.
+#[test]
+fn postgres_tls_with_a_wrong_ca_is_a_startup_error() {
+    let (cluster, ca, other_ca) = pg_cluster::Dedicated::start_tls();
+    let port = cluster
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, r)| r.split_once('/'))
+        .map(|(p, _)| p.to_string())
+        .unwrap();
+    let url = |ca: &std::path::Path| {
+        format!(
+            "postgres://postgres:hunter2@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    let cfg = json!({
+        "interface": "127.0.0.1:0", "adminInterface": "127.0.0.1:0", "metricsInterface": "127.0.0.1:0",
+        "databases": {"db": {"server": url(&other_ca)}}
+    });
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TLS") && stderr.contains("certificate") && stderr.contains("sslrootcert"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "never echoes a password: {stderr}"
+    );
+    // the right CA: the database is served over TLS
+    let s = TestServer::start_with(|c: &mut Value| {
+        c["databases"]["db"] = json!({"server": url(&ca), "pool_size": 2});
+    });
+    let (st, r) = put(&format!("{}/db/over-tls", s.admin), &json!({"v": 1}));
+    assert_eq!(st, 201, "{r}");
+}

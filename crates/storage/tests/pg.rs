@@ -396,3 +396,262 @@ fn a_version_1_schema_is_migrated() {
     db.put_setting("k", Some(b"v")).unwrap();
     assert_eq!(db.get_setting("k").unwrap().unwrap(), b"v");
 }
+
+/// `change_notify: "poll"` sends no `NOTIFY` (engines without `pg_notify`, such as
+/// CockroachDB, would refuse every write): a `LISTEN`ing connection hears nothing of a poll
+/// node's document, principal and settings writes, which another poll node still sees; the
+/// same writes from a `LISTEN` node are heard (the listener works).
+#[test]
+fn polling_nodes_send_no_notify_and_still_see_each_other() {
+    let url = pg_cluster::fresh_database();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let _listener = {
+        let heard = heard.clone();
+        let url = url.clone();
+        rt.block_on(async move {
+            use futures_util::StreamExt;
+            let (client, mut conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(Ok(m)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                        heard.lock().unwrap().push(n.payload().to_string());
+                    }
+                }
+            });
+            client
+                .batch_execute("LISTEN syncgate_changes")
+                .await
+                .unwrap();
+            client
+        })
+    };
+    let poll = ChangeNotify::Poll(Duration::from_millis(50));
+    let (a, b) = (node(&url, poll), node(&url, poll));
+    let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+    let mut rx = db_b.subscribe();
+    let mut settings = db_b.settings_changes().unwrap();
+    let v0 = *settings.borrow_and_update();
+    let w = write(&*da, vec![edit("x", None, json!({}))])
+        .remove(0)
+        .unwrap();
+    assert_eq!(wait_for(&mut rx, w.seq), w.seq);
+    let (seq, _) = da
+        .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| {
+            Ok(b"{}".to_vec())
+        })
+        .unwrap();
+    assert_eq!(wait_for(&mut rx, seq), seq);
+    da.put_setting("sync_function", Some(b"one")).unwrap();
+    wait_for(&mut settings, v0 + 1);
+    da.raise_seq(seq + 10).unwrap();
+    assert_eq!(wait_for(&mut rx, seq + 10), seq + 10);
+    // the same writes from a LISTEN node are heard (so silence above means none was sent)
+    let l = node(&url, ChangeNotify::Listen);
+    let dl = l.database("db").unwrap();
+    let w = write(&*dl, vec![edit("y", None, json!({}))])
+        .remove(0)
+        .unwrap();
+    assert_eq!(wait_for(&mut rx, w.seq), w.seq);
+    dl.put_setting("sync_function", None).unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while heard.lock().unwrap().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the LISTEN node's notifications never arrived")
+    });
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(
+        heard,
+        vec![format!("{} db", w.seq), "settings 2 db".to_string()],
+        "only the LISTEN node notifies"
+    );
+}
+
+/// TLS to PostgreSQL (a cluster that refuses unencrypted connections, its certificate signed
+/// by a CA made for the test): `verify-full` with that CA opens, as do `verify-ca`, `require`
+/// and `prefer`; `verify-full` with another CA is refused with a TLS error saying so (at
+/// startup: `Incompatible`, exit 2), never repeating the password; `disable` cannot connect.
+/// The cluster authenticates with SCRAM (over TLS).
+#[test]
+fn tls_sslmode_and_sslrootcert() {
+    let (cluster, ca, other_ca) = pg_cluster::Dedicated::start_tls();
+    let port = cluster
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, r)| r.split_once('/'))
+        .map(|(p, _)| p.to_string())
+        .unwrap();
+    let url = |host: &str, params: &str| {
+        format!("postgres://postgres:hunter2@{host}:{port}/postgres?{params}")
+    };
+    let opens = |u: String| {
+        PgStore::open(&PgOptions {
+            url: u,
+            pool_size: 2,
+            notify: ChangeNotify::Listen,
+        })
+    };
+    let ca = ca.display().to_string();
+    for (host, params) in [
+        ("localhost", format!("sslmode=verify-full&sslrootcert={ca}")),
+        ("127.0.0.1", format!("sslmode=verify-full&sslrootcert={ca}")),
+        ("127.0.0.1", format!("sslmode=verify-ca&sslrootcert={ca}")),
+        ("127.0.0.1", "sslmode=require".to_string()),
+        ("127.0.0.1", String::new()),
+    ] {
+        // the store works over it: the listener (LISTEN connection) too
+        let a = opens(url(host, &params)).unwrap_or_else(|e| panic!("{params}: {e}"));
+        let b = opens(url(host, &params)).unwrap();
+        let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+        let mut rx = db_b.subscribe();
+        let w = write(
+            &*da,
+            vec![edit(&format!("{host}{params}"), None, json!({}))],
+        )
+        .remove(0)
+        .unwrap();
+        assert_eq!(wait_for(&mut rx, w.seq), w.seq, "{params}");
+    }
+    for params in [
+        format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+        format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
+    ] {
+        let e = opens(url("127.0.0.1", &params)).err().unwrap().to_string();
+        let StorageError::Incompatible(_) = opens(url("127.0.0.1", &params)).err().unwrap() else {
+            panic!("{params}: not a startup error: {e}");
+        };
+        assert!(
+            e.contains("TLS") && e.contains("certificate"),
+            "{params}: {e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+    // a Unix socket (no TLS there: PostgreSQL never offers it) works with the default `prefer`
+    let socket = format!(
+        "postgres://postgres@localhost:{port}/postgres?host={}",
+        cluster.socket_dir().display()
+    );
+    let s = opens(socket).unwrap_or_else(|e| panic!("over the socket: {e}"));
+    s.database("db").unwrap();
+    // a missing CA file is named
+    let e = opens(url(
+        "127.0.0.1",
+        "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    // the password is checked (SCRAM over TLS above)
+    let e =
+        opens(url("127.0.0.1", "sslmode=require").replace(pg_cluster::TLS_PASSWORD, "wrong-pw"))
+            .err()
+            .unwrap();
+    assert!(e.to_string().contains("password"), "{e}");
+    // the cluster refuses unencrypted connections: TLS really was used above
+    let e = opens(url("127.0.0.1", "sslmode=disable")).err().unwrap();
+    assert!(!matches!(e, StorageError::Incompatible(_)), "{e}");
+    assert!(e.to_string().contains("no encryption"), "{e}");
+}
+
+/// Compaction works through the database a page at a time (past the first page), while
+/// another node writes: every old body goes, every write lands, the leaves stay.
+#[test]
+fn compaction_pages_through_the_documents_while_another_node_writes() {
+    const DOCS: usize = 700;
+    let url = pg_cluster::fresh_database();
+    let (a, b) = (
+        node(&url, ChangeNotify::Listen),
+        node(&url, ChangeNotify::Listen),
+    );
+    let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+    // each revision with an attachment of its own: the first ones' go with their bodies
+    let attach = |mut w: DocWrite, bytes: String| {
+        if let DocWrite::Edit { attachments, .. } = &mut w {
+            attachments.push((
+                "f".into(),
+                syncgate_storage::AttachmentInput::Data {
+                    content_type: "text/plain".into(),
+                    data: bytes.into_bytes(),
+                    revpos: None,
+                },
+            ));
+        }
+        w
+    };
+    let firsts: Vec<_> = write(
+        &*da,
+        (0..DOCS)
+            .map(|i| {
+                attach(
+                    edit(&format!("d{i:04}"), None, json!({"v": 1})),
+                    format!("old {i}"),
+                )
+            })
+            .collect(),
+    );
+    let seconds: Vec<DocWrite> = firsts
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let rev = w.as_ref().unwrap().rev.clone();
+            attach(
+                edit(&format!("d{i:04}"), Some(&rev), json!({"v": 2})),
+                format!("new {i}"),
+            )
+        })
+        .collect();
+    write(&*da, seconds);
+    let writer = {
+        let db = db_b.clone();
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                let r = write(&*db, vec![edit(&format!("during{i}"), None, json!({}))]);
+                r.into_iter().for_each(|r| {
+                    r.unwrap();
+                });
+            }
+        })
+    };
+    let stats = da.compact().unwrap();
+    writer.join().unwrap();
+    assert_eq!(stats.bodies_removed, DOCS as u64);
+    assert_eq!(stats.attachments_removed, DOCS as u64);
+    for i in (0..DOCS).step_by(97) {
+        let digest = |t: String| syncgate_storage::attachment_digest(t.as_bytes());
+        assert!(da
+            .attachment(&digest(format!("old {i}")))
+            .unwrap()
+            .is_none());
+        assert!(da
+            .attachment(&digest(format!("new {i}")))
+            .unwrap()
+            .is_some());
+    }
+    for (i, w) in firsts.iter().enumerate().step_by(97) {
+        let id = format!("d{i:04}");
+        assert!(da
+            .rev_body(&id, &w.as_ref().unwrap().rev)
+            .unwrap()
+            .is_none());
+        let meta = da.doc_meta(&id).unwrap().unwrap();
+        assert!(meta
+            .tree
+            .leaves()
+            .iter()
+            .all(|l| da.rev_body(&id, &l.rev).unwrap().is_some()));
+    }
+    assert_eq!(db_b.doc_count().unwrap(), (DOCS + 50) as u64);
+    assert_eq!(da.compact().unwrap().bodies_removed, 0);
+}

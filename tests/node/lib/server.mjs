@@ -34,7 +34,7 @@ export function baseConfig(dir) {
     logging: { console: { log_level: 'debug' } },
     databases: { db: {} },
   };
-  // every database of the server on PostgreSQL (scripts/test runs a subset of the suites so)
+  // every database of the server on PostgreSQL (scripts/test runs every suite once more so)
   if (process.env.SYNCGATE_TEST_POSTGRES) config.server = freshPostgresDatabase(process.env.SYNCGATE_TEST_POSTGRES);
   return config;
 }
@@ -78,6 +78,18 @@ export async function startServer(edit = () => {}, { dir, config } = {}) {
     },
   };
   return server;
+}
+
+/**
+ * Another node of `server` (which must be on PostgreSQL): a second syncgate process with the
+ * same config — the same PostgreSQL database — but its own directory and ports.
+ */
+export async function startNode(server, edit = () => {}) {
+  if (!server.config.server) throw new Error('startNode: the first node is not on PostgreSQL');
+  const dir = mkdtempSync(join(tmpdir(), 'syncgate-'));
+  const config = structuredClone({ ...server.config, data_dir: join(dir, 'data') });
+  edit(config);
+  return startServer(undefined, { dir, config });
 }
 
 /** JSON fetch helper: returns { status, body, headers }. */

@@ -62,7 +62,8 @@ test('secrets never reach the log at trace level', async () => {
     await s.stop();
   }
   const log = s.logText();
-  assert.ok(log.split('\n').length > 50, 'the trace log has content');
+  // one line per request at least (on sled, the engine's own trace lines add many more)
+  assert.ok(log.split('\n').length > 20, 'the trace log has content');
   assert.match(log, /TRACE|DEBUG/);
   for (const secret of secrets) {
     assert.ok(!log.includes(secret), `a secret (${secret.slice(0, 4)}…) appears in the log`);

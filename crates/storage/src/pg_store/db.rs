@@ -22,6 +22,9 @@ use crate::{BoxFuture, ChangesView, DatabaseStore, PrincipalKind, Result, Storag
 /// Rows a paged read fetches per statement.
 pub(super) const PAGE: i64 = 256;
 
+/// Sequences whose superseded by-sequence rows one compaction statement removes.
+const SUPERSEDED_CHUNK: i64 = 10_000;
+
 /// One database in PostgreSQL.
 pub struct PgDatabase {
     pub(super) name: String,
@@ -168,10 +171,12 @@ impl PgDatabase {
                 ),
             }];
             stmts.push(stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)]));
-            stmts.push(super::write::Stmt::new(
-                NOTIFY,
-                vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
-            ));
+            if live.notifies {
+                stmts.push(super::write::Stmt::new(
+                    NOTIFY,
+                    vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
+                ));
+            }
             live.committing(seq);
             let done = client.pipeline_and_commit(&stmts).await;
             if done.is_err() {
@@ -370,6 +375,7 @@ impl DatabaseStore for PgDatabase {
     fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket> {
         let key = key.as_bytes().to_vec();
         let value = value.map(<[u8]>::to_vec);
+        let notifies = self.live.notifies;
         let version = self.with_client(move |mut c, db| async move {
             let tx = c.transaction().await.map_err(pg_err)?;
             match value {
@@ -399,9 +405,11 @@ impl DatabaseStore for PgDatabase {
                 .await
                 .map_err(pg_err)?
                 .get(0);
-            tx.execute(NOTIFY, &[&CHANNEL, &format!("settings {version} {db}")])
-                .await
-                .map_err(pg_err)?;
+            if notifies {
+                tx.execute(NOTIFY, &[&CHANNEL, &format!("settings {version} {db}")])
+                    .await
+                    .map_err(pg_err)?;
+            }
             tx.commit().await.map_err(pg_err)?;
             Ok(version as u64)
         })?;
@@ -540,13 +548,13 @@ impl DatabaseStore for PgDatabase {
                 tx.pipeline_and_commit(&[]).await?;
                 return Ok((last, false));
             }
-            let stmts = vec![
-                stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)]),
-                super::write::Stmt::new(
+            let mut stmts = vec![stmt(&db, SET_COUNTERS, vec![p(seq as i64), p(0i64)])];
+            if live.notifies {
+                stmts.push(super::write::Stmt::new(
                     NOTIFY,
                     vec![p(CHANNEL.to_string()), p(format!("{seq} {db}"))],
-                ),
-            ];
+                ));
+            }
             live.committing(seq);
             if let Err(e) = tx.pipeline_and_commit(&stmts).await {
                 live.abandoned(seq);
@@ -656,10 +664,11 @@ impl DatabaseStore for PgDatabase {
         Ok(Ticket(0))
     }
 
-    /// One transaction holding the counter row (writers of the database wait meanwhile):
-    /// drops non-leaf bodies, attachment data no remaining body refers to, and superseded
-    /// change rows at or below the oldest change view open on this handle (or the last
-    /// sequence). Views open on other nodes are not known here: one older than that horizon
+    /// In chunks, so memory stays bounded and writers wait for one chunk at most (the
+    /// counter row is held only while a page of documents is rewritten and while unreferenced
+    /// attachments are deleted): drops non-leaf bodies, attachment data no remaining body
+    /// refers to, and superseded change rows at or below the oldest change view open on this
+    /// handle (or the last sequence). Views open on other nodes are not known here: one older than that horizon
     /// may miss a document updated meanwhile (it shows at its new sequence in the next view).
     fn compact(&self) -> Result<CompactStats> {
         let horizon = {
@@ -672,86 +681,186 @@ impl DatabaseStore for PgDatabase {
         self.bridge.run_untimed(async move {
             let mut c = pool.get().await.map_err(pool_err)?;
             let mut stats = CompactStats::default();
-            let tx = c.transaction().await.map_err(pg_err)?;
-            tx.query_one(LOCK_COUNTER, &[&db]).await.map_err(pg_err)?;
-            let docs = tx
-                .query("SELECT id, meta FROM syncgate_docs WHERE db = $1", &[&db])
-                .await
-                .map_err(pg_err)?;
-            for r in docs {
-                let id: Vec<u8> = r.get(0);
-                let mut meta: DocMeta = decode("document", r.get(1))?;
-                if !has_old_bodies(&meta) {
-                    continue;
+            // 1. bodies of non-leaf revisions: a page of documents at a time, read without a
+            // lock; the page's documents that have some are re-read and rewritten in a short
+            // transaction under the counter lock (as a write), so no writer changes them
+            // meanwhile and writers wait for one page at most
+            let mut after: Vec<u8> = Vec::new();
+            loop {
+                let page = c
+                    .query(
+                        "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id > $2 \
+                         ORDER BY id LIMIT $3",
+                        &[&db, &after, &PAGE],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let Some(last) = page.last() else { break };
+                after = last.get(0);
+                let mut candidates: Vec<Vec<u8>> = Vec::new();
+                for r in &page {
+                    let meta: DocMeta = decode("document", r.get(1))?;
+                    if has_old_bodies(&meta) {
+                        candidates.push(r.get(0));
+                    }
                 }
-                let dropped: Vec<Vec<u8>> = drop_old_bodies(&mut meta)
-                    .into_iter()
-                    .map(String::into_bytes)
-                    .collect();
-                stats.bodies_removed += dropped.len() as u64;
-                tx.execute(
-                    "DELETE FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = ANY($3)",
-                    &[&db, &id, &dropped],
-                )
-                .await
-                .map_err(pg_err)?;
-                tx.execute(
-                    "UPDATE syncgate_docs SET meta = $3 WHERE db = $1 AND id = $2",
-                    &[&db, &id, &encode("document", &meta)?],
-                )
-                .await
-                .map_err(pg_err)?;
+                if !candidates.is_empty() {
+                    let tx = c.transaction().await.map_err(pg_err)?;
+                    tx.query_one(LOCK_COUNTER, &[&db]).await.map_err(pg_err)?;
+                    let docs = tx
+                        .query(
+                            "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id = ANY($2)",
+                            &[&db, &candidates],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    for r in docs {
+                        let id: Vec<u8> = r.get(0);
+                        let mut meta: DocMeta = decode("document", r.get(1))?;
+                        if !has_old_bodies(&meta) {
+                            continue;
+                        }
+                        let dropped: Vec<Vec<u8>> = drop_old_bodies(&mut meta)
+                            .into_iter()
+                            .map(String::into_bytes)
+                            .collect();
+                        stats.bodies_removed += dropped.len() as u64;
+                        tx.execute(
+                            "DELETE FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = ANY($3)",
+                            &[&db, &id, &dropped],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                        tx.execute(
+                            "UPDATE syncgate_docs SET meta = $3 WHERE db = $1 AND id = $2",
+                            &[&db, &id, &encode("document", &meta)?],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    }
+                    tx.commit().await.map_err(pg_err)?;
+                }
+                if (page.len() as i64) < PAGE {
+                    break;
+                }
             }
-            // every body left is a leaf's: their digests are the referenced ones
-            let mut referenced: HashSet<Vec<u8>> = HashSet::new();
-            let bodies = tx
-                .query(
-                    "SELECT id, rev, body FROM syncgate_bodies WHERE db = $1",
+            // 2. attachments no leaf references. Every body left is a leaf's: their digests,
+            // read a page at a time without a lock, are the referenced ones — plus those of
+            // bodies written after the scan began (documents whose sequence moved past
+            // `since`), read under the counter lock with the deletion, so an attachment a
+            // write has just referenced again is kept (one written after the scan of the
+            // attachments is no candidate)
+            let since: i64 = c
+                .query_one(
+                    "SELECT last_seq FROM syncgate_counters WHERE db = $1",
                     &[&db],
                 )
                 .await
-                .map_err(pg_err)?;
-            for r in bodies {
+                .map_err(pg_err)?
+                .get(0);
+            let mut referenced: HashSet<Vec<u8>> = HashSet::new();
+            let refer = |r: &Row, referenced: &mut HashSet<Vec<u8>>| -> Result<()> {
                 let id = String::from_utf8_lossy(r.get::<_, &[u8]>(0)).into_owned();
                 let rev = String::from_utf8_lossy(r.get::<_, &[u8]>(1)).into_owned();
                 for (_, a) in decode_body(&id, &rev, r.get(2))?.attachments {
                     referenced.insert(a.digest.into_bytes());
                 }
+                Ok(())
+            };
+            let (mut after_id, mut after_rev) = (Vec::<u8>::new(), Vec::<u8>::new());
+            loop {
+                let page = c
+                    .query(
+                        "SELECT id, rev, body FROM syncgate_bodies \
+                         WHERE db = $1 AND (id, rev) > ($2, $3) ORDER BY id, rev LIMIT $4",
+                        &[&db, &after_id, &after_rev, &PAGE],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let Some(last) = page.last() else { break };
+                (after_id, after_rev) = (last.get(0), last.get(1));
+                for r in &page {
+                    refer(r, &mut referenced)?;
+                }
+                if (page.len() as i64) < PAGE {
+                    break;
+                }
             }
-            let stored = tx
-                .query(
-                    "SELECT digest FROM syncgate_attachments WHERE db = $1",
-                    &[&db],
+            // the stored attachments no scanned body references, a page at a time
+            let mut candidates: Vec<Vec<u8>> = Vec::new();
+            let mut after_digest: Vec<u8> = Vec::new();
+            loop {
+                let page = c
+                    .query(
+                        "SELECT digest FROM syncgate_attachments WHERE db = $1 AND digest > $2 \
+                         ORDER BY digest LIMIT $3",
+                        &[&db, &after_digest, &(PAGE * 16)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let Some(last) = page.last() else { break };
+                after_digest = last.get(0);
+                let full = page.len() as i64 == PAGE * 16;
+                candidates.extend(
+                    page.into_iter()
+                        .map(|r| r.get::<_, Vec<u8>>(0))
+                        .filter(|d| !referenced.contains(d)),
+                );
+                if !full {
+                    break;
+                }
+            }
+            drop(referenced);
+            if !candidates.is_empty() {
+                // under the lock: those a body written since the scan began refers to stay
+                let tx = c.transaction().await.map_err(pg_err)?;
+                tx.query_one(LOCK_COUNTER, &[&db]).await.map_err(pg_err)?;
+                let fresh = tx
+                    .query(
+                        "SELECT b.id, b.rev, b.body FROM syncgate_bodies b \
+                         JOIN syncgate_docs d ON d.db = b.db AND d.id = b.id \
+                         WHERE b.db = $1 AND d.seq > $2",
+                        &[&db, &since],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let mut again = HashSet::new();
+                for r in &fresh {
+                    refer(r, &mut again)?;
+                }
+                candidates.retain(|d| !again.contains(d));
+                stats.attachments_removed = tx
+                    .execute(
+                        "DELETE FROM syncgate_attachments WHERE db = $1 AND digest = ANY($2)",
+                        &[&db, &candidates],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                tx.commit().await.map_err(pg_err)?;
+            }
+            // 3. by-sequence rows superseded at or below the horizon (no open view shows them;
+            // no writer touches them again), a range of sequences at a time, without the lock
+            let horizon = horizon as i64;
+            let mut lo = 0i64;
+            while lo < horizon {
+                let hi = lo + SUPERSEDED_CHUNK;
+                c.execute(
+                    "DELETE FROM syncgate_channels c USING syncgate_changes e \
+                     WHERE c.db = $1 AND e.db = $1 AND c.seq = e.seq AND e.superseded <= $2 \
+                     AND e.seq > $3 AND e.seq <= $4",
+                    &[&db, &horizon, &lo, &hi],
                 )
                 .await
                 .map_err(pg_err)?;
-            let unreferenced: Vec<Vec<u8>> = stored
-                .into_iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-                .filter(|d| !referenced.contains(d))
-                .collect();
-            stats.attachments_removed = unreferenced.len() as u64;
-            tx.execute(
-                "DELETE FROM syncgate_attachments WHERE db = $1 AND digest = ANY($2)",
-                &[&db, &unreferenced],
-            )
-            .await
-            .map_err(pg_err)?;
-            let horizon = horizon as i64;
-            tx.execute(
-                "DELETE FROM syncgate_channels c USING syncgate_changes e \
-                 WHERE c.db = $1 AND e.db = $1 AND c.seq = e.seq AND e.superseded <= $2",
-                &[&db, &horizon],
-            )
-            .await
-            .map_err(pg_err)?;
-            tx.execute(
-                "DELETE FROM syncgate_changes WHERE db = $1 AND superseded <= $2",
-                &[&db, &horizon],
-            )
-            .await
-            .map_err(pg_err)?;
-            tx.commit().await.map_err(pg_err)?;
+                c.execute(
+                    "DELETE FROM syncgate_changes WHERE db = $1 AND superseded <= $2 \
+                     AND seq > $3 AND seq <= $4",
+                    &[&db, &horizon, &lo, &hi],
+                )
+                .await
+                .map_err(pg_err)?;
+                lo = hi;
+            }
             Ok(stats)
         })
     }

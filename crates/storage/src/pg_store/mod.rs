@@ -37,7 +37,8 @@
 //! `last_seq` (and the watch channel feeds wait on) of every database it has open; after a
 //! (re)connect it re-reads the counters, so nothing missed while disconnected stays missed.
 //! With [`ChangeNotify::Poll`] (for engines without `LISTEN`), a task re-reads the counters of
-//! its open databases every interval instead.
+//! its open databases every interval instead, and the store's write transactions send no
+//! `NOTIFY` (`Live::notifies`: CockroachDB has no `pg_notify`).
 //!
 //! ## Errors
 //!
@@ -54,13 +55,14 @@
 //! the database's `settings_version` in the counter row and notifies `settings <version>
 //! <db>`; the listener (or the poll, which reads the counters anyway) publishes it on the
 //! handle's settings watch ([`DatabaseStore::settings_changes`]), so the database above
-//! reloads the setting — nothing is checked on the write path. Not yet: TLS (`NoTls` only),
-//! and collecting superseded rows during writes.
+//! reloads the setting — nothing is checked on the write path. TLS: `tls` (libpq's `sslmode`
+//! and `sslrootcert`, with rustls). Not yet: collecting superseded rows during writes.
 
 mod bridge;
 mod db;
 mod notify;
 mod schema;
+mod tls;
 mod views;
 mod write;
 
@@ -72,7 +74,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::{DatabaseStore, Result, StorageError, StoreServer};
 use bridge::Bridge;
@@ -109,6 +110,7 @@ pub struct PgStore {
     bridge: Bridge,
     pool: Pool,
     live: Arc<LiveMap>,
+    notify: ChangeNotify,
     /// Dropped with the store: ends its listener or poller.
     _stop: watch::Sender<()>,
 }
@@ -170,11 +172,15 @@ pub(super) struct Live {
     /// knows of, and the watch that tells the database above of settings changed elsewhere.
     settings_version: AtomicU64,
     settings: watch::Sender<u64>,
+    /// Write transactions send `NOTIFY` (`ChangeNotify::Listen`); with `Poll` they send
+    /// nothing (engines without `pg_notify`, such as CockroachDB, would refuse the write).
+    pub(super) notifies: bool,
 }
 
 impl Live {
-    fn new(seq: u64, settings_version: u64) -> Live {
+    fn new(seq: u64, settings_version: u64, notifies: bool) -> Live {
         Live {
+            notifies,
             last_seq: AtomicU64::new(seq),
             notify: watch::channel(seq).0,
             grants_version: AtomicU64::new(0),
@@ -262,7 +268,11 @@ impl PgStore {
     /// Connects, creates or migrates the schema and starts watching for changes.
     pub fn open(options: &PgOptions) -> Result<PgStore> {
         let bridge = Bridge::new()?;
-        let mut config = tokio_postgres::Config::from_str(&options.url).map_err(|e| {
+        let url = tls::split_url(&options.url)
+            .map_err(|e| StorageError::BadRequest(format!("PostgreSQL URL: {e}")))?;
+        let tls = tls::connector(&url)
+            .map_err(|e| StorageError::Incompatible(format!("PostgreSQL TLS: {e}")))?;
+        let mut config = tokio_postgres::Config::from_str(&url.rest).map_err(|e| {
             StorageError::BadRequest(format!("PostgreSQL URL: {}", redact(&e.to_string())))
         })?;
         if config.get_connect_timeout().is_none() {
@@ -282,7 +292,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -295,11 +305,23 @@ impl PgStore {
             .build()
             .map_err(|e| StorageError::Engine(format!("PostgreSQL pool: {e}")))?;
         let p = pool.clone();
-        bridge.run(async move { schema::migrate(&p).await })?;
+        bridge
+            .run(async move { schema::migrate(&p).await })
+            .map_err(|e| match e {
+                // a certificate not trusted, a server without TLS: the URL is wrong, not the
+                // network (at startup: exit 2)
+                StorageError::Unavailable(m) if m.starts_with(TLS_FAILURE) => {
+                    StorageError::Incompatible(format!(
+                        "{m} (check sslmode and sslrootcert in the server URL)"
+                    ))
+                }
+                e => e,
+            })?;
         let live = Arc::new(LiveMap::default());
         let (stop, stopped) = watch::channel(());
         bridge.spawn(notify::watch_changes(
             config,
+            tls,
             pool.clone(),
             live.clone(),
             options.notify,
@@ -309,6 +331,7 @@ impl PgStore {
             bridge,
             pool,
             live,
+            notify: options.notify,
             _stop: stop,
         })
     }
@@ -335,7 +358,11 @@ impl PgStore {
                 .map_err(pg_err)?;
             Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
         })?;
-        let live = Arc::new(Live::new(last.0 as u64, last.1 as u64));
+        let live = Arc::new(Live::new(
+            last.0 as u64,
+            last.1 as u64,
+            self.notify == ChangeNotify::Listen,
+        ));
         self.live.register(name, &live);
         Ok(Arc::new(PgDatabase::new(
             name,
@@ -445,10 +472,14 @@ impl StoreServer for PgStore {
 
 /// Checks a PostgreSQL URL (for config validation); the error never repeats the password.
 pub fn check_url(url: &str) -> std::result::Result<(), String> {
-    tokio_postgres::Config::from_str(url)
+    let url = tls::split_url(url).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+    tokio_postgres::Config::from_str(&url.rest)
         .map(|_| ())
         .map_err(|e| format!("not a valid PostgreSQL URL: {}", redact(&e.to_string())))
 }
+
+/// How a failed TLS handshake (or a server refusing TLS) starts its error text.
+const TLS_FAILURE: &str = "PostgreSQL TLS: ";
 
 /// A PostgreSQL error as a storage error: connection trouble is `Unavailable`, the rest
 /// `Engine`.
@@ -466,6 +497,16 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> StorageError {
         .source()
         .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
     let text = e.to_string();
+    if text.starts_with("error performing TLS handshake") {
+        // the cause says why (an untrusted certificate, a server without TLS)
+        let mut why = text;
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            why = format!("{why}: {c}");
+            cause = c.source();
+        }
+        return StorageError::Unavailable(format!("{TLS_FAILURE}{}", redact(&why)));
+    }
     if e.is_closed() || io || text.contains("connect") || text.contains("timeout") {
         StorageError::Unavailable(format!("PostgreSQL: {text}"))
     } else {

@@ -7,14 +7,16 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
+use super::tls::MakeRustls;
 use super::{pg_err, pool_err, ChangeNotify, LiveMap, CHANNEL};
 use crate::Result;
 
 /// Runs until the store is dropped (`stop` closes).
 pub(super) async fn watch_changes(
     config: tokio_postgres::Config,
+    tls: MakeRustls,
     pool: Pool,
     live: Arc<LiveMap>,
     mode: ChangeNotify,
@@ -37,7 +39,7 @@ pub(super) async fn watch_changes(
         }
         ChangeNotify::Listen => loop {
             tokio::select! {
-                r = listen(&config, &pool, &live) => {
+                r = listen(&config, &tls, &pool, &live) => {
                     if let Err(e) = r {
                         tracing::warn!("PostgreSQL change listener: {e}; reconnecting");
                     }
@@ -53,8 +55,13 @@ pub(super) async fn watch_changes(
 }
 
 /// One listening connection: returns when it is lost.
-async fn listen(config: &tokio_postgres::Config, pool: &Pool, live: &LiveMap) -> Result<()> {
-    let (client, mut conn) = config.connect(NoTls).await.map_err(pg_err)?;
+async fn listen(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustls,
+    pool: &Pool,
+    live: &LiveMap,
+) -> Result<()> {
+    let (client, mut conn) = config.connect(tls.clone()).await.map_err(pg_err)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));

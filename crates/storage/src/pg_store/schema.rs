@@ -76,8 +76,10 @@ pub(super) async fn migrate(pool: &Pool) -> Result<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(pg_err)?;
+    // no "relation … already exists, skipping" NOTICE in the log at every start
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS syncgate_schema_version (version integer NOT NULL)",
+        "SET LOCAL client_min_messages = warning; \
+         CREATE TABLE IF NOT EXISTS syncgate_schema_version (version integer NOT NULL)",
     )
     .await
     .map_err(pg_err)?;

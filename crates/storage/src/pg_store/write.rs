@@ -308,7 +308,7 @@ pub(super) fn write_tx<T>(
             vec![p(summary.last_seq as i64), p(summary.doc_delta)],
         );
     }
-    if summary.last_seq != last as u64 {
+    if summary.last_seq != last as u64 && live.notifies {
         batch.stmts.push(Stmt {
             sql: NOTIFY,
             params: vec![

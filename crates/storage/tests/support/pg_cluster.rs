@@ -138,6 +138,9 @@ fn start_cluster() -> Result<String, String> {
     Ok(url)
 }
 
+/// The `postgres` user's password on a [`Dedicated::start_tls`] cluster.
+pub const TLS_PASSWORD: &str = "hunter2";
+
 /// A cluster of its own (for tests that stop and restart PostgreSQL). Stopped and removed on
 /// drop; a watchdog does the same if this process dies first.
 pub struct Dedicated {
@@ -146,6 +149,8 @@ pub struct Dedicated {
     dir: PathBuf,
     data: PathBuf,
     port: u16,
+    /// More server options (`-c ssl=on`).
+    extra: String,
 }
 
 impl Dedicated {
@@ -156,7 +161,56 @@ impl Dedicated {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A cluster that accepts only TLS connections (`hostssl`, user `postgres` with password
+    /// [`TLS_PASSWORD`], SCRAM), with a server certificate
+    /// for `localhost` and 127.0.0.1 signed by a CA made here (openssl CLI). Returns it, the
+    /// CA's certificate file and another CA's (which did not sign it).
+    pub fn start_tls() -> (Dedicated, PathBuf, PathBuf) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!("tls{}", N.fetch_add(1, Ordering::SeqCst));
+        let c = Dedicated::init(&tag).unwrap_or_else(|e| panic!("{e}"));
+        let script = "set -e; cd \"$1\"
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=syncgate-test-ca 2>/dev/null
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout other.key -out other-ca.crt -days 2 -subj /CN=syncgate-other-ca 2>/dev/null
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > ext
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext 2>/dev/null
+            chmod 600 server.key
+            printf 'local all all trust\\nhostssl all all 127.0.0.1/32 scram-sha-256\\n' > pg_hba.conf";
+        let mut gen = pg_command(Path::new("/bin"), "sh", c.root);
+        gen.args(["-c", script, "sh"]).arg(&c.data);
+        run(gen, "making the test certificates").unwrap_or_else(|e| panic!("{e}"));
+        let mut c = c;
+        c.extra = " -c ssl=on".into();
+        c.start_server().unwrap_or_else(|e| panic!("{e}"));
+        // TCP clients authenticate with a password (SCRAM over TLS), set over the socket
+        let mut psql = pg_command(&c.bin, "psql", c.root);
+        psql.arg("-h")
+            .arg(&c.dir)
+            .args([
+                "-p",
+                &c.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+            ])
+            .arg(format!("ALTER USER postgres PASSWORD '{TLS_PASSWORD}'"));
+        run(psql, "setting the password").unwrap_or_else(|e| panic!("{e}"));
+        let (ca, other) = (c.data.join("ca.crt"), c.data.join("other-ca.crt"));
+        (c, ca, other)
+    }
+
     fn create(tag: &str) -> Result<Dedicated, String> {
+        let c = Dedicated::init(tag)?;
+        c.start_server()?;
+        Ok(c)
+    }
+
+    /// A new cluster (not started), stopped and removed by a watchdog once this process is gone.
+    fn init(tag: &str) -> Result<Dedicated, String> {
         let bin = bin_dir()?;
         let root = is_root();
         let dir = std::env::temp_dir().join(format!("syncgate-pg-{}-{tag}", std::process::id()));
@@ -194,8 +248,8 @@ impl Dedicated {
             dir,
             data,
             port,
+            extra: String::new(),
         };
-        c.start_server()?;
         // the watchdog: stops the cluster and removes its dir once this process is gone
         let stop = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runas}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
@@ -224,12 +278,18 @@ impl Dedicated {
             .arg(self.dir.join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.extra
             ))
             .args(["-w", "start"]);
         run(start, "pg_ctl start")
+    }
+
+    /// The directory of its Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The maintenance database's URL.
