@@ -101,8 +101,10 @@ impl PgDatabase {
             (self.pool.clone(), self.name.clone(), self.docs_read.clone());
         let live = self.live.clone();
         let (results, summary) = self.bridge.run_sync(move |h| {
+            // run again from the start when the transaction is retried
             write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
                 Ok(sets
+                    .clone()
                     .into_iter()
                     .map(|writes| writes.into_iter().map(|w| st.apply(w)).collect())
                     .collect::<Vec<Vec<Result<WriteOutcome>>>>())
@@ -245,6 +247,16 @@ impl DatabaseStore for PgDatabase {
         }
     }
 
+    /// One statement (`id = ANY($2)`): see `views`.
+    fn doc_metas(&self, ids: &[&str]) -> Result<Vec<Option<DocMeta>>> {
+        self.metas_of(ids)
+    }
+
+    /// One statement (a join with the asked pairs): see `views`.
+    fn rev_bodies(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
+        self.bodies_of(revs)
+    }
+
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)> {
         let (mut results, ticket) = self.apply_writes(vec![writes])?;
         Ok((results.pop().unwrap_or_default(), ticket))
@@ -349,7 +361,8 @@ impl DatabaseStore for PgDatabase {
         let live = self.live.clone();
         let (results, summary) = self.bridge.run_sync(move |h| {
             write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
-                docs.into_iter()
+                docs.clone()
+                    .into_iter()
                     .map(|r| st.restamp(r))
                     .collect::<Result<Vec<_>>>()
             })

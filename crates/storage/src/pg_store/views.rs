@@ -1,12 +1,13 @@
 //! Change views on PostgreSQL: pinned at a committed sequence V, read in pages by sequence,
 //! showing a row at S only if S <= V < superseded (see the module documentation).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use super::db::{PgDatabase, PAGE};
-use super::decode;
 use super::write::p;
-use crate::model::ChangeEntry;
+use super::{decode, decode_body};
+use crate::model::{ChangeEntry, DocMeta, StoredBody};
 use crate::{ChangesView, Result};
 
 const SINCE_ASC: &str = "SELECT seq, entry FROM syncgate_changes \
@@ -172,4 +173,63 @@ impl<T, F: FnMut() -> Result<Option<Vec<T>>>> Iterator for Pages<T, F> {
             }
         }
     }
+}
+
+/// Batched document reads: one statement for any number of documents or revisions (what
+/// `_bulk_get`, `_revs_diff` and `include_docs` read through [`crate::DatabaseStore::doc_metas`]
+/// and [`crate::DatabaseStore::rev_bodies`]).
+impl PgDatabase {
+    pub(super) fn metas_of(&self, ids: &[&str]) -> Result<Vec<Option<DocMeta>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Vec<u8>> = unique(ids.iter().map(|i| i.as_bytes().to_vec()));
+        let rows = self.rows(
+            "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id = ANY($2)",
+            vec![p(keys)],
+        )?;
+        let mut found: HashMap<Vec<u8>, DocMeta> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            found.insert(r.get::<_, Vec<u8>>(0), decode("document", r.get(1))?);
+        }
+        self.docs_read
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        Ok(ids.iter().map(|i| found.get(i.as_bytes()).cloned()).collect())
+    }
+
+    pub(super) fn bodies_of(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
+        if revs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = unique(
+            revs.iter()
+                .map(|(i, r)| (i.as_bytes().to_vec(), r.as_bytes().to_vec())),
+        );
+        let (ids, rs): (Vec<Vec<u8>>, Vec<Vec<u8>>) = pairs.into_iter().unzip();
+        let rows = self.rows(
+            "SELECT b.id, b.rev, b.body FROM unnest($2::bytea[], $3::bytea[]) AS k(id, rev) \
+             JOIN syncgate_bodies b ON b.db = $1 AND b.id = k.id AND b.rev = k.rev",
+            vec![p(ids), p(rs)],
+        )?;
+        let mut found: HashMap<(Vec<u8>, Vec<u8>), Vec<u8>> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            found.insert((r.get(0), r.get(1)), r.get(2));
+        }
+        self.docs_read
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        revs.iter()
+            .map(|(id, rev)| {
+                match found.get(&(id.as_bytes().to_vec(), rev.as_bytes().to_vec())) {
+                    Some(bytes) => Ok(Some(decode_body(id, rev, bytes)?)),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The distinct values, first occurrence first.
+fn unique<T: Clone + Eq + std::hash::Hash>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items.filter(|x| seen.insert(x.clone())).collect()
 }
