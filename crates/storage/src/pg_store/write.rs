@@ -643,3 +643,18 @@ pub(super) fn stmt(db: &str, sql: &'static str, mut params: Vec<Param>) -> Stmt 
     params.insert(0, p(db.to_string()));
     Stmt { sql, params }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::retryable_state;
+
+    #[test]
+    fn serialization_failures_and_deadlocks_are_retried_nothing_else() {
+        assert!(retryable_state("40001"));
+        assert!(retryable_state("40P01"));
+        // unique violation, other transaction rollbacks, connection and lock-timeout errors
+        for code in ["23505", "40000", "40002", "40003", "08006", "55P03", "57014"] {
+            assert!(!retryable_state(code), "{code}");
+        }
+    }
+}
