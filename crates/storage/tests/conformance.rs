@@ -587,6 +587,33 @@ conformance! {
         assert_eq!(db.doc_count().unwrap(), 0);
     }
 
+    concurrent_local_writers_one_wins_each_round(s) {
+        // writers presenting the same revision at once: exactly one succeeds, the others are
+        // conflicts, and the revisions count up without a gap
+        let db = s.server().open_database("db").unwrap();
+        let mut rev: Option<String> = None;
+        for round in 1..=5u32 {
+            let wins: Vec<String> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..6)
+                    .map(|i| {
+                        let (db, rev) = (&db, rev.clone());
+                        sc.spawn(move || {
+                            match db.put_local("cp", rev.as_deref(), raw(&format!(r#"{{"w":{i}}}"#))) {
+                                Ok((r, _)) => Some(r),
+                                Err(StorageError::Conflict(_)) => None,
+                                Err(e) => panic!("{e:?}"),
+                            }
+                        })
+                    })
+                    .collect();
+                handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(wins, vec![format!("0-{round}")], "round {round}");
+            rev = wins.into_iter().next();
+        }
+        assert_eq!(db.get_local("cp").unwrap().unwrap().rev, "0-5");
+    }
+
     restamps_and_settings(s) {
         // the sync function's new decision for a winner: new channels and grants under a new
         // sequence, no new revision

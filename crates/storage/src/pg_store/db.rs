@@ -448,8 +448,11 @@ impl DatabaseStore for PgDatabase {
         }
     }
 
-    /// Read, check and write in one transaction (the row locked; a concurrent first write
-    /// of the same id loses on the primary key and is a conflict).
+    /// Two statements, no transaction: read the current document, then write the new one
+    /// only if the row still holds exactly what was read (an update compares the stored
+    /// bytes, which carry the revision; a first write loses on the primary key to a
+    /// concurrent one): a concurrent writer makes this one a conflict, as the revision check
+    /// would have. Replicators' checkpoints are written here, once per batch.
     fn put_local(
         &self,
         id: &str,
@@ -458,17 +461,18 @@ impl DatabaseStore for PgDatabase {
     ) -> Result<(String, Ticket)> {
         let id = id.as_bytes().to_vec();
         let rev = rev.map(str::to_string);
-        let new_rev = self.with_client(move |mut c, db| async move {
-            let tx = c.transaction().await.map_err(pg_err)?;
-            let current: Option<LocalDoc> = match tx
-                .query_opt(
-                    "SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2 FOR UPDATE",
-                    &[&db, &id],
-                )
+        let new_rev = self.with_client(move |c, db| async move {
+            let read = c
+                .prepare_cached("SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2")
+                .await
+                .map_err(pg_err)?;
+            let stored: Option<Vec<u8>> = c
+                .query_opt(&read, &[&db, &id])
                 .await
                 .map_err(pg_err)?
-            {
-                Some(r) => Some(decode("local document", r.get(0))?),
+                .map(|r| r.get(0));
+            let current: Option<LocalDoc> = match &stored {
+                Some(v) => Some(decode("local document", v)?),
                 None => None,
             };
             let doc = LocalDoc {
@@ -476,25 +480,32 @@ impl DatabaseStore for PgDatabase {
                 body,
             };
             let bytes = encode("local document", &doc)?;
-            let n = if current.is_some() {
-                tx.execute(
-                    "UPDATE syncgate_local SET doc = $3 WHERE db = $1 AND id = $2",
-                    &[&db, &id, &bytes],
-                )
-                .await
-            } else {
-                tx.execute(
-                    "INSERT INTO syncgate_local (db, id, doc) VALUES ($1, $2, $3) \
-                     ON CONFLICT (db, id) DO NOTHING",
-                    &[&db, &id, &bytes],
-                )
-                .await
+            let n = match &stored {
+                Some(old) => {
+                    let st = c
+                        .prepare_cached(
+                            "UPDATE syncgate_local SET doc = $3 \
+                             WHERE db = $1 AND id = $2 AND doc = $4",
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    c.execute(&st, &[&db, &id, &bytes, old]).await
+                }
+                None => {
+                    let st = c
+                        .prepare_cached(
+                            "INSERT INTO syncgate_local (db, id, doc) VALUES ($1, $2, $3) \
+                             ON CONFLICT (db, id) DO NOTHING",
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    c.execute(&st, &[&db, &id, &bytes]).await
+                }
             }
             .map_err(pg_err)?;
             if n != 1 {
                 return Err(StorageError::Conflict("Document update conflict".into()));
             }
-            tx.commit().await.map_err(pg_err)?;
             Ok(doc.rev)
         })?;
         Ok((new_rev, Ticket(0)))
