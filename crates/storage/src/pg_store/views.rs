@@ -5,8 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use super::db::{PgDatabase, PAGE};
-use super::write::p;
-use super::{decode, decode_body};
+use super::write::{p, Param};
+use super::{decode, decode_body, pg_err, pool_err};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
 use crate::model::{ChangeEntry, DocMeta, StoredBody};
 use crate::{ChangesView, Result};
 
@@ -184,9 +186,9 @@ impl PgDatabase {
             return Ok(Vec::new());
         }
         let keys: Vec<Vec<u8>> = unique(ids.iter().map(|i| i.as_bytes().to_vec()));
-        let rows = self.rows(
+        let rows = self.planned_rows(
             "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id = ANY($2)",
-            vec![p(keys)],
+            vec![(p(keys), Type::BYTEA_ARRAY)],
         )?;
         let mut found: HashMap<Vec<u8>, DocMeta> = HashMap::with_capacity(rows.len());
         for r in &rows {
@@ -206,10 +208,10 @@ impl PgDatabase {
                 .map(|(i, r)| (i.as_bytes().to_vec(), r.as_bytes().to_vec())),
         );
         let (ids, rs): (Vec<Vec<u8>>, Vec<Vec<u8>>) = pairs.into_iter().unzip();
-        let rows = self.rows(
+        let rows = self.planned_rows(
             "SELECT b.id, b.rev, b.body FROM unnest($2::bytea[], $3::bytea[]) AS k(id, rev) \
              JOIN syncgate_bodies b ON b.db = $1 AND b.id = k.id AND b.rev = k.rev",
-            vec![p(ids), p(rs)],
+            vec![(p(ids), Type::BYTEA_ARRAY), (p(rs), Type::BYTEA_ARRAY)],
         )?;
         let mut found: HashMap<(Vec<u8>, Vec<u8>), Vec<u8>> = HashMap::with_capacity(rows.len());
         for r in rows {
@@ -225,6 +227,27 @@ impl PgDatabase {
                 }
             })
             .collect()
+    }
+}
+
+impl PgDatabase {
+    /// Runs one statement unprepared (the database name is `$1`; the other parameters with
+    /// their types), so it is planned for these parameters and the tables' current size:
+    /// a cached generic plan of a list lookup may be a sequential scan chosen while the
+    /// tables were small (see `write::Stmt`). One round trip all the same.
+    fn planned_rows(&self, sql: &'static str, params: Vec<(Param, Type)>) -> Result<Vec<Row>> {
+        let pool = self.pool.clone();
+        let db = self.name.clone();
+        self.bridge.run(async move {
+            let c = pool.get().await.map_err(pool_err)?;
+            let mut typed: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&db, Type::TEXT)];
+            typed.extend(
+                params
+                    .iter()
+                    .map(|(v, t)| (v.as_ref() as &(dyn ToSql + Sync), t.clone())),
+            );
+            c.query_typed(sql, &typed).await.map_err(pg_err)
+        })
     }
 }
 

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use deadpool_postgres::{Client, GenericClient, Pool};
+use deadpool_postgres::{Client, Pool};
 use tokio::runtime::Handle;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::{decode, decode_body, encode, encode_body, kind_code, pg_err, pool_err, CHANNEL};
 use crate::model::*;
@@ -28,11 +28,29 @@ pub(super) fn p<T: ToSql + Sync + Send + 'static>(v: T) -> Param {
 pub(super) struct Stmt {
     sql: &'static str,
     params: Vec<Param>,
+    /// The parameters' types when the statement is sent unprepared, so PostgreSQL plans it
+    /// for its actual parameters and the tables' current size each time: what a statement
+    /// that finds rows through a list (`= ANY`, a join with `unnest`) needs. A prepared
+    /// statement's cached generic plan is made once per connection, maybe while the tables
+    /// were nearly empty (a fresh database filling up): a sequential scan that then stays,
+    /// costing a scan of the whole table per call as it grows. Planning costs far less than
+    /// that at one statement per batch.
+    types: Option<&'static [Type]>,
 }
 
 impl Stmt {
     pub(super) fn new(sql: &'static str, params: Vec<Param>) -> Stmt {
-        Stmt { sql, params }
+        Stmt {
+            sql,
+            params,
+            types: None,
+        }
+    }
+
+    /// A statement sent unprepared with these parameter types (the database name first).
+    fn planned(mut self, types: &'static [Type]) -> Stmt {
+        self.types = Some(types);
+        self
     }
 }
 
@@ -82,6 +100,8 @@ pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 pub(super) const LOCK_COUNTER: &str =
     "SELECT last_seq FROM syncgate_counters WHERE db = $1 FOR UPDATE";
 
+const TEXT_BYTEAS_2: &[Type] = &[Type::TEXT, Type::BYTEA_ARRAY, Type::BYTEA_ARRAY];
+
 /// The final state of one by-sequence row after the batch's operations.
 enum EntryOp {
     /// Written (or rewritten) by the batch: `superseded` set when a later write of the same
@@ -114,6 +134,11 @@ impl Ops {
     fn statements(self, db: &str) -> Vec<Stmt> {
         let mut out = Vec::new();
         let mut add = |sql: &'static str, params: Vec<Param>| out.push(stmt(db, sql, params));
+        // statements that find existing rows through a list: planned per call (see `Stmt`)
+        let mut found = Vec::new();
+        let mut find = |sql: &'static str, params: Vec<Param>, types: &'static [Type]| {
+            found.push(stmt(db, sql, params).planned(types))
+        };
         if !self.attachments.is_empty() {
             let (d, x): (Vec<_>, Vec<_>) = self.attachments.into_iter().unzip();
             add(PUT_ATTACHMENTS, vec![p(d), p(x)]);
@@ -133,7 +158,7 @@ impl Ops {
             }
         }
         if !gone.0.is_empty() {
-            add(REMOVE_BODIES, vec![p(gone.0), p(gone.1)]);
+            find(REMOVE_BODIES, vec![p(gone.0), p(gone.1)], TEXT_BYTEAS_2);
         }
         if !put.0.is_empty() {
             add(PUT_BODIES, vec![p(put.0), p(put.1), p(put.2)]);
@@ -172,12 +197,18 @@ impl Ops {
             }
         }
         if !dropped.is_empty() {
-            add(DROP_ENTRIES, vec![p(dropped)]);
+            find(DROP_ENTRIES, vec![p(dropped)], &[Type::TEXT, Type::INT8_ARRAY]);
         }
         if !superseded.0.is_empty() {
-            add(
+            find(
                 SUPERSEDE_ENTRIES,
                 vec![p(superseded.0), p(superseded.1), p(superseded.2)],
+                &[
+                    Type::TEXT,
+                    Type::INT8_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::BYTEA_ARRAY,
+                ],
             );
         }
         if !put.0.is_empty() {
@@ -190,7 +221,11 @@ impl Ops {
             to.1.push(seq);
         }
         if !gone.0.is_empty() {
-            add(DROP_CHANNELS, vec![p(gone.0), p(gone.1)]);
+            find(
+                DROP_CHANNELS,
+                vec![p(gone.0), p(gone.1)],
+                &[Type::TEXT, Type::BYTEA_ARRAY, Type::INT8_ARRAY],
+            );
         }
         if !put.0.is_empty() {
             add(PUT_CHANNELS, vec![p(put.0), p(put.1)]);
@@ -212,11 +247,22 @@ impl Ops {
             }
         }
         if !gone.0.is_empty() {
-            add(REMOVE_GRANTS, vec![p(gone.0), p(gone.1), p(gone.2)]);
+            find(
+                REMOVE_GRANTS,
+                vec![p(gone.0), p(gone.1), p(gone.2)],
+                &[
+                    Type::TEXT,
+                    Type::INT2_ARRAY,
+                    Type::BYTEA_ARRAY,
+                    Type::BYTEA_ARRAY,
+                ],
+            );
         }
         if !put.0.is_empty() {
             add(PUT_GRANTS, vec![p(put.0), p(put.1), p(put.2), p(put.3)]);
         }
+        // the order between tables does not matter: each row has one operation
+        out.extend(found);
         out
     }
 }
@@ -502,12 +548,11 @@ fn attempt_tx<T>(
     let err = |e| tx_err(e, retry);
     let (lock, read) = h.block_on(async {
         let lock_st = client.prepare_cached(LOCK_COUNTER).await?;
-        let read_st = client.prepare_cached(READ_METAS).await?;
         // `join3` polls in argument order, so the three are sent in this order
         let (begin, lock, read) = futures_util::future::join3(
             client.batch_execute("BEGIN"),
             client.query_one(&lock_st, &[&db]),
-            client.query(&read_st, &[&db, &keys]),
+            client.query_typed(READ_METAS, &[(&db, Type::TEXT), (&keys, Type::BYTEA_ARRAY)]),
         )
         .await;
         begin?;
@@ -544,18 +589,15 @@ fn attempt_tx<T>(
         ));
     }
     if summary.last_seq != last as u64 {
-        stmts.push(Stmt {
-            sql: NOTIFY,
-            params: vec![
+        stmts.push(Stmt::new(
+            NOTIFY,
+            vec![
                 p(CHANNEL.to_string()),
                 p(format!("{} {db}", summary.last_seq)),
             ],
-        });
+        ));
     }
-    stmts.push(Stmt {
-        sql: "COMMIT",
-        params: Vec::new(),
-    });
+    stmts.push(Stmt::new("COMMIT", Vec::new()));
     live.committing(summary.last_seq);
     match h.block_on(pipeline_raw(client, &stmts)) {
         Ok(()) => {
@@ -569,23 +611,21 @@ fn attempt_tx<T>(
     }
 }
 
+/// Sent unprepared (`query_typed`, still one message): see [`Stmt::planned`].
 const READ_METAS: &str = "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id = ANY($2)";
 
 /// Sends every statement before waiting for any answer (one round trip for the batch), in
 /// order: PostgreSQL runs them in the order sent.
-pub(super) async fn pipeline<C: GenericClient>(tx: &C, stmts: &[Stmt]) -> Result<()> {
+pub(super) async fn pipeline(tx: &Client, stmts: &[Stmt]) -> Result<()> {
     pipeline_raw(tx, stmts).await.map_err(pg_err)
 }
 
 /// [`pipeline`] with PostgreSQL's own error (the first statement that failed). A statement
 /// after a failed one fails too (the transaction is aborted); a `COMMIT` after a failed
 /// statement rolls back.
-async fn pipeline_raw<C: GenericClient>(
-    tx: &C,
-    stmts: &[Stmt],
-) -> Result<(), tokio_postgres::Error> {
+async fn pipeline_raw(tx: &Client, stmts: &[Stmt]) -> Result<(), tokio_postgres::Error> {
     let mut prepared = HashMap::new();
-    for s in stmts {
+    for s in stmts.iter().filter(|s| s.types.is_none()) {
         if !prepared.contains_key(s.sql) {
             let st = tx.prepare_cached(s.sql).await?;
             prepared.insert(s.sql, st);
@@ -604,7 +644,18 @@ async fn pipeline_raw<C: GenericClient>(
     let mut futs: Vec<Option<Exec<'_>>> = stmts
         .iter()
         .zip(&refs)
-        .map(|(s, r)| Some(Box::pin(tx.execute(&prepared[s.sql], r)) as Exec<'_>))
+        .map(|(s, r)| {
+            Some(match s.types {
+                None => Box::pin(tx.execute(&prepared[s.sql], r)) as Exec<'_>,
+                Some(types) => {
+                    let typed = r.iter().copied().zip(types.iter().cloned());
+                    Box::pin(async move {
+                        let rows = tx.query_typed(s.sql, &typed.collect::<Vec<_>>()).await?;
+                        Ok(rows.len() as u64)
+                    }) as Exec<'_>
+                }
+            })
+        })
         .collect();
     // polled in order on every wake, so the first poll sends them all, in order; the first
     // error (in statement order) is the one reported
@@ -641,7 +692,7 @@ async fn pipeline_raw<C: GenericClient>(
 /// A statement for [`pipeline`] whose parameters include the database name first.
 pub(super) fn stmt(db: &str, sql: &'static str, mut params: Vec<Param>) -> Stmt {
     params.insert(0, p(db.to_string()));
-    Stmt { sql, params }
+    Stmt::new(sql, params)
 }
 
 #[cfg(test)]
