@@ -611,8 +611,9 @@ fn attempt_tx<T>(
     }
 }
 
-/// Sent unprepared (`query_typed`, still one message): see [`Stmt::planned`].
-const READ_METAS: &str = "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id = ANY($2)";
+/// The metadata of a list of documents, one primary-key lookup per id (see
+/// [`super::views::METAS`]); sent unprepared (`query_typed`, still one message).
+const READ_METAS: &str = super::views::METAS;
 
 /// Sends every statement before waiting for any answer (one round trip for the batch), in
 /// order: PostgreSQL runs them in the order sent.
