@@ -934,7 +934,11 @@ impl Database {
                 Some(
                     revs_to_render(meta, rev.as_deref(), opts)
                         .into_iter()
-                        .filter(|r| meta.tree.get(r).is_some_and(|n| caller.can_read(&n.channels)))
+                        .filter(|r| {
+                            meta.tree
+                                .get(r)
+                                .is_some_and(|n| caller.can_read(&n.channels))
+                        })
                         .map(move |r| (id.as_str(), r)),
                 )
             })
@@ -1143,7 +1147,9 @@ impl Database {
                             }
                         } else if let (true, Some(meta)) = (opts.include_docs, &meta) {
                             out.extend_from_slice(b",\"doc\":");
-                            match self.render_in(caller, key, meta, &w.rev, &get_opts, &mut ahead)? {
+                            match self
+                                .render_in(caller, key, meta, &w.rev, &get_opts, &mut ahead)?
+                            {
                                 Some(doc) => out.extend_from_slice(&doc.json),
                                 None => out.extend_from_slice(b"null"),
                             }

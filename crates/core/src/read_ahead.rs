@@ -46,11 +46,7 @@ impl ReadAhead {
         let mut todo: Vec<(&str, &str)> = revs
             .iter()
             .copied()
-            .filter(|(id, rev)| {
-                !self
-                    .bodies
-                    .contains_key(&(id.to_string(), rev.to_string()))
-            })
+            .filter(|(id, rev)| !self.bodies.contains_key(&(id.to_string(), rev.to_string())))
             .collect();
         todo.sort_unstable();
         todo.dedup();
@@ -109,7 +105,10 @@ pub(crate) fn revs_to_render(meta: &DocMeta, rev: Option<&str>, opts: &GetOption
         (Some(OpenRevs::All), _) => tree.sorted_leaves().iter().map(|n| n.rev.clone()).collect(),
         (Some(OpenRevs::List(l)), _) => l.iter().flat_map(|r| leaves_above(r)).collect(),
         (None, Some(r)) => leaves_above(r),
-        (None, None) => tree.winner().map(|w| vec![w.rev.clone()]).unwrap_or_default(),
+        (None, None) => tree
+            .winner()
+            .map(|w| vec![w.rev.clone()])
+            .unwrap_or_default(),
     };
     revs.into_iter()
         .filter(|r| tree.get(r).is_some_and(|n| n.has_body))

@@ -148,7 +148,9 @@ pub trait DatabaseStore: Send + Sync {
     /// [`DatabaseStore::rev_body`] of several (document id, revision) pairs, in the order
     /// asked (`None`: no such body stored).
     fn rev_bodies(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
-        revs.iter().map(|(id, rev)| self.rev_body(id, rev)).collect()
+        revs.iter()
+            .map(|(id, rev)| self.rev_body(id, rev))
+            .collect()
     }
     /// Applies document writes in order, atomically, under the database's write lock.
     /// Each write gets its own result; the ticket covers all successful ones.

@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use super::db::{PgDatabase, PAGE};
 use super::write::{p, Param};
 use super::{decode, decode_body, pg_err, pool_err};
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Row;
 use crate::model::{ChangeEntry, DocMeta, StoredBody};
 use crate::{ChangesView, Result};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
 
 const SINCE_ASC: &str = "SELECT seq, entry FROM syncgate_changes \
      WHERE db = $1 AND seq > $2 AND seq <= $3 AND (superseded IS NULL OR superseded > $3) \
@@ -188,7 +188,8 @@ pub(super) const METAS: &str = "SELECT k.id, d.meta FROM unnest($2::bytea[]) AS 
          WHERE db = $1 AND id = k.id LIMIT 1) d";
 /// The bodies of the (id, revision) pairs `$2`, `$3`: one primary-key lookup each (see
 /// [`METAS`]).
-const BODIES: &str = "SELECT k.id, k.rev, b.body FROM unnest($2::bytea[], $3::bytea[]) AS k(id, rev) \
+const BODIES: &str =
+    "SELECT k.id, k.rev, b.body FROM unnest($2::bytea[], $3::bytea[]) AS k(id, rev) \
      CROSS JOIN LATERAL (SELECT body FROM syncgate_bodies \
          WHERE db = $1 AND id = k.id AND rev = k.rev LIMIT 1) b";
 
@@ -208,7 +209,10 @@ impl PgDatabase {
         }
         self.docs_read
             .fetch_add(found.len() as u64, Ordering::Relaxed);
-        Ok(ids.iter().map(|i| found.get(i.as_bytes()).cloned()).collect())
+        Ok(ids
+            .iter()
+            .map(|i| found.get(i.as_bytes()).cloned())
+            .collect())
     }
 
     pub(super) fn bodies_of(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
@@ -231,12 +235,12 @@ impl PgDatabase {
         self.docs_read
             .fetch_add(found.len() as u64, Ordering::Relaxed);
         revs.iter()
-            .map(|(id, rev)| {
-                match found.get(&(id.as_bytes().to_vec(), rev.as_bytes().to_vec())) {
+            .map(
+                |(id, rev)| match found.get(&(id.as_bytes().to_vec(), rev.as_bytes().to_vec())) {
                     Some(bytes) => Ok(Some(decode_body(id, rev, bytes)?)),
                     None => Ok(None),
-                }
-            })
+                },
+            )
             .collect()
     }
 }

@@ -111,7 +111,10 @@ enum EntryOp {
         entry: Vec<u8>,
     },
     /// A row from before the batch, superseded.
-    Supersede { superseded: i64, entry: Vec<u8> },
+    Supersede {
+        superseded: i64,
+        entry: Vec<u8>,
+    },
     Drop,
 }
 
@@ -197,7 +200,11 @@ impl Ops {
             }
         }
         if !dropped.is_empty() {
-            find(DROP_ENTRIES, vec![p(dropped)], &[Type::TEXT, Type::INT8_ARRAY]);
+            find(
+                DROP_ENTRIES,
+                vec![p(dropped)],
+                &[Type::TEXT, Type::INT8_ARRAY],
+            );
         }
         if !superseded.0.is_empty() {
             find(
@@ -394,7 +401,9 @@ impl BatchBackend for PgBatch<'_> {
         let seq = seq as i64;
         self.ops.entries.insert(seq, EntryOp::Drop);
         for c in channels {
-            self.ops.channels.insert((c.as_bytes().to_vec(), seq), false);
+            self.ops
+                .channels
+                .insert((c.as_bytes().to_vec(), seq), false);
         }
         Ok(())
     }
@@ -546,19 +555,20 @@ fn attempt_tx<T>(
     body: &mut impl FnMut(&mut DocBatch<PgBatch<'_>>) -> Result<T>,
 ) -> Result<(T, BatchSummary)> {
     let err = |e| tx_err(e, retry);
-    let (lock, read) = h.block_on(async {
-        let lock_st = client.prepare_cached(LOCK_COUNTER).await?;
-        // `join3` polls in argument order, so the three are sent in this order
-        let (begin, lock, read) = futures_util::future::join3(
-            client.batch_execute("BEGIN"),
-            client.query_one(&lock_st, &[&db]),
-            client.query_typed(READ_METAS, &[(&db, Type::TEXT), (&keys, Type::BYTEA_ARRAY)]),
-        )
-        .await;
-        begin?;
-        Ok::<_, tokio_postgres::Error>((lock?, read?))
-    })
-    .map_err(err)?;
+    let (lock, read) = h
+        .block_on(async {
+            let lock_st = client.prepare_cached(LOCK_COUNTER).await?;
+            // `join3` polls in argument order, so the three are sent in this order
+            let (begin, lock, read) = futures_util::future::join3(
+                client.batch_execute("BEGIN"),
+                client.query_one(&lock_st, &[&db]),
+                client.query_typed(READ_METAS, &[(&db, Type::TEXT), (&keys, Type::BYTEA_ARRAY)]),
+            )
+            .await;
+            begin?;
+            Ok::<_, tokio_postgres::Error>((lock?, read?))
+        })
+        .map_err(err)?;
     let last: i64 = lock.get(0);
     let mut metas: HashMap<String, Option<DocMeta>> =
         ids.iter().map(|i| (i.clone(), None)).collect();
@@ -705,7 +715,9 @@ mod tests {
         assert!(retryable_state("40001"));
         assert!(retryable_state("40P01"));
         // unique violation, other transaction rollbacks, connection and lock-timeout errors
-        for code in ["23505", "40000", "40002", "40003", "08006", "55P03", "57014"] {
+        for code in [
+            "23505", "40000", "40002", "40003", "08006", "55P03", "57014",
+        ] {
             assert!(!retryable_state(code), "{code}");
         }
     }
