@@ -975,7 +975,7 @@ impl Database {
                         }
                         match row {
                             OpenRev::Missing(m) => {
-                                error_entry(&mut out, &id, &m, "not_found", "missing")
+                                error_entry(&mut out, id, &m, "not_found", "missing")
                             }
                             // a revision the caller may not read is its `_removed` stub,
                             // as for `open_revs` (Sync Gateway): an error entry would make
@@ -997,7 +997,7 @@ impl Database {
                     let (_, name) = e.status();
                     error_entry(
                         &mut out,
-                        &id,
+                        id,
                         rev.as_deref().unwrap_or_default(),
                         name,
                         &e.to_string(),

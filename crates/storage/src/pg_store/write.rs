@@ -118,18 +118,23 @@ enum EntryOp {
     Drop,
 }
 
+/// A body's key: document id, revision.
+type BodyKey = (Vec<u8>, Vec<u8>);
+/// An access index entry's key: principal kind, principal name, document id.
+type GrantKey = (i16, Vec<u8>, Vec<u8>);
+
 /// A batch's operations, coalesced per row (the last operation on a row decides), so each
 /// table gets at most one statement per kind and no statement touches a row twice.
 #[derive(Default)]
 struct Ops {
     attachments: BTreeMap<Vec<u8>, Vec<u8>>,
     /// `None`: removed.
-    bodies: BTreeMap<(Vec<u8>, Vec<u8>), Option<Vec<u8>>>,
+    bodies: BTreeMap<BodyKey, Option<Vec<u8>>>,
     docs: BTreeMap<Vec<u8>, (i64, Vec<u8>)>,
     entries: BTreeMap<i64, EntryOp>,
     /// `true`: indexed, `false`: removed.
     channels: BTreeMap<(Vec<u8>, i64), bool>,
-    grants: BTreeMap<(i16, Vec<u8>, Vec<u8>), Option<Vec<u8>>>,
+    grants: BTreeMap<GrantKey, Option<Vec<u8>>>,
 }
 
 impl Ops {
