@@ -10,7 +10,7 @@
 // BENCH_POSTGRES (syncgate's databases on that PostgreSQL server: a fresh database per start)
 // and BENCH_POSTGRES_PID (its postmaster, whose CPU then counts as syncgate's).
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, readdirSync, openSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, readdirSync, openSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,8 +84,10 @@ function cpuSeconds(pid) {
   return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
 }
 
-/** Bytes under `dir` (`du -sb`) in MB. */
+/** Bytes under `dir` (`du -sb`) in MB; 0 when there is none (syncgate on PostgreSQL may
+ * never create its data directory). */
 function dirMb(dir) {
+  if (!existsSync(dir)) return 0;
   return Number(execFileSync('du', ['-sb', dir]).toString().split('\t')[0]) / 1048576;
 }
 

@@ -15,6 +15,7 @@ use crate::database::Database;
 use crate::docs::GetOptions;
 use crate::error::{Error, Result};
 use crate::find::SelectorFilter;
+use crate::read_ahead::ReadAhead;
 
 /// A position in the feed. `backfill` is the grant sequence of a compound `"G:S"` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,8 +164,19 @@ struct Row {
     doc: Option<Vec<u8>>,
     id: String,
     removed: Option<Vec<String>>,
+    /// `include_docs`: the revision to render into `doc` (read with the batch's others).
+    render: Option<String>,
     seq: Since,
 }
+
+/// Rows of a batch whose documents are not rendered yet.
+struct RowBatch {
+    rows: Vec<Row>,
+    last_seq: Since,
+}
+
+/// Rows of an `include_docs` feed whose documents are read in one store call.
+const READ_AHEAD: usize = 100;
 
 struct RevRef {
     rev: String,
@@ -264,6 +276,71 @@ impl Database {
     /// The batch reads one [`ChangesView`]: each document appears once, at the sequence it had
     /// at `end`, even while concurrent updates become durable.
     pub fn changes(&self, caller: &Caller, opts: &ChangesOptions) -> Result<ChangesBatch> {
+        let RowBatch { mut rows, last_seq } = self.change_rows(caller, opts)?;
+        if opts.include_docs {
+            self.fill_docs(caller, opts, &mut rows)?;
+        }
+        Ok(ChangesBatch {
+            rows: rows
+                .into_iter()
+                .map(Row::into_change_row)
+                .collect::<Result<_>>()?,
+            last_seq,
+        })
+    }
+
+    /// `include_docs`: each row's document rendered, the documents and bodies of
+    /// [`READ_AHEAD`] rows read in one store call each.
+    fn fill_docs(&self, caller: &Caller, opts: &ChangesOptions, rows: &mut [Row]) -> Result<()> {
+        let get = GetOptions {
+            conflicts: opts.conflicts,
+            attachments: opts.attachments,
+            ..Default::default()
+        };
+        for chunk in rows.chunks_mut(READ_AHEAD) {
+            let mut ahead = ReadAhead::default();
+            let ids: Vec<&str> = chunk
+                .iter()
+                .filter(|r| r.render.is_some())
+                .map(|r| r.id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            ahead.load_metas(&*self.store, &ids)?;
+            let revs: Vec<(&str, &str)> = chunk
+                .iter()
+                .filter_map(|r| {
+                    let rev = r.render.as_deref()?;
+                    let node = ahead.cached_meta(&r.id)?.tree.get(rev)?;
+                    (node.has_body && caller.can_read(&node.channels))
+                        .then_some((r.id.as_str(), rev))
+                })
+                .collect();
+            ahead.load_bodies(&*self.store, &revs)?;
+            for row in chunk.iter_mut() {
+                let Some(winner) = row.render.take() else {
+                    continue;
+                };
+                let Some(meta) = ahead.meta(&*self.store, &row.id)? else {
+                    continue;
+                };
+                let mut d = self
+                    .render_in(caller, &row.id, &meta, &winner, &get, &mut ahead)?
+                    .map_or_else(|| b"null".to_vec(), |r| r.json);
+                if let Some(fields) = opts.selector.as_ref().and_then(|f| f.fields.as_ref()) {
+                    d = crate::mango::project_text(&d, fields).map_err(|err| {
+                        Error::Internal(format!("projecting \"{}\": {err}", row.id))
+                    })?;
+                }
+                row.doc = Some(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of [`Database::changes`], documents not yet rendered.
+    fn change_rows(&self, caller: &Caller, opts: &ChangesOptions) -> Result<RowBatch> {
         let view = self.store.changes_view();
         let end = view.seq();
         let limit = opts.limit.unwrap_or(usize::MAX);
@@ -279,11 +356,11 @@ impl Database {
                     break;
                 }
                 if let Some(row) = self.change_row(caller, &scope, opts, &entry, None)? {
-                    rows.push(row.into_change_row()?);
+                    rows.push(row);
                 }
             }
             let last = rows.last().map(|r| r.seq.seq).unwrap_or(end);
-            return Ok(ChangesBatch {
+            return Ok(RowBatch {
                 rows,
                 last_seq: Since {
                     seq: last,
@@ -345,7 +422,7 @@ impl Database {
                 if let Some(stop) = self.group_rows(
                     &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
                 )? {
-                    return Ok(ChangesBatch {
+                    return Ok(RowBatch {
                         rows,
                         last_seq: stop,
                     });
@@ -363,13 +440,13 @@ impl Database {
             lost.dedup();
             let revoked = (!lost.is_empty() && !scope.sees(&entry.channels)).then_some(lost);
             if let Some(row) = self.change_row(caller, &scope, opts, &entry, revoked)? {
-                rows.push(row.into_change_row()?);
+                rows.push(row);
                 if rows.len() >= limit {
                     last_seq = Since {
                         seq: entry.seq,
                         backfill: None,
                     };
-                    return Ok(ChangesBatch { rows, last_seq });
+                    return Ok(RowBatch { rows, last_seq });
                 }
             }
         }
@@ -377,13 +454,13 @@ impl Database {
             if let Some(stop) = self.group_rows(
                 &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
             )? {
-                return Ok(ChangesBatch {
+                return Ok(RowBatch {
                     rows,
                     last_seq: stop,
                 });
             }
         }
-        Ok(ChangesBatch { rows, last_seq })
+        Ok(RowBatch { rows, last_seq })
     }
 
     /// Grants and revocations of the caller newer than `base`, in feed order.
@@ -440,7 +517,7 @@ impl Database {
         base: u64,
         resume: Option<(u64, u64)>,
         limit: usize,
-        rows: &mut Vec<ChangeRow>,
+        rows: &mut Vec<Row>,
     ) -> Result<Option<Since>> {
         // channels the client could already read at its checkpoint
         let old: HashSet<&String> = caller
@@ -482,7 +559,7 @@ impl Database {
                     seq: entry.seq,
                     backfill: Some(g.at),
                 };
-                rows.push(row.into_change_row()?);
+                rows.push(row);
                 if rows.len() >= limit {
                     return Ok(Some(Since {
                         seq: entry.seq,
@@ -549,6 +626,7 @@ impl Database {
                 doc,
                 id: e.id.clone(),
                 removed: Some(removed),
+                render: None,
                 seq,
             }));
         }
@@ -568,31 +646,14 @@ impl Database {
                 rev: winner.clone(),
             }]
         };
-        let mut doc = None;
-        if opts.include_docs {
-            if let Some(meta) = self.store.doc_meta(&e.id)? {
-                let get = GetOptions {
-                    conflicts: opts.conflicts,
-                    attachments: opts.attachments,
-                    ..Default::default()
-                };
-                let mut d = self
-                    .render(caller, &e.id, &meta, &winner, &get)?
-                    .map_or_else(|| b"null".to_vec(), |r| r.json);
-                if let Some(fields) = opts.selector.as_ref().and_then(|f| f.fields.as_ref()) {
-                    d = crate::mango::project_text(&d, fields).map_err(|err| {
-                        Error::Internal(format!("projecting \"{}\": {err}", e.id))
-                    })?;
-                }
-                doc = Some(d);
-            }
-        }
+        // the document is rendered with the batch's others (`fill_docs`)
         Ok(Some(Row {
             changes,
             deleted,
-            doc,
+            doc: None,
             id: e.id.clone(),
             removed: None,
+            render: opts.include_docs.then_some(winner),
             seq,
         }))
     }
@@ -659,6 +720,7 @@ mod tests {
             doc: Some(br#"{"_id":"d","z":1,"a":[1]}"#.to_vec()),
             id: "d".into(),
             removed: None,
+            render: None,
             seq: Since {
                 seq: 7,
                 backfill: Some(20),
@@ -675,6 +737,7 @@ mod tests {
             doc: None,
             id: "e".into(),
             removed: Some(vec!["x".into()]),
+            render: None,
             seq: Since {
                 seq: 3,
                 backfill: None,

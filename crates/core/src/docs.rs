@@ -24,6 +24,10 @@ use syncgate_storage::{
 
 use crate::database::Database;
 use crate::error::{Error, Result};
+use crate::read_ahead::{revs_to_render, ReadAhead};
+
+/// Rows of `_all_docs?include_docs=true` whose bodies are read in one store call.
+const READ_AHEAD: usize = 100;
 
 /// Longest document id, in bytes.
 pub const MAX_DOC_ID: usize = 1024;
@@ -628,6 +632,17 @@ impl Database {
 
     /// `GET /{db}/{doc}`.
     pub fn get_doc(&self, caller: &Caller, id: &str, opts: &GetOptions) -> Result<GetResult> {
+        self.get_doc_in(caller, id, opts, &mut ReadAhead::default())
+    }
+
+    /// [`Database::get_doc`] with what a batch read ahead.
+    fn get_doc_in(
+        &self,
+        caller: &Caller,
+        id: &str,
+        opts: &GetOptions,
+        ahead: &mut ReadAhead,
+    ) -> Result<GetResult> {
         if opts.rev.is_some() && opts.open_revs.is_some() {
             return Err(Error::bad(
                 "cannot specify both 'rev' and 'open_revs' query parameters",
@@ -638,7 +653,9 @@ impl Database {
             parse_rev(r)?;
         }
         if let Some(open) = &opts.open_revs {
-            let meta = self.meta(id)?;
+            let meta = ahead
+                .meta(&*self.store, id)?
+                .ok_or_else(|| Error::not_found("missing"))?;
             let revs: Vec<String> = match open {
                 OpenRevs::All => meta
                     .tree
@@ -667,14 +684,16 @@ impl Database {
             };
             let mut rows = Vec::with_capacity(revs.len());
             for r in revs {
-                match self.render(caller, id, &meta, &r, opts)? {
+                match self.render_in(caller, id, &meta, &r, opts, ahead)? {
                     Some(doc) => rows.push(OpenRev::Ok(doc)),
                     None => rows.push(OpenRev::Missing(r)),
                 }
             }
             return Ok(GetResult::OpenRevs(rows));
         }
-        let meta = self.meta(id)?;
+        let meta = ahead
+            .meta(&*self.store, id)?
+            .ok_or_else(|| Error::not_found("missing"))?;
         let rev = match &opts.rev {
             // `latest` (CouchDB): the leaf of the requested revision's branch
             Some(r) if opts.latest && meta.tree.contains(r) && !meta.tree.is_leaf(r) => meta
@@ -694,7 +713,7 @@ impl Database {
             }
         };
         let doc = self
-            .render(caller, id, &meta, &rev, opts)?
+            .render_in(caller, id, &meta, &rev, opts, ahead)?
             .ok_or_else(|| Error::not_found("missing"))?;
         Ok(GetResult::Doc(doc.json))
     }
@@ -709,6 +728,19 @@ impl Database {
         meta: &DocMeta,
         rev: &str,
         opts: &GetOptions,
+    ) -> Result<Option<Rendered>> {
+        self.render_in(caller, id, meta, rev, opts, &mut ReadAhead::default())
+    }
+
+    /// [`Database::render`] with the body taken from what a batch read ahead.
+    pub(crate) fn render_in(
+        &self,
+        caller: &Caller,
+        id: &str,
+        meta: &DocMeta,
+        rev: &str,
+        opts: &GetOptions,
+        ahead: &mut ReadAhead,
     ) -> Result<Option<Rendered>> {
         let Some(node) = meta.tree.get(rev) else {
             return Ok(None);
@@ -733,7 +765,7 @@ impl Database {
         if !node.has_body {
             return Ok(None);
         }
-        let Some(body) = self.store.rev_body(id, rev)? else {
+        let Some(body) = ahead.body(&*self.store, id, rev)? else {
             return Ok(None);
         };
         if node.deleted {
@@ -886,8 +918,34 @@ impl Database {
                 }
                 Some(_) => return Err(bad("'atts_since' must be an array of revisions")),
             }
+            if let Some(r) = &rev {
+                opts.open_revs = Some(OpenRevs::List(vec![r.clone()]));
+            }
             requests.push((id, rev, opts));
         }
+        // the batch's documents, then the revisions it will render, each in one read
+        let mut ahead = ReadAhead::default();
+        let ids: Vec<&str> = requests.iter().map(|(id, _, _)| id.as_str()).collect();
+        ahead.load_metas(&*self.store, &ids)?;
+        let wanted: Vec<(&str, String)> = requests
+            .iter()
+            .filter_map(|(id, rev, opts)| {
+                let meta = ahead.cached_meta(id)?;
+                Some(
+                    revs_to_render(meta, rev.as_deref(), opts)
+                        .into_iter()
+                        .filter(|r| {
+                            meta.tree
+                                .get(r)
+                                .is_some_and(|n| caller.can_read(&n.channels))
+                        })
+                        .map(move |r| (id.as_str(), r)),
+                )
+            })
+            .flatten()
+            .collect();
+        let pairs: Vec<(&str, &str)> = wanted.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        ahead.load_bodies(&*self.store, &pairs)?;
         let error_entry = |out: &mut Vec<u8>, id: &str, rev: &str, error: &str, reason: &str| {
             out.extend_from_slice(b"{\"error\":{\"id\":");
             push_str(out, id);
@@ -901,20 +959,14 @@ impl Database {
         };
         let mut out = Vec::with_capacity(64 + requests.len() * 512);
         out.extend_from_slice(b"{\"results\":[");
-        for (n, (id, rev, mut opts)) in requests.into_iter().enumerate() {
+        for (n, (id, rev, opts)) in requests.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"id\":");
-            push_str(&mut out, &id);
+            push_str(&mut out, id);
             out.extend_from_slice(b",\"docs\":[");
-            let outcome = match &rev {
-                Some(r) => {
-                    opts.open_revs = Some(OpenRevs::List(vec![r.clone()]));
-                    self.get_doc(caller, &id, &opts)
-                }
-                None => self.get_doc(caller, &id, &opts),
-            };
+            let outcome = self.get_doc_in(caller, id, opts, &mut ahead);
             match outcome {
                 Ok(GetResult::OpenRevs(rows)) => {
                     for (i, row) in rows.into_iter().enumerate() {
@@ -923,7 +975,7 @@ impl Database {
                         }
                         match row {
                             OpenRev::Missing(m) => {
-                                error_entry(&mut out, &id, &m, "not_found", "missing")
+                                error_entry(&mut out, id, &m, "not_found", "missing")
                             }
                             // a revision the caller may not read is its `_removed` stub,
                             // as for `open_revs` (Sync Gateway): an error entry would make
@@ -945,7 +997,7 @@ impl Database {
                     let (_, name) = e.status();
                     error_entry(
                         &mut out,
-                        &id,
+                        id,
                         rev.as_deref().unwrap_or_default(),
                         name,
                         &e.to_string(),
@@ -966,6 +1018,14 @@ impl Database {
             ));
         };
         let mut out = Map::new();
+        // every document asked about, read in one call
+        let ids: Vec<&str> = req
+            .keys()
+            .filter(|id| caller.is_admin() || !id.starts_with("_design/"))
+            .map(String::as_str)
+            .collect();
+        let mut ahead = ReadAhead::default();
+        ahead.load_metas(&*self.store, &ids)?;
         for (id, revs) in req {
             let Some(revs) = revs.as_array() else {
                 return Err(Error::bad(format!(
@@ -983,7 +1043,7 @@ impl Database {
             if !caller.is_admin() && id.starts_with("_design/") {
                 continue;
             }
-            let meta = self.store.doc_meta(id)?;
+            let meta = ahead.cached_meta(id);
             let missing: Vec<&String> = list
                 .iter()
                 .filter(|r| !meta.as_ref().is_some_and(|m| m.tree.contains(r)))
@@ -992,7 +1052,7 @@ impl Database {
                 continue;
             }
             let mut entry = json!({"missing": missing});
-            if let Some(meta) = &meta {
+            if let Some(meta) = meta {
                 let max_gen = missing.iter().map(|r| generation(r)).max().unwrap_or(0);
                 let anc: Vec<String> = meta
                     .tree
@@ -1045,7 +1105,29 @@ impl Database {
         };
         let limit = opts.limit.unwrap_or(usize::MAX);
         let mut skipped = 0;
+        let mut ahead = ReadAhead::default();
         if let Some(keys) = &opts.keys {
+            // the keys' documents, then (include_docs) their winners' bodies, in one read each
+            let asked: Vec<&str> = keys
+                .iter()
+                .skip(opts.skip)
+                .take(limit)
+                .map(String::as_str)
+                .collect();
+            ahead.load_metas(&*self.store, &asked)?;
+            if opts.include_docs {
+                let winners: Vec<(&str, String)> = asked
+                    .iter()
+                    .filter_map(|k| {
+                        let w = ahead.cached_meta(k)?.tree.winner()?;
+                        (!w.deleted && w.has_body && caller.can_read(&w.channels))
+                            .then(|| (*k, w.rev.clone()))
+                    })
+                    .collect();
+                let pairs: Vec<(&str, &str)> =
+                    winners.iter().map(|(k, r)| (*k, r.as_str())).collect();
+                ahead.load_bodies(&*self.store, &pairs)?;
+            }
             for key in keys {
                 if rows >= limit {
                     break;
@@ -1054,7 +1136,7 @@ impl Database {
                     skipped += 1;
                     continue;
                 }
-                let meta = self.store.doc_meta(key)?;
+                let meta = ahead.meta(&*self.store, key)?;
                 let winner = meta.as_ref().and_then(|m| m.tree.winner());
                 match winner {
                     Some(w) if caller.can_read(&w.channels) => {
@@ -1065,7 +1147,9 @@ impl Database {
                             }
                         } else if let (true, Some(meta)) = (opts.include_docs, &meta) {
                             out.extend_from_slice(b",\"doc\":");
-                            match self.render(caller, key, meta, &w.rev, &get_opts)? {
+                            match self
+                                .render_in(caller, key, meta, &w.rev, &get_opts, &mut ahead)?
+                            {
                                 Some(doc) => out.extend_from_slice(&doc.json),
                                 None => out.extend_from_slice(b"null"),
                             }
@@ -1088,6 +1172,31 @@ impl Database {
                 }
             }
         } else {
+            // include_docs: rows wait in chunks, whose winners' bodies are read in one call
+            let mut pending: Vec<(String, DocMeta)> = Vec::new();
+            let mut flush = |out: &mut Vec<u8>,
+                             rows: &mut usize,
+                             pending: &mut Vec<(String, DocMeta)>|
+             -> Result<()> {
+                let revs: Vec<(&str, &str)> = pending
+                    .iter()
+                    .filter_map(|(id, m)| Some((id.as_str(), m.tree.winner()?.rev.as_str())))
+                    .collect();
+                ahead.load_bodies(&*self.store, &revs)?;
+                for (id, meta) in pending.drain(..) {
+                    let Some(w) = meta.tree.winner() else {
+                        continue;
+                    };
+                    row(out, rows, &id, &w.rev, false);
+                    out.extend_from_slice(b",\"doc\":");
+                    match self.render_in(caller, &id, &meta, &w.rev, &get_opts, &mut ahead)? {
+                        Some(doc) => out.extend_from_slice(&doc.json),
+                        None => out.extend_from_slice(b"null"),
+                    }
+                    out.push(b'}');
+                }
+                Ok(())
+            };
             let start = opts.start.clone().unwrap_or_default();
             for item in self.store.docs_from(&start, opts.descending) {
                 let (id, meta) = item?;
@@ -1117,19 +1226,20 @@ impl Database {
                     skipped += 1;
                     continue;
                 }
-                if rows >= limit {
+                if rows + pending.len() >= limit {
                     break;
                 }
-                row(&mut out, &mut rows, &id, &w.rev, false);
                 if opts.include_docs {
-                    out.extend_from_slice(b",\"doc\":");
-                    match self.render(caller, &id, &meta, &w.rev, &get_opts)? {
-                        Some(doc) => out.extend_from_slice(&doc.json),
-                        None => out.extend_from_slice(b"null"),
+                    pending.push((id, meta));
+                    if pending.len() >= READ_AHEAD {
+                        flush(&mut out, &mut rows, &mut pending)?;
                     }
+                    continue;
                 }
+                row(&mut out, &mut rows, &id, &w.rev, false);
                 out.push(b'}');
             }
+            flush(&mut out, &mut rows, &mut pending)?;
         }
         out.push(b']');
         if opts.update_seq {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod find;
 pub mod mango;
 pub mod migrate;
+mod read_ahead;
 pub mod sync_fn;
 
 pub use database::{Database, Server};

@@ -139,6 +139,19 @@ pub trait DatabaseStore: Send + Sync {
     fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>>;
     /// The stored body of one revision (user fields plus `_attachments` metadata).
     fn rev_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>>;
+    /// [`DatabaseStore::doc_meta`] of several documents, in the order asked (`None`: no such
+    /// document; an id asked twice is answered twice). What batch readers (`_bulk_get`,
+    /// `_revs_diff`, `include_docs`) call: a networked backend answers in one round trip.
+    fn doc_metas(&self, ids: &[&str]) -> Result<Vec<Option<DocMeta>>> {
+        ids.iter().map(|id| self.doc_meta(id)).collect()
+    }
+    /// [`DatabaseStore::rev_body`] of several (document id, revision) pairs, in the order
+    /// asked (`None`: no such body stored).
+    fn rev_bodies(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
+        revs.iter()
+            .map(|(id, rev)| self.rev_body(id, rev))
+            .collect()
+    }
     /// Applies document writes in order, atomically, under the database's write lock.
     /// Each write gets its own result; the ticket covers all successful ones.
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)>;

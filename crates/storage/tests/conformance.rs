@@ -587,6 +587,33 @@ conformance! {
         assert_eq!(db.doc_count().unwrap(), 0);
     }
 
+    concurrent_local_writers_one_wins_each_round(s) {
+        // writers presenting the same revision at once: exactly one succeeds, the others are
+        // conflicts, and the revisions count up without a gap
+        let db = s.server().open_database("db").unwrap();
+        let mut rev: Option<String> = None;
+        for round in 1..=5u32 {
+            let wins: Vec<String> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..6)
+                    .map(|i| {
+                        let (db, rev) = (&db, rev.clone());
+                        sc.spawn(move || {
+                            match db.put_local("cp", rev.as_deref(), raw(&format!(r#"{{"w":{i}}}"#))) {
+                                Ok((r, _)) => Some(r),
+                                Err(StorageError::Conflict(_)) => None,
+                                Err(e) => panic!("{e:?}"),
+                            }
+                        })
+                    })
+                    .collect();
+                handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(wins, vec![format!("0-{round}")], "round {round}");
+            rev = wins.into_iter().next();
+        }
+        assert_eq!(db.get_local("cp").unwrap().unwrap().rev, "0-5");
+    }
+
     restamps_and_settings(s) {
         // the sync function's new decision for a winner: new channels and grants under a new
         // sequence, no new revision
@@ -959,5 +986,87 @@ conformance! {
         assert_eq!(bare.get_session("k1").unwrap(), None);
         let again = rt().block_on(syncgate_storage::migrate::copy_database(src, dst, true, &[], &mut |_| {}));
         assert!(matches!(again, Err(StorageError::Conflict(_))), "{again:?}");
+    }
+
+    batched_reads_answer_like_single_reads(s) {
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let live = one(db, edit("live", None, json!({"n": 1}))).unwrap();
+        let gone = one(db, edit("gone", None, json!({"n": 2}))).unwrap();
+        let tomb = one(db, delete("gone", Some(&gone.rev))).unwrap();
+        let c1 = one(db, edit("conflicted", None, json!({"n": 3}))).unwrap();
+        let c2 = one(db, replicate("conflicted", &["2-bbbb", &c1.rev], false, &[])).unwrap();
+        let c3 = one(db, replicate("conflicted", &["2-aaaa", &c1.rev], false, &[])).unwrap();
+        // in the order asked, an id asked twice answered twice, a missing one as None
+        let ids = ["conflicted", "nothing", "live", "gone", "live"];
+        let metas = db.doc_metas(&ids).unwrap();
+        assert_eq!(metas.len(), ids.len());
+        for (id, m) in ids.iter().zip(&metas) {
+            let single = db.doc_meta(id).unwrap();
+            assert_eq!(m.is_some(), single.is_some(), "{id}");
+            if let (Some(m), Some(single)) = (m, single) {
+                assert_eq!(serde_json::to_value(m).unwrap(), serde_json::to_value(&single).unwrap(), "{id}");
+            }
+        }
+        assert!(metas[1].is_none());
+        assert_eq!(metas[2].as_ref().unwrap().winner(), Some((live.rev.as_str(), false)));
+        assert_eq!(metas[3].as_ref().unwrap().winner(), Some((tomb.rev.as_str(), true)));
+        assert_eq!(metas[0].as_ref().unwrap().tree.leaves().len(), 2);
+        assert!(db.doc_metas(&[]).unwrap().is_empty());
+        let revs = [
+            ("conflicted", c2.rev.as_str()),
+            ("live", "9-0000"),
+            ("nothing", "1-0000"),
+            ("gone", tomb.rev.as_str()),
+            ("conflicted", c3.rev.as_str()),
+            ("live", live.rev.as_str()),
+            ("conflicted", c1.rev.as_str()),
+            ("live", live.rev.as_str()),
+        ];
+        let bodies = db.rev_bodies(&revs).unwrap();
+        assert_eq!(bodies.len(), revs.len());
+        for ((id, rev), b) in revs.iter().zip(&bodies) {
+            let single = db.rev_body(id, rev).unwrap();
+            assert_eq!(b.as_ref().map(|b| &b.json), single.as_ref().map(|b| &b.json), "{id} {rev}");
+        }
+        assert!(bodies[1].is_none() && bodies[2].is_none());
+        assert_eq!(bodies[5].as_ref().unwrap().json, br#"{"n":1}"#.to_vec());
+        assert_eq!(bodies[7].as_ref().unwrap().json, br#"{"n":1}"#.to_vec());
+        assert_eq!(bodies[0].as_ref().unwrap().json, b"{}".to_vec());
+        assert!(bodies[3].is_some(), "a tombstone's body is kept");
+        assert!(db.rev_bodies(&[]).unwrap().is_empty());
+    }
+
+    one_batch_writing_a_document_twice(s) {
+        // what the second write's revision will be, learnt on another database
+        let scratch = s.server().open_database("scratch").unwrap();
+        let first = one(&*scratch, in_channels(edit("t", None, json!({"n": 1})), &["red"])).unwrap();
+        let db = s.server().open_database("db").unwrap();
+        let db = &*db;
+        let before = one(db, in_channels(edit("old", None, json!({})), &["red"])).unwrap();
+        let r = write(db, vec![
+            in_channels(edit("t", None, json!({"n": 1})), &["red"]),
+            in_channels(edit("t", Some(&first.rev), json!({"n": 2})), &["blue"]),
+            in_channels(edit("old", Some(&before.rev), json!({"x": 1})), &["blue"]),
+            edit("u", None, json!({})),
+        ]);
+        let r: Vec<WriteOutcome> = r.into_iter().map(Result::unwrap).collect();
+        assert_eq!(r[0].rev, first.rev);
+        let t = db.doc_meta("t").unwrap().unwrap();
+        assert_eq!(t.winner(), Some((r[1].rev.as_str(), false)));
+        assert!(db.rev_body("t", &first.rev).unwrap().is_some());
+        assert_eq!(db.rev_body("t", &r[1].rev).unwrap().unwrap().json, br#"{"n":2}"#.to_vec());
+        // each document once in the feed, at its last sequence
+        let rows = since(db, 0, false);
+        assert_eq!(ids(&rows), vec![("t", r[1].seq), ("old", r[2].seq), ("u", r[3].seq)]);
+        assert_eq!(db.last_seq(), r[3].seq);
+        // t was only briefly red: red's readers see it (as removed), blue's see it
+        let red = channel_rows(db, &["red"], 0);
+        assert_eq!(ids(&red), vec![("t", r[1].seq), ("old", r[2].seq)]);
+        assert_eq!(red[0].removed, vec!["red".to_string()]);
+        let blue = channel_rows(db, &["blue"], 0);
+        assert_eq!(ids(&blue), vec![("t", r[1].seq), ("old", r[2].seq)]);
+        assert_eq!(db.doc_count().unwrap(), 3);
+        drop(scratch);
     }
 }

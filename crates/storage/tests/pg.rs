@@ -655,3 +655,72 @@ fn compaction_pages_through_the_documents_while_another_node_writes() {
     assert_eq!(db_b.doc_count().unwrap(), (DOCS + 50) as u64);
     assert_eq!(da.compact().unwrap().bodies_removed, 0);
 }
+
+/// A write transaction PostgreSQL aborts to break a deadlock (SQLSTATE 40P01) is run again
+/// and succeeds: an outside transaction holds a document's row while the write (holding the
+/// counter row) waits for it, then asks for the counter row itself.
+#[test]
+fn a_write_aborted_by_a_deadlock_is_retried() {
+    let url = pg_cluster::fresh_database();
+    let a = node(&url, ChangeNotify::Listen);
+    let db = a.database("db").unwrap();
+    let first = write(&*db, vec![edit("x", None, json!({"n": 1}))])
+        .remove(0)
+        .unwrap();
+    let rt = rt();
+    let client = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // the writer (default deadlock_timeout, 1 s) is the one that finds the deadlock
+        client
+            .batch_execute(
+                "SET deadlock_timeout = '10min'; BEGIN; \
+                 SELECT 1 FROM syncgate_docs WHERE db = 'db' AND id = 'x'::bytea FOR UPDATE",
+            )
+            .await
+            .unwrap();
+        client
+    });
+    let writer = {
+        let db = db.clone();
+        let parent = first.rev.clone();
+        std::thread::spawn(move || write(&*db, vec![edit("x", Some(&parent), json!({"n": 2}))]))
+    };
+    // wait until the writer waits for the row (a guard against hanging, not a speed check)
+    rt.block_on(async {
+        for _ in 0..1500 {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the write never waited for the locked row");
+    });
+    // now the deadlock: PostgreSQL aborts the writer's transaction, this one gets the row
+    rt.block_on(async {
+        client
+            .query_one(
+                "SELECT last_seq FROM syncgate_counters WHERE db = 'db' FOR UPDATE",
+                &[],
+            )
+            .await
+            .unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+    });
+    let out = writer.join().unwrap().remove(0).unwrap();
+    assert!(out.rev.starts_with("2-"), "{}", out.rev);
+    let meta = db.doc_meta("x").unwrap().unwrap();
+    assert_eq!(meta.winner(), Some((out.rev.as_str(), false)));
+    assert_eq!(meta.seq, out.seq);
+}

@@ -104,8 +104,10 @@ impl PgDatabase {
             (self.pool.clone(), self.name.clone(), self.docs_read.clone());
         let live = self.live.clone();
         let (results, summary) = self.bridge.run_sync(move |h| {
+            // run again from the start when the transaction is retried
             write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
                 Ok(sets
+                    .clone()
                     .into_iter()
                     .map(|writes| writes.into_iter().map(|w| st.apply(w)).collect())
                     .collect::<Vec<Vec<Result<WriteOutcome>>>>())
@@ -250,6 +252,16 @@ impl DatabaseStore for PgDatabase {
         }
     }
 
+    /// One statement (`id = ANY($2)`): see `views`.
+    fn doc_metas(&self, ids: &[&str]) -> Result<Vec<Option<DocMeta>>> {
+        self.metas_of(ids)
+    }
+
+    /// One statement (a join with the asked pairs): see `views`.
+    fn rev_bodies(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
+        self.bodies_of(revs)
+    }
+
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)> {
         let (mut results, ticket) = self.apply_writes(vec![writes])?;
         Ok((results.pop().unwrap_or_default(), ticket))
@@ -354,7 +366,8 @@ impl DatabaseStore for PgDatabase {
         let live = self.live.clone();
         let (results, summary) = self.bridge.run_sync(move |h| {
             write_tx(h, &pool, &name, &live, ids, &docs_read, |st| {
-                docs.into_iter()
+                docs.clone()
+                    .into_iter()
                     .map(|r| st.restamp(r))
                     .collect::<Result<Vec<_>>>()
             })
@@ -443,8 +456,11 @@ impl DatabaseStore for PgDatabase {
         }
     }
 
-    /// Read, check and write in one transaction (the row locked; a concurrent first write
-    /// of the same id loses on the primary key and is a conflict).
+    /// Two statements, no transaction: read the current document, then write the new one
+    /// only if the row still holds exactly what was read (an update compares the stored
+    /// bytes, which carry the revision; a first write loses on the primary key to a
+    /// concurrent one): a concurrent writer makes this one a conflict, as the revision check
+    /// would have. Replicators' checkpoints are written here, once per batch.
     fn put_local(
         &self,
         id: &str,
@@ -453,17 +469,18 @@ impl DatabaseStore for PgDatabase {
     ) -> Result<(String, Ticket)> {
         let id = id.as_bytes().to_vec();
         let rev = rev.map(str::to_string);
-        let new_rev = self.with_client(move |mut c, db| async move {
-            let tx = c.transaction().await.map_err(pg_err)?;
-            let current: Option<LocalDoc> = match tx
-                .query_opt(
-                    "SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2 FOR UPDATE",
-                    &[&db, &id],
-                )
+        let new_rev = self.with_client(move |c, db| async move {
+            let read = c
+                .prepare_cached("SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2")
+                .await
+                .map_err(pg_err)?;
+            let stored: Option<Vec<u8>> = c
+                .query_opt(&read, &[&db, &id])
                 .await
                 .map_err(pg_err)?
-            {
-                Some(r) => Some(decode("local document", r.get(0))?),
+                .map(|r| r.get(0));
+            let current: Option<LocalDoc> = match &stored {
+                Some(v) => Some(decode("local document", v)?),
                 None => None,
             };
             let doc = LocalDoc {
@@ -471,25 +488,32 @@ impl DatabaseStore for PgDatabase {
                 body,
             };
             let bytes = encode("local document", &doc)?;
-            let n = if current.is_some() {
-                tx.execute(
-                    "UPDATE syncgate_local SET doc = $3 WHERE db = $1 AND id = $2",
-                    &[&db, &id, &bytes],
-                )
-                .await
-            } else {
-                tx.execute(
-                    "INSERT INTO syncgate_local (db, id, doc) VALUES ($1, $2, $3) \
-                     ON CONFLICT (db, id) DO NOTHING",
-                    &[&db, &id, &bytes],
-                )
-                .await
+            let n = match &stored {
+                Some(old) => {
+                    let st = c
+                        .prepare_cached(
+                            "UPDATE syncgate_local SET doc = $3 \
+                             WHERE db = $1 AND id = $2 AND doc = $4",
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    c.execute(&st, &[&db, &id, &bytes, old]).await
+                }
+                None => {
+                    let st = c
+                        .prepare_cached(
+                            "INSERT INTO syncgate_local (db, id, doc) VALUES ($1, $2, $3) \
+                             ON CONFLICT (db, id) DO NOTHING",
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    c.execute(&st, &[&db, &id, &bytes]).await
+                }
             }
             .map_err(pg_err)?;
             if n != 1 {
                 return Err(StorageError::Conflict("Document update conflict".into()));
             }
-            tx.commit().await.map_err(pg_err)?;
             Ok(doc.rev)
         })?;
         Ok((new_rev, Ticket(0)))

@@ -30,6 +30,18 @@
 //! page is one statement (its own snapshot); the rule makes the pages of one view agree.
 //! Superseded rows are removed by compaction only (see its caveat in [`DatabaseStore::compact`]).
 //!
+//! ## Statements and round trips
+//!
+//! A write transaction takes two round trips while it holds the counter row: `BEGIN`, the lock
+//! and the read-ahead of the batch's documents are sent together, then the batch's writes (one
+//! statement per table and kind, rows from parallel arrays: the rules' operations coalesced
+//! per row), the counters, `NOTIFY` and `COMMIT`. A transaction PostgreSQL aborts as a
+//! serialization failure or deadlock (40001, 40P01) is run again from the start, a few times.
+//! Batch readers (`_bulk_get`, `_revs_diff`, `include_docs`) read metadata and bodies with one
+//! statement per batch ([`DatabaseStore::doc_metas`], [`DatabaseStore::rev_bodies`]): one
+//! primary-key lookup per key, however the planner sees the tables. `_local` writes are a read
+//! and a compare-and-set, without a transaction.
+//!
 //! ## Waking feeds on other nodes
 //!
 //! The write transaction sends `NOTIFY syncgate_changes, '<seq> <db>'` (delivered at commit).

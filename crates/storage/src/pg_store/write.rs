@@ -1,15 +1,17 @@
 //! The write transaction: the rules' operations ([`crate::rules::BatchBackend`]) turned into
 //! statements, run in one PostgreSQL transaction that holds the database's counter row.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
+use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Pool, Transaction};
+use deadpool_postgres::{Client, Pool};
 use tokio::runtime::Handle;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::{decode, decode_body, encode, encode_body, kind_code, pg_err, pool_err, CHANNEL};
 use crate::model::*;
@@ -26,73 +28,284 @@ pub(super) fn p<T: ToSql + Sync + Send + 'static>(v: T) -> Param {
 pub(super) struct Stmt {
     sql: &'static str,
     params: Vec<Param>,
+    /// The parameters' types when the statement is sent unprepared, so PostgreSQL plans it
+    /// for its actual parameters and the tables' current size each time: what a statement
+    /// that finds rows through a list (`= ANY`, a join with `unnest`) needs. A prepared
+    /// statement's cached generic plan is made once per connection, maybe while the tables
+    /// were nearly empty (a fresh database filling up): a sequential scan that then stays,
+    /// costing a scan of the whole table per call as it grows. Planning costs far less than
+    /// that at one statement per batch.
+    types: Option<&'static [Type]>,
 }
 
 impl Stmt {
     pub(super) fn new(sql: &'static str, params: Vec<Param>) -> Stmt {
-        Stmt { sql, params }
+        Stmt {
+            sql,
+            params,
+            types: None,
+        }
+    }
+
+    /// A statement sent unprepared with these parameter types (the database name first).
+    fn planned(mut self, types: &'static [Type]) -> Stmt {
+        self.types = Some(types);
+        self
     }
 }
 
-const PUT_ATTACHMENT: &str =
-    "INSERT INTO syncgate_attachments (db, digest, data) VALUES ($1, $2, $3) \
+// The batch's operations, coalesced per row and sent as one statement per table and kind,
+// each row taken from parallel arrays (`unnest`): a `_bulk_docs` of 100 new documents is four
+// statements, not four hundred.
+const PUT_ATTACHMENTS: &str = "INSERT INTO syncgate_attachments (db, digest, data) \
+     SELECT $1::text, u.digest, u.data FROM unnest($2::bytea[], $3::bytea[]) AS u(digest, data) \
      ON CONFLICT (db, digest) DO NOTHING";
-const PUT_BODY: &str = "INSERT INTO syncgate_bodies (db, id, rev, body) VALUES ($1, $2, $3, $4) \
+const PUT_BODIES: &str = "INSERT INTO syncgate_bodies (db, id, rev, body) \
+     SELECT $1::text, u.id, u.rev, u.body \
+     FROM unnest($2::bytea[], $3::bytea[], $4::bytea[]) AS u(id, rev, body) \
      ON CONFLICT (db, id, rev) DO UPDATE SET body = EXCLUDED.body";
-const REMOVE_BODY: &str = "DELETE FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = $3";
-const PUT_DOC: &str = "INSERT INTO syncgate_docs (db, id, seq, meta) VALUES ($1, $2, $3, $4) \
+const REMOVE_BODIES: &str = "DELETE FROM syncgate_bodies b \
+     USING unnest($2::bytea[], $3::bytea[]) AS u(id, rev) \
+     WHERE b.db = $1 AND b.id = u.id AND b.rev = u.rev";
+const PUT_DOCS: &str = "INSERT INTO syncgate_docs (db, id, seq, meta) \
+     SELECT $1::text, u.id, u.seq, u.meta \
+     FROM unnest($2::bytea[], $3::int8[], $4::bytea[]) AS u(id, seq, meta) \
      ON CONFLICT (db, id) DO UPDATE SET seq = EXCLUDED.seq, meta = EXCLUDED.meta";
-const PUT_ENTRY: &str = "INSERT INTO syncgate_changes (db, seq, superseded, entry) \
-     VALUES ($1, $2, NULL, $3) \
-     ON CONFLICT (db, seq) DO UPDATE SET superseded = NULL, entry = EXCLUDED.entry";
+const PUT_ENTRIES: &str = "INSERT INTO syncgate_changes (db, seq, superseded, entry) \
+     SELECT $1::text, u.seq, u.superseded, u.entry \
+     FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS u(seq, superseded, entry) \
+     ON CONFLICT (db, seq) DO UPDATE SET superseded = EXCLUDED.superseded, entry = EXCLUDED.entry";
+const SUPERSEDE_ENTRIES: &str = "UPDATE syncgate_changes c \
+     SET superseded = u.superseded, entry = u.entry \
+     FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS u(seq, superseded, entry) \
+     WHERE c.db = $1 AND c.seq = u.seq";
+const DROP_ENTRIES: &str = "DELETE FROM syncgate_changes WHERE db = $1 AND seq = ANY($2::int8[])";
 const PUT_CHANNELS: &str = "INSERT INTO syncgate_channels (db, channel, seq) \
-     SELECT $1, unnest($2::bytea[]), $3 ON CONFLICT DO NOTHING";
-const DROP_ENTRY: &str = "DELETE FROM syncgate_changes WHERE db = $1 AND seq = $2";
-const DROP_CHANNELS: &str =
-    "DELETE FROM syncgate_channels WHERE db = $1 AND seq = $2 AND channel = ANY($3)";
-const SUPERSEDE: &str =
-    "UPDATE syncgate_changes SET superseded = $3, entry = $4 WHERE db = $1 AND seq = $2";
-const PUT_GRANT: &str = "INSERT INTO syncgate_grants (db, kind, name, doc, grant_entry) \
-     VALUES ($1, $2, $3, $4, $5) \
+     SELECT $1::text, u.channel, u.seq FROM unnest($2::bytea[], $3::int8[]) AS u(channel, seq) \
+     ON CONFLICT DO NOTHING";
+const DROP_CHANNELS: &str = "DELETE FROM syncgate_channels c \
+     USING unnest($2::bytea[], $3::int8[]) AS u(channel, seq) \
+     WHERE c.db = $1 AND c.channel = u.channel AND c.seq = u.seq";
+const PUT_GRANTS: &str = "INSERT INTO syncgate_grants (db, kind, name, doc, grant_entry) \
+     SELECT $1::text, u.kind, u.name, u.doc, u.grant_entry \
+     FROM unnest($2::int2[], $3::bytea[], $4::bytea[], $5::bytea[]) \
+         AS u(kind, name, doc, grant_entry) \
      ON CONFLICT (db, kind, name, doc) DO UPDATE SET grant_entry = EXCLUDED.grant_entry";
-const REMOVE_GRANT: &str =
-    "DELETE FROM syncgate_grants WHERE db = $1 AND kind = $2 AND name = $3 AND doc = $4";
+const REMOVE_GRANTS: &str = "DELETE FROM syncgate_grants g \
+     USING unnest($2::int2[], $3::bytea[], $4::bytea[]) AS u(kind, name, doc) \
+     WHERE g.db = $1 AND g.kind = u.kind AND g.name = u.name AND g.doc = u.doc";
 pub(super) const SET_COUNTERS: &str = "UPDATE syncgate_counters \
      SET last_seq = $2, doc_count = GREATEST(doc_count + $3, 0) WHERE db = $1";
 pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 pub(super) const LOCK_COUNTER: &str =
     "SELECT last_seq FROM syncgate_counters WHERE db = $1 FOR UPDATE";
 
+const TEXT_BYTEAS_2: &[Type] = &[Type::TEXT, Type::BYTEA_ARRAY, Type::BYTEA_ARRAY];
+
+/// The final state of one by-sequence row after the batch's operations.
+enum EntryOp {
+    /// Written (or rewritten) by the batch: `superseded` set when a later write of the same
+    /// batch superseded it.
+    Put {
+        superseded: Option<i64>,
+        entry: Vec<u8>,
+    },
+    /// A row from before the batch, superseded.
+    Supersede {
+        superseded: i64,
+        entry: Vec<u8>,
+    },
+    Drop,
+}
+
+/// A body's key: document id, revision.
+type BodyKey = (Vec<u8>, Vec<u8>);
+/// An access index entry's key: principal kind, principal name, document id.
+type GrantKey = (i16, Vec<u8>, Vec<u8>);
+
+/// A batch's operations, coalesced per row (the last operation on a row decides), so each
+/// table gets at most one statement per kind and no statement touches a row twice.
+#[derive(Default)]
+struct Ops {
+    attachments: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// `None`: removed.
+    bodies: BTreeMap<BodyKey, Option<Vec<u8>>>,
+    docs: BTreeMap<Vec<u8>, (i64, Vec<u8>)>,
+    entries: BTreeMap<i64, EntryOp>,
+    /// `true`: indexed, `false`: removed.
+    channels: BTreeMap<(Vec<u8>, i64), bool>,
+    grants: BTreeMap<GrantKey, Option<Vec<u8>>>,
+}
+
+impl Ops {
+    /// The statements that write the operations (one per table and kind, deletions first).
+    fn statements(self, db: &str) -> Vec<Stmt> {
+        let mut out = Vec::new();
+        let mut add = |sql: &'static str, params: Vec<Param>| out.push(stmt(db, sql, params));
+        // statements that find existing rows through a list: planned per call (see `Stmt`)
+        let mut found = Vec::new();
+        let mut find = |sql: &'static str, params: Vec<Param>, types: &'static [Type]| {
+            found.push(stmt(db, sql, params).planned(types))
+        };
+        if !self.attachments.is_empty() {
+            let (d, x): (Vec<_>, Vec<_>) = self.attachments.into_iter().unzip();
+            add(PUT_ATTACHMENTS, vec![p(d), p(x)]);
+        }
+        let (mut put, mut gone) = ((vec![], vec![], vec![]), (vec![], vec![]));
+        for ((id, rev), body) in self.bodies {
+            match body {
+                Some(b) => {
+                    put.0.push(id);
+                    put.1.push(rev);
+                    put.2.push(b);
+                }
+                None => {
+                    gone.0.push(id);
+                    gone.1.push(rev);
+                }
+            }
+        }
+        if !gone.0.is_empty() {
+            find(REMOVE_BODIES, vec![p(gone.0), p(gone.1)], TEXT_BYTEAS_2);
+        }
+        if !put.0.is_empty() {
+            add(PUT_BODIES, vec![p(put.0), p(put.1), p(put.2)]);
+        }
+        if !self.docs.is_empty() {
+            let (mut ids, mut seqs, mut metas) = (vec![], vec![], vec![]);
+            for (id, (seq, meta)) in self.docs {
+                ids.push(id);
+                seqs.push(seq);
+                metas.push(meta);
+            }
+            add(PUT_DOCS, vec![p(ids), p(seqs), p(metas)]);
+        }
+        let mut dropped: Vec<i64> = vec![];
+        let mut put: (Vec<i64>, Vec<Option<i64>>, Vec<Vec<u8>>) = (vec![], vec![], vec![]);
+        let mut superseded: (Vec<i64>, Vec<i64>, Vec<Vec<u8>>) = (vec![], vec![], vec![]);
+        for (seq, op) in self.entries {
+            match op {
+                EntryOp::Put {
+                    superseded: s,
+                    entry,
+                } => {
+                    put.0.push(seq);
+                    put.1.push(s);
+                    put.2.push(entry);
+                }
+                EntryOp::Supersede {
+                    superseded: s,
+                    entry,
+                } => {
+                    superseded.0.push(seq);
+                    superseded.1.push(s);
+                    superseded.2.push(entry);
+                }
+                EntryOp::Drop => dropped.push(seq),
+            }
+        }
+        if !dropped.is_empty() {
+            find(
+                DROP_ENTRIES,
+                vec![p(dropped)],
+                &[Type::TEXT, Type::INT8_ARRAY],
+            );
+        }
+        if !superseded.0.is_empty() {
+            find(
+                SUPERSEDE_ENTRIES,
+                vec![p(superseded.0), p(superseded.1), p(superseded.2)],
+                &[
+                    Type::TEXT,
+                    Type::INT8_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::BYTEA_ARRAY,
+                ],
+            );
+        }
+        if !put.0.is_empty() {
+            add(PUT_ENTRIES, vec![p(put.0), p(put.1), p(put.2)]);
+        }
+        let (mut put, mut gone) = ((vec![], vec![]), (vec![], vec![]));
+        for ((channel, seq), indexed) in self.channels {
+            let to = if indexed { &mut put } else { &mut gone };
+            to.0.push(channel);
+            to.1.push(seq);
+        }
+        if !gone.0.is_empty() {
+            find(
+                DROP_CHANNELS,
+                vec![p(gone.0), p(gone.1)],
+                &[Type::TEXT, Type::BYTEA_ARRAY, Type::INT8_ARRAY],
+            );
+        }
+        if !put.0.is_empty() {
+            add(PUT_CHANNELS, vec![p(put.0), p(put.1)]);
+        }
+        let (mut put, mut gone) = ((vec![], vec![], vec![], vec![]), (vec![], vec![], vec![]));
+        for ((kind, name, doc), grant) in self.grants {
+            match grant {
+                Some(g) => {
+                    put.0.push(kind);
+                    put.1.push(name);
+                    put.2.push(doc);
+                    put.3.push(g);
+                }
+                None => {
+                    gone.0.push(kind);
+                    gone.1.push(name);
+                    gone.2.push(doc);
+                }
+            }
+        }
+        if !gone.0.is_empty() {
+            find(
+                REMOVE_GRANTS,
+                vec![p(gone.0), p(gone.1), p(gone.2)],
+                &[
+                    Type::TEXT,
+                    Type::INT2_ARRAY,
+                    Type::BYTEA_ARRAY,
+                    Type::BYTEA_ARRAY,
+                ],
+            );
+        }
+        if !put.0.is_empty() {
+            add(PUT_GRANTS, vec![p(put.0), p(put.1), p(put.2), p(put.3)]);
+        }
+        // the order between tables does not matter: each row has one operation
+        out.extend(found);
+        out
+    }
+}
+
 /// A batch being filled by the rules inside an open transaction: reads see the state before
-/// the batch (statements are only queued), writes are queued in order.
-pub(super) struct PgBatch<'a, 't> {
+/// the batch (operations are only collected), writes are coalesced per row.
+pub(super) struct PgBatch<'a> {
     h: &'a Handle,
-    tx: &'a Transaction<'t>,
+    client: &'a Client,
     db: &'a str,
     /// Documents of the batch read ahead in one query (`None`: no such document).
     metas: HashMap<String, Option<DocMeta>>,
-    stmts: Vec<Stmt>,
+    ops: Ops,
     docs_read: &'a AtomicU64,
+    /// Set when a statement failed in a way worth retrying the transaction for.
+    retry: &'a Cell<bool>,
 }
 
-impl PgBatch<'_, '_> {
-    fn push(&mut self, sql: &'static str, mut params: Vec<Param>) {
-        params.insert(0, p(self.db.to_string()));
-        self.stmts.push(Stmt { sql, params });
-    }
-
+impl PgBatch<'_> {
     fn one(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>> {
         self.h
-            .block_on(self.tx.query_opt(sql, params))
-            .map_err(pg_err)
+            .block_on(self.client.query_opt(sql, params))
+            .map_err(|e| tx_err(e, self.retry))
     }
 }
 
-impl BatchBackend for PgBatch<'_, '_> {
+impl BatchBackend for PgBatch<'_> {
     fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
         let meta = match self.metas.get(id) {
             Some(m) => m.clone(),
@@ -149,61 +362,53 @@ impl BatchBackend for PgBatch<'_, '_> {
     }
 
     fn put_attachment(&mut self, digest: &str, data: &[u8]) -> Result<()> {
-        self.push(
-            PUT_ATTACHMENT,
-            vec![p(digest.as_bytes().to_vec()), p(data.to_vec())],
-        );
+        self.ops
+            .attachments
+            .insert(digest.as_bytes().to_vec(), data.to_vec());
         Ok(())
     }
 
     fn put_body(&mut self, id: &str, rev: &str, body: &StoredBody) -> Result<()> {
         let bytes = encode_body(id, rev, body)?;
-        self.push(
-            PUT_BODY,
-            vec![
-                p(id.as_bytes().to_vec()),
-                p(rev.as_bytes().to_vec()),
-                p(bytes),
-            ],
+        self.ops.bodies.insert(
+            (id.as_bytes().to_vec(), rev.as_bytes().to_vec()),
+            Some(bytes),
         );
         Ok(())
     }
 
     fn remove_body(&mut self, id: &str, rev: &str) -> Result<()> {
-        self.push(
-            REMOVE_BODY,
-            vec![p(id.as_bytes().to_vec()), p(rev.as_bytes().to_vec())],
-        );
+        self.ops
+            .bodies
+            .insert((id.as_bytes().to_vec(), rev.as_bytes().to_vec()), None);
         Ok(())
     }
 
     fn put_doc(&mut self, id: &str, meta: &DocMeta, entry: &ChangeEntry) -> Result<()> {
         let seq = meta.seq as i64;
-        self.push(
-            PUT_DOC,
-            vec![
-                p(id.as_bytes().to_vec()),
-                p(seq),
-                p(encode("document", meta)?),
-            ],
+        self.ops
+            .docs
+            .insert(id.as_bytes().to_vec(), (seq, encode("document", meta)?));
+        self.ops.entries.insert(
+            seq,
+            EntryOp::Put {
+                superseded: None,
+                entry: encode("change entry", entry)?,
+            },
         );
-        self.push(PUT_ENTRY, vec![p(seq), p(encode("change entry", entry)?)]);
-        if !meta.channel_history.is_empty() {
-            self.push(
-                PUT_CHANNELS,
-                vec![p(channel_bytes(&meta.channel_history)), p(seq)],
-            );
+        for c in &meta.channel_history {
+            self.ops.channels.insert((c.as_bytes().to_vec(), seq), true);
         }
         Ok(())
     }
 
     fn drop_entry(&mut self, seq: u64, channels: &[String]) -> Result<()> {
-        self.push(DROP_ENTRY, vec![p(seq as i64)]);
-        if !channels.is_empty() {
-            self.push(
-                DROP_CHANNELS,
-                vec![p(seq as i64), p(channel_bytes(channels))],
-            );
+        let seq = seq as i64;
+        self.ops.entries.insert(seq, EntryOp::Drop);
+        for c in channels {
+            self.ops
+                .channels
+                .insert((c.as_bytes().to_vec(), seq), false);
         }
         Ok(())
     }
@@ -211,14 +416,21 @@ impl BatchBackend for PgBatch<'_, '_> {
     /// Marks the row superseded (its channel index rows stay: they point at the same row).
     fn supersede(&mut self, entry: &ChangeEntry, _channel_history: &[String]) -> Result<()> {
         let next = entry.superseded.unwrap_or(entry.seq) as i64;
-        self.push(
-            SUPERSEDE,
-            vec![
-                p(entry.seq as i64),
-                p(next),
-                p(encode("change entry", entry)?),
-            ],
-        );
+        let bytes = encode("change entry", entry)?;
+        let seq = entry.seq as i64;
+        let op = match self.ops.entries.remove(&seq) {
+            // written earlier in this batch: written superseded
+            Some(EntryOp::Put { .. }) => EntryOp::Put {
+                superseded: Some(next),
+                entry: bytes,
+            },
+            Some(EntryOp::Drop) => EntryOp::Drop,
+            Some(EntryOp::Supersede { .. }) | None => EntryOp::Supersede {
+                superseded: next,
+                entry: bytes,
+            },
+        };
+        self.ops.entries.insert(seq, op);
         Ok(())
     }
 
@@ -229,39 +441,66 @@ impl BatchBackend for PgBatch<'_, '_> {
         doc: &str,
         grant: &DocGrant,
     ) -> Result<()> {
-        self.push(
-            PUT_GRANT,
-            vec![
-                p(kind_code(kind)),
-                p(name.as_bytes().to_vec()),
-                p(doc.as_bytes().to_vec()),
-                p(encode("access index entry", grant)?),
-            ],
+        self.ops.grants.insert(
+            (
+                kind_code(kind),
+                name.as_bytes().to_vec(),
+                doc.as_bytes().to_vec(),
+            ),
+            Some(encode("access index entry", grant)?),
         );
         Ok(())
     }
 
     fn remove_grant(&mut self, kind: PrincipalKind, name: &str, doc: &str) -> Result<()> {
-        self.push(
-            REMOVE_GRANT,
-            vec![
-                p(kind_code(kind)),
-                p(name.as_bytes().to_vec()),
-                p(doc.as_bytes().to_vec()),
-            ],
+        self.ops.grants.insert(
+            (
+                kind_code(kind),
+                name.as_bytes().to_vec(),
+                doc.as_bytes().to_vec(),
+            ),
+            None,
         );
         Ok(())
     }
 }
 
-fn channel_bytes(channels: &[String]) -> Vec<Vec<u8>> {
-    channels.iter().map(|c| c.as_bytes().to_vec()).collect()
+/// Attempts a write transaction makes before giving up on serialization failures and
+/// deadlocks ([`retryable`]).
+pub(super) const WRITE_ATTEMPTS: u32 = 5;
+
+/// Whether a failed transaction may succeed if run again from the start: a serialization
+/// failure (SQLSTATE 40001: serializable isolation, CockroachDB and YugabyteDB under
+/// contention) or a deadlock PostgreSQL broke by aborting this transaction (40P01). Nothing
+/// of an aborted transaction was committed.
+pub(super) fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| retryable_state(c.code()))
+}
+
+/// [`retryable`] on the SQLSTATE alone.
+pub(super) fn retryable_state(code: &str) -> bool {
+    code == "40001" || code == "40P01"
+}
+
+/// A PostgreSQL error of a write transaction; `retry` notes that it is worth running the
+/// transaction again.
+fn tx_err(e: tokio_postgres::Error, retry: &Cell<bool>) -> StorageError {
+    if retryable(&e) {
+        retry.set(true);
+    }
+    pg_err(e)
 }
 
 /// Runs `body` on a [`DocBatch`] inside one transaction holding the database's counter row,
 /// then writes its operations, the counters and the notification, and commits. `ids`: the
-/// documents the batch will touch (read ahead in one query). Run on a blocking thread of the
-/// backend runtime ([`super::bridge::Bridge::run_sync`]).
+/// documents the batch will touch (read ahead in one query). A serialization failure or
+/// deadlock runs the whole transaction again (`body` too), at most [`WRITE_ATTEMPTS`] times
+/// with a short pause between. Run on a blocking thread of the backend runtime
+/// ([`super::bridge::Bridge::run_sync`]).
+///
+/// Two round trips while the counter row is held: `BEGIN`, the lock and the read-ahead are
+/// sent together (PostgreSQL runs them in order, so the read-ahead sees every write committed
+/// before the lock was granted), then the batch's statements and `COMMIT`.
 pub(super) fn write_tx<T>(
     h: &Handle,
     pool: &Pool,
@@ -269,23 +508,76 @@ pub(super) fn write_tx<T>(
     live: &super::Live,
     ids: Vec<String>,
     docs_read: &AtomicU64,
-    body: impl FnOnce(&mut DocBatch<PgBatch<'_, '_>>) -> Result<T>,
+    mut body: impl FnMut(&mut DocBatch<PgBatch<'_>>) -> Result<T>,
 ) -> Result<(T, BatchSummary)> {
-    let mut client = h.block_on(pool.get()).map_err(pool_err)?;
-    let tx = h.block_on(client.transaction()).map_err(pg_err)?;
-    let last: i64 = h
-        .block_on(tx.query_one(LOCK_COUNTER, &[&db]))
-        .map_err(pg_err)?
-        .get(0);
     let keys: Vec<Vec<u8>> = ids.iter().map(|i| i.as_bytes().to_vec()).collect();
-    let mut metas: HashMap<String, Option<DocMeta>> = ids.into_iter().map(|i| (i, None)).collect();
-    let rows = h
-        .block_on(tx.query(
-            "SELECT id, meta FROM syncgate_docs WHERE db = $1 AND id = ANY($2)",
-            &[&db, &keys],
-        ))
-        .map_err(pg_err)?;
-    for r in rows {
+    let mut attempt = 1;
+    loop {
+        let client = h.block_on(pool.get()).map_err(pool_err)?;
+        let retry = Cell::new(false);
+        let mut committed = false;
+        let out = attempt_tx(
+            h,
+            &client,
+            db,
+            live,
+            &ids,
+            &keys,
+            docs_read,
+            &retry,
+            &mut committed,
+            &mut body,
+        );
+        if out.is_err() && !committed {
+            // nothing of the transaction stays; a connection that cannot even roll back is
+            // closed rather than pooled
+            if h.block_on(client.batch_execute("ROLLBACK")).is_err() {
+                drop(deadpool_postgres::Object::take(client));
+            }
+        }
+        match out {
+            Err(e) if retry.get() && attempt < WRITE_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "write transaction retried");
+                std::thread::sleep(Duration::from_millis(5 << attempt));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt_tx<T>(
+    h: &Handle,
+    client: &Client,
+    db: &str,
+    live: &super::Live,
+    ids: &[String],
+    keys: &[Vec<u8>],
+    docs_read: &AtomicU64,
+    retry: &Cell<bool>,
+    committed: &mut bool,
+    body: &mut impl FnMut(&mut DocBatch<PgBatch<'_>>) -> Result<T>,
+) -> Result<(T, BatchSummary)> {
+    let err = |e| tx_err(e, retry);
+    let (lock, read) = h
+        .block_on(async {
+            let lock_st = client.prepare_cached(LOCK_COUNTER).await?;
+            // `join3` polls in argument order, so the three are sent in this order
+            let (begin, lock, read) = futures_util::future::join3(
+                client.batch_execute("BEGIN"),
+                client.query_one(&lock_st, &[&db]),
+                client.query_typed(READ_METAS, &[(&db, Type::TEXT), (&keys, Type::BYTEA_ARRAY)]),
+            )
+            .await;
+            begin?;
+            Ok::<_, tokio_postgres::Error>((lock?, read?))
+        })
+        .map_err(err)?;
+    let last: i64 = lock.get(0);
+    let mut metas: HashMap<String, Option<DocMeta>> =
+        ids.iter().map(|i| (i.clone(), None)).collect();
+    for r in read {
         let id = String::from_utf8(r.get::<_, Vec<u8>>(0))
             .map_err(|_| StorageError::Corrupt("document id is not UTF-8".into()))?;
         let meta: DocMeta = decode("document", r.get(1))?;
@@ -293,48 +585,65 @@ pub(super) fn write_tx<T>(
     }
     let batch = PgBatch {
         h,
-        tx: &tx,
+        client,
         db,
         metas,
-        stmts: Vec::new(),
+        ops: Ops::default(),
         docs_read,
+        retry,
     };
     let mut st = DocBatch::new(batch, last as u64 + 1);
     let out = body(&mut st)?;
-    let (mut batch, summary) = st.finish()?;
+    let (batch, summary) = st.finish()?;
+    let mut stmts = batch.ops.statements(db);
     if summary.last_seq != last as u64 || summary.doc_delta != 0 {
-        batch.push(
+        stmts.push(stmt(
+            db,
             SET_COUNTERS,
             vec![p(summary.last_seq as i64), p(summary.doc_delta)],
-        );
+        ));
     }
     if summary.last_seq != last as u64 && live.notifies {
-        batch.stmts.push(Stmt {
-            sql: NOTIFY,
-            params: vec![
+        stmts.push(Stmt::new(
+            NOTIFY,
+            vec![
                 p(CHANNEL.to_string()),
                 p(format!("{} {db}", summary.last_seq)),
             ],
-        });
+        ));
     }
-    let stmts = std::mem::take(&mut batch.stmts);
-    drop(batch);
-    h.block_on(pipeline(&tx, &stmts))?;
+    stmts.push(Stmt::new("COMMIT", Vec::new()));
     live.committing(summary.last_seq);
-    if let Err(e) = h.block_on(tx.commit()) {
-        live.abandoned(summary.last_seq);
-        return Err(pg_err(e));
+    match h.block_on(pipeline_raw(client, &stmts)) {
+        Ok(()) => {
+            *committed = true;
+            Ok((out, summary))
+        }
+        Err(e) => {
+            live.abandoned(summary.last_seq);
+            Err(err(e))
+        }
     }
-    Ok((out, summary))
 }
+
+/// The metadata of a list of documents, one primary-key lookup per id (see
+/// [`super::views::METAS`]); sent unprepared (`query_typed`, still one message).
+const READ_METAS: &str = super::views::METAS;
 
 /// Sends every statement before waiting for any answer (one round trip for the batch), in
 /// order: PostgreSQL runs them in the order sent.
-pub(super) async fn pipeline<C: GenericClient>(tx: &C, stmts: &[Stmt]) -> Result<()> {
+pub(super) async fn pipeline(tx: &Client, stmts: &[Stmt]) -> Result<()> {
+    pipeline_raw(tx, stmts).await.map_err(pg_err)
+}
+
+/// [`pipeline`] with PostgreSQL's own error (the first statement that failed). A statement
+/// after a failed one fails too (the transaction is aborted); a `COMMIT` after a failed
+/// statement rolls back.
+async fn pipeline_raw(tx: &Client, stmts: &[Stmt]) -> Result<(), tokio_postgres::Error> {
     let mut prepared = HashMap::new();
-    for s in stmts {
+    for s in stmts.iter().filter(|s| s.types.is_none()) {
         if !prepared.contains_key(s.sql) {
-            let st = tx.prepare_cached(s.sql).await.map_err(pg_err)?;
+            let st = tx.prepare_cached(s.sql).await?;
             prepared.insert(s.sql, st);
         }
     }
@@ -351,16 +660,34 @@ pub(super) async fn pipeline<C: GenericClient>(tx: &C, stmts: &[Stmt]) -> Result
     let mut futs: Vec<Option<Exec<'_>>> = stmts
         .iter()
         .zip(&refs)
-        .map(|(s, r)| Some(Box::pin(tx.execute(&prepared[s.sql], r)) as Exec<'_>))
+        .map(|(s, r)| {
+            Some(match s.types {
+                None => Box::pin(tx.execute(&prepared[s.sql], r)) as Exec<'_>,
+                Some(types) => {
+                    let typed = r.iter().copied().zip(types.iter().cloned());
+                    Box::pin(async move {
+                        let rows = tx.query_typed(s.sql, &typed.collect::<Vec<_>>()).await?;
+                        Ok(rows.len() as u64)
+                    }) as Exec<'_>
+                }
+            })
+        })
         .collect();
-    // polled in order on every wake, so the first poll sends them all, in order
+    // polled in order on every wake, so the first poll sends them all, in order; the first
+    // error (in statement order) is the one reported
+    let mut first_err: Option<(usize, tokio_postgres::Error)> = None;
     std::future::poll_fn(|cx| {
         let mut pending = false;
-        for slot in futs.iter_mut() {
+        for (i, slot) in futs.iter_mut().enumerate() {
             if let Some(f) = slot {
                 match f.as_mut().poll(cx) {
                     Poll::Ready(Ok(_)) => *slot = None,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(pg_err(e))),
+                    Poll::Ready(Err(e)) => {
+                        *slot = None;
+                        if first_err.as_ref().is_none_or(|(at, _)| i < *at) {
+                            first_err = Some((i, e));
+                        }
+                    }
                     Poll::Pending => pending = true,
                 }
             }
@@ -368,14 +695,35 @@ pub(super) async fn pipeline<C: GenericClient>(tx: &C, stmts: &[Stmt]) -> Result
         if pending {
             Poll::Pending
         } else {
-            Poll::Ready(Ok(()))
+            Poll::Ready(())
         }
     })
-    .await
+    .await;
+    match first_err {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A statement for [`pipeline`] whose parameters include the database name first.
 pub(super) fn stmt(db: &str, sql: &'static str, mut params: Vec<Param>) -> Stmt {
     params.insert(0, p(db.to_string()));
-    Stmt { sql, params }
+    Stmt::new(sql, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retryable_state;
+
+    #[test]
+    fn serialization_failures_and_deadlocks_are_retried_nothing_else() {
+        assert!(retryable_state("40001"));
+        assert!(retryable_state("40P01"));
+        // unique violation, other transaction rollbacks, connection and lock-timeout errors
+        for code in [
+            "23505", "40000", "40002", "40003", "08006", "55P03", "57014",
+        ] {
+            assert!(!retryable_state(code), "{code}");
+        }
+    }
 }
