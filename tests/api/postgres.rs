@@ -630,3 +630,67 @@ fn postgres_tls_with_a_wrong_ca_is_a_startup_error() {
     let (st, r) = put(&format!("{}/db/over-tls", s.admin), &json!({"v": 1}));
     assert_eq!(st, 201, "{r}");
 }
+
+/// Nodes starting together on a fresh PostgreSQL database both install the configured users
+/// (neither fails on the other's schema or records, and the user works through both); a user
+/// deleted on one node is refused by the other, and an admin revoking a user's sessions on one
+/// node ends them on the other.
+#[test]
+fn nodes_starting_together_share_config_users_and_deletions_reach_the_other_node() {
+    let url = pg_cluster::fresh_database();
+    let start = |url: String| std::thread::spawn(move || TestServer::start_with(on_postgres(&url)));
+    let (a, b) = (start(url.clone()), start(url.clone()));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let status = |node: &TestServer, name: &str, pass: &str| {
+        client()
+            .get(format!("{}/db/_all_docs", node.public))
+            .basic_auth(name, Some(pass))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for node in [&a, &b] {
+        assert_eq!(status(node, "ann", "pw-ann-1"), 200);
+        let (st, u) = get(&format!("{}/db/_user/ann", node.admin));
+        assert_eq!(st, 200, "{u}");
+    }
+    // sessions of bob, opened on B, revoked by an admin on A
+    let (st, _) = post(
+        &format!("{}/db/_user/", a.admin),
+        &json!({"name": "bob", "password": "pw-bob-1"}),
+    );
+    assert_eq!(st, 201);
+    let r = client()
+        .post(format!("{}/db/_session", b.public))
+        .json(&json!({"name": "bob", "password": "pw-bob-1"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let bob_on_b = || -> Value {
+        let v: Value = client()
+            .get(format!("{}/db/_session", b.public))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["userCtx"]["name"].clone()
+    };
+    assert_eq!(bob_on_b(), "bob");
+    let (st, r) = delete(&format!("{}/db/_user/bob/_session", a.admin));
+    assert!(st == 200 || st == 204, "{st} {r}");
+    eventually("bob's session ended on B", || bob_on_b().is_null());
+    // ann, known and cached on B, deleted on A
+    assert_eq!(status(&b, "ann", "pw-ann-1"), 200);
+    let (st, r) = delete(&format!("{}/db/_user/ann", a.admin));
+    assert_eq!(st, 200, "{r}");
+    eventually("ann refused on B", || status(&b, "ann", "pw-ann-1") == 401);
+}

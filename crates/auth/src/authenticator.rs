@@ -631,7 +631,13 @@ impl Authenticator {
                 admin_channels: Some(role.admin_channels.iter().cloned().collect()),
                 ..Default::default()
             };
-            self.principals.write_role(name, &upd, WriteMode::Create)?;
+            match self.principals.write_role(name, &upd, WriteMode::Create) {
+                // another node sharing the store installed it meanwhile
+                Err(AuthError::Conflict(_)) => {}
+                r => {
+                    r?;
+                }
+            }
         }
         for (name, user) in users {
             if name == GUEST || self.principals.get_user(name)?.is_some() {
@@ -642,8 +648,16 @@ impl Authenticator {
                 Some(p) => Some(password::hash(self.settings.hash_params, p)?),
                 None => None,
             };
-            self.principals
-                .write_user(name, &upd, hash, WriteMode::Create)?;
+            match self
+                .principals
+                .write_user(name, &upd, hash, WriteMode::Create)
+            {
+                // another node sharing the store installed it meanwhile
+                Err(AuthError::Conflict(_)) => {}
+                r => {
+                    r?;
+                }
+            }
         }
         // a database that never enabled GUEST keeps no GUEST record (and spends no sequence)
         let default_guest = guest.disabled && guest.admin_channels.is_empty();
