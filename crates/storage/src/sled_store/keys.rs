@@ -1,7 +1,7 @@
 //! The key layout of one database's sled tree (see the module table in `sled_store`) and the
 //! record encodings.
 
-use crate::model::StoredBody;
+use crate::model::{DocMeta, StoredBody};
 use crate::{PrincipalKind, Result, StorageError};
 
 pub(super) const META_LAST_SEQ: &[u8] = b"m\0last_seq";
@@ -115,4 +115,90 @@ pub(super) fn decode_body(id: &str, rev: &str, bytes: &[u8]) -> Result<StoredBod
             crate::revtree::truncate(id, 100)
         ))
     })
+}
+
+/// First byte of a `d` record in the second format: `1`, the [`DocMeta`] JSON's length (u32
+/// BE), the JSON, then optionally one revision's body kept inline: the revision id's length
+/// (u16 BE), the id, and the [`StoredBody`] encoding to the end. The first format (a JSON
+/// object, first byte `{`, every body under its own `b` key) is still read.
+const DOC_FORMAT_2: u8 = 1;
+
+/// A `d` record split into its parts (not yet decoded).
+pub(super) struct DocRecord<'a> {
+    pub meta: &'a [u8],
+    /// The revision whose body the record holds, and that body's encoding.
+    pub inline: Option<(&'a str, &'a [u8])>,
+}
+
+fn corrupt_doc(id: &str, what: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!(
+        "document \"{}\": {what}",
+        crate::revtree::truncate(id, 100)
+    ))
+}
+
+/// Splits a `d` record of either format; anything else is `Corrupt` naming the document.
+pub(super) fn split_doc<'a>(id: &str, bytes: &'a [u8]) -> Result<DocRecord<'a>> {
+    match bytes.first() {
+        Some(b'{') => Ok(DocRecord {
+            meta: bytes,
+            inline: None,
+        }),
+        Some(&DOC_FORMAT_2) => {
+            let len = bytes
+                .get(1..5)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .ok_or_else(|| corrupt_doc(id, "truncated header"))?;
+            let end = 5 + u32::from_be_bytes(len) as usize;
+            let meta = bytes
+                .get(5..end)
+                .ok_or_else(|| corrupt_doc(id, "truncated metadata"))?;
+            let rest = &bytes[end..];
+            if rest.is_empty() {
+                return Ok(DocRecord { meta, inline: None });
+            }
+            let rev_len = rest
+                .get(..2)
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .ok_or_else(|| corrupt_doc(id, "truncated inline body"))?;
+            let rev_end = 2 + u16::from_be_bytes(rev_len) as usize;
+            let rev = rest
+                .get(2..rev_end)
+                .and_then(|r| std::str::from_utf8(r).ok())
+                .ok_or_else(|| corrupt_doc(id, "bad inline revision id"))?;
+            Ok(DocRecord {
+                meta,
+                inline: Some((rev, &rest[rev_end..])),
+            })
+        }
+        Some(b) => Err(corrupt_doc(id, format!("unknown record format {b}"))),
+        None => Err(corrupt_doc(id, "empty record")),
+    }
+}
+
+/// A `d` record's metadata.
+pub(super) fn decode_doc(id: &str, bytes: &[u8]) -> Result<DocMeta> {
+    let rec = split_doc(id, bytes)?;
+    serde_json::from_slice(rec.meta).map_err(|e| corrupt_doc(id, e))
+}
+
+/// A `d` record (second format) holding `meta` and, optionally, the encoded body of one
+/// revision.
+pub(super) fn encode_doc(id: &str, meta: &DocMeta, inline: Option<(&str, &[u8])>) -> Result<Vec<u8>> {
+    let extra = inline.map_or(0, |(r, b)| 2 + r.len() + b.len());
+    let mut out = Vec::with_capacity(5 + 256 + extra);
+    out.push(DOC_FORMAT_2);
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut out, meta)
+        .map_err(|e| corrupt_doc(id, format!("cannot encode: {e}")))?;
+    let len = u32::try_from(out.len() - 5).map_err(|_| corrupt_doc(id, "metadata over 4 GiB"))?;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    if let Some((rev, body)) = inline {
+        let rev_len =
+            u16::try_from(rev.len()).map_err(|_| corrupt_doc(id, "revision id over 64 KiB"))?;
+        out.extend_from_slice(&rev_len.to_be_bytes());
+        out.extend_from_slice(rev.as_bytes());
+        out.extend_from_slice(body);
+    }
+    Ok(out)
 }

@@ -4,8 +4,8 @@
 //!
 //! | prefix | key rest | value |
 //! |---|---|---|
-//! | `d` | doc id | [`DocMeta`] JSON |
-//! | `b` | u32 id length, id, rev | revision body ([`StoredBody`]: user JSON as sent, attachment metadata) |
+//! | `d` | doc id | [`DocMeta`] JSON, and one revision's body inline (see below) |
+//! | `b` | u32 id length, id, rev | revision body ([`StoredBody`]: user JSON as sent, attachment metadata) of a revision not inline in `d` |
 //! | `s` | u64 BE sequence | [`ChangeEntry`] JSON |
 //! | `c` | channel, `\0`, u64 BE sequence | empty: the entry at that sequence is or was in the channel |
 //! | `l` | local doc id | [`LocalDoc`] JSON |
@@ -260,13 +260,27 @@ impl SledDatabase {
         match self.tree.get(doc_key(id))? {
             Some(v) => {
                 self.docs_read.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(decode("document", &v)?))
+                Ok(Some(decode_doc(id, &v)?))
             }
             None => Ok(None),
         }
     }
 
+    /// The stored `d` record of a document, undecoded.
+    fn load_doc_record(&self, id: &str) -> Result<Option<sled::IVec>> {
+        Ok(self.tree.get(doc_key(id))?)
+    }
+
+    /// A revision's body: inline in the document's record, or under its `b` key.
     fn load_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
+        if let Some(v) = self.load_doc_record(id)? {
+            if let Some((r, body)) = split_doc(id, &v)?.inline {
+                if r == rev {
+                    self.docs_read.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(decode_body(id, rev, body)?));
+                }
+            }
+        }
         match self.tree.get(body_key(id, rev))? {
             Some(v) => {
                 self.docs_read.fetch_add(1, Ordering::Relaxed);
@@ -317,7 +331,8 @@ impl DatabaseStore for SledDatabase {
         let decode_row = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(String, DocMeta)> {
             let (k, v) = r?;
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
-            Ok((id, decode("document", &v)?))
+            let meta = decode_doc(&id, &v)?;
+            Ok((id, meta))
         };
         if descending {
             let mut end = doc_key(start);

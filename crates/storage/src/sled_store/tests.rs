@@ -347,15 +347,152 @@ fn a_corrupt_body_is_an_error_naming_the_document() {
         }])
         .unwrap();
     let rev = r.remove(0).unwrap().rev;
-    db.tree
-        .insert(body_key("doc-x", &rev), &b"\x01\xff"[..])
-        .unwrap();
+    // the body is inline in the document's record: corrupt it there
+    let meta = db.doc_meta("doc-x").unwrap().unwrap();
+    let record = encode_doc("doc-x", &meta, Some((&rev, b"\x01\xff"))).unwrap();
+    db.tree.insert(doc_key("doc-x"), record).unwrap();
     let err = db.rev_body("doc-x", &rev).unwrap_err();
     assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
     assert!(err.to_string().contains("doc-x"), "{err}");
-    db.tree.insert(doc_key("doc-x"), &b"not json"[..]).unwrap();
-    assert!(matches!(
-        db.doc_meta("doc-x").unwrap_err(),
-        StorageError::Corrupt(_)
-    ));
+    // and a body under its own key
+    db.tree
+        .insert(body_key("doc-x", "1-abc"), &b"\x01\xff"[..])
+        .unwrap();
+    let err = db.rev_body("doc-x", "1-abc").unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains("doc-x"), "{err}");
+    for bad in [&b"not json"[..], b"\x01\x00\x00", b"\x02{}", b""] {
+        db.tree.insert(doc_key("doc-x"), bad).unwrap();
+        let err = db.doc_meta("doc-x").unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("doc-x"), "{err}");
+    }
+}
+
+/// The body keys a document has (revision ids).
+fn body_keys(db: &SledDatabase, id: &str) -> Vec<String> {
+    let prefix = body_key(id, "");
+    db.tree
+        .scan_prefix(&prefix)
+        .map(|r| String::from_utf8(r.unwrap().0[prefix.len()..].to_vec()).unwrap())
+        .collect()
+}
+
+fn inline_rev(db: &SledDatabase, id: &str) -> Option<String> {
+    let v = db.tree.get(doc_key(id)).unwrap().unwrap();
+    split_doc(id, &v).unwrap().inline.map(|(r, _)| r.to_string())
+}
+
+#[test]
+fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let a = one(&db, edit("doc", None, serde_json::json!({"v": 1}))).unwrap();
+    assert_eq!(inline_rev(&db, "doc"), Some(a.rev.clone()));
+    assert!(body_keys(&db, "doc").is_empty());
+    // an update: the new winner inline, the old body under its own key
+    let b = one(&db, edit("doc", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert_eq!(body_keys(&db, "doc"), vec![a.rev.clone()]);
+    assert_eq!(db.rev_body("doc", &a.rev).unwrap().unwrap().json, br#"{"v":1}"#);
+    assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap().json, br#"{"v":2}"#);
+    // a losing conflict does not displace the winner
+    let c = one(
+        &db,
+        DocWrite::Replicate {
+            id: "doc".into(),
+            history: vec!["2-000".into(), a.rev.clone()],
+            deleted: false,
+            body: br#"{"v":3}"#.to_vec(),
+            attachments: vec![],
+            channels: vec![],
+            access: Default::default(),
+            revs_limit: 1000,
+        },
+    )
+    .unwrap();
+    assert_eq!(db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0, b.rev);
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert_eq!(db.rev_body("doc", &c.rev).unwrap().unwrap().json, br#"{"v":3}"#);
+    // two writes of one document in one batch
+    let r = durable_write(
+        &db,
+        vec![
+            edit("two", None, serde_json::json!({"n": 1})),
+            edit("other", None, serde_json::json!({})),
+        ],
+    )
+    .unwrap();
+    let t1 = r[0].as_ref().unwrap().rev.clone();
+    let r = durable_write(
+        &db,
+        vec![
+            edit("two", Some(&t1), serde_json::json!({"n": 2})),
+            edit("other2", None, serde_json::json!({})),
+        ],
+    )
+    .unwrap();
+    let t2 = r[0].as_ref().unwrap().rev.clone();
+    assert_eq!(inline_rev(&db, "two"), Some(t2.clone()));
+    assert_eq!(body_keys(&db, "two"), vec![t1.clone()]);
+    // compaction drops the old bodies, not the inline winner
+    let stats = db.compact().unwrap();
+    assert_eq!(stats.bodies_removed, 2, "{stats:?}");
+    assert!(body_keys(&db, "two").is_empty());
+    assert_eq!(body_keys(&db, "doc"), vec![c.rev.clone()]);
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap().json, br#"{"v":2}"#);
+    assert_eq!(db.rev_body("two", &t2).unwrap().unwrap().json, br#"{"n":2}"#);
+    assert!(db.rev_body("two", &t1).unwrap().is_none());
+}
+
+#[test]
+fn pruning_drops_an_inline_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let mut w = edit("doc", None, serde_json::json!({"v": 0}));
+    if let DocWrite::Edit { revs_limit, .. } = &mut w {
+        *revs_limit = 1;
+    }
+    let a = one(&db, w).unwrap();
+    let mut w = edit("doc", Some(&a.rev), serde_json::json!({"v": 1}));
+    if let DocWrite::Edit { revs_limit, .. } = &mut w {
+        *revs_limit = 1;
+    }
+    let b = one(&db, w).unwrap();
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert!(body_keys(&db, "doc").is_empty(), "{:?}", body_keys(&db, "doc"));
+    assert!(db.rev_body("doc", &a.rev).unwrap().is_none());
+}
+
+#[test]
+fn documents_in_the_first_format_are_read_updated_and_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let a = one(&db, edit("old", None, serde_json::json!({"v": 1}))).unwrap();
+    // rewrite it as the first format stored it: JSON metadata, the body under `b`
+    let meta = db.doc_meta("old").unwrap().unwrap();
+    let body = db.rev_body("old", &a.rev).unwrap().unwrap();
+    db.tree
+        .insert(doc_key("old"), serde_json::to_vec(&meta).unwrap())
+        .unwrap();
+    db.tree
+        .insert(body_key("old", &a.rev), body.encode().unwrap())
+        .unwrap();
+    assert_eq!(inline_rev(&db, "old"), None);
+    assert_eq!(db.doc_meta("old").unwrap().unwrap().seq, meta.seq);
+    assert_eq!(db.rev_body("old", &a.rev).unwrap().unwrap().json, br#"{"v":1}"#);
+    let all: Vec<_> = db.docs_from("", false).map(|r| r.unwrap().0).collect();
+    assert_eq!(all, vec!["old".to_string()]);
+    // an update writes the second format; the old body stays under its key
+    let b = one(&db, edit("old", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
+    assert_eq!(inline_rev(&db, "old"), Some(b.rev.clone()));
+    assert_eq!(body_keys(&db, "old"), vec![a.rev.clone()]);
+    assert_eq!(db.rev_body("old", &a.rev).unwrap().unwrap().json, br#"{"v":1}"#);
+    assert_eq!(db.compact().unwrap().bodies_removed, 1);
+    assert!(body_keys(&db, "old").is_empty());
+    assert_eq!(db.rev_body("old", &b.rev).unwrap().unwrap().json, br#"{"v":2}"#);
 }
