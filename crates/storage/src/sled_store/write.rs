@@ -88,6 +88,11 @@ impl<'a> SledBatch<'a> {
 impl BatchBackend for SledBatch<'_> {
     fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
         let Some(v) = self.db.load_doc_record(id)? else {
+            // no record, no inline body: noted so that placing its bodies reads nothing
+            self.bodies
+                .borrow_mut()
+                .entry(id.to_string())
+                .or_default();
             return Ok(None);
         };
         self.db.docs_read.fetch_add(1, Ordering::Relaxed);
