@@ -380,7 +380,10 @@ fn body_keys(db: &SledDatabase, id: &str) -> Vec<String> {
 
 fn inline_rev(db: &SledDatabase, id: &str) -> Option<String> {
     let v = db.tree.get(doc_key(id)).unwrap().unwrap();
-    split_doc(id, &v).unwrap().inline.map(|(r, _)| r.to_string())
+    split_doc(id, &v)
+        .unwrap()
+        .inline
+        .map(|(r, _)| r.to_string())
 }
 
 #[test]
@@ -395,8 +398,14 @@ fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
     let b = one(&db, edit("doc", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
     assert_eq!(body_keys(&db, "doc"), vec![a.rev.clone()]);
-    assert_eq!(db.rev_body("doc", &a.rev).unwrap().unwrap().json, br#"{"v":1}"#);
-    assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap().json, br#"{"v":2}"#);
+    assert_eq!(
+        db.rev_body("doc", &a.rev).unwrap().unwrap().json,
+        br#"{"v":1}"#
+    );
+    assert_eq!(
+        db.rev_body("doc", &b.rev).unwrap().unwrap().json,
+        br#"{"v":2}"#
+    );
     // a losing conflict does not displace the winner
     let c = one(
         &db,
@@ -412,9 +421,15 @@ fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
         },
     )
     .unwrap();
-    assert_eq!(db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0, b.rev);
+    assert_eq!(
+        db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0,
+        b.rev
+    );
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
-    assert_eq!(db.rev_body("doc", &c.rev).unwrap().unwrap().json, br#"{"v":3}"#);
+    assert_eq!(
+        db.rev_body("doc", &c.rev).unwrap().unwrap().json,
+        br#"{"v":3}"#
+    );
     // two writes of one document in one batch
     let r = durable_write(
         &db,
@@ -442,8 +457,14 @@ fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
     assert!(body_keys(&db, "two").is_empty());
     assert_eq!(body_keys(&db, "doc"), vec![c.rev.clone()]);
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
-    assert_eq!(db.rev_body("doc", &b.rev).unwrap().unwrap().json, br#"{"v":2}"#);
-    assert_eq!(db.rev_body("two", &t2).unwrap().unwrap().json, br#"{"n":2}"#);
+    assert_eq!(
+        db.rev_body("doc", &b.rev).unwrap().unwrap().json,
+        br#"{"v":2}"#
+    );
+    assert_eq!(
+        db.rev_body("two", &t2).unwrap().unwrap().json,
+        br#"{"n":2}"#
+    );
     assert!(db.rev_body("two", &t1).unwrap().is_none());
 }
 
@@ -463,7 +484,11 @@ fn pruning_drops_an_inline_body() {
     }
     let b = one(&db, w).unwrap();
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
-    assert!(body_keys(&db, "doc").is_empty(), "{:?}", body_keys(&db, "doc"));
+    assert!(
+        body_keys(&db, "doc").is_empty(),
+        "{:?}",
+        body_keys(&db, "doc")
+    );
     assert!(db.rev_body("doc", &a.rev).unwrap().is_none());
 }
 
@@ -484,15 +509,127 @@ fn documents_in_the_first_format_are_read_updated_and_compacted() {
         .unwrap();
     assert_eq!(inline_rev(&db, "old"), None);
     assert_eq!(db.doc_meta("old").unwrap().unwrap().seq, meta.seq);
-    assert_eq!(db.rev_body("old", &a.rev).unwrap().unwrap().json, br#"{"v":1}"#);
+    assert_eq!(
+        db.rev_body("old", &a.rev).unwrap().unwrap().json,
+        br#"{"v":1}"#
+    );
     let all: Vec<_> = db.docs_from("", false).map(|r| r.unwrap().0).collect();
     assert_eq!(all, vec!["old".to_string()]);
     // an update writes the second format; the old body stays under its key
     let b = one(&db, edit("old", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
     assert_eq!(inline_rev(&db, "old"), Some(b.rev.clone()));
     assert_eq!(body_keys(&db, "old"), vec![a.rev.clone()]);
-    assert_eq!(db.rev_body("old", &a.rev).unwrap().unwrap().json, br#"{"v":1}"#);
+    assert_eq!(
+        db.rev_body("old", &a.rev).unwrap().unwrap().json,
+        br#"{"v":1}"#
+    );
     assert_eq!(db.compact().unwrap().bodies_removed, 1);
     assert!(body_keys(&db, "old").is_empty());
-    assert_eq!(db.rev_body("old", &b.rev).unwrap().unwrap().json, br#"{"v":2}"#);
+    assert_eq!(
+        db.rev_body("old", &b.rev).unwrap().unwrap().json,
+        br#"{"v":2}"#
+    );
+}
+
+#[test]
+fn document_metadata_round_trips_through_the_binary_encoding() {
+    use crate::revtree::{RevNode, RevTree};
+    let node = |rev: &str, parent: Option<&str>| RevNode {
+        rev: rev.into(),
+        parent: parent.map(Into::into),
+        deleted: false,
+        seq: 7,
+        has_body: true,
+        channels: vec![],
+        access: Default::default(),
+    };
+    let mut access = RevAccess::default();
+    access
+        .channels
+        .insert("alice".into(), ["c1".to_string(), "c2".to_string()].into());
+    access.roles.insert("bob".into(), ["r".to_string()].into());
+    let mut nodes = vec![
+        // a root left by pruning: its parent is not in the tree
+        node("3-0123456789abcdef0123456789abcdef", Some("2-gone")),
+        node(
+            "4-fedcba9876543210fedcba9876543210",
+            Some("3-0123456789abcdef0123456789abcdef"),
+        ),
+        // ids that are not `N-<32 lowercase hex>` are kept as text
+        node("5-ABCDEF", Some("4-fedcba9876543210fedcba9876543210")),
+        node("05-0123456789abcdef0123456789abcdef", None),
+        node("6-0123456789abcdef0123456789abcdeg", Some("5-ABCDEF")),
+        node("7-é", Some("6-0123456789abcdef0123456789abcdeg")),
+    ];
+    nodes[1].deleted = true;
+    nodes[2].has_body = false;
+    nodes[3].channels = vec!["a".into(), "b\u{0}c".into()];
+    nodes[4].access = access;
+    nodes[5].seq = u64::MAX;
+    // a parent listed after its child
+    nodes.push(node("9-00000000000000000000000000000000", Some("10-x")));
+    nodes.push(node("10-x", None));
+    let small = DocMeta {
+        seq: 300,
+        tree: RevTree {
+            nodes: nodes.clone(),
+        },
+        channel_history: vec!["a".into(), "z".into()],
+    };
+    // more than 8 revisions: parents found through an index
+    let mut big = nodes.clone();
+    for g in 11..40u64 {
+        let parent = big.last().map(|n| n.rev.clone());
+        big.push(node(&format!("{g}-{:032x}", g * 7919), parent.as_deref()));
+    }
+    let big = DocMeta {
+        seq: 1,
+        tree: RevTree { nodes: big },
+        channel_history: vec![],
+    };
+    for meta in [small, big, DocMeta::default()] {
+        let mut out = Vec::new();
+        encode_meta(&mut out, &meta).unwrap();
+        let back = decode_meta(&out).unwrap();
+        assert_eq!(back.seq, meta.seq);
+        assert_eq!(back.tree, meta.tree);
+        assert_eq!(back.channel_history, meta.channel_history);
+        // and inside a record, with and without an inline body
+        for inline in [None, Some(("1-a", &b"\x01body"[..]))] {
+            let rec = encode_doc("d", &meta, inline).unwrap();
+            assert_eq!(decode_doc("d", &rec).unwrap().tree, meta.tree);
+            assert_eq!(split_doc("d", &rec).unwrap().inline, inline);
+        }
+        // every truncation, and trailing bytes, are errors (never a default)
+        for cut in 0..out.len() {
+            assert!(decode_meta(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        out.push(0);
+        assert!(decode_meta(&out).is_err());
+    }
+}
+
+#[test]
+fn a_revision_tree_is_about_a_third_of_its_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let mut rev = one(&db, edit("doc", None, serde_json::json!({"v": 0})))
+        .unwrap()
+        .rev;
+    for v in 1..30 {
+        rev = one(&db, edit("doc", Some(&rev), serde_json::json!({ "v": v })))
+            .unwrap()
+            .rev;
+    }
+    let meta = db.doc_meta("doc").unwrap().unwrap();
+    let mut bin = Vec::new();
+    encode_meta(&mut bin, &meta).unwrap();
+    let json = serde_json::to_vec(&meta).unwrap();
+    assert!(
+        bin.len() * 3 < json.len(),
+        "{} vs {}",
+        bin.len(),
+        json.len()
+    );
 }

@@ -89,10 +89,7 @@ impl BatchBackend for SledBatch<'_> {
     fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
         let Some(v) = self.db.load_doc_record(id)? else {
             // no record, no inline body: noted so that placing its bodies reads nothing
-            self.bodies
-                .borrow_mut()
-                .entry(id.to_string())
-                .or_default();
+            self.bodies.borrow_mut().entry(id.to_string()).or_default();
             return Ok(None);
         };
         self.db.docs_read.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +171,12 @@ impl BatchBackend for SledBatch<'_> {
             let pick = pending
                 .iter()
                 .position(|(r, _)| Some(r.as_str()) == winner)
-                .or_else(|| b.inline.is_none().then(|| pending.len().checked_sub(1)).flatten());
+                .or_else(|| {
+                    b.inline
+                        .is_none()
+                        .then(|| pending.len().checked_sub(1))
+                        .flatten()
+                });
             if let Some(i) = pick {
                 let new = pending.remove(i);
                 moved.extend(b.inline.replace(new));
@@ -186,7 +188,8 @@ impl BatchBackend for SledBatch<'_> {
             self.batch.insert(body_key(id, &rev), bytes);
         }
         let inline = inline.as_ref().map(|(r, b)| (r.as_str(), b.as_slice()));
-        self.batch.insert(doc_key(id), encode_doc(id, meta, inline)?);
+        self.batch
+            .insert(doc_key(id), encode_doc(id, meta, inline)?);
         Ok(())
     }
 
