@@ -1,7 +1,7 @@
 //! The key layout of one database's sled tree (see the module table in `sled_store`) and the
 //! record encodings.
 
-use crate::model::{DocMeta, StoredBody};
+use crate::model::{ChangeEntry, ChangeRev, DocMeta, StoredBody};
 use crate::{PrincipalKind, Result, StorageError};
 
 pub(super) const META_LAST_SEQ: &[u8] = b"m\0last_seq";
@@ -264,6 +264,17 @@ fn digest_rev(rev: &str) -> Option<(u64, [u8; 16])> {
     Some((g, d))
 }
 
+/// A revision id as generation and digest when `digest_rev` gave them, else as a string.
+fn put_rev(out: &mut Vec<u8>, rev: &str, digest: Option<(u64, [u8; 16])>) {
+    match digest {
+        Some((g, d)) => {
+            put_varint(out, g);
+            out.extend_from_slice(&d);
+        }
+        None => put_str(out, rev),
+    }
+}
+
 /// Appends the binary form of `meta` (see above).
 pub(super) fn encode_meta(out: &mut Vec<u8>, meta: &DocMeta) -> std::result::Result<(), String> {
     let nodes = &meta.tree.nodes;
@@ -310,13 +321,7 @@ pub(super) fn encode_meta(out: &mut Vec<u8>, meta: &DocMeta) -> std::result::Res
             flags |= ACCESS;
         }
         out.push(flags);
-        match digest {
-            Some((g, d)) => {
-                put_varint(out, g);
-                out.extend_from_slice(&d);
-            }
-            None => put_str(out, &n.rev),
-        }
+        put_rev(out, &n.rev, digest);
         match parent {
             Some((_, Some(i))) => put_varint(out, i as u64),
             Some((p, None)) => put_str(out, p),
@@ -378,6 +383,22 @@ impl<'a> Reader<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| "bad UTF-8 in metadata".into())
     }
 
+    /// A revision id written by [`put_rev`] (`digest`: as generation and digest).
+    fn rev(&mut self, digest: bool) -> std::result::Result<String, String> {
+        use std::fmt::Write;
+        if !digest {
+            return self.string();
+        }
+        let g = self.varint()?;
+        let d = self.bytes(16)?;
+        let mut rev = String::with_capacity(40);
+        let _ = write!(rev, "{g}-");
+        for b in d {
+            let _ = write!(rev, "{b:02x}");
+        }
+        Ok(rev)
+    }
+
     /// A count of items that take at least one byte each (bounds allocations on bad input).
     fn count(&mut self) -> std::result::Result<usize, String> {
         let n = self.varint()?;
@@ -391,7 +412,6 @@ impl<'a> Reader<'a> {
 /// Reads what [`encode_meta`] wrote; anything else is an error describing what is wrong.
 pub(super) fn decode_meta(bytes: &[u8]) -> std::result::Result<DocMeta, String> {
     use crate::revtree::{RevNode, RevTree};
-    use std::fmt::Write;
     let mut r = Reader(bytes);
     let seq = r.varint()?;
     let count = r.count()?;
@@ -402,18 +422,7 @@ pub(super) fn decode_meta(bytes: &[u8]) -> std::result::Result<DocMeta, String> 
         if flags & 0x80 != 0 || flags & (PARENT_INDEX | PARENT_TEXT) == PARENT_INDEX | PARENT_TEXT {
             return Err(format!("bad revision flags {flags}"));
         }
-        let rev = if flags & REV_DIGEST != 0 {
-            let g = r.varint()?;
-            let d = r.bytes(16)?;
-            let mut rev = String::with_capacity(40);
-            let _ = write!(rev, "{g}-");
-            for b in d {
-                let _ = write!(rev, "{b:02x}");
-            }
-            rev
-        } else {
-            r.string()?
-        };
+        let rev = r.rev(flags & REV_DIGEST != 0)?;
         let mut parent = None;
         let mut parent_at = None;
         if flags & PARENT_INDEX != 0 {
@@ -466,5 +475,107 @@ pub(super) fn decode_meta(bytes: &[u8]) -> std::result::Result<DocMeta, String> 
         seq,
         tree: RevTree { nodes },
         channel_history,
+    })
+}
+
+// ------------------------------------------------------------------ by-sequence entries
+//
+// An `s` value: byte `1`, seq, id, leaf count, per leaf: flags (DELETED, REV_DIGEST) and the
+// revision id as in the metadata; channels (count, strings); removed (count, strings); then
+// 0, or 1 and the superseding sequence. The first format (a JSON object) is still read.
+
+const CHANGE_FORMAT_2: u8 = 1;
+
+/// The binary `s` value of `entry`.
+pub(super) fn encode_change(entry: &ChangeEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + entry.id.len() + 24 * entry.leaves.len());
+    out.push(CHANGE_FORMAT_2);
+    put_varint(&mut out, entry.seq);
+    put_str(&mut out, &entry.id);
+    put_varint(&mut out, entry.leaves.len() as u64);
+    for l in &entry.leaves {
+        let digest = digest_rev(&l.rev);
+        let mut flags = 0;
+        if l.deleted {
+            flags |= DELETED;
+        }
+        if digest.is_some() {
+            flags |= REV_DIGEST;
+        }
+        out.push(flags);
+        put_rev(&mut out, &l.rev, digest);
+    }
+    for list in [&entry.channels, &entry.removed] {
+        put_varint(&mut out, list.len() as u64);
+        for c in list {
+            put_str(&mut out, c);
+        }
+    }
+    match entry.superseded {
+        Some(next) => {
+            out.push(1);
+            put_varint(&mut out, next);
+        }
+        None => out.push(0),
+    }
+    out
+}
+
+/// An `s` value of either format (`key` names it in errors).
+pub(super) fn decode_change(key: &[u8], bytes: &[u8]) -> Result<ChangeEntry> {
+    let corrupt = |e: String| {
+        let seq = key
+            .get(1..9)
+            .and_then(|k| <[u8; 8]>::try_from(k).ok())
+            .map_or_else(|| "?".to_string(), |k| u64::from_be_bytes(k).to_string());
+        StorageError::Corrupt(format!("change entry at sequence {seq}: {e}"))
+    };
+    match bytes.first() {
+        Some(b'{') => serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string())),
+        Some(&CHANGE_FORMAT_2) => decode_change_v2(&bytes[1..]).map_err(corrupt),
+        Some(b) => Err(corrupt(format!("unknown record format {b}"))),
+        None => Err(corrupt("empty record".into())),
+    }
+}
+
+fn decode_change_v2(bytes: &[u8]) -> std::result::Result<ChangeEntry, String> {
+    let mut r = Reader(bytes);
+    let seq = r.varint()?;
+    let id = r.string()?;
+    let n = r.count()?;
+    let mut leaves = Vec::with_capacity(n);
+    for _ in 0..n {
+        let flags = r.byte()?;
+        if flags & !(DELETED | REV_DIGEST) != 0 {
+            return Err(format!("bad leaf flags {flags}"));
+        }
+        leaves.push(ChangeRev {
+            rev: r.rev(flags & REV_DIGEST != 0)?,
+            deleted: flags & DELETED != 0,
+        });
+    }
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        let n = r.count()?;
+        *list = (0..n)
+            .map(|_| r.string())
+            .collect::<std::result::Result<_, _>>()?;
+    }
+    let [channels, removed] = lists;
+    let superseded = match r.byte()? {
+        0 => None,
+        1 => Some(r.varint()?),
+        b => return Err(format!("bad superseded mark {b}")),
+    };
+    if !r.0.is_empty() {
+        return Err("trailing bytes after the entry".into());
+    }
+    Ok(ChangeEntry {
+        seq,
+        id,
+        leaves,
+        channels,
+        removed,
+        superseded,
     })
 }

@@ -4,9 +4,9 @@
 //!
 //! | prefix | key rest | value |
 //! |---|---|---|
-//! | `d` | doc id | [`DocMeta`] JSON, and one revision's body inline (see below) |
+//! | `d` | doc id | [`DocMeta`] (binary; JSON before), and one revision's body inline (see below) |
 //! | `b` | u32 id length, id, rev | revision body ([`StoredBody`]: user JSON as sent, attachment metadata) of a revision not inline in `d` |
-//! | `s` | u64 BE sequence | [`ChangeEntry`] JSON |
+//! | `s` | u64 BE sequence | [`ChangeEntry`] (binary, `keys::encode_change`; JSON before) |
 //! | `c` | channel, `\0`, u64 BE sequence | empty: the entry at that sequence is or was in the channel |
 //! | `l` | local doc id | [`LocalDoc`] JSON |
 //! | `a` | digest | attachment bytes (once per digest) |
@@ -18,8 +18,9 @@
 //! | `p` | principal kind, name, `\0`, doc id | [`DocGrant`] JSON (the access index) |
 //! | `k` | setting name | opaque bytes ([`DatabaseStore::put_setting`]) |
 //!
-//! **Inline bodies.** A `d` record (second format: byte `1`, the metadata JSON's length, the
-//! JSON, then optionally one revision's id and body; see `keys::split_doc`) holds the body
+//! **Inline bodies.** A `d` record (second format: byte `1`, the length of the metadata in
+//! binary, that encoding, then optionally one revision's id and body; see `keys::split_doc`
+//! and `keys::encode_meta`) holds the body
 //! of one revision itself — the winner's, when the batch that made it the winner wrote it —
 //! so a new document is two keys (`d`, `s`) and not three: sled 0.34's cost is per key
 //! (a descent, a node copy, a log fragment, epoch garbage; a leaf splits every 16 entries and
@@ -28,7 +29,9 @@
 //! update moves the body that was inline to its `b` key. A body is in exactly one place, and
 //! `SledDatabase::load_body` looks in the record first. Records of the first format (a JSON
 //! object, every body under `b`) are still read and are rewritten in the second format when
-//! the document is next written; any other first byte is `Corrupt` naming the document.
+//! the document is next written; any other first byte is `Corrupt` naming the document. The
+//! same goes for `s` entries: binary (`keys::encode_change`), the first format (JSON) still
+//! read.
 //!
 //! Every write is one `apply_batch` (atomic across keys, so a crash never leaves half a
 //! document), made under the database's write mutex so sequences are assigned and committed in

@@ -162,8 +162,7 @@ impl BatchBackend for SledBatch<'_> {
         for ch in &meta.channel_history {
             self.batch.insert(channel_key(ch, meta.seq), &[] as &[u8]);
         }
-        self.batch
-            .insert(&seq_key(meta.seq), encode("change entry", entry)?);
+        self.batch.insert(&seq_key(meta.seq), encode_change(entry));
         let winner = meta.tree.winner().map(|w| w.rev.as_str());
         let (inline, moved) = self.doc_bodies(id, |b| {
             let mut pending = std::mem::take(&mut b.pending);
@@ -205,8 +204,7 @@ impl BatchBackend for SledBatch<'_> {
     /// [`SledDatabase::collect_superseded`].
     fn supersede(&mut self, entry: &ChangeEntry, channel_history: &[String]) -> Result<()> {
         let next = entry.superseded.unwrap_or(entry.seq);
-        self.batch
-            .insert(&seq_key(entry.seq), encode("change entry", entry)?);
+        self.batch.insert(&seq_key(entry.seq), encode_change(entry));
         self.batch.insert(
             &superseded_key(next, entry.seq),
             encode("superseded entry", &channel_history)?,
