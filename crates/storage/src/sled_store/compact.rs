@@ -11,17 +11,24 @@ use crate::rules::{drop_old_bodies, has_old_bodies};
 use crate::Result;
 
 impl SledDatabase {
-    /// Adds the attachment digests of a document's leaf revisions to `out`.
-    fn leaf_digests(&self, id: &str, meta: &DocMeta, out: &mut HashSet<String>) -> Result<()> {
+    /// Adds the attachment digests of a document's leaf revisions to `out`, given its stored
+    /// record (whose inline body is one of them or none).
+    fn leaf_digests(&self, id: &str, record: &[u8], out: &mut HashSet<String>) -> Result<DocMeta> {
+        let inline = split_doc(id, record)?.inline;
+        let meta = decode_doc(id, record)?;
         for leaf in meta.tree.leaves() {
-            let Some(body) = self.tree.get(body_key(id, &leaf.rev))? else {
-                continue;
+            let body = match inline {
+                Some((r, b)) if r == leaf.rev => decode_body(id, r, b)?,
+                _ => match self.tree.get(body_key(id, &leaf.rev))? {
+                    Some(b) => decode_body(id, &leaf.rev, &b)?,
+                    None => continue,
+                },
             };
-            for (_, a) in decode_body(id, &leaf.rev, &body)?.attachments {
+            for (_, a) in body.attachments {
                 out.insert(a.digest);
             }
         }
-        Ok(())
+        Ok(meta)
     }
 
     /// Compaction runs beside writers: it takes the write lock only in short steps, so a
@@ -45,8 +52,7 @@ impl SledDatabase {
         for row in self.scan(b'd') {
             let (k, v) = row?;
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
-            let meta: DocMeta = decode("document", &v)?;
-            self.leaf_digests(&id, &meta, &mut referenced)?;
+            let meta = self.leaf_digests(&id, &v, &mut referenced)?;
             if has_old_bodies(&meta) {
                 with_old_bodies.push(id);
             }
@@ -65,14 +71,17 @@ impl SledDatabase {
                 let Some(v) = self.tree.get(doc_key(id))? else {
                     continue;
                 };
-                let mut meta: DocMeta = decode("document", &v)?;
+                let mut meta = decode_doc(id, &v)?;
                 let dropped = drop_old_bodies(&mut meta);
                 for rev in &dropped {
                     batch.remove(body_key(id, rev));
                 }
                 stats.bodies_removed += dropped.len() as u64;
                 if !dropped.is_empty() {
-                    batch.insert(doc_key(id), encode("document", &meta)?);
+                    let inline = split_doc(id, &v)?
+                        .inline
+                        .filter(|(r, _)| !dropped.iter().any(|d| d == r));
+                    batch.insert(doc_key(id), encode_doc(id, &meta, inline)?);
                 }
             }
             self.tree.apply_batch(batch)?;
@@ -82,8 +91,7 @@ impl SledDatabase {
             for entry in self.raw_changes(scan_start, false) {
                 let entry = entry?;
                 if let Some(v) = self.tree.get(doc_key(&entry.id))? {
-                    let meta: DocMeta = decode("document", &v)?;
-                    self.leaf_digests(&entry.id, &meta, &mut referenced)?;
+                    self.leaf_digests(&entry.id, &v, &mut referenced)?;
                 }
             }
             let mut batch = Batch::default();

@@ -4,9 +4,9 @@
 //!
 //! | prefix | key rest | value |
 //! |---|---|---|
-//! | `d` | doc id | [`DocMeta`] JSON |
-//! | `b` | u32 id length, id, rev | revision body ([`StoredBody`]: user JSON as sent, attachment metadata) |
-//! | `s` | u64 BE sequence | [`ChangeEntry`] JSON |
+//! | `d` | doc id | [`DocMeta`] (binary; JSON before), and one revision's body inline (see below) |
+//! | `b` | u32 id length, id, rev | revision body ([`StoredBody`]: user JSON as sent, attachment metadata) of a revision not inline in `d` |
+//! | `s` | u64 BE sequence | [`ChangeEntry`] (binary, `keys::encode_change`; JSON before) |
 //! | `c` | channel, `\0`, u64 BE sequence | empty: the entry at that sequence is or was in the channel |
 //! | `l` | local doc id | [`LocalDoc`] JSON |
 //! | `a` | digest | attachment bytes (once per digest) |
@@ -17,6 +17,21 @@
 //! | `g` | u64 BE next sequence, u64 BE superseded sequence | channel history of the superseded entry (JSON) |
 //! | `p` | principal kind, name, `\0`, doc id | [`DocGrant`] JSON (the access index) |
 //! | `k` | setting name | opaque bytes ([`DatabaseStore::put_setting`]) |
+//!
+//! **Inline bodies.** A `d` record (second format: byte `1`, the length of the metadata in
+//! binary, that encoding, then optionally one revision's id and body; see `keys::split_doc`
+//! and `keys::encode_meta`) holds the body
+//! of one revision itself — the winner's, when the batch that made it the winner wrote it —
+//! so a new document is two keys (`d`, `s`) and not three: sled 0.34's cost is per key
+//! (a descent, a node copy, a log fragment, epoch garbage; a leaf splits every 16 entries and
+//! writes both halves out), which made the third key about a sixth of a bulk write's CPU.
+//! Every other body (older revisions until compaction, losing branches) has its `b` key; an
+//! update moves the body that was inline to its `b` key. A body is in exactly one place, and
+//! `SledDatabase::load_body` looks in the record first. Records of the first format (a JSON
+//! object, every body under `b`) are still read and are rewritten in the second format when
+//! the document is next written; any other first byte is `Corrupt` naming the document. The
+//! same goes for `s` entries: binary (`keys::encode_change`), the first format (JSON) still
+//! read.
 //!
 //! Every write is one `apply_batch` (atomic across keys, so a crash never leaves half a
 //! document), made under the database's write mutex so sequences are assigned and committed in
@@ -260,13 +275,27 @@ impl SledDatabase {
         match self.tree.get(doc_key(id))? {
             Some(v) => {
                 self.docs_read.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(decode("document", &v)?))
+                Ok(Some(decode_doc(id, &v)?))
             }
             None => Ok(None),
         }
     }
 
+    /// The stored `d` record of a document, undecoded.
+    fn load_doc_record(&self, id: &str) -> Result<Option<sled::IVec>> {
+        Ok(self.tree.get(doc_key(id))?)
+    }
+
+    /// A revision's body: inline in the document's record, or under its `b` key.
     fn load_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
+        if let Some(v) = self.load_doc_record(id)? {
+            if let Some((r, body)) = split_doc(id, &v)?.inline {
+                if r == rev {
+                    self.docs_read.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(decode_body(id, rev, body)?));
+                }
+            }
+        }
         match self.tree.get(body_key(id, rev))? {
             Some(v) => {
                 self.docs_read.fetch_add(1, Ordering::Relaxed);
@@ -317,7 +346,8 @@ impl DatabaseStore for SledDatabase {
         let decode_row = |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(String, DocMeta)> {
             let (k, v) = r?;
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
-            Ok((id, decode("document", &v)?))
+            let meta = decode_doc(&id, &v)?;
+            Ok((id, meta))
         };
         if descending {
             let mut end = doc_key(start);

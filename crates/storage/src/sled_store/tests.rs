@@ -359,15 +359,365 @@ fn a_corrupt_body_is_an_error_naming_the_document() {
         }])
         .unwrap();
     let rev = r.remove(0).unwrap().rev;
-    db.tree
-        .insert(body_key("doc-x", &rev), &b"\x01\xff"[..])
-        .unwrap();
+    // the body is inline in the document's record: corrupt it there
+    let meta = db.doc_meta("doc-x").unwrap().unwrap();
+    let record = encode_doc("doc-x", &meta, Some((&rev, b"\x01\xff"))).unwrap();
+    db.tree.insert(doc_key("doc-x"), record).unwrap();
     let err = db.rev_body("doc-x", &rev).unwrap_err();
     assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
     assert!(err.to_string().contains("doc-x"), "{err}");
-    db.tree.insert(doc_key("doc-x"), &b"not json"[..]).unwrap();
-    assert!(matches!(
-        db.doc_meta("doc-x").unwrap_err(),
-        StorageError::Corrupt(_)
-    ));
+    // and a body under its own key
+    db.tree
+        .insert(body_key("doc-x", "1-abc"), &b"\x01\xff"[..])
+        .unwrap();
+    let err = db.rev_body("doc-x", "1-abc").unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains("doc-x"), "{err}");
+    for bad in [&b"not json"[..], b"\x01\x00\x00", b"\x02{}", b""] {
+        db.tree.insert(doc_key("doc-x"), bad).unwrap();
+        let err = db.doc_meta("doc-x").unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("doc-x"), "{err}");
+    }
+}
+
+/// The body keys a document has (revision ids).
+fn body_keys(db: &SledDatabase, id: &str) -> Vec<String> {
+    let prefix = body_key(id, "");
+    db.tree
+        .scan_prefix(&prefix)
+        .map(|r| String::from_utf8(r.unwrap().0[prefix.len()..].to_vec()).unwrap())
+        .collect()
+}
+
+fn inline_rev(db: &SledDatabase, id: &str) -> Option<String> {
+    let v = db.tree.get(doc_key(id)).unwrap().unwrap();
+    split_doc(id, &v)
+        .unwrap()
+        .inline
+        .map(|(r, _)| r.to_string())
+}
+
+#[test]
+fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let a = one(&db, edit("doc", None, serde_json::json!({"v": 1}))).unwrap();
+    assert_eq!(inline_rev(&db, "doc"), Some(a.rev.clone()));
+    assert!(body_keys(&db, "doc").is_empty());
+    // an update: the new winner inline, the old body under its own key
+    let b = one(&db, edit("doc", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert_eq!(body_keys(&db, "doc"), vec![a.rev.clone()]);
+    assert_eq!(
+        db.rev_body("doc", &a.rev).unwrap().unwrap().json,
+        br#"{"v":1}"#
+    );
+    assert_eq!(
+        db.rev_body("doc", &b.rev).unwrap().unwrap().json,
+        br#"{"v":2}"#
+    );
+    // a losing conflict does not displace the winner
+    let c = one(
+        &db,
+        DocWrite::Replicate {
+            id: "doc".into(),
+            history: vec!["2-000".into(), a.rev.clone()],
+            deleted: false,
+            body: br#"{"v":3}"#.to_vec(),
+            attachments: vec![],
+            channels: vec![],
+            access: Default::default(),
+            revs_limit: 1000,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0,
+        b.rev
+    );
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert_eq!(
+        db.rev_body("doc", &c.rev).unwrap().unwrap().json,
+        br#"{"v":3}"#
+    );
+    // two writes of one document in one batch
+    let r = durable_write(
+        &db,
+        vec![
+            edit("two", None, serde_json::json!({"n": 1})),
+            edit("other", None, serde_json::json!({})),
+        ],
+    )
+    .unwrap();
+    let t1 = r[0].as_ref().unwrap().rev.clone();
+    let r = durable_write(
+        &db,
+        vec![
+            edit("two", Some(&t1), serde_json::json!({"n": 2})),
+            edit("other2", None, serde_json::json!({})),
+        ],
+    )
+    .unwrap();
+    let t2 = r[0].as_ref().unwrap().rev.clone();
+    assert_eq!(inline_rev(&db, "two"), Some(t2.clone()));
+    assert_eq!(body_keys(&db, "two"), vec![t1.clone()]);
+    // compaction drops the old bodies, not the inline winner
+    let stats = db.compact().unwrap();
+    assert_eq!(stats.bodies_removed, 2, "{stats:?}");
+    assert!(body_keys(&db, "two").is_empty());
+    assert_eq!(body_keys(&db, "doc"), vec![c.rev.clone()]);
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert_eq!(
+        db.rev_body("doc", &b.rev).unwrap().unwrap().json,
+        br#"{"v":2}"#
+    );
+    assert_eq!(
+        db.rev_body("two", &t2).unwrap().unwrap().json,
+        br#"{"n":2}"#
+    );
+    assert!(db.rev_body("two", &t1).unwrap().is_none());
+}
+
+#[test]
+fn pruning_drops_an_inline_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let mut w = edit("doc", None, serde_json::json!({"v": 0}));
+    if let DocWrite::Edit { revs_limit, .. } = &mut w {
+        *revs_limit = 1;
+    }
+    let a = one(&db, w).unwrap();
+    let mut w = edit("doc", Some(&a.rev), serde_json::json!({"v": 1}));
+    if let DocWrite::Edit { revs_limit, .. } = &mut w {
+        *revs_limit = 1;
+    }
+    let b = one(&db, w).unwrap();
+    assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
+    assert!(
+        body_keys(&db, "doc").is_empty(),
+        "{:?}",
+        body_keys(&db, "doc")
+    );
+    assert!(db.rev_body("doc", &a.rev).unwrap().is_none());
+}
+
+#[test]
+fn documents_in_the_first_format_are_read_updated_and_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let a = one(&db, edit("old", None, serde_json::json!({"v": 1}))).unwrap();
+    // rewrite it as the first format stored it: JSON metadata, the body under `b`
+    let meta = db.doc_meta("old").unwrap().unwrap();
+    let body = db.rev_body("old", &a.rev).unwrap().unwrap();
+    db.tree
+        .insert(doc_key("old"), serde_json::to_vec(&meta).unwrap())
+        .unwrap();
+    db.tree
+        .insert(body_key("old", &a.rev), body.encode().unwrap())
+        .unwrap();
+    assert_eq!(inline_rev(&db, "old"), None);
+    assert_eq!(db.doc_meta("old").unwrap().unwrap().seq, meta.seq);
+    assert_eq!(
+        db.rev_body("old", &a.rev).unwrap().unwrap().json,
+        br#"{"v":1}"#
+    );
+    let all: Vec<_> = db.docs_from("", false).map(|r| r.unwrap().0).collect();
+    assert_eq!(all, vec!["old".to_string()]);
+    // an update writes the second format; the old body stays under its key
+    let b = one(&db, edit("old", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
+    assert_eq!(inline_rev(&db, "old"), Some(b.rev.clone()));
+    assert_eq!(body_keys(&db, "old"), vec![a.rev.clone()]);
+    assert_eq!(
+        db.rev_body("old", &a.rev).unwrap().unwrap().json,
+        br#"{"v":1}"#
+    );
+    assert_eq!(db.compact().unwrap().bodies_removed, 1);
+    assert!(body_keys(&db, "old").is_empty());
+    assert_eq!(
+        db.rev_body("old", &b.rev).unwrap().unwrap().json,
+        br#"{"v":2}"#
+    );
+}
+
+#[test]
+fn document_metadata_round_trips_through_the_binary_encoding() {
+    use crate::revtree::{RevNode, RevTree};
+    let node = |rev: &str, parent: Option<&str>| RevNode {
+        rev: rev.into(),
+        parent: parent.map(Into::into),
+        deleted: false,
+        seq: 7,
+        has_body: true,
+        channels: vec![],
+        access: Default::default(),
+    };
+    let mut access = RevAccess::default();
+    access
+        .channels
+        .insert("alice".into(), ["c1".to_string(), "c2".to_string()].into());
+    access.roles.insert("bob".into(), ["r".to_string()].into());
+    let mut nodes = vec![
+        // a root left by pruning: its parent is not in the tree
+        node("3-0123456789abcdef0123456789abcdef", Some("2-gone")),
+        node(
+            "4-fedcba9876543210fedcba9876543210",
+            Some("3-0123456789abcdef0123456789abcdef"),
+        ),
+        // ids that are not `N-<32 lowercase hex>` are kept as text
+        node("5-ABCDEF", Some("4-fedcba9876543210fedcba9876543210")),
+        node("05-0123456789abcdef0123456789abcdef", None),
+        node("6-0123456789abcdef0123456789abcdeg", Some("5-ABCDEF")),
+        node("7-é", Some("6-0123456789abcdef0123456789abcdeg")),
+    ];
+    nodes[1].deleted = true;
+    nodes[2].has_body = false;
+    nodes[3].channels = vec!["a".into(), "b\u{0}c".into()];
+    nodes[4].access = access;
+    nodes[5].seq = u64::MAX;
+    // a parent listed after its child
+    nodes.push(node("9-00000000000000000000000000000000", Some("10-x")));
+    nodes.push(node("10-x", None));
+    let small = DocMeta {
+        seq: 300,
+        tree: RevTree {
+            nodes: nodes.clone(),
+        },
+        channel_history: vec!["a".into(), "z".into()],
+    };
+    // more than 8 revisions: parents found through an index
+    let mut big = nodes.clone();
+    for g in 11..40u64 {
+        let parent = big.last().map(|n| n.rev.clone());
+        big.push(node(&format!("{g}-{:032x}", g * 7919), parent.as_deref()));
+    }
+    let big = DocMeta {
+        seq: 1,
+        tree: RevTree { nodes: big },
+        channel_history: vec![],
+    };
+    for meta in [small, big, DocMeta::default()] {
+        let mut out = Vec::new();
+        encode_meta(&mut out, &meta).unwrap();
+        let back = decode_meta(&out).unwrap();
+        assert_eq!(back.seq, meta.seq);
+        assert_eq!(back.tree, meta.tree);
+        assert_eq!(back.channel_history, meta.channel_history);
+        // and inside a record, with and without an inline body
+        for inline in [None, Some(("1-a", &b"\x01body"[..]))] {
+            let rec = encode_doc("d", &meta, inline).unwrap();
+            assert_eq!(decode_doc("d", &rec).unwrap().tree, meta.tree);
+            assert_eq!(split_doc("d", &rec).unwrap().inline, inline);
+        }
+        // every truncation, and trailing bytes, are errors (never a default)
+        for cut in 0..out.len() {
+            assert!(decode_meta(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        out.push(0);
+        assert!(decode_meta(&out).is_err());
+    }
+}
+
+#[test]
+fn a_revision_tree_in_binary_is_under_a_fifth_of_its_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let mut rev = one(&db, edit("doc", None, serde_json::json!({"v": 0})))
+        .unwrap()
+        .rev;
+    for v in 1..30 {
+        rev = one(&db, edit("doc", Some(&rev), serde_json::json!({ "v": v })))
+            .unwrap()
+            .rev;
+    }
+    let meta = db.doc_meta("doc").unwrap().unwrap();
+    let mut bin = Vec::new();
+    encode_meta(&mut bin, &meta).unwrap();
+    let json = serde_json::to_vec(&meta).unwrap();
+    assert!(
+        bin.len() * 5 < json.len(),
+        "{} vs {}",
+        bin.len(),
+        json.len()
+    );
+}
+
+#[test]
+fn change_entries_round_trip_and_the_first_format_is_read() {
+    let entries = [
+        ChangeEntry {
+            seq: 1,
+            id: "doc".into(),
+            leaves: vec![ChangeRev {
+                rev: "1-0123456789abcdef0123456789abcdef".into(),
+                deleted: false,
+            }],
+            channels: vec![],
+            removed: vec![],
+            superseded: None,
+        },
+        ChangeEntry {
+            seq: u64::MAX - 1,
+            id: "é \u{0}x".into(),
+            leaves: vec![
+                ChangeRev {
+                    rev: "12-ABC".into(),
+                    deleted: true,
+                },
+                ChangeRev {
+                    rev: "3-fedcba9876543210fedcba9876543210".into(),
+                    deleted: true,
+                },
+            ],
+            channels: vec!["a".into(), "b".into()],
+            removed: vec!["gone".into()],
+            superseded: Some(u64::MAX),
+        },
+    ];
+    for e in &entries {
+        let key = seq_key(e.seq);
+        let bin = encode_change(e);
+        assert_eq!(&decode_change(&key, &bin).unwrap(), e);
+        let json = serde_json::to_vec(e).unwrap();
+        assert!(bin.len() < json.len(), "{} vs {}", bin.len(), json.len());
+        assert_eq!(&decode_change(&key, &json).unwrap(), e);
+        for cut in 0..bin.len() {
+            let err = decode_change(&key, &bin[..cut]).unwrap_err();
+            assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        }
+        let mut long = bin.clone();
+        long.push(0);
+        assert!(decode_change(&key, &long).is_err());
+    }
+    let err = decode_change(&seq_key(42), b"\x07").unwrap_err();
+    assert!(err.to_string().contains("sequence 42"), "{err}");
+
+    // entries stored as JSON by an earlier version are served by the views
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    one(&db, edit("a", None, serde_json::json!({}))).unwrap();
+    let b = one(&db, edit("b", None, serde_json::json!({}))).unwrap();
+    let stored = since(&db, 0);
+    let old = stored.iter().find(|e| e.id == "a").unwrap();
+    db.tree
+        .insert(seq_key(old.seq), serde_json::to_vec(old).unwrap())
+        .unwrap();
+    assert_eq!(since(&db, 0), stored);
+    // and an update supersedes it in the current format
+    one(
+        &db,
+        edit("a", Some(&old.leaves[0].rev), serde_json::json!({"v": 1})),
+    )
+    .unwrap();
+    let rows = since(&db, 0);
+    assert_eq!(
+        rows.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["b", "a"]
+    );
+    assert_eq!(rows[0].seq, b.seq);
 }

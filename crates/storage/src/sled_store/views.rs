@@ -73,9 +73,9 @@ impl SledDatabase {
         let from = seq_key(since.saturating_add(1));
         let to = [b't'];
         let dec = move |r: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ChangeEntry> {
-            let (_, v) = r?;
+            let (k, v) = r?;
             self.docs_read.fetch_add(1, Ordering::Relaxed);
-            decode("change", &v)
+            decode_change(&k, &v)
         };
         if descending {
             Box::new(self.tree.range(from.to_vec()..to.to_vec()).rev().map(dec))
@@ -112,10 +112,11 @@ impl SledDatabase {
                 Ok(s) => s,
                 Err(e) => return Some(Err(e)),
             };
-            match self.tree.get(seq_key(seq)) {
+            let key = seq_key(seq);
+            match self.tree.get(key) {
                 Ok(Some(v)) => {
                     self.docs_read.fetch_add(1, Ordering::Relaxed);
-                    Some(decode("change", &v))
+                    Some(decode_change(&key, &v))
                 }
                 // collected after its index key was read: it was superseded at or below the
                 // oldest open view's sequence, so no view shows it

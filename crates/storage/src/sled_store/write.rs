@@ -1,6 +1,8 @@
 //! The write batch: the rules' operations ([`crate::rules::BatchBackend`]) turned into sled
 //! keys, applied as one `apply_batch` under the database's write lock.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use sled::Batch;
@@ -12,18 +14,95 @@ use crate::model::*;
 use crate::rules::{BatchBackend, DocBatch};
 use crate::{PrincipalKind, Result, Ticket};
 
+/// Longest revision id kept inline in a document's record (its length is a u16 there).
+const MAX_INLINE_REV: usize = u16::MAX as usize;
+
 /// Fewest superseded entries a write batch collects (when there are that many to collect).
 const GC_PER_BATCH: usize = 1_000;
 
 /// A sled batch being filled by the rules, reading the tree as it was before the batch.
+///
+/// Bodies: a document's `d` record holds one revision's body inline (the winner's when the
+/// batch wrote it), so a new document is two keys (`d`, `s`), not three. Every other body
+/// has its own `b` key. Bodies put by the batch wait in [`DocBodies`] until the document's
+/// record is written ([`BatchBackend::put_doc`]), which places them.
 pub(super) struct SledBatch<'a> {
     pub(super) db: &'a SledDatabase,
     pub(super) batch: Batch,
+    /// Per document the batch read or wrote: where its bodies are.
+    bodies: RefCell<HashMap<String, DocBodies>>,
+}
+
+/// A document's bodies as this batch leaves them.
+#[derive(Default)]
+struct DocBodies {
+    /// The body its record holds (as the batch will write the record): revision, encoding.
+    inline: Option<(String, Vec<u8>)>,
+    /// Bodies put by the batch and not yet placed (inline or under `b`).
+    pending: Vec<(String, Vec<u8>)>,
+}
+
+impl<'a> SledBatch<'a> {
+    pub(super) fn new(db: &'a SledDatabase) -> Self {
+        SledBatch {
+            db,
+            batch: Batch::default(),
+            bodies: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The sled batch, with any body not placed yet under its `b` key (the rules always
+    /// write the document after its body; this keeps a body from being lost if not).
+    pub(super) fn into_batch(self) -> Batch {
+        let mut batch = self.batch;
+        for (id, b) in self.bodies.into_inner() {
+            for (rev, bytes) in b.pending {
+                batch.insert(body_key(&id, &rev), bytes);
+            }
+        }
+        batch
+    }
+
+    /// Where a document's bodies are, read from its stored record on first use.
+    fn doc_bodies<T>(&self, id: &str, f: impl FnOnce(&mut DocBodies) -> T) -> Result<T> {
+        let mut map = self.bodies.borrow_mut();
+        if !map.contains_key(id) {
+            let inline = match self.db.load_doc_record(id)? {
+                Some(v) => split_doc(id, &v)?
+                    .inline
+                    .map(|(r, b)| (r.to_string(), b.to_vec())),
+                None => None,
+            };
+            map.insert(
+                id.to_string(),
+                DocBodies {
+                    inline,
+                    pending: Vec::new(),
+                },
+            );
+        }
+        Ok(f(map.get_mut(id).expect("inserted above")))
+    }
 }
 
 impl BatchBackend for SledBatch<'_> {
     fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
-        self.db.load_meta(id)
+        let Some(v) = self.db.load_doc_record(id)? else {
+            // no record, no inline body: noted so that placing its bodies reads nothing
+            self.bodies.borrow_mut().entry(id.to_string()).or_default();
+            return Ok(None);
+        };
+        self.db.docs_read.fetch_add(1, Ordering::Relaxed);
+        let rec = split_doc(id, &v)?;
+        let meta = decode_doc(id, &v)?;
+        self.bodies
+            .borrow_mut()
+            .entry(id.to_string())
+            .or_insert_with(|| DocBodies {
+                inline: rec.inline.map(|(r, b)| (r.to_string(), b.to_vec())),
+                pending: Vec::new(),
+            });
+        Ok(Some(meta))
     }
 
     fn load_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
@@ -55,23 +134,61 @@ impl BatchBackend for SledBatch<'_> {
     }
 
     fn put_body(&mut self, id: &str, rev: &str, body: &StoredBody) -> Result<()> {
-        self.batch
-            .insert(body_key(id, rev), encode_body(id, rev, body)?);
-        Ok(())
+        let bytes = encode_body(id, rev, body)?;
+        if rev.len() > MAX_INLINE_REV {
+            self.batch.insert(body_key(id, rev), bytes);
+            return Ok(());
+        }
+        self.doc_bodies(id, |b| {
+            b.pending.retain(|(r, _)| r != rev);
+            b.pending.push((rev.to_string(), bytes));
+        })
     }
 
     fn remove_body(&mut self, id: &str, rev: &str) -> Result<()> {
         self.batch.remove(body_key(id, rev));
-        Ok(())
+        self.doc_bodies(id, |b| {
+            if b.inline.as_ref().is_some_and(|(r, _)| r == rev) {
+                b.inline = None;
+            }
+            b.pending.retain(|(r, _)| r != rev);
+        })
     }
 
+    /// Places the bodies the batch put for the document: the winner's inline when it is among
+    /// them (the body inline before moves to its `b` key), else the record keeps its inline
+    /// body (or takes the newest put, when it has none); the rest go under `b`.
     fn put_doc(&mut self, id: &str, meta: &DocMeta, entry: &ChangeEntry) -> Result<()> {
         for ch in &meta.channel_history {
             self.batch.insert(channel_key(ch, meta.seq), &[] as &[u8]);
         }
+        self.batch.insert(&seq_key(meta.seq), encode_change(entry));
+        let winner = meta.tree.winner().map(|w| w.rev.as_str());
+        let (inline, moved) = self.doc_bodies(id, |b| {
+            let mut pending = std::mem::take(&mut b.pending);
+            let mut moved = Vec::new();
+            let pick = pending
+                .iter()
+                .position(|(r, _)| Some(r.as_str()) == winner)
+                .or_else(|| {
+                    b.inline
+                        .is_none()
+                        .then(|| pending.len().checked_sub(1))
+                        .flatten()
+                });
+            if let Some(i) = pick {
+                let new = pending.remove(i);
+                moved.extend(b.inline.replace(new));
+            }
+            moved.append(&mut pending);
+            (b.inline.clone(), moved)
+        })?;
+        for (rev, bytes) in moved {
+            self.batch.insert(body_key(id, &rev), bytes);
+        }
+        let inline = inline.as_ref().map(|(r, b)| (r.as_str(), b.as_slice()));
         self.batch
-            .insert(&seq_key(meta.seq), encode("change entry", entry)?);
-        self.batch.insert(doc_key(id), encode("document", meta)?);
+            .insert(doc_key(id), encode_doc(id, meta, inline)?);
         Ok(())
     }
 
@@ -87,8 +204,7 @@ impl BatchBackend for SledBatch<'_> {
     /// [`SledDatabase::collect_superseded`].
     fn supersede(&mut self, entry: &ChangeEntry, channel_history: &[String]) -> Result<()> {
         let next = entry.superseded.unwrap_or(entry.seq);
-        self.batch
-            .insert(&seq_key(entry.seq), encode("change entry", entry)?);
+        self.batch.insert(&seq_key(entry.seq), encode_change(entry));
         self.batch.insert(
             &superseded_key(next, entry.seq),
             encode("superseded entry", &channel_history)?,
@@ -127,18 +243,13 @@ impl SledDatabase {
     pub(super) fn apply_writes(&self, sets: Vec<Vec<DocWrite>>) -> BatchResult {
         let _guard = self.lock();
         let writes: usize = sets.iter().map(Vec::len).sum();
-        let mut st = DocBatch::new(
-            SledBatch {
-                db: self,
-                batch: Batch::default(),
-            },
-            self.assigned_seq() + 1,
-        );
+        let mut st = DocBatch::new(SledBatch::new(self), self.assigned_seq() + 1);
         let results: Vec<Vec<Result<WriteOutcome>>> = sets
             .into_iter()
             .map(|writes| writes.into_iter().map(|w| st.apply(w)).collect())
             .collect();
-        let (SledBatch { mut batch, .. }, summary) = st.finish()?;
+        let (backend, summary) = st.finish()?;
+        let mut batch = backend.into_batch();
         // collect at least as much as this batch supersedes, so garbage cannot outgrow writes
         self.collect_superseded(&mut batch, (2 * writes).max(GC_PER_BATCH))?;
         let ticket = self.finish(batch, summary.last_seq, summary.doc_delta)?;
@@ -152,18 +263,13 @@ impl SledDatabase {
     pub(super) fn apply_restamps(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)> {
         let _guard = self.lock();
         let n = docs.len();
-        let mut st = DocBatch::new(
-            SledBatch {
-                db: self,
-                batch: Batch::default(),
-            },
-            self.assigned_seq() + 1,
-        );
+        let mut st = DocBatch::new(SledBatch::new(self), self.assigned_seq() + 1);
         let results = docs
             .into_iter()
             .map(|r| st.restamp(r))
             .collect::<Result<Vec<_>>>()?;
-        let (SledBatch { mut batch, .. }, summary) = st.finish()?;
+        let (backend, summary) = st.finish()?;
+        let mut batch = backend.into_batch();
         self.collect_superseded(&mut batch, (2 * n).max(GC_PER_BATCH))?;
         let ticket = self.finish(batch, summary.last_seq, summary.doc_delta)?;
         if summary.grants_changed {
