@@ -358,6 +358,10 @@ fn grant(out: &mut BTreeMap<String, u64>, ch: &str, seq: u64) {
         .or_insert(seq);
 }
 
+/// How many times a read-modify-write of a principal decides again when the record changed
+/// between its read and its write.
+const MODIFY_ATTEMPTS: usize = 8;
+
 /// One database's users and roles.
 pub struct Principals {
     store: Arc<dyn DatabaseStore>,
@@ -443,12 +447,31 @@ impl Principals {
     // --- reading -----------------------------------------------------------------------------
 
     pub fn get_user(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
-        match self.store.get_principal(PrincipalKind::User, name)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Ok(self.read_user(name)?.1)
+    }
+
+    /// A user's stored bytes and their decoding.
+    fn read_user(&self, name: &str) -> Result<(Option<Vec<u8>>, Option<UserRecord>), AuthError> {
+        let bytes = self.store.get_principal(PrincipalKind::User, name)?;
+        let rec = match &bytes {
+            Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
                 AuthError::Internal(format!("corrupt user record \"{}\": {e}", show(name)))
-            }),
-            None => Ok(None),
-        }
+            })?),
+            None => None,
+        };
+        Ok((bytes, rec))
+    }
+
+    /// A role's stored bytes and their decoding.
+    fn read_role(&self, name: &str) -> Result<(Option<Vec<u8>>, Option<RoleRecord>), AuthError> {
+        let bytes = self.store.get_principal(PrincipalKind::Role, name)?;
+        let rec = match &bytes {
+            Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
+                AuthError::Internal(format!("corrupt role record \"{}\": {e}", show(name)))
+            })?),
+            None => None,
+        };
+        Ok((bytes, rec))
     }
 
     /// A user as the admin API shows it: GUEST always exists (disabled until configured).
@@ -464,12 +487,7 @@ impl Principals {
     }
 
     pub fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
-        match self.store.get_principal(PrincipalKind::Role, name)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                AuthError::Internal(format!("corrupt role record \"{}\": {e}", show(name)))
-            }),
-            None => Ok(None),
-        }
+        Ok(self.read_role(name)?.1)
     }
 
     /// User names, sorted, without GUEST.
@@ -718,91 +736,117 @@ impl Principals {
 
     /// Read-modify-write of one user under the principal lock. `f` sees the current record and
     /// returns the record to store (grants with sequence 0 get this write's sequence), or `None`
-    /// to store nothing. Returns the stored record and the ticket to wait for.
+    /// to store nothing. Returns the stored record and the ticket to wait for. The write is
+    /// stored only if the record is still the one `f` saw (another node sharing the store may
+    /// have changed it); otherwise `f` runs again on the new record, a few times at most.
     pub fn modify_user<T>(
         &self,
         name: &str,
-        f: impl FnOnce(Option<&UserRecord>) -> Result<(Option<UserRecord>, T), AuthError>,
+        mut f: impl FnMut(Option<&UserRecord>) -> Result<(Option<UserRecord>, T), AuthError>,
     ) -> Result<(Option<(UserRecord, Ticket)>, T), AuthError> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.get_user(name)?;
-        let (new, out) = f(current.as_ref())?;
-        let Some(mut rec) = new else {
-            return Ok((None, out));
-        };
-        rec.name = name.to_string();
-        if let Some(cur) = &current {
-            track_revocations(
-                &[&cur.admin_channels, &cur.jwt_channels],
-                &[&rec.admin_channels, &rec.jwt_channels],
-                &mut rec.revoked_channels,
-            );
-            track_revocations(
-                &[&cur.admin_roles, &cur.jwt_roles],
-                &[&rec.admin_roles, &rec.jwt_roles],
-                &mut rec.revoked_roles,
-            );
+        for _ in 0..MODIFY_ATTEMPTS {
+            let (bytes, current) = self.read_user(name)?;
+            let (new, out) = f(current.as_ref())?;
+            let Some(mut rec) = new else {
+                return Ok((None, out));
+            };
+            rec.name = name.to_string();
+            if let Some(cur) = &current {
+                track_revocations(
+                    &[&cur.admin_channels, &cur.jwt_channels],
+                    &[&rec.admin_channels, &rec.jwt_channels],
+                    &mut rec.revoked_channels,
+                );
+                track_revocations(
+                    &[&cur.admin_roles, &cur.jwt_roles],
+                    &[&rec.admin_roles, &rec.jwt_roles],
+                    &mut rec.revoked_roles,
+                );
+            }
+            let mut stored = None;
+            let written = self.store.put_principal_if(
+                PrincipalKind::User,
+                name,
+                bytes.as_deref(),
+                &mut |seq| {
+                    let mut r = rec.clone();
+                    r.seq = seq;
+                    fill_grants(&mut r.revoked_channels, seq);
+                    fill_grants(&mut r.revoked_roles, seq);
+                    fill_grants(&mut r.admin_channels, seq);
+                    fill_grants(&mut r.admin_roles, seq);
+                    fill_grants(&mut r.jwt_channels, seq);
+                    fill_grants(&mut r.jwt_roles, seq);
+                    let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
+                    stored = Some(r);
+                    Ok(bytes)
+                },
+            )?;
+            let Some((_, ticket)) = written else {
+                continue; // changed meanwhile: decide again on what is stored now
+            };
+            self.invalidate_cache();
+            if let Some(r) = stored {
+                rec = r;
+            }
+            return Ok((Some((rec, ticket)), out));
         }
-        let mut stored = None;
-        let (_, ticket) = self
-            .store
-            .put_principal(PrincipalKind::User, name, &mut |seq| {
-                let mut r = rec.clone();
-                r.seq = seq;
-                fill_grants(&mut r.revoked_channels, seq);
-                fill_grants(&mut r.revoked_roles, seq);
-                fill_grants(&mut r.admin_channels, seq);
-                fill_grants(&mut r.admin_roles, seq);
-                fill_grants(&mut r.jwt_channels, seq);
-                fill_grants(&mut r.jwt_roles, seq);
-                let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
-                stored = Some(r);
-                Ok(bytes)
-            })?;
-        self.invalidate_cache();
-        if let Some(r) = stored {
-            rec = r;
-        }
-        Ok((Some((rec, ticket)), out))
+        Err(AuthError::Conflict(format!(
+            "User \"{}\" kept changing while this update was made; try again",
+            show(name)
+        )))
     }
 
     /// Read-modify-write of one role (see [`Principals::modify_user`]).
     pub fn modify_role<T>(
         &self,
         name: &str,
-        f: impl FnOnce(Option<&RoleRecord>) -> Result<(Option<RoleRecord>, T), AuthError>,
+        mut f: impl FnMut(Option<&RoleRecord>) -> Result<(Option<RoleRecord>, T), AuthError>,
     ) -> Result<(Option<(RoleRecord, Ticket)>, T), AuthError> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.get_role(name)?;
-        let (new, out) = f(current.as_ref())?;
-        let Some(mut rec) = new else {
-            return Ok((None, out));
-        };
-        rec.name = name.to_string();
-        if let Some(cur) = &current {
-            track_revocations(
-                &[&cur.admin_channels],
-                &[&rec.admin_channels],
-                &mut rec.revoked_channels,
-            );
+        for _ in 0..MODIFY_ATTEMPTS {
+            let (bytes, current) = self.read_role(name)?;
+            let (new, out) = f(current.as_ref())?;
+            let Some(mut rec) = new else {
+                return Ok((None, out));
+            };
+            rec.name = name.to_string();
+            if let Some(cur) = &current {
+                track_revocations(
+                    &[&cur.admin_channels],
+                    &[&rec.admin_channels],
+                    &mut rec.revoked_channels,
+                );
+            }
+            let mut stored = None;
+            let written = self.store.put_principal_if(
+                PrincipalKind::Role,
+                name,
+                bytes.as_deref(),
+                &mut |seq| {
+                    let mut r = rec.clone();
+                    r.seq = seq;
+                    fill_grants(&mut r.revoked_channels, seq);
+                    fill_grants(&mut r.admin_channels, seq);
+                    let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
+                    stored = Some(r);
+                    Ok(bytes)
+                },
+            )?;
+            let Some((_, ticket)) = written else {
+                continue;
+            };
+            self.invalidate_cache();
+            if let Some(r) = stored {
+                rec = r;
+            }
+            return Ok((Some((rec, ticket)), out));
         }
-        let mut stored = None;
-        let (_, ticket) = self
-            .store
-            .put_principal(PrincipalKind::Role, name, &mut |seq| {
-                let mut r = rec.clone();
-                r.seq = seq;
-                fill_grants(&mut r.revoked_channels, seq);
-                fill_grants(&mut r.admin_channels, seq);
-                let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
-                stored = Some(r);
-                Ok(bytes)
-            })?;
-        self.invalidate_cache();
-        if let Some(r) = stored {
-            rec = r;
-        }
-        Ok((Some((rec, ticket)), out))
+        Err(AuthError::Conflict(format!(
+            "Role \"{}\" kept changing while this update was made; try again",
+            show(name)
+        )))
     }
 
     /// Applies an admin-API user body. `password_hash` is the hash of `upd.password`, computed
@@ -1005,6 +1049,52 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let db: Arc<dyn DatabaseStore> = store.database("db").unwrap();
         (dir, Principals::new(db))
+    }
+
+    /// Another writer (another node sharing the store) changes the user between the read and
+    /// the write of a read-modify-write: the write does not overwrite it; the update is decided
+    /// again on the new record, so both changes are kept.
+    #[test]
+    fn a_change_made_meanwhile_is_not_overwritten() {
+        let (_d, p) = principals();
+        p.write_user(
+            "ann",
+            &upd(json!({"password": "pw-ann-1", "admin_channels": ["a"]})),
+            Some("$h".into()),
+            WriteMode::Create,
+        )
+        .unwrap();
+        let mut calls = 0;
+        let (written, ()) = p
+            .modify_user("ann", |cur| {
+                calls += 1;
+                if calls == 1 {
+                    // the other node: adds channel "b" behind this update's back
+                    let mut other = cur.unwrap().clone();
+                    other.admin_channels.insert("b".into(), 0);
+                    let bytes = serde_json::to_vec(&other).unwrap();
+                    p.store()
+                        .put_principal(PrincipalKind::User, "ann", &mut |_| Ok(bytes.clone()))
+                        .unwrap();
+                }
+                let mut rec = cur.unwrap().clone();
+                rec.email = Some("ann@example.com".into());
+                Ok((Some(rec), ()))
+            })
+            .unwrap();
+        assert!(written.is_some());
+        assert_eq!(
+            calls, 2,
+            "decided again on the record the other writer stored"
+        );
+        let ann = p.get_user("ann").unwrap().unwrap();
+        assert_eq!(ann.email.as_deref(), Some("ann@example.com"));
+        assert!(
+            ann.admin_channels.contains_key("b"),
+            "{:?}",
+            ann.admin_channels
+        );
+        assert!(ann.admin_channels.contains_key("a"));
     }
 
     fn upd(v: Value) -> UserUpdate {

@@ -252,6 +252,17 @@ pub trait DatabaseStore: Send + Sync {
         name: &str,
         build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
     ) -> Result<(u64, Ticket)>;
+    /// [`DatabaseStore::put_principal`] only if the stored record is still `expected` (`None`:
+    /// absent), compared under the write lock, so a read-modify-write cannot overwrite what
+    /// another writer — another node sharing the store — wrote after it read. `Ok(None)`:
+    /// the record changed, nothing was written (read it again and retry).
+    fn put_principal_if(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        expected: Option<&[u8]>,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Option<(u64, Ticket)>>;
     fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket>;
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>>;
     fn get_session(&self, key: &str) -> Result<Option<Vec<u8>>>;

@@ -666,6 +666,37 @@ conformance! {
         assert_eq!(db.get_setting("kept").unwrap().as_deref(), Some(&b"w"[..]));
     }
 
+    principal_writes_only_over_the_record_they_read(s) {
+        let db = s.server().open_database("db").unwrap();
+        let put_if = |expected: Option<&[u8]>, value: &'static [u8]| {
+            db.put_principal_if(PrincipalKind::User, "ann", expected, &mut |_| Ok(value.to_vec()))
+                .unwrap()
+        };
+        // absent, expected absent: written
+        let (seq, t) = put_if(None, b"v1").expect("written over nothing");
+        rt().block_on(db.durable(t)).unwrap();
+        // expected absent, but it exists now: refused, nothing written, no sequence spent
+        assert!(put_if(None, b"lost").is_none());
+        assert!(put_if(Some(b"v0"), b"lost").is_none());
+        assert_eq!(db.get_principal(PrincipalKind::User, "ann").unwrap().unwrap(), b"v1");
+        assert_eq!(db.last_seq(), seq);
+        // the record read: written, under the next sequence
+        let (seq2, t) = put_if(Some(b"v1"), b"v2").expect("written over what was read");
+        rt().block_on(db.durable(t)).unwrap();
+        assert_eq!(seq2, seq + 1);
+        assert_eq!(db.get_principal(PrincipalKind::User, "ann").unwrap().unwrap(), b"v2");
+        // a role of the same name is another record
+        assert!(db
+            .put_principal_if(PrincipalKind::Role, "ann", None, &mut |_| Ok(b"r".to_vec()))
+            .unwrap()
+            .is_some());
+        // deleted: only a write expecting it absent goes through
+        let t = db.delete_principal(PrincipalKind::User, "ann").unwrap();
+        rt().block_on(db.durable(t)).unwrap();
+        assert!(put_if(Some(b"v2"), b"lost").is_none());
+        assert!(put_if(None, b"v3").is_some());
+    }
+
     principals_sessions_and_logins(s) {
         let db = s.server().open_database("db").unwrap();
         let mut seen = 0;

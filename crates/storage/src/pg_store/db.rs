@@ -122,16 +122,23 @@ impl PgDatabase {
         self.live.committed(seq, grants_changed);
     }
 
-    /// A principal write (`record`: `Some` to store, `None` to delete) under a new sequence.
+    /// A principal write (`record`: `Some` to store, `None` to delete) under a new sequence;
+    /// with `expected`, only if the stored record is still that (`None` when it is not:
+    /// nothing written).
     fn principal_tx(
         &self,
         kind: PrincipalKind,
         name: &str,
+        expected: Option<Option<&[u8]>>,
         build: Option<&mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>>,
-    ) -> Result<u64> {
-        // step 1: open the transaction and take the counter row (the record needs its seq)
+    ) -> Result<Option<u64>> {
+        // step 1: open the transaction and take the counter row (the record needs its seq);
+        // every principal write takes it, so the record read after it cannot change before
+        // this transaction commits
         let (pool, db) = (self.pool.clone(), self.name.clone());
-        let (client, last) = self.bridge.run(async move {
+        let key = (kind_code(kind), name.as_bytes().to_vec());
+        let check = expected.is_some();
+        let (client, last, current) = self.bridge.run(async move {
             let c = pool.get().await.map_err(pool_err)?;
             let tx = OpenTx(Some(c));
             tx.client()?.batch_execute("BEGIN").await.map_err(pg_err)?;
@@ -141,8 +148,30 @@ impl PgDatabase {
                 .await
                 .map_err(pg_err)?
                 .get(0);
-            Ok((tx, last as u64))
+            let current: Option<Vec<u8>> = if check {
+                tx.client()?
+                    .query_opt(
+                        "SELECT record FROM syncgate_principals WHERE db = $1 AND kind = $2 AND name = $3",
+                        &[&db, &key.0, &key.1],
+                    )
+                    .await
+                    .map_err(pg_err)?
+                    .map(|r| r.get(0))
+            } else {
+                None
+            };
+            Ok((tx, last as u64, current))
         })?;
+        if let Some(expected) = expected {
+            if current.as_deref() != expected {
+                // changed since the caller read it: end the transaction, write nothing
+                self.bridge.run(async move {
+                    let mut client = client;
+                    client.rollback().await
+                })?;
+                return Ok(None);
+            }
+        }
         let seq = last + 1;
         let record = match build {
             Some(build) => Some(build(seq).map_err(|e| {
@@ -187,7 +216,7 @@ impl PgDatabase {
             done
         })?;
         self.published(seq, false);
-        Ok(seq)
+        Ok(Some(seq))
     }
 }
 
@@ -201,6 +230,16 @@ impl OpenTx {
         self.0
             .as_ref()
             .ok_or_else(|| StorageError::Engine("transaction already ended".into()))
+    }
+
+    /// Ends the transaction without writing and returns the connection to the pool.
+    async fn rollback(&mut self) -> Result<()> {
+        self.client()?
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(pg_err)?;
+        self.0.take();
+        Ok(())
     }
 
     async fn pipeline_and_commit(&mut self, stmts: &[super::write::Stmt]) -> Result<()> {
@@ -598,13 +637,24 @@ impl DatabaseStore for PgDatabase {
         name: &str,
         build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
     ) -> Result<(u64, Ticket)> {
-        let seq = self.principal_tx(kind, name, Some(build))?;
-        Ok((seq, Ticket(seq)))
+        let seq = self.principal_tx(kind, name, None, Some(build))?;
+        Ok((seq.unwrap_or_default(), Ticket(seq.unwrap_or_default())))
+    }
+
+    fn put_principal_if(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        expected: Option<&[u8]>,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Option<(u64, Ticket)>> {
+        let seq = self.principal_tx(kind, name, Some(expected), Some(build))?;
+        Ok(seq.map(|s| (s, Ticket(s))))
     }
 
     fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket> {
-        let seq = self.principal_tx(kind, name, None)?;
-        Ok(Ticket(seq))
+        let seq = self.principal_tx(kind, name, None, None)?;
+        Ok(Ticket(seq.unwrap_or_default()))
     }
 
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {

@@ -442,6 +442,31 @@ impl DatabaseStore for SledDatabase {
         Ok((seq, ticket))
     }
 
+    fn put_principal_if(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        expected: Option<&[u8]>,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Option<(u64, Ticket)>> {
+        let _guard = self.lock();
+        let key = prefixed(principal_prefix(kind), name);
+        if self.tree.get(&key)?.as_deref() != expected {
+            return Ok(None);
+        }
+        let seq = self.assigned_seq() + 1;
+        let record = build(seq).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "cannot encode principal \"{}\": {e}",
+                crate::revtree::truncate(name, 100)
+            ))
+        })?;
+        let mut batch = Batch::default();
+        batch.insert(key, record);
+        let ticket = self.finish(batch, seq, 0)?;
+        Ok(Some((seq, ticket)))
+    }
+
     fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket> {
         let _guard = self.lock();
         let mut batch = Batch::default();
