@@ -2,6 +2,7 @@
 //! [`app::Application`] until SIGINT/SIGTERM.
 
 mod app;
+mod memory;
 mod metrics;
 mod tls;
 
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     init_tracing(config.log_level());
+    memory::spawn_trimmer();
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

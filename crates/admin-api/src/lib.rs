@@ -156,7 +156,7 @@ fn all_dbs(server: &Server, req: &Request) -> Result<Reply> {
         return Ok(json_reply(200, &json!(server.db_names())));
     }
     let mut dbs = server.databases();
-    dbs.sort_by(|a, b| a.name().cmp(&b.name()));
+    dbs.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     for db in dbs {
         let mut info = db.info()?;
