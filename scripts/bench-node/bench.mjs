@@ -6,7 +6,8 @@
 // Environment: SYNCGATE_BIN, BARE_WARP_BIN, SLED_CEILING_BIN (paths), BENCH_SECS (seconds per
 // wrk run, default 10), BENCH_DOCS (default 20000), BENCH_LONGPOLL (clients, default 500),
 // BENCH_SYNC_ROUNDS (rounds of the sync-function workload, default 2), BENCH_ONLY=syncfn (run
-// only the sync-function workload), BENCH_JSON (write the raw figures there as JSON),
+// only the sync-function workload) or BENCH_ONLY=bulk (only the bulk write, BENCH_BULK_ROUNDS
+// rounds, default 3, alternating the servers, with the sled ceiling), BENCH_JSON (write the raw figures there as JSON),
 // BENCH_POSTGRES (syncgate's databases on that PostgreSQL server: a fresh database per start)
 // and BENCH_POSTGRES_PID (its postmaster, whose CPU then counts as syncgate's).
 import { spawn, execFileSync } from 'node:child_process';
@@ -48,8 +49,8 @@ const ONLY = process.env.BENCH_ONLY ?? '';
 // syncgate's databases on PostgreSQL: the URL of a server's maintenance database (scripts/bench
 // sets it, and BENCH_POSTGRES_PID, when BENCH_BACKEND=postgres starts a throwaway cluster)
 const POSTGRES = process.env.BENCH_POSTGRES ?? '';
-if (!['', 'syncfn'].includes(ONLY)) {
-  console.error(`bench: BENCH_ONLY=${ONLY}: the only choice is syncfn`);
+if (!['', 'syncfn', 'bulk'].includes(ONLY)) {
+  console.error(`bench: BENCH_ONLY=${ONLY}: the choices are syncfn and bulk`);
   process.exit(2);
 }
 
@@ -612,6 +613,41 @@ function report(R) {
   return lines.join('\n');
 }
 
+// ---------------------------------------------------------------- BENCH_ONLY=bulk
+
+/** The bulk write alone, a fresh server of each kind per round, then the sled ceiling. */
+async function bulkOnly() {
+  const rounds = Number(process.env.BENCH_BULK_ROUNDS ?? 3);
+  const rows = [];
+  for (let round = 0; round < rounds; round++) {
+    const r = {};
+    for (const start of [() => startSyncgate({ tag: `bulk-${round}` }), startPouchdbServer]) {
+      const s = await start();
+      try {
+        log(`bulk, round ${round + 1}/${rounds}: ${s.name}`);
+        r[s.name] = { ...(await bulkWrite(s)), rss: peakRssMb(s.pid), disk: dirMb(s.data) };
+      } finally {
+        await stop(s.child);
+        rmSync(s.dir ?? join(workdir, 'pouchdb-server'), { recursive: true, force: true });
+      }
+    }
+    rows.push(r);
+  }
+  log('ceilings: sled');
+  const sled = sledCeiling();
+  const lines = [
+    `| bulk write ${DOCS.toLocaleString('en-US')} × 1 KB (100/batch, 4 clients) | syncgate | pouchdb-server | ratio | syncgate / sled ceiling (${f(sled.docs_per_sec)} docs/s) |`,
+    '|---|---:|---:|---:|---:|',
+  ];
+  rows.forEach((r, i) => {
+    const [s, p] = [r.syncgate, r['pouchdb-server']];
+    lines.push(`| round ${i + 1}: docs/s | ${f(s.rate)} | ${f(p.rate)} | ${f(s.rate / p.rate, 2)}× | ${f((s.rate / sled.docs_per_sec) * 100)} % |`);
+    lines.push(`|   server CPU | ${f(s.cpu, 2)} s | ${f(p.cpu, 2)} s | ${f(p.cpu / s.cpu, 2)}× less | |`);
+    lines.push(`|   peak RSS / data dir | ${f(s.rss, 1)} / ${f(s.disk, 1)} MB | ${f(p.rss, 1)} / ${f(p.disk, 1)} MB | | |`);
+  });
+  return lines.join('\n');
+}
+
 // ---------------------------------------------------------------- main
 
 async function main() {
@@ -620,6 +656,11 @@ async function main() {
     const S = await syncFunctionBench();
     console.log(reportSyncFn(S));
     if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify({ syncFunction: S }, null, 2));
+    return;
+  }
+  if (ONLY === 'bulk') {
+    const table = await bulkOnly();
+    console.log(table);
     return;
   }
   const sg = await startSyncgate();
