@@ -75,30 +75,8 @@ fn two_nodes_share_sessions_and_wake_each_others_feeds() {
     let a = TestServer::start_with(on_postgres(&url));
     let b = TestServer::start_with(on_postgres(&url));
     // log in on node A, the cookie works on node B
-    let r = client()
-        .post(format!("{}/db/_session", a.public))
-        .json(&json!({"name": "ann", "password": "pw-ann-1"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let on_b: Value = client()
-        .get(format!("{}/db/_session", b.public))
-        .header("cookie", &cookie)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(on_b["userCtx"]["name"], "ann", "{on_b}");
+    let cookie = session_cookie(&a, "ann", "pw-ann-1");
+    assert_eq!(session_user(&b, &cookie), "ann");
     // a longpoll parked on node B wakes for a write on node A
     let since: Value = client()
         .get(format!("{}/db/_changes", b.public))
@@ -193,6 +171,35 @@ fn bad_server_values_are_config_errors() {
 }
 
 /// Polls `check` until it holds (a hang guard of 20 s, not a speed check).
+/// Logs `name` in on `node`'s public port; the `SyncGatewaySession` cookie (`name=value`).
+fn session_cookie(node: &TestServer, name: &str, password: &str) -> String {
+    let r = client()
+        .post(format!("{}/db/_session", node.public))
+        .json(&json!({"name": name, "password": password}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Who `cookie` stands for on `node` (`null` once the session is gone).
+fn session_user(node: &TestServer, cookie: &str) -> Value {
+    let v: Value = client()
+        .get(format!("{}/db/_session", node.public))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["userCtx"]["name"].clone()
+}
+
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..400 {
         if check() {
@@ -231,29 +238,8 @@ fn password_changes_and_logouts_reach_the_other_node() {
     });
     assert_eq!(status_on_b("pw-ann-2"), 200);
     // a session opened on B and ended on A is gone on B
-    let r = client()
-        .post(format!("{}/db/_session", b.public))
-        .json(&json!({"name": "ann", "password": "pw-ann-2"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let name_on_b = || -> Value {
-        let v: Value = client()
-            .get(format!("{}/db/_session", b.public))
-            .header("cookie", &cookie)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        v["userCtx"]["name"].clone()
-    };
+    let cookie = session_cookie(&b, "ann", "pw-ann-2");
+    let name_on_b = || session_user(&b, &cookie);
     assert_eq!(name_on_b(), "ann");
     let r = client()
         .delete(format!("{}/db/_session", a.public))
@@ -661,29 +647,8 @@ fn nodes_starting_together_share_config_users_and_deletions_reach_the_other_node
         &json!({"name": "bob", "password": "pw-bob-1"}),
     );
     assert_eq!(st, 201);
-    let r = client()
-        .post(format!("{}/db/_session", b.public))
-        .json(&json!({"name": "bob", "password": "pw-bob-1"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let bob_on_b = || -> Value {
-        let v: Value = client()
-            .get(format!("{}/db/_session", b.public))
-            .header("cookie", &cookie)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        v["userCtx"]["name"].clone()
-    };
+    let cookie = session_cookie(&b, "bob", "pw-bob-1");
+    let bob_on_b = || session_user(&b, &cookie);
     assert_eq!(bob_on_b(), "bob");
     let (st, r) = delete(&format!("{}/db/_user/bob/_session", a.admin));
     assert!(st == 200 || st == 204, "{st} {r}");

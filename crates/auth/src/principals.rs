@@ -358,6 +358,71 @@ fn grant(out: &mut BTreeMap<String, u64>, ch: &str, seq: u64) {
         .or_insert(seq);
 }
 
+/// What [`Principals::modify`] needs of a user or role record.
+trait Record: Clone + serde::Serialize + serde::de::DeserializeOwned {
+    fn set_name(&mut self, name: &str);
+    /// Keeps, in the revocation lists, what `self` no longer grants that `before` did.
+    fn track_revocations(&mut self, before: &Self);
+    /// The record's own sequence, and that of its grants made by this write (sequence 0).
+    fn stamp(&mut self, seq: u64);
+}
+
+impl Record for UserRecord {
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+    fn track_revocations(&mut self, cur: &Self) {
+        track_revocations(
+            &[&cur.admin_channels, &cur.jwt_channels],
+            &[&self.admin_channels, &self.jwt_channels],
+            &mut self.revoked_channels,
+        );
+        track_revocations(
+            &[&cur.admin_roles, &cur.jwt_roles],
+            &[&self.admin_roles, &self.jwt_roles],
+            &mut self.revoked_roles,
+        );
+    }
+    fn stamp(&mut self, seq: u64) {
+        self.seq = seq;
+        fill_grants(&mut self.revoked_channels, seq);
+        fill_grants(&mut self.revoked_roles, seq);
+        fill_grants(&mut self.admin_channels, seq);
+        fill_grants(&mut self.admin_roles, seq);
+        fill_grants(&mut self.jwt_channels, seq);
+        fill_grants(&mut self.jwt_roles, seq);
+    }
+}
+
+impl Record for RoleRecord {
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+    fn track_revocations(&mut self, cur: &Self) {
+        track_revocations(
+            &[&cur.admin_channels],
+            &[&self.admin_channels],
+            &mut self.revoked_channels,
+        );
+    }
+    fn stamp(&mut self, seq: u64) {
+        self.seq = seq;
+        fill_grants(&mut self.revoked_channels, seq);
+        fill_grants(&mut self.admin_channels, seq);
+    }
+}
+
+/// A stored user or role record; one that does not decode is an error naming it.
+fn decode_record<R: Record>(kind: PrincipalKind, name: &str, bytes: &[u8]) -> Result<R, AuthError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match kind {
+            PrincipalKind::User => "user",
+            PrincipalKind::Role => "role",
+        };
+        AuthError::Internal(format!("corrupt {what} record \"{}\": {e}", show(name)))
+    })
+}
+
 /// How many times a read-modify-write of a principal decides again when the record changed
 /// between its read and its write.
 const MODIFY_ATTEMPTS: usize = 8;
@@ -447,31 +512,18 @@ impl Principals {
     // --- reading -----------------------------------------------------------------------------
 
     pub fn get_user(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
-        Ok(self.read_user(name)?.1)
+        self.get_record(PrincipalKind::User, name)
     }
 
-    /// A user's stored bytes and their decoding.
-    fn read_user(&self, name: &str) -> Result<(Option<Vec<u8>>, Option<UserRecord>), AuthError> {
-        let bytes = self.store.get_principal(PrincipalKind::User, name)?;
-        let rec = match &bytes {
-            Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
-                AuthError::Internal(format!("corrupt user record \"{}\": {e}", show(name)))
-            })?),
-            None => None,
-        };
-        Ok((bytes, rec))
-    }
-
-    /// A role's stored bytes and their decoding.
-    fn read_role(&self, name: &str) -> Result<(Option<Vec<u8>>, Option<RoleRecord>), AuthError> {
-        let bytes = self.store.get_principal(PrincipalKind::Role, name)?;
-        let rec = match &bytes {
-            Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
-                AuthError::Internal(format!("corrupt role record \"{}\": {e}", show(name)))
-            })?),
-            None => None,
-        };
-        Ok((bytes, rec))
+    fn get_record<R: Record>(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+    ) -> Result<Option<R>, AuthError> {
+        match self.store.get_principal(kind, name)? {
+            Some(b) => decode_record(kind, name, &b).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// A user as the admin API shows it: GUEST always exists (disabled until configured).
@@ -487,7 +539,7 @@ impl Principals {
     }
 
     pub fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
-        Ok(self.read_role(name)?.1)
+        self.get_record(PrincipalKind::Role, name)
     }
 
     /// User names, sorted, without GUEST.
@@ -742,109 +794,64 @@ impl Principals {
     pub fn modify_user<T>(
         &self,
         name: &str,
-        mut f: impl FnMut(Option<&UserRecord>) -> Result<(Option<UserRecord>, T), AuthError>,
+        f: impl FnMut(Option<&UserRecord>) -> Result<(Option<UserRecord>, T), AuthError>,
     ) -> Result<(Option<(UserRecord, Ticket)>, T), AuthError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..MODIFY_ATTEMPTS {
-            let (bytes, current) = self.read_user(name)?;
-            let (new, out) = f(current.as_ref())?;
-            let Some(mut rec) = new else {
-                return Ok((None, out));
-            };
-            rec.name = name.to_string();
-            if let Some(cur) = &current {
-                track_revocations(
-                    &[&cur.admin_channels, &cur.jwt_channels],
-                    &[&rec.admin_channels, &rec.jwt_channels],
-                    &mut rec.revoked_channels,
-                );
-                track_revocations(
-                    &[&cur.admin_roles, &cur.jwt_roles],
-                    &[&rec.admin_roles, &rec.jwt_roles],
-                    &mut rec.revoked_roles,
-                );
-            }
-            let mut stored = None;
-            let written = self.store.put_principal_if(
-                PrincipalKind::User,
-                name,
-                bytes.as_deref(),
-                &mut |seq| {
-                    let mut r = rec.clone();
-                    r.seq = seq;
-                    fill_grants(&mut r.revoked_channels, seq);
-                    fill_grants(&mut r.revoked_roles, seq);
-                    fill_grants(&mut r.admin_channels, seq);
-                    fill_grants(&mut r.admin_roles, seq);
-                    fill_grants(&mut r.jwt_channels, seq);
-                    fill_grants(&mut r.jwt_roles, seq);
-                    let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
-                    stored = Some(r);
-                    Ok(bytes)
-                },
-            )?;
-            let Some((_, ticket)) = written else {
-                continue; // changed meanwhile: decide again on what is stored now
-            };
-            self.invalidate_cache();
-            if let Some(r) = stored {
-                rec = r;
-            }
-            return Ok((Some((rec, ticket)), out));
-        }
-        Err(AuthError::Conflict(format!(
-            "User \"{}\" kept changing while this update was made; try again",
-            show(name)
-        )))
+        self.modify(PrincipalKind::User, name, f)
     }
 
     /// Read-modify-write of one role (see [`Principals::modify_user`]).
     pub fn modify_role<T>(
         &self,
         name: &str,
-        mut f: impl FnMut(Option<&RoleRecord>) -> Result<(Option<RoleRecord>, T), AuthError>,
+        f: impl FnMut(Option<&RoleRecord>) -> Result<(Option<RoleRecord>, T), AuthError>,
     ) -> Result<(Option<(RoleRecord, Ticket)>, T), AuthError> {
+        self.modify(PrincipalKind::Role, name, f)
+    }
+
+    /// The read-modify-write of [`Principals::modify_user`] for either kind of record.
+    fn modify<R: Record, T>(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        mut f: impl FnMut(Option<&R>) -> Result<(Option<R>, T), AuthError>,
+    ) -> Result<(Option<(R, Ticket)>, T), AuthError> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..MODIFY_ATTEMPTS {
-            let (bytes, current) = self.read_role(name)?;
+            let bytes = self.store.get_principal(kind, name)?;
+            let current: Option<R> = match &bytes {
+                Some(b) => Some(decode_record(kind, name, b)?),
+                None => None,
+            };
             let (new, out) = f(current.as_ref())?;
             let Some(mut rec) = new else {
                 return Ok((None, out));
             };
-            rec.name = name.to_string();
+            rec.set_name(name);
             if let Some(cur) = &current {
-                track_revocations(
-                    &[&cur.admin_channels],
-                    &[&rec.admin_channels],
-                    &mut rec.revoked_channels,
-                );
+                rec.track_revocations(cur);
             }
             let mut stored = None;
-            let written = self.store.put_principal_if(
-                PrincipalKind::Role,
-                name,
-                bytes.as_deref(),
-                &mut |seq| {
-                    let mut r = rec.clone();
-                    r.seq = seq;
-                    fill_grants(&mut r.revoked_channels, seq);
-                    fill_grants(&mut r.admin_channels, seq);
-                    let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
-                    stored = Some(r);
-                    Ok(bytes)
-                },
-            )?;
+            let written =
+                self.store
+                    .put_principal_if(kind, name, bytes.as_deref(), &mut |seq| {
+                        let mut r = rec.clone();
+                        r.stamp(seq);
+                        let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
+                        stored = Some(r);
+                        Ok(bytes)
+                    })?;
             let Some((_, ticket)) = written else {
-                continue;
+                continue; // changed meanwhile: decide again on what is stored now
             };
             self.invalidate_cache();
-            if let Some(r) = stored {
-                rec = r;
-            }
-            return Ok((Some((rec, ticket)), out));
+            return Ok((Some((stored.unwrap_or(rec), ticket)), out));
         }
+        let what = match kind {
+            PrincipalKind::User => "User",
+            PrincipalKind::Role => "Role",
+        };
         Err(AuthError::Conflict(format!(
-            "Role \"{}\" kept changing while this update was made; try again",
+            "{what} \"{}\" kept changing while this update was made; try again",
             show(name)
         )))
     }
