@@ -29,7 +29,7 @@ pub fn root(admin: bool) -> Reply {
 /// The `GET /{db}/_session` body for a user (`None` = anonymous: name null, no channels).
 pub fn session_info(user: Option<&UserCtx>) -> Value {
     let ctx = match user {
-        Some(u) => json!({"name": u.name, "channels": &*u.channels, "roles": u.roles}),
+        Some(u) => json!({"name": u.name, "channels": &u.channels, "roles": u.roles}),
         None => json!({"name": Value::Null, "channels": {}, "roles": []}),
     };
     json!({

@@ -23,7 +23,7 @@ pub use authenticator::{
     AuthMethod, AuthSettings, Authenticated, Authenticator, BearerAuth, ConfigRole, ConfigUser,
     Credentials, GuestConfig, NewSession,
 };
-pub use identity::{Caller, UserCtx};
+pub use identity::{Caller, ChannelMap, UserCtx};
 pub use password::HashParams;
 pub use principals::{WriteMode, GUEST};
 pub use sessions::{CookieSettings, SameSite};

@@ -441,10 +441,12 @@ type DocGrants = BTreeMap<String, DocGrant>;
 
 /// The in-memory identities. A write that changes the access index moves the store's grants
 /// version; the cache catches up by applying the changed entries
-/// ([`DatabaseStore::grant_changes_since`]): a user whose grants changed is recomputed from
-/// its cached grants (no re-read of every grant), every other user stays cached. A user that
-/// owns one channel per shared document therefore costs one map update per write, not a scan
-/// of all its grants.
+/// ([`DatabaseStore::grant_changes_since`]): a new document grant that only gives channels is
+/// added to the cached identity in place (O(log n) on its persistent channel map); a user
+/// whose grants changed otherwise (a grant changed or withdrawn, roles, revocations) is
+/// recomputed from its cached grants (no re-read of every grant); every other user stays
+/// cached. A user that owns one channel per shared document therefore costs one map update
+/// per new document, not a copy or a scan of all its grants.
 #[derive(Default)]
 struct Cache {
     /// The store's grants version the cache is up to date with.
@@ -472,7 +474,20 @@ impl Cache {
         for c in changes {
             match c.kind {
                 PrincipalKind::User => {
-                    self.users.remove(&c.name);
+                    // what the document granted before (known only with the user's grants)
+                    let before = self.grants.get(&c.name).map(|g| g.get(&c.doc));
+                    let kept = match (before, &c.grant, self.users.get(&c.name)) {
+                        (Some(old), new, Some(_)) if old == new.as_ref() => true,
+                        (Some(None), Some(new), Some(user)) if grants_channels_only(new) => {
+                            let user = with_channels_added(user, new);
+                            self.users.insert(c.name.clone(), Arc::new(user));
+                            true
+                        }
+                        _ => false,
+                    };
+                    if !kept {
+                        self.users.remove(&c.name);
+                    }
                     if let Some(g) = self.grants.get_mut(&c.name) {
                         let g = Arc::make_mut(g);
                         match c.grant {
@@ -489,6 +504,30 @@ impl Cache {
             self.users.clear();
         }
         self.version = version;
+    }
+}
+
+/// Whether a document's grant only gives channels (no roles, takes nothing away): added to a
+/// user's identity, it changes nothing but those channels.
+fn grants_channels_only(g: &DocGrant) -> bool {
+    g.roles.is_empty() && g.revoked_channels.is_empty() && g.revoked_roles.is_empty()
+}
+
+/// `user` with what a new document grant gives it: what [`Principals::compute`] would return
+/// with that grant added (each channel visible from its earliest grant; no longer revoked),
+/// in O(log n) per channel on the persistent channel map instead of a recomputation of all n.
+fn with_channels_added(user: &LoadedUser, g: &DocGrant) -> LoadedUser {
+    let mut ctx = user.ctx.clone();
+    for (c, s) in &g.channels {
+        let seq = ctx.channels.get(c).map_or(*s, |old| (*old).min(*s));
+        ctx.channels.insert(c.clone(), seq);
+    }
+    if g.channels.keys().any(|c| ctx.revoked.contains_key(c)) {
+        Arc::make_mut(&mut ctx.revoked).retain(|c, _| !g.channels.contains_key(c));
+    }
+    LoadedUser {
+        record: user.record.clone(),
+        ctx,
     }
 }
 
@@ -698,7 +737,7 @@ impl Principals {
         Ok((
             UserCtx {
                 name: (!user.is_guest()).then(|| user.name.clone()),
-                channels: Arc::new(channels),
+                channels: channels.into_iter().collect(),
                 roles: held.into_keys().collect(),
                 revoked: Arc::new(revoked),
             },
@@ -1222,6 +1261,74 @@ mod tests {
             fresh.load("v").unwrap().unwrap().ctx,
             p.load("v").unwrap().unwrap().ctx
         );
+    }
+
+    #[test]
+    fn a_new_channel_grant_is_added_to_the_cached_identity_in_place() {
+        let (_d, p) = principals();
+        p.write_user(
+            "u",
+            &upd(json!({"password":"pw", "admin_channels": ["adm", "gone"]})),
+            Some("$h".into()),
+            WriteMode::Create,
+        )
+        .unwrap();
+        // "gone" revoked by the admin: recorded as revoked until something grants it again
+        p.write_user(
+            "u",
+            &upd(json!({"admin_channels": ["adm"]})),
+            None,
+            WriteMode::Upsert,
+        )
+        .unwrap();
+        let fresh = |p: &Principals| {
+            Principals::new(p.store().clone())
+                .load("u")
+                .unwrap()
+                .unwrap()
+        };
+        let before = p.load("u").unwrap().unwrap();
+        assert!(before.ctx.revoked.contains_key("gone"));
+        // grants of new documents (a channel held already, a revoked one, new ones): each step
+        // is what a computation from scratch gives
+        let d1 = grant_doc(&p, "d1", None, "u", &["adm", "gone", "a"]);
+        assert_eq!(p.load("u").unwrap().unwrap().ctx, fresh(&p).ctx);
+        assert_eq!(channel_names(&p, "u"), ["!", "a", "adm", "gone"]);
+        assert!(!p
+            .load("u")
+            .unwrap()
+            .unwrap()
+            .ctx
+            .revoked
+            .contains_key("gone"));
+        // "adm" keeps the admin grant's earlier sequence
+        assert_eq!(
+            p.load("u").unwrap().unwrap().ctx.channels["adm"],
+            before.ctx.channels["adm"]
+        );
+        let d2 = grant_doc(&p, "d2", None, "u", &["b"]);
+        assert_eq!(p.load("u").unwrap().unwrap().ctx, fresh(&p).ctx);
+        // a changed and a withdrawn grant are recomputed
+        let d1 = grant_doc(&p, "d1", Some(&d1), "u", &["a"]);
+        assert_eq!(p.load("u").unwrap().unwrap().ctx, fresh(&p).ctx);
+        grant_doc(&p, "d1", Some(&d1), "u", &[]);
+        let u = p.load("u").unwrap().unwrap();
+        assert_eq!(u.ctx, fresh(&p).ctx);
+        assert_eq!(channel_names(&p, "u"), ["!", "adm", "b"]);
+
+        // in place, not recomputed: the cached user record is kept as it was, even when the
+        // stored record changed behind the cache's back (written here around `Principals`)
+        let mut rec = u.record.clone();
+        rec.admin_channels.insert("sneaked".into(), 1);
+        let bytes = serde_json::to_vec(&rec).unwrap();
+        p.store()
+            .put_principal(PrincipalKind::User, "u", &mut |_| Ok(bytes.clone()))
+            .unwrap();
+        grant_doc(&p, "d3", None, "u", &["c"]);
+        assert_eq!(channel_names(&p, "u"), ["!", "adm", "b", "c"]);
+        // a withdrawn grant recomputes: the stored record is read again
+        grant_doc(&p, "d2", Some(&d2), "u", &[]);
+        assert_eq!(channel_names(&p, "u"), ["!", "adm", "c", "sneaked"]);
     }
 
     #[test]

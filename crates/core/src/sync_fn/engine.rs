@@ -5,12 +5,12 @@
 //! replaced (as is one that ran out of memory).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rquickjs::context::EvalOptions;
+use syncgate_auth::ChannelMap;
 use rquickjs::{Context, Ctx, Function, Persistent, Runtime, Value};
 
 const PRELUDE: &str = include_str!("prelude.js");
@@ -63,13 +63,13 @@ pub struct CallUser {
     pub roles: Vec<String>,
     /// The user's channels: looked up by `requireAccess`, never copied into the runtime (a
     /// user may hold one channel per shared document).
-    pub channels: Arc<BTreeMap<String, u64>>,
+    pub channels: ChannelMap,
     /// `{"name","roles"}` as the helpers see them, encoded once for every call of a request.
     ctx_json: String,
 }
 
 impl CallUser {
-    pub fn new(name: String, roles: Vec<String>, channels: Arc<BTreeMap<String, u64>>) -> CallUser {
+    pub fn new(name: String, roles: Vec<String>, channels: ChannelMap) -> CallUser {
         let ctx_json = serde_json::json!({"name": name, "roles": roles}).to_string();
         CallUser {
             name,

@@ -179,7 +179,7 @@ pub fn call_user_from_json(text: &str) -> std::result::Result<CallUser, String> 
     Ok(CallUser::new(
         raw.name.unwrap_or_default(),
         raw.roles,
-        Arc::new(raw.channels.into_iter().map(|c| (c, 1)).collect()),
+        raw.channels.into_iter().map(|c| (c, 1u64)).collect(),
     ))
 }
 
