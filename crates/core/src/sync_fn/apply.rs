@@ -256,6 +256,7 @@ impl Database {
         writes: Vec<DocWrite>,
     ) -> Vec<Decided> {
         let ctx = super::call_user(caller);
+        let _deciding = f.gather.deciding();
         let mut pending = Vec::with_capacity(writes.len());
         for w in writes {
             let (call, switch) = match self.sync_inputs(&w) {
@@ -362,7 +363,8 @@ impl Database {
                 slots.push(None);
                 writes.push(w);
             }
-            for ((slot, switched), r) in at.into_iter().zip(self.write(writes).await?) {
+            let written = self.write_gathered(&f, writes).await?;
+            for ((slot, switched), r) in at.into_iter().zip(written) {
                 if let (true, Ok(o)) = (switched, &r) {
                     if o.seq > 0 {
                         self.settle_winner(&f, &o.id, &o.rev).await;
@@ -377,6 +379,22 @@ impl Database {
                 caller = self.refresh_caller(&caller).unwrap_or(caller);
             }
         }
+        Ok(results)
+    }
+
+    /// Stores a request's decided writes through the function's gathering point (see
+    /// [`super::gather`]) and waits until they are durable.
+    async fn write_gathered(
+        &self,
+        f: &SyncFunction,
+        writes: Vec<DocWrite>,
+    ) -> Result<Vec<std::result::Result<WriteOutcome, syncgate_storage::StorageError>>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (results, ticket) = f.gather.write(&self.store, writes).await?;
+        self.store.durable(ticket).await?;
+        self.note_written(results.iter().filter(|r| r.as_ref().is_ok_and(|o| o.seq > 0)).count());
         Ok(results)
     }
 

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod apply;
 pub mod engine;
+pub mod gather;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct Decision {
 /// A configured sync function: its source and the worker pool running it.
 pub struct SyncFunction {
     engine: Engine,
+    /// Where the writes of requests whose calls finish together meet.
+    pub(crate) gather: gather::Gather,
 }
 
 impl std::fmt::Debug for SyncFunction {
@@ -196,7 +199,10 @@ impl SyncFunction {
         workers: usize,
     ) -> std::result::Result<SyncFunction, CompileError> {
         let engine = Engine::start(source, Duration::from_millis(timeout_ms.max(1)), workers)?;
-        Ok(SyncFunction { engine })
+        Ok(SyncFunction {
+            engine,
+            gather: gather::Gather::default(),
+        })
     }
 
     pub fn source(&self) -> &str {
