@@ -359,7 +359,7 @@ fn grant(out: &mut BTreeMap<String, u64>, ch: &str, seq: u64) {
 }
 
 /// What [`Principals::modify`] needs of a user or role record.
-trait Record: Clone + serde::Serialize + serde::de::DeserializeOwned {
+trait Record: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync {
     fn set_name(&mut self, name: &str);
     /// Keeps, in the revocation lists, what `self` no longer grants that `before` did.
     fn track_revocations(&mut self, before: &Self);
@@ -431,7 +431,7 @@ const MODIFY_ATTEMPTS: usize = 8;
 pub struct Principals {
     store: Arc<dyn DatabaseStore>,
     /// Serializes read-modify-write of principals (never held across an await).
-    write: Mutex<()>,
+    write: tokio::sync::Mutex<()>,
     /// Loaded users and the documents' grants they were computed from.
     cache: Mutex<Cache>,
 }
@@ -496,7 +496,7 @@ impl Principals {
     pub fn new(store: Arc<dyn DatabaseStore>) -> Principals {
         Principals {
             store,
-            write: Mutex::new(()),
+            write: tokio::sync::Mutex::new(()),
             cache: Mutex::new(Cache::default()),
         }
     }
@@ -511,24 +511,24 @@ impl Principals {
 
     // --- reading -----------------------------------------------------------------------------
 
-    pub fn get_user(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
-        self.get_record(PrincipalKind::User, name)
+    pub async fn get_user(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
+        self.get_record(PrincipalKind::User, name).await
     }
 
-    fn get_record<R: Record>(
+    async fn get_record<R: Record>(
         &self,
         kind: PrincipalKind,
         name: &str,
     ) -> Result<Option<R>, AuthError> {
-        match self.store.get_principal(kind, name)? {
+        match self.store.get_principal(kind, name).await? {
             Some(b) => decode_record(kind, name, &b).map(Some),
             None => Ok(None),
         }
     }
 
     /// A user as the admin API shows it: GUEST always exists (disabled until configured).
-    pub fn get_user_or_guest(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
-        match self.get_user(name)? {
+    pub async fn get_user_or_guest(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
+        match self.get_user(name).await? {
             None if name == GUEST => Ok(Some(UserRecord {
                 name: GUEST.to_string(),
                 disabled: true,
@@ -538,32 +538,32 @@ impl Principals {
         }
     }
 
-    pub fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
-        self.get_record(PrincipalKind::Role, name)
+    pub async fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
+        self.get_record(PrincipalKind::Role, name).await
     }
 
     /// User names, sorted, without GUEST.
-    pub fn user_names(&self) -> Result<Vec<String>, AuthError> {
-        let mut v = self.store.list_principals(PrincipalKind::User)?;
+    pub async fn user_names(&self) -> Result<Vec<String>, AuthError> {
+        let mut v = self.store.list_principals(PrincipalKind::User).await?;
         v.retain(|n| n != GUEST);
         v.sort();
         Ok(v)
     }
 
-    pub fn role_names(&self) -> Result<Vec<String>, AuthError> {
-        let mut v = self.store.list_principals(PrincipalKind::Role)?;
+    pub async fn role_names(&self) -> Result<Vec<String>, AuthError> {
+        let mut v = self.store.list_principals(PrincipalKind::Role).await?;
         v.sort();
         Ok(v)
     }
 
     /// The user's effective channels (with grant sequences) and roles.
-    pub fn effective(&self, user: &UserRecord) -> Result<UserCtx, AuthError> {
-        let grants = self.user_doc_grants(&user.name)?;
-        Ok(self.compute(user, &grants, false)?.0)
+    pub async fn effective(&self, user: &UserRecord) -> Result<UserCtx, AuthError> {
+        let grants = self.user_doc_grants(&user.name).await?;
+        Ok(self.compute(user, &grants, false).await?.0)
     }
 
     /// What documents grant a user, from the cache when it has them.
-    fn user_doc_grants(&self, name: &str) -> Result<Arc<DocGrants>, AuthError> {
+    async fn user_doc_grants(&self, name: &str) -> Result<Arc<DocGrants>, AuthError> {
         {
             let mut c = self.cache();
             c.catch_up(&*self.store);
@@ -572,34 +572,34 @@ impl Principals {
             }
         }
         Ok(Arc::new(
-            self.doc_grants(PrincipalKind::User, name)?
+            self.doc_grants(PrincipalKind::User, name).await?
                 .into_iter()
                 .collect(),
         ))
     }
 
     /// What documents grant a principal (the sync function's `access()`/`role()`).
-    fn doc_grants(
+    async fn doc_grants(
         &self,
         kind: PrincipalKind,
         name: &str,
     ) -> Result<Vec<(String, syncgate_storage::DocGrant)>, AuthError> {
-        Ok(self.store.doc_grants(kind, name)?)
+        Ok(self.store.doc_grants(kind, name).await?)
     }
 
     /// [`Principals::effective`], with where each channel comes from: `admin`, `token`,
     /// `role:NAME` or `doc:ID`.
-    pub fn effective_with_sources(
+    pub async fn effective_with_sources(
         &self,
         user: &UserRecord,
     ) -> Result<(UserCtx, BTreeMap<String, BTreeSet<String>>), AuthError> {
-        let grants = self.user_doc_grants(&user.name)?;
-        self.compute(user, &grants, true)
+        let grants = self.user_doc_grants(&user.name).await?;
+        self.compute(user, &grants, true).await
     }
 
     /// The effective identity of `user` given what documents grant it, with the sources of
     /// each channel when `with_sources`.
-    fn compute(
+    async fn compute(
         &self,
         user: &UserRecord,
         doc_grants: &DocGrants,
@@ -653,14 +653,14 @@ impl Principals {
             }
         }
         // a role's channels: its admin channels and what documents grant `role:NAME`
-        let role_channels = |r: &str| -> Result<(Grants, Grants), AuthError> {
+        let role_channels = async |r: &str| -> Result<(Grants, Grants), AuthError> {
             let mut chans = Grants::new();
             let mut gone = Grants::new();
-            if let Some(role) = self.get_role(r)? {
+            if let Some(role) = self.get_role(r).await? {
                 chans.extend(role.admin_channels.clone());
                 gone.extend(role.revoked_channels.clone());
             }
-            for (_, g) in self.doc_grants(PrincipalKind::Role, r)? {
+            for (_, g) in self.doc_grants(PrincipalKind::Role, r).await? {
                 for (c, s) in g.channels {
                     grant(&mut chans, &c, s);
                 }
@@ -672,7 +672,7 @@ impl Principals {
             Ok((chans, gone))
         };
         for (r, granted) in &held {
-            let (chans, gone) = role_channels(r)?;
+            let (chans, gone) = role_channels(r).await?;
             for (c, s) in &chans {
                 grant(&mut channels, c, (*s).max(*granted));
                 source(c, &|| format!("role:{r}"));
@@ -688,7 +688,7 @@ impl Principals {
             if held.contains_key(r) {
                 continue;
             }
-            let (chans, _) = role_channels(r)?;
+            let (chans, _) = role_channels(r).await?;
             for c in chans.keys() {
                 revoke(c, *lost);
             }
@@ -707,7 +707,7 @@ impl Principals {
     }
 
     /// The user with its effective identity, from the in-memory cache when possible.
-    pub fn load(&self, name: &str) -> Result<Option<Arc<LoadedUser>>, AuthError> {
+    pub async fn load(&self, name: &str) -> Result<Option<Arc<LoadedUser>>, AuthError> {
         let (version, epoch, cached_grants) = {
             let mut c = self.cache();
             c.catch_up(&*self.store);
@@ -716,18 +716,18 @@ impl Principals {
             }
             (c.version, c.epoch, c.grants.get(name).cloned())
         };
-        let Some(record) = self.get_user(name)? else {
+        let Some(record) = self.get_user(name).await? else {
             return Ok(None);
         };
         let grants = match cached_grants {
             Some(g) => g,
             None => Arc::new(
-                self.doc_grants(PrincipalKind::User, name)?
+                self.doc_grants(PrincipalKind::User, name).await?
                     .into_iter()
                     .collect(),
             ),
         };
-        let ctx = self.compute(&record, &grants, false)?.0;
+        let ctx = self.compute(&record, &grants, false).await?.0;
         let loaded = Arc::new(LoadedUser { record, ctx });
         let mut c = self.cache();
         // kept only when nothing changed meanwhile (later changes are applied on the next
@@ -752,8 +752,8 @@ impl Principals {
     }
 
     /// The admin API's JSON for a user (never the password or its hash).
-    pub fn user_json(&self, user: &UserRecord) -> Result<Value, AuthError> {
-        let (ctx, sources) = self.effective_with_sources(user)?;
+    pub async fn user_json(&self, user: &UserRecord) -> Result<Value, AuthError> {
+        let (ctx, sources) = self.effective_with_sources(user).await?;
         let mut v = json!({
             "name": user.name,
             "admin_channels": keys(&user.admin_channels),
@@ -791,33 +791,33 @@ impl Principals {
     /// to store nothing. Returns the stored record and the ticket to wait for. The write is
     /// stored only if the record is still the one `f` saw (another node sharing the store may
     /// have changed it); otherwise `f` runs again on the new record, a few times at most.
-    pub fn modify_user<T>(
+    pub async fn modify_user<T>(
         &self,
         name: &str,
         f: impl FnMut(Option<&UserRecord>) -> Result<(Option<UserRecord>, T), AuthError>,
     ) -> Result<(Option<(UserRecord, Ticket)>, T), AuthError> {
-        self.modify(PrincipalKind::User, name, f)
+        self.modify(PrincipalKind::User, name, f).await
     }
 
     /// Read-modify-write of one role (see [`Principals::modify_user`]).
-    pub fn modify_role<T>(
+    pub async fn modify_role<T>(
         &self,
         name: &str,
         f: impl FnMut(Option<&RoleRecord>) -> Result<(Option<RoleRecord>, T), AuthError>,
     ) -> Result<(Option<(RoleRecord, Ticket)>, T), AuthError> {
-        self.modify(PrincipalKind::Role, name, f)
+        self.modify(PrincipalKind::Role, name, f).await
     }
 
     /// The read-modify-write of [`Principals::modify_user`] for either kind of record.
-    fn modify<R: Record, T>(
+    async fn modify<R: Record, T>(
         &self,
         kind: PrincipalKind,
         name: &str,
         mut f: impl FnMut(Option<&R>) -> Result<(Option<R>, T), AuthError>,
     ) -> Result<(Option<(R, Ticket)>, T), AuthError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.write.lock().await;
         for _ in 0..MODIFY_ATTEMPTS {
-            let bytes = self.store.get_principal(kind, name)?;
+            let bytes = self.store.get_principal(kind, name).await?;
             let current: Option<R> = match &bytes {
                 Some(b) => Some(decode_record(kind, name, b)?),
                 None => None,
@@ -839,7 +839,7 @@ impl Principals {
                         let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
                         stored = Some(r);
                         Ok(bytes)
-                    })?;
+                    }).await?;
             let Some((_, ticket)) = written else {
                 continue; // changed meanwhile: decide again on what is stored now
             };
@@ -858,7 +858,7 @@ impl Principals {
 
     /// Applies an admin-API user body. `password_hash` is the hash of `upd.password`, computed
     /// by the caller off the reactor. Returns what happened and the ticket to wait for.
-    pub fn write_user(
+    pub async fn write_user(
         &self,
         name: &str,
         upd: &UserUpdate,
@@ -874,7 +874,44 @@ impl Principals {
                 "GUEST has no password or email; only 'disabled', 'admin_channels' and 'admin_roles' can be set".into(),
             ));
         }
-        let (written, w) = self.modify_user(name, |cur| {
+        for _ in 0..MODIFY_ATTEMPTS {
+            // the read-only check needs the current record's effective channels, read from the
+            // store: before the read-modify-write, which decides again if the record changed
+            let seen = self.get_user(name).await?;
+            let ctx = self
+                .effective(seen.as_ref().unwrap_or(&UserRecord::default()))
+                .await?;
+            let (written, w) = self.modify_user(name, |cur| {
+                if cur != seen.as_ref() {
+                    return Ok((None, None)); // changed since it was read: check again
+                }
+                self.decide_user(name, cur, upd, &password_hash, mode, &ctx)
+                    .map(|(rec, w)| (rec, Some(w)))
+            })
+            .await?;
+            if let Some(w) = w {
+                return Ok((w, written.map(|(_, t)| t)));
+            }
+        }
+        Err(AuthError::Conflict(format!(
+            "User \"{}\" kept changing while this update was made; try again",
+            show(name)
+        )))
+    }
+
+    /// The record [`Principals::write_user`] stores, from the current one (`cur`, whose
+    /// effective identity is `ctx`), and what happened.
+    fn decide_user(
+        &self,
+        name: &str,
+        cur: Option<&UserRecord>,
+        upd: &UserUpdate,
+        password_hash: &Option<String>,
+        mode: WriteMode,
+        ctx: &UserCtx,
+    ) -> Result<(Option<UserRecord>, UserWrite), AuthError> {
+        let guest = name == GUEST;
+        {
             let mut w = UserWrite::default();
             let (mut rec, empty) = match cur {
                 Some(_) if mode == WriteMode::Create => {
@@ -899,7 +936,7 @@ impl Principals {
                 }
             };
             let before = cur.unwrap_or(&empty);
-            self.check_read_only(before, upd)?;
+            self.check_read_only(before, upd, ctx)?;
             if let Some(c) = &upd.admin_channels {
                 rec.admin_channels = regrant(&rec.admin_channels, c);
             }
@@ -925,16 +962,19 @@ impl Principals {
             }
             w.changed = w.created || cur != Some(&rec);
             Ok((w.changed.then_some(rec), w))
-        })?;
-        Ok((w, written.map(|(_, t)| t)))
+        }
     }
 
     /// Read-only fields may be sent back unchanged (so a GET body can be PUT), never changed.
-    fn check_read_only(&self, cur: &UserRecord, upd: &UserUpdate) -> Result<(), AuthError> {
+    fn check_read_only(
+        &self,
+        cur: &UserRecord,
+        upd: &UserUpdate,
+        ctx: &UserCtx,
+    ) -> Result<(), AuthError> {
         let strip = |s: &BTreeSet<String>| -> BTreeSet<String> {
             s.iter().filter(|c| *c != PUBLIC_CHANNEL).cloned().collect()
         };
-        let ctx = self.effective(cur)?;
         if let Some(all) = &upd.all_channels {
             let current: BTreeSet<String> = ctx.channels.keys().cloned().collect();
             if strip(all) != strip(&current) {
@@ -964,7 +1004,7 @@ impl Principals {
     }
 
     /// Applies an admin-API role body.
-    pub fn write_role(
+    pub async fn write_role(
         &self,
         name: &str,
         upd: &RoleUpdate,
@@ -994,44 +1034,45 @@ impl Principals {
             }
             let changed = created || cur != Some(&rec);
             Ok((changed.then_some(rec), created))
-        })?;
+        })
+        .await?;
         Ok((created, written.map(|(_, t)| t)))
     }
 
     /// Deletes a user (not GUEST). 404 if absent.
-    pub fn delete_user(&self, name: &str) -> Result<Ticket, AuthError> {
+    pub async fn delete_user(&self, name: &str) -> Result<Ticket, AuthError> {
         if name == GUEST {
             return Err(AuthError::MethodNotAllowed(
                 "The GUEST user cannot be deleted, only disabled with a PUT".into(),
             ));
         }
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get_user(name)?.is_none() {
+        let _guard = self.write.lock().await;
+        if self.get_user(name).await?.is_none() {
             return Err(AuthError::NotFound(format!(
                 "No such user \"{}\"",
                 show(name)
             )));
         }
-        let t = self.store.delete_principal(PrincipalKind::User, name)?;
+        let t = self.store.delete_principal(PrincipalKind::User, name).await?;
         self.invalidate_cache();
         Ok(t)
     }
 
-    pub fn delete_role(&self, name: &str) -> Result<Ticket, AuthError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get_role(name)?.is_none() {
+    pub async fn delete_role(&self, name: &str) -> Result<Ticket, AuthError> {
+        let _guard = self.write.lock().await;
+        if self.get_role(name).await?.is_none() {
             return Err(AuthError::NotFound(format!(
                 "No such role \"{}\"",
                 show(name)
             )));
         }
-        let t = self.store.delete_principal(PrincipalKind::Role, name)?;
+        let t = self.store.delete_principal(PrincipalKind::Role, name).await?;
         self.invalidate_cache();
         Ok(t)
     }
 
     /// Invalidates every session of a user (rotates its session uuid). False if no such user.
-    pub fn rotate_sessions(&self, name: &str) -> Result<bool, AuthError> {
+    pub async fn rotate_sessions(&self, name: &str) -> Result<bool, AuthError> {
         let (w, ()) = self.modify_user(name, |cur| {
             Ok((
                 cur.map(|c| {
@@ -1041,7 +1082,8 @@ impl Principals {
                 }),
                 (),
             ))
-        })?;
+        })
+        .await?;
         Ok(w.is_some())
     }
 }
@@ -1081,7 +1123,7 @@ mod tests {
                     other.admin_channels.insert("b".into(), 0);
                     let bytes = serde_json::to_vec(&other).unwrap();
                     p.store()
-                        .put_principal(PrincipalKind::User, "ann", &mut |_| Ok(bytes.clone()))
+                        .put_principal(PrincipalKind::User, "ann", &mut |_| Ok(bytes.clone())).await
                         .unwrap();
                 }
                 let mut rec = cur.unwrap().clone();
@@ -1179,7 +1221,7 @@ mod tests {
             revs_limit: 1000,
             must_exist: false,
         };
-        let (mut r, _) = p.store().write_docs(vec![w]).unwrap();
+        let (mut r, _) = p.store().write_docs(vec![w]).await.unwrap();
         r.remove(0).unwrap().rev
     }
 

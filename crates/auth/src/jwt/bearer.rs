@@ -48,7 +48,7 @@ pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(
     if name == GUEST {
         return Err(rejected("a token cannot act as GUEST"));
     }
-    if let Some(u) = principals.load(name)? {
+    if let Some(u) = principals.load(name).await? {
         if up_to_date(&u.record, id) {
             return Ok(());
         }
@@ -74,7 +74,7 @@ pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(
         rec.jwt_channels = regrant(&rec.jwt_channels, &id.channels);
         rec.email = email_for(id, rec.email.as_ref());
         Ok(((cur != Some(&rec)).then_some(rec), ()))
-    })?;
+    }).await?;
     if let Some((rec, ticket)) = written {
         tracing::debug!(user = %rec.name, provider = %id.provider, "user updated from token");
         principals.store().durable(ticket).await?;
@@ -85,14 +85,14 @@ pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(
 /// Clears `jwt_issuer`, `jwt_roles` and `jwt_channels` of users whose issuer is no longer a
 /// configured provider (SG checks this per request; providers only change with the config,
 /// so once at startup is the same). Returns how many users were changed.
-pub fn revoke_stale_grants(
+pub async fn revoke_stale_grants(
     principals: &Principals,
     jwt: Option<&JwtAuth>,
 ) -> Result<usize, AuthError> {
     let mut changed = 0;
     let mut last_ticket = None;
-    for name in principals.user_names()? {
-        let Some(u) = principals.get_user(&name)? else {
+    for name in principals.user_names().await? {
+        let Some(u) = principals.get_user(&name).await? else {
             continue;
         };
         let Some(iss) = &u.jwt_issuer else {
@@ -110,7 +110,8 @@ pub fn revoke_stale_grants(
                 c
             });
             Ok((rec, ()))
-        })?;
+        })
+        .await?;
         if let Some((_, t)) = written {
             changed += 1;
             last_ticket = Some(t);

@@ -92,16 +92,16 @@ impl LoginStore {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    pub fn put(&self, state: &str, rec: &LoginRecord) -> Result<(), AuthError> {
+    pub async fn put(&self, state: &str, rec: &LoginRecord) -> Result<(), AuthError> {
         let bytes = serde_json::to_vec(rec)
             .map_err(|e| AuthError::Internal(format!("login transaction encoding: {e}")))?;
-        self.store.put_login(&self.storage_key(state), bytes)?;
+        self.store.put_login(&self.storage_key(state), bytes).await?;
         Ok(())
     }
 
     /// Removes and returns the transaction of a state (None: unknown or already used).
-    pub fn take(&self, state: &str) -> Result<Option<LoginRecord>, AuthError> {
-        match self.store.take_login(&self.storage_key(state))? {
+    pub async fn take(&self, state: &str) -> Result<Option<LoginRecord>, AuthError> {
+        match self.store.take_login(&self.storage_key(state)).await? {
             Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
                 AuthError::Internal(format!(
                     "stored OpenID Connect login transaction does not decode: {e}"
@@ -112,10 +112,10 @@ impl LoginStore {
     }
 
     /// Deletes expired (and undecodable) transactions; returns how many.
-    pub fn collect(&self, now_ms: u64) -> Result<usize, AuthError> {
+    pub async fn collect(&self, now_ms: u64) -> Result<usize, AuthError> {
         let dead: Vec<String> = self
             .store
-            .list_logins()?
+            .list_logins().await?
             .into_iter()
             .filter(|(_, v)| {
                 serde_json::from_slice::<LoginRecord>(v).map_or(true, |r| r.expires_ms <= now_ms)
@@ -123,13 +123,13 @@ impl LoginStore {
             .map(|(k, _)| k)
             .collect();
         if !dead.is_empty() {
-            self.store.delete_logins(&dead)?;
+            self.store.delete_logins(&dead).await?;
         }
         Ok(dead.len())
     }
 
-    pub fn count(&self) -> Result<usize, AuthError> {
-        Ok(self.store.list_logins()?.len())
+    pub async fn count(&self) -> Result<usize, AuthError> {
+        Ok(self.store.list_logins().await?.len())
     }
 }
 
@@ -542,7 +542,7 @@ impl CodeFlow {
             return_to,
             expires_ms: now_ms() + self.login_ttl.as_millis() as u64,
         };
-        self.logins.put(&state, &rec)?;
+        self.logins.put(&state, &rec).await?;
         Ok(LoginStart {
             authorization_url: url.to_string(),
             set_cookie: login_cookie(cookie, &binding, self.login_ttl.as_secs()),
@@ -578,7 +578,7 @@ impl CodeFlow {
         principals: &Principals,
     ) -> Result<Login, AuthError> {
         let rec = match q.state.as_deref().filter(|s| !s.is_empty()) {
-            Some(state) => self.logins.take(state)?,
+            Some(state) => self.logins.take(state).await?,
             None => None,
         };
         if let Some(err) = &q.error {
@@ -771,7 +771,7 @@ impl CodeFlow {
 /// Registers or updates the token's user as a Bearer token would, but refuses a disabled
 /// user before anything is written (SPEC §6: disabled users are refused on every path).
 async fn apply_login(id: &JwtIdentity, principals: &Principals) -> Result<(), AuthError> {
-    if let Some(u) = principals.load(&id.username)? {
+    if let Some(u) = principals.load(&id.username).await? {
         if u.record.disabled {
             return Err(refused("Invalid login: user is disabled"));
         }
