@@ -130,7 +130,7 @@ impl SledDatabase {
 /// A change view: the sequence it is pinned at, released on drop.
 pub(super) struct View<'a> {
     db: &'a SledDatabase,
-    seq: u64,
+    pub(super) seq: u64,
 }
 
 impl Drop for View<'_> {
@@ -142,7 +142,7 @@ impl Drop for View<'_> {
 impl View<'_> {
     /// Entries with sequence in (`since`, `seq`], ascending (or descending), as the view
     /// shows them.
-    fn since(
+    pub(super) fn since(
         &self,
         since: u64,
         descending: bool,
@@ -205,14 +205,24 @@ impl ChangesView for View<'_> {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<ChangeEntry>>> {
+        ready(self.in_channels(channels, after).take(limit).collect())
+    }
+}
+
+impl View<'_> {
+    /// Entries with sequence in (`since`, `seq`] in one of `channels`, ascending, as the view
+    /// shows them.
+    pub(super) fn in_channels(
+        &self,
+        channels: &[String],
+        since: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
         let view = self.seq;
-        ready(
+        Box::new(
             self.db
-                .raw_channel_changes(channels, after)
+                .raw_channel_changes(channels, since)
                 .take_while(move |e| e.as_ref().map_or(true, |e| e.seq <= view))
-                .filter(move |e| e.as_ref().map_or(true, |e| e.visible_at(view)))
-                .take(limit)
-                .collect(),
+                .filter(move |e| e.as_ref().map_or(true, |e| e.visible_at(view))),
         )
     }
 }
