@@ -740,7 +740,7 @@ mod tests {
                 admin_channels: vec![],
             },
         )
-        .unwrap();
+        .await.unwrap();
         assert_eq!(
             a.principals.store().last_seq(),
             0,
@@ -754,7 +754,7 @@ mod tests {
                 admin_channels: vec![],
             },
         )
-        .unwrap();
+        .await.unwrap();
         a.put_user(
             None,
             json!({"name":"alice","password":"pw-alice","admin_channels":["a"]}),
@@ -862,7 +862,7 @@ mod tests {
         let ok = a.authenticate(&creds).await.unwrap();
         assert_eq!(ok.method, AuthMethod::Cookie);
         assert!(ok.set_cookie.is_none(), "fresh session: no refresh");
-        assert!(a.live_session(&s.id).unwrap().is_some());
+        assert!(a.live_session(&s.id).await.unwrap().is_some());
         // revoke all
         a.revoke_sessions("carol").await.unwrap();
         assert!(a.authenticate(&creds).await.is_err());
@@ -879,7 +879,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(a.live_session(&s2.id).unwrap().is_none());
+        assert!(a.live_session(&s2.id).await.unwrap().is_none());
         // errors
         assert!(matches!(
             a.create_session("nobody", None, false).await,
@@ -919,12 +919,12 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(a.collect_sessions().unwrap() >= 1);
-        assert!(a.sessions.get(&s4.id).unwrap().is_none());
+        assert!(a.collect_sessions().await.unwrap() >= 1);
+        assert!(a.sessions.get(&s4.id).await.unwrap().is_none());
         // deleting the user deletes its sessions
         let s5 = a.create_session("carol", None, false).await.unwrap();
         a.delete_user("carol").await.unwrap();
-        assert!(a.sessions.get(&s5.id).unwrap().is_none());
+        assert!(a.sessions.get(&s5.id).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -940,9 +940,9 @@ mod tests {
             disabled: false,
             admin_channels: vec!["pub".into()],
         };
-        a.install_config(&roles, &users, &guest).unwrap();
+        a.install_config(&roles, &users, &guest).await.unwrap();
         assert!(a.check_password("dave", "pw-dave", None).await.is_ok());
-        assert!(a.guest().unwrap().channels.contains_key("pub"));
+        assert!(a.guest().await.unwrap().channels.contains_key("pub"));
         a.put_user(
             Some("dave"),
             json!({"admin_channels":["changed"]}),
@@ -953,11 +953,11 @@ mod tests {
         a.put_user(Some(GUEST), json!({"disabled":true}), WriteMode::Upsert)
             .await
             .unwrap();
-        assert!(a.guest().is_none());
-        a.install_config(&roles, &users, &guest).unwrap();
-        let d = a.principals.get_user("dave").unwrap().unwrap();
+        assert!(a.guest().await.is_none());
+        a.install_config(&roles, &users, &guest).await.unwrap();
+        let d = a.principals.get_user("dave").await.unwrap().unwrap();
         assert!(d.admin_channels.contains_key("changed"), "not overwritten");
-        assert!(a.guest().is_some(), "GUEST reset from config");
+        assert!(a.guest().await.is_some(), "GUEST reset from config");
         assert!(format!("{:?}", users["dave"]).contains("redacted"));
     }
 }

@@ -1103,8 +1103,8 @@ mod tests {
     /// Another writer (another node sharing the store) changes the user between the read and
     /// the write of a read-modify-write: the write does not overwrite it; the update is decided
     /// again on the new record, so both changes are kept.
-    #[test]
-    fn a_change_made_meanwhile_is_not_overwritten() {
+    #[tokio::test]
+    async fn a_change_made_meanwhile_is_not_overwritten() {
         let (_d, p) = principals();
         p.write_user(
             "ann",
@@ -1112,7 +1112,7 @@ mod tests {
             Some("$h".into()),
             WriteMode::Create,
         )
-        .unwrap();
+        .await.unwrap();
         let mut calls = 0;
         let (written, ()) = p
             .modify_user("ann", |cur| {
@@ -1122,21 +1122,30 @@ mod tests {
                     let mut other = cur.unwrap().clone();
                     other.admin_channels.insert("b".into(), 0);
                     let bytes = serde_json::to_vec(&other).unwrap();
-                    p.store()
-                        .put_principal(PrincipalKind::User, "ann", &mut |_| Ok(bytes.clone())).await
-                        .unwrap();
+                    // the embedded store's future is complete when returned
+                    let mut build = |_| Ok(bytes.clone());
+                    let write = p
+                        .store()
+                        .put_principal(PrincipalKind::User, "ann", &mut build);
+                    let std::task::Poll::Ready(r) = std::future::Future::poll(
+                        std::pin::pin!(write),
+                        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+                    ) else {
+                        panic!("sled answers at once");
+                    };
+                    r.unwrap();
                 }
                 let mut rec = cur.unwrap().clone();
                 rec.email = Some("ann@example.com".into());
                 Ok((Some(rec), ()))
             })
-            .unwrap();
+            .await.unwrap();
         assert!(written.is_some());
         assert_eq!(
             calls, 2,
             "decided again on the record the other writer stored"
         );
-        let ann = p.get_user("ann").unwrap().unwrap();
+        let ann = p.get_user("ann").await.unwrap().unwrap();
         assert_eq!(ann.email.as_deref(), Some("ann@example.com"));
         assert!(
             ann.admin_channels.contains_key("b"),
@@ -1194,7 +1203,7 @@ mod tests {
     }
 
     /// Writes document `id` (child of `parent`) granting `user` the `channels`.
-    fn grant_doc(
+    async fn grant_doc(
         p: &Principals,
         id: &str,
         parent: Option<&str>,
@@ -1225,13 +1234,13 @@ mod tests {
         r.remove(0).unwrap().rev
     }
 
-    fn channel_names(p: &Principals, name: &str) -> Vec<String> {
-        let u = p.load(name).unwrap().unwrap();
+    async fn channel_names(p: &Principals, name: &str) -> Vec<String> {
+        let u = p.load(name).await.unwrap().unwrap();
         u.ctx.channels.keys().cloned().collect()
     }
 
-    #[test]
-    fn cached_identities_follow_document_grants_one_change_at_a_time() {
+    #[tokio::test]
+    async fn cached_identities_follow_document_grants_one_change_at_a_time() {
         let (_d, p) = principals();
         for n in ["u", "v"] {
             p.write_user(
@@ -1240,44 +1249,44 @@ mod tests {
                 Some("$h".into()),
                 WriteMode::Create,
             )
-            .unwrap();
+            .await.unwrap();
         }
-        let d1 = grant_doc(&p, "d1", None, "u", &["a"]);
-        assert_eq!(channel_names(&p, "u"), ["!", "a"]);
-        let v_before = p.load("v").unwrap().unwrap();
-        grant_doc(&p, "d2", None, "u", &["b"]);
-        assert_eq!(channel_names(&p, "u"), ["!", "a", "b"]);
+        let d1 = grant_doc(&p, "d1", None, "u", &["a"]).await;
+        assert_eq!(channel_names(&p, "u").await, ["!", "a"]);
+        let v_before = p.load("v").await.unwrap().unwrap();
+        grant_doc(&p, "d2", None, "u", &["b"]).await;
+        assert_eq!(channel_names(&p, "u").await, ["!", "a", "b"]);
         // d1 no longer grants anything: a is revoked, b stays
-        grant_doc(&p, "d1", Some(&d1), "u", &[]);
-        let u = p.load("u").unwrap().unwrap();
+        grant_doc(&p, "d1", Some(&d1), "u", &[]).await;
+        let u = p.load("u").await.unwrap().unwrap();
         assert_eq!(u.ctx.channels.keys().collect::<Vec<_>>(), ["!", "b"]);
         assert!(u.ctx.revoked.contains_key("a"), "{:?}", u.ctx.revoked);
         // the other user's identity was not recomputed: the grants changed only u's
-        assert!(Arc::ptr_eq(&v_before, &p.load("v").unwrap().unwrap()));
+        assert!(Arc::ptr_eq(&v_before, &p.load("v").await.unwrap().unwrap()));
         // what the cache caught up to is what a fresh computation from the store gives
         let fresh = Principals::new(p.store().clone());
-        assert_eq!(fresh.load("u").unwrap().unwrap().ctx, u.ctx);
+        assert_eq!(fresh.load("u").await.unwrap().unwrap().ctx, u.ctx);
         // a grant to v reaches v
-        grant_doc(&p, "d3", None, "v", &["c"]);
-        assert_eq!(channel_names(&p, "v"), ["!", "c"]);
+        grant_doc(&p, "d3", None, "v", &["c"]).await;
+        assert_eq!(channel_names(&p, "v").await, ["!", "c"]);
         assert_eq!(
-            fresh.load("v").unwrap().unwrap().ctx,
-            p.load("v").unwrap().unwrap().ctx
+            fresh.load("v").await.unwrap().unwrap().ctx,
+            p.load("v").await.unwrap().unwrap().ctx
         );
     }
 
-    #[test]
-    fn revocations_are_recorded_with_their_sequence() {
+    #[tokio::test]
+    async fn revocations_are_recorded_with_their_sequence() {
         let (_d, p) = principals();
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc","rc2"]})).unwrap(),
             WriteMode::Upsert,
         )
-        .unwrap();
+        .await.unwrap();
         let u = upd(json!({"password":"pw","admin_channels":["a","b"],"admin_roles":["r"]}));
         p.write_user("u", &u, Some("$h".into()), WriteMode::Create)
-            .unwrap();
+            .await.unwrap();
         // drop channel b directly
         p.write_user(
             "u",
@@ -1285,17 +1294,17 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .unwrap();
-        let s_b = p.get_user("u").unwrap().unwrap().seq;
+        .await.unwrap();
+        let s_b = p.get_user("u").await.unwrap().unwrap().seq;
         // the role loses rc2
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
             WriteMode::Upsert,
         )
-        .unwrap();
-        let s_rc2 = p.get_role("r").unwrap().unwrap().seq;
-        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        .await.unwrap();
+        let s_rc2 = p.get_role("r").await.unwrap().unwrap().seq;
+        let ctx = p.effective(&p.get_user("u").await.unwrap().unwrap()).await.unwrap();
         assert_eq!(ctx.revoked.get("b"), Some(&s_b));
         assert_eq!(ctx.revoked.get("rc2"), Some(&s_rc2));
         assert!(ctx.channels.contains_key("rc") && !ctx.revoked.contains_key("rc"));
@@ -1306,9 +1315,9 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .unwrap();
-        let s_role = p.get_user("u").unwrap().unwrap().seq;
-        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        .await.unwrap();
+        let s_role = p.get_user("u").await.unwrap().unwrap().seq;
+        let ctx = p.effective(&p.get_user("u").await.unwrap().unwrap()).await.unwrap();
         assert_eq!(ctx.revoked.get("rc"), Some(&s_role));
         // granting b again clears its revocation
         p.write_user(
@@ -1317,20 +1326,20 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .unwrap();
-        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        .await.unwrap();
+        let ctx = p.effective(&p.get_user("u").await.unwrap().unwrap()).await.unwrap();
         assert!(!ctx.revoked.contains_key("b") && ctx.channels.contains_key("b"));
     }
 
-    #[test]
-    fn create_update_partial_and_grant_sequences() {
+    #[tokio::test]
+    async fn create_update_partial_and_grant_sequences() {
         let (_d, p) = principals();
         let u = upd(json!({"password":"pw1","admin_channels":["a","b"],"email":"x@y.z"}));
         let (w, t) = p
             .write_user("alice", &u, Some("$hash1".into()), WriteMode::Create)
-            .unwrap();
+            .await.unwrap();
         assert!(w.created && w.changed && t.is_some());
-        let rec = p.get_user("alice").unwrap().unwrap();
+        let rec = p.get_user("alice").await.unwrap().unwrap();
         let s1 = rec.seq;
         assert!(s1 > 0);
         assert_eq!(
@@ -1340,7 +1349,7 @@ mod tests {
         assert!(!format!("{rec:?}").contains("$hash1"));
         // POST again: 409
         assert!(matches!(
-            p.write_user("alice", &u, Some("$h".into()), WriteMode::Create),
+            p.write_user("alice", &u, Some("$h".into()), WriteMode::Create).await,
             Err(AuthError::Conflict(_))
         ));
         // partial update: channels kept, email unchanged, new channel gets the new seq
@@ -1351,9 +1360,9 @@ mod tests {
                 None,
                 WriteMode::Upsert,
             )
-            .unwrap();
+            .await.unwrap();
         assert!(!w.created && w.changed && !w.sessions_invalidated);
-        let rec2 = p.get_user("alice").unwrap().unwrap();
+        let rec2 = p.get_user("alice").await.unwrap().unwrap();
         assert!(rec2.seq > s1);
         assert_eq!(rec2.admin_channels["b"], s1);
         assert_eq!(rec2.admin_channels["c"], rec2.seq);
@@ -1368,7 +1377,7 @@ mod tests {
                 None,
                 WriteMode::Upsert,
             )
-            .unwrap();
+            .await.unwrap();
         assert!(!w.changed && t.is_none());
         // [] clears
         p.write_user(
@@ -1377,10 +1386,10 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .unwrap();
+        .await.unwrap();
         assert!(p
             .get_user("alice")
-            .unwrap()
+            .await.unwrap()
             .unwrap()
             .admin_channels
             .is_empty());
@@ -1392,37 +1401,37 @@ mod tests {
                 Some("$hash2".into()),
                 WriteMode::Upsert,
             )
-            .unwrap();
+            .await.unwrap();
         assert!(w.sessions_invalidated);
         assert_ne!(
-            p.get_user("alice").unwrap().unwrap().session_uuid,
+            p.get_user("alice").await.unwrap().unwrap().session_uuid,
             rec.session_uuid
         );
         // create without password
         assert!(matches!(
-            p.write_user("bob", &upd(json!({})), None, WriteMode::Upsert),
+            p.write_user("bob", &upd(json!({})), None, WriteMode::Upsert).await,
             Err(AuthError::BadRequest(_))
         ));
     }
 
-    #[test]
-    fn effective_channels_and_read_only_fields() {
+    #[tokio::test]
+    async fn effective_channels_and_read_only_fields() {
         let (_d, p) = principals();
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
             WriteMode::Create,
         )
-        .unwrap();
+        .await.unwrap();
         p.write_user(
             "u",
             &upd(json!({"password":"pw1","admin_channels":["a"],"admin_roles":["r","ghost"]})),
             Some("$h".into()),
             WriteMode::Create,
         )
-        .unwrap();
-        let rec = p.get_user("u").unwrap().unwrap();
-        let ctx = p.effective(&rec).unwrap();
+        .await.unwrap();
+        let rec = p.get_user("u").await.unwrap().unwrap();
+        let ctx = p.effective(&rec).await.unwrap();
         assert_eq!(ctx.name.as_deref(), Some("u"));
         assert_eq!(ctx.channels.keys().collect::<Vec<_>>(), ["!", "a", "rc"]);
         assert_eq!(
@@ -1431,7 +1440,7 @@ mod tests {
         );
         // the role channel is visible from when the role was granted (later than the role's own grant)
         assert_eq!(ctx.channels["rc"], rec.admin_roles["r"]);
-        let body = p.user_json(&rec).unwrap();
+        let body = p.user_json(&rec).await.unwrap();
         assert_eq!(body["all_channels"], json!(["!", "a", "rc"]));
         assert!(body.get("password").is_none());
         assert!(!body.to_string().contains("$h"));
@@ -1440,7 +1449,7 @@ mod tests {
         back.as_object_mut().unwrap().remove("name");
         let (w, _) = p
             .write_user("u", &upd(back), None, WriteMode::Upsert)
-            .unwrap();
+            .await.unwrap();
         assert!(!w.changed);
         // changing read-only fields is refused
         for bad in [
@@ -1450,57 +1459,57 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    p.write_user("u", &upd(bad.clone()), None, WriteMode::Upsert),
+                    p.write_user("u", &upd(bad.clone()), None, WriteMode::Upsert).await,
                     Err(AuthError::BadRequest(_))
                 ),
                 "{bad}"
             );
         }
         // the cache sees role changes
-        assert_eq!(p.load("u").unwrap().unwrap().ctx.channels.len(), 3);
+        assert_eq!(p.load("u").await.unwrap().unwrap().ctx.channels.len(), 3);
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc","rd"]})).unwrap(),
             WriteMode::Upsert,
         )
-        .unwrap();
+        .await.unwrap();
         assert!(p
             .load("u")
-            .unwrap()
+            .await.unwrap()
             .unwrap()
             .ctx
             .channels
             .contains_key("rd"));
-        p.delete_role("r").unwrap();
+        p.delete_role("r").await.unwrap();
         assert!(!p
             .load("u")
-            .unwrap()
+            .await.unwrap()
             .unwrap()
             .ctx
             .channels
             .contains_key("rc"));
     }
 
-    #[test]
-    fn guest_rules() {
+    #[tokio::test]
+    async fn guest_rules() {
         let (_d, p) = principals();
         // absent GUEST: shown disabled; a first PUT of channels alone keeps it disabled
-        assert!(p.get_user_or_guest(GUEST).unwrap().unwrap().disabled);
+        assert!(p.get_user_or_guest(GUEST).await.unwrap().unwrap().disabled);
         p.write_user(
             GUEST,
             &upd(json!({"admin_channels":["c"]})),
             None,
             WriteMode::Upsert,
         )
-        .unwrap();
-        assert!(p.get_user(GUEST).unwrap().unwrap().disabled);
+        .await.unwrap();
+        assert!(p.get_user(GUEST).await.unwrap().unwrap().disabled);
         assert!(matches!(
             p.write_user(
                 GUEST,
                 &upd(json!({"disabled":false})),
                 None,
                 WriteMode::Create
-            ),
+            ).await,
             Err(AuthError::Conflict(_))
         ));
         assert!(p
@@ -1510,20 +1519,20 @@ mod tests {
                 Some("$h".into()),
                 WriteMode::Upsert
             )
-            .is_err());
+            .await.is_err());
         p.write_user(
             GUEST,
             &upd(json!({"disabled":false,"admin_channels":["g"]})),
             None,
             WriteMode::Upsert,
         )
-        .unwrap();
-        assert!(p.user_names().unwrap().is_empty());
-        let g = p.load(GUEST).unwrap().unwrap();
+        .await.unwrap();
+        assert!(p.user_names().await.unwrap().is_empty());
+        let g = p.load(GUEST).await.unwrap().unwrap();
         assert_eq!(g.ctx.name, None);
         assert!(g.ctx.channels.contains_key("g"));
         assert!(matches!(
-            p.delete_user(GUEST),
+            p.delete_user(GUEST).await,
             Err(AuthError::MethodNotAllowed(_))
         ));
     }

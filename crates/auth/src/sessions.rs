@@ -407,60 +407,60 @@ mod tests {
         (dir, Sessions::new(db.clone(), b"k".to_vec()), db)
     }
 
-    #[test]
-    fn a_refresh_never_brings_back_a_deleted_session() {
+    #[tokio::test]
+    async fn a_refresh_never_brings_back_a_deleted_session() {
         let (_d, s, _) = sessions();
         let (id, mut rec, _) = s
             .create("u", "uuid", Duration::from_secs(60), false, now_ms())
-            .unwrap();
-        assert!(s.delete(&id).unwrap());
+            .await.unwrap();
+        assert!(s.delete(&id).await.unwrap());
         rec.expires_ms += 1000;
-        assert!(!s.refresh(&id, &rec).unwrap());
-        assert!(s.get(&id).unwrap().is_none());
+        assert!(!s.refresh(&id, &rec).await.unwrap());
+        assert!(s.get(&id).await.unwrap().is_none());
     }
 
-    #[test]
-    fn ids_are_40_hex_and_only_hashes_are_stored() {
+    #[tokio::test]
+    async fn ids_are_40_hex_and_only_hashes_are_stored() {
         let (_d, s, db) = sessions();
         let (id, rec, _) = s
             .create("alice", "uuid", Duration::from_secs(60), false, 1_000)
-            .unwrap();
+            .await.unwrap();
         assert!(is_session_id(&id), "{id}");
         assert_ne!(id, new_session_id());
         assert_eq!(rec.expires_ms, 61_000);
-        let stored = db.list_sessions().unwrap();
+        let stored = db.list_sessions().await.unwrap();
         assert_eq!(stored.len(), 1);
         assert_ne!(stored[0].0, id);
         assert!(!String::from_utf8_lossy(&stored[0].1).contains(&id));
-        assert_eq!(s.get(&id).unwrap(), Some(rec));
+        assert_eq!(s.get(&id).await.unwrap(), Some(rec));
         // another key: the same id finds nothing
         let other = Sessions::new(db, b"other".to_vec());
-        assert_eq!(other.get(&id).unwrap(), None);
-        assert_eq!(s.get("not-an-id").unwrap(), None);
-        assert_eq!(s.get(&id.to_uppercase()).unwrap(), None);
+        assert_eq!(other.get(&id).await.unwrap(), None);
+        assert_eq!(s.get("not-an-id").await.unwrap(), None);
+        assert_eq!(s.get(&id.to_uppercase()).await.unwrap(), None);
     }
 
-    #[test]
-    fn expiry_refresh_one_time_and_collection() {
+    #[tokio::test]
+    async fn expiry_refresh_one_time_and_collection() {
         let (_d, s, _db) = sessions();
         let (id, rec, _) = s
             .create("alice", "u", Duration::from_secs(100), false, 0)
-            .unwrap();
+            .await.unwrap();
         assert!(!rec.expired(99_999));
         assert!(rec.expired(100_000));
         assert!(!rec.needs_refresh(10_000));
         assert!(rec.needs_refresh(10_001));
-        let (ot, otr, _) = s.create("bob", "u", ONE_TIME_TTL, true, 0).unwrap();
+        let (ot, otr, _) = s.create("bob", "u", ONE_TIME_TTL, true, 0).await.unwrap();
         assert!(!otr.needs_refresh(200_000));
-        assert!(s.take_one_time(&ot).unwrap());
-        assert!(!s.take_one_time(&ot).unwrap(), "single use");
+        assert!(s.take_one_time(&ot).await.unwrap());
+        assert!(!s.take_one_time(&ot).await.unwrap(), "single use");
         s.create("bob", "u", Duration::from_secs(1), false, 0)
-            .unwrap();
-        assert_eq!(s.delete_where(|r| r.expired(50_000)).unwrap(), 1);
-        assert!(s.get(&id).unwrap().is_some());
-        assert_eq!(s.delete_for_user("alice").unwrap(), 1);
-        assert_eq!(s.count().unwrap(), 0);
-        assert!(!s.delete(&id).unwrap());
+            .await.unwrap();
+        assert_eq!(s.delete_where(|r| r.expired(50_000)).await.unwrap(), 1);
+        assert!(s.get(&id).await.unwrap().is_some());
+        assert_eq!(s.delete_for_user("alice").await.unwrap(), 1);
+        assert_eq!(s.count().await.unwrap(), 0);
+        assert!(!s.delete(&id).await.unwrap());
     }
 
     #[test]

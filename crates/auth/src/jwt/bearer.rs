@@ -183,10 +183,10 @@ mod tests {
         // unknown without register
         let e = apply(&ident("u1", false, &[]), &p).await.unwrap_err();
         assert!(e.to_string().contains("unknown user"), "{e}");
-        assert!(p.get_user("u1").unwrap().is_none());
+        assert!(p.get_user("u1").await.unwrap().is_none());
         // registered with the token's grants and no password
         apply(&ident("u1", true, &["r1"]), &p).await.unwrap();
-        let u = p.get_user("u1").unwrap().unwrap();
+        let u = p.get_user("u1").await.unwrap().unwrap();
         assert_eq!(u.jwt_issuer.as_deref(), Some("https://issuer.example"));
         assert!(u.jwt_roles.contains_key("r1") && u.jwt_channels.contains_key("c1"));
         assert_eq!(u.email.as_deref(), Some("a@b.example"));
@@ -194,10 +194,10 @@ mod tests {
         let seq = u.seq;
         // the same token again writes nothing
         apply(&ident("u1", true, &["r1"]), &p).await.unwrap();
-        assert_eq!(p.get_user("u1").unwrap().unwrap().seq, seq);
+        assert_eq!(p.get_user("u1").await.unwrap().unwrap().seq, seq);
         // new roles claim: updated, old JWT role gone; an existing user needs no register
         apply(&ident("u1", false, &["r2"]), &p).await.unwrap();
-        let u = p.get_user("u1").unwrap().unwrap();
+        let u = p.get_user("u1").await.unwrap().unwrap();
         assert!(u.seq > seq);
         assert_eq!(u.jwt_roles.keys().collect::<Vec<_>>(), ["r2"]);
         // never GUEST
@@ -208,10 +208,10 @@ mod tests {
                 "client_id": "", "algorithms": ["HS256"], "hmac_secret": "s"}}))
             .unwrap();
         let jwt = JwtAuth::new(None, Some(&local)).unwrap().unwrap();
-        assert_eq!(revoke_stale_grants(&p, Some(&jwt)).unwrap(), 0);
-        assert_eq!(revoke_stale_grants(&p, None).unwrap(), 1);
-        let u = p.get_user("u1").unwrap().unwrap();
+        assert_eq!(revoke_stale_grants(&p, Some(&jwt)).await.unwrap(), 0);
+        assert_eq!(revoke_stale_grants(&p, None).await.unwrap(), 1);
+        let u = p.get_user("u1").await.unwrap().unwrap();
         assert!(u.jwt_issuer.is_none() && u.jwt_roles.is_empty() && u.jwt_channels.is_empty());
-        assert_eq!(revoke_stale_grants(&p, None).unwrap(), 0);
+        assert_eq!(revoke_stale_grants(&p, None).await.unwrap(), 0);
     }
 }
