@@ -73,7 +73,8 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             Method::GET | Method::HEAD => {
                 let u = auth
                     .principals()
-                    .get_user_or_guest(name).await?
+                    .get_user_or_guest(name)
+                    .await?
                     .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
                 Ok(json_reply(200, &auth.principals().user_json(&u).await?))
             }
@@ -91,10 +92,10 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
         },
         [name, s] if s == "_session" => match req.method {
             Method::GET | Method::HEAD => {
-                let user = auth
-                    .principals()
-                    .get_user(name).await?
-                    .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
+                let user =
+                    auth.principals().get_user(name).await?.ok_or_else(|| {
+                        Error::not_found(format!("No such user \"{}\"", short(name)))
+                    })?;
                 let mut list = auth.user_sessions(&user).await?;
                 list.sort_by_key(|(_, r)| r.expires_ms);
                 let out: Vec<Value> = list
@@ -127,7 +128,8 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             }
             Method::DELETE => {
                 let owned = auth
-                    .live_session(id).await?
+                    .live_session(id)
+                    .await?
                     .is_some_and(|(rec, _)| rec.username == *name);
                 if !owned || !auth.delete_session(id).await? {
                     return Err(Error::not_found(format!(
@@ -148,9 +150,10 @@ pub async fn role_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
     let auth = &db.auth();
     match rest {
         [] => match req.method {
-            Method::GET | Method::HEAD => {
-                Ok(json_reply(200, &json!(auth.principals().role_names().await?)))
-            }
+            Method::GET | Method::HEAD => Ok(json_reply(
+                200,
+                &json!(auth.principals().role_names().await?),
+            )),
             Method::POST => {
                 auth.put_role(None, req.json()?, WriteMode::Create).await?;
                 Ok(ok(201))
@@ -159,10 +162,10 @@ pub async fn role_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
         },
         [name] => match req.method {
             Method::GET | Method::HEAD => {
-                let r = auth
-                    .principals()
-                    .get_role(name).await?
-                    .ok_or_else(|| Error::not_found(format!("No such role \"{}\"", short(name))))?;
+                let r =
+                    auth.principals().get_role(name).await?.ok_or_else(|| {
+                        Error::not_found(format!("No such role \"{}\"", short(name)))
+                    })?;
                 Ok(json_reply(200, &auth.principals().role_json(&r)))
             }
             Method::PUT => {
@@ -235,7 +238,8 @@ pub async fn session_routes(db: &Database, req: &Request, rest: &[String]) -> Re
         [id] => match req.method {
             Method::GET | Method::HEAD => {
                 let (_, user) = auth
-                    .live_session(id).await?
+                    .live_session(id)
+                    .await?
                     .ok_or_else(|| Error::not_found("No such session"))?;
                 Ok(json_reply(200, &routes::session_info(Some(&user))))
             }

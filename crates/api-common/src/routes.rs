@@ -104,7 +104,11 @@ pub async fn db_route(
         Some("_find") if rest.len() == 1 => match *m {
             Method::POST => {
                 let q = FindRequest::parse(&req.json()?)?;
-                Ok(bytes_reply(200, "application/json", db.find(&caller, &q).await?))
+                Ok(bytes_reply(
+                    200,
+                    "application/json",
+                    db.find(&caller, &q).await?,
+                ))
             }
             _ => Err(method_not_allowed(req)),
         },
@@ -353,7 +357,11 @@ async fn attachment(
 
 async fn local(db: &Database, req: &Request, id: &str) -> Result<Reply> {
     match req.method {
-        Method::GET | Method::HEAD => Ok(bytes_reply(200, "application/json", db.get_local(id).await?)),
+        Method::GET | Method::HEAD => Ok(bytes_reply(
+            200,
+            "application/json",
+            db.get_local(id).await?,
+        )),
         Method::PUT => {
             let rev = db.put_local(id, req.json_text()?).await?;
             Ok(json_reply(

@@ -249,7 +249,8 @@ impl Authenticator {
         if let Some(a) = self.identify(creds, false).await? {
             return Ok(a);
         }
-        self.guest_or(AuthError::unauthorized("Login required")).await
+        self.guest_or(AuthError::unauthorized("Login required"))
+            .await
     }
 
     /// The pipeline for `/_session`: a bad, expired or revoked cookie is ignored; bad Basic or
@@ -431,7 +432,8 @@ impl Authenticator {
         }
         let user = self
             .principals
-            .get_user(name).await?
+            .get_user(name)
+            .await?
             .ok_or_else(|| AuthError::NotFound(format!("No such user \"{}\"", show(name))))?;
         if user.disabled {
             return Err(AuthError::BadRequest("User is disabled".into()));
@@ -441,9 +443,10 @@ impl Authenticator {
         } else {
             ttl.unwrap_or(self.settings.session_ttl)
         };
-        let (id, record, ticket) =
-            self.sessions
-                .create(name, &user.session_uuid, ttl, one_time, now_ms()).await?;
+        let (id, record, ticket) = self
+            .sessions
+            .create(name, &user.session_uuid, ttl, one_time, now_ms())
+            .await?;
         self.durable(ticket).await?;
         let set_cookie =
             (!one_time).then(|| self.settings.cookie.set_cookie(&id, record.expires()));
@@ -456,7 +459,10 @@ impl Authenticator {
 
     /// A session that is live: exists, not expired, its user exists with the same session
     /// uuid and is enabled. Returns the user's identity.
-    pub async fn live_session(&self, id: &str) -> Result<Option<(SessionRecord, UserCtx)>, AuthError> {
+    pub async fn live_session(
+        &self,
+        id: &str,
+    ) -> Result<Option<(SessionRecord, UserCtx)>, AuthError> {
         let Some(rec) = self.sessions.get(id).await? else {
             return Ok(None);
         };
@@ -489,7 +495,8 @@ impl Authenticator {
             return Ok(Vec::new());
         }
         self.sessions
-            .live_for_user(&user.name, &user.session_uuid, now_ms()).await
+            .live_for_user(&user.name, &user.session_uuid, now_ms())
+            .await
     }
 
     /// Revokes the session of `username` with this handle; false if there is none. Answers
@@ -505,7 +512,10 @@ impl Authenticator {
     pub async fn revoke_sessions(&self, name: &str) -> Result<(), AuthError> {
         self.principals.rotate_sessions(name).await?;
         // the ticket also covers the rotation written just before
-        let (_, t) = self.sessions.delete_where_durably(|r| r.username == name).await?;
+        let (_, t) = self
+            .sessions
+            .delete_where_durably(|r| r.username == name)
+            .await?;
         self.durable(t).await
     }
 
@@ -641,7 +651,11 @@ impl Authenticator {
                 admin_channels: Some(role.admin_channels.iter().cloned().collect()),
                 ..Default::default()
             };
-            match self.principals.write_role(name, &upd, WriteMode::Create).await {
+            match self
+                .principals
+                .write_role(name, &upd, WriteMode::Create)
+                .await
+            {
                 // another node sharing the store installed it meanwhile
                 Err(AuthError::Conflict(_)) => {}
                 r => {
@@ -660,7 +674,8 @@ impl Authenticator {
             };
             match self
                 .principals
-                .write_user(name, &upd, hash, WriteMode::Create).await
+                .write_user(name, &upd, hash, WriteMode::Create)
+                .await
             {
                 // another node sharing the store installed it meanwhile
                 Err(AuthError::Conflict(_)) => {}
@@ -679,7 +694,8 @@ impl Authenticator {
             "admin_channels": guest.admin_channels,
         }))?;
         self.principals
-            .write_user(GUEST, &upd, None, WriteMode::Upsert).await?;
+            .write_user(GUEST, &upd, None, WriteMode::Upsert)
+            .await?;
         Ok(())
     }
 
@@ -740,7 +756,8 @@ mod tests {
                 admin_channels: vec![],
             },
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         assert_eq!(
             a.principals.store().last_seq(),
             0,
@@ -754,7 +771,8 @@ mod tests {
                 admin_channels: vec![],
             },
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         a.put_user(
             None,
             json!({"name":"alice","password":"pw-alice","admin_channels":["a"]}),

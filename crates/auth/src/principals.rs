@@ -572,7 +572,8 @@ impl Principals {
             }
         }
         Ok(Arc::new(
-            self.doc_grants(PrincipalKind::User, name).await?
+            self.doc_grants(PrincipalKind::User, name)
+                .await?
                 .into_iter()
                 .collect(),
         ))
@@ -722,7 +723,8 @@ impl Principals {
         let grants = match cached_grants {
             Some(g) => g,
             None => Arc::new(
-                self.doc_grants(PrincipalKind::User, name).await?
+                self.doc_grants(PrincipalKind::User, name)
+                    .await?
                     .into_iter()
                     .collect(),
             ),
@@ -831,15 +833,16 @@ impl Principals {
                 rec.track_revocations(cur);
             }
             let mut stored = None;
-            let written =
-                self.store
-                    .put_principal_if(kind, name, bytes.as_deref(), &mut |seq| {
-                        let mut r = rec.clone();
-                        r.stamp(seq);
-                        let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
-                        stored = Some(r);
-                        Ok(bytes)
-                    }).await?;
+            let written = self
+                .store
+                .put_principal_if(kind, name, bytes.as_deref(), &mut |seq| {
+                    let mut r = rec.clone();
+                    r.stamp(seq);
+                    let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
+                    stored = Some(r);
+                    Ok(bytes)
+                })
+                .await?;
             let Some((_, ticket)) = written else {
                 continue; // changed meanwhile: decide again on what is stored now
             };
@@ -881,14 +884,15 @@ impl Principals {
             let ctx = self
                 .effective(seen.as_ref().unwrap_or(&UserRecord::default()))
                 .await?;
-            let (written, w) = self.modify_user(name, |cur| {
-                if cur != seen.as_ref() {
-                    return Ok((None, None)); // changed since it was read: check again
-                }
-                self.decide_user(name, cur, upd, &password_hash, mode, &ctx)
-                    .map(|(rec, w)| (rec, Some(w)))
-            })
-            .await?;
+            let (written, w) = self
+                .modify_user(name, |cur| {
+                    if cur != seen.as_ref() {
+                        return Ok((None, None)); // changed since it was read: check again
+                    }
+                    self.decide_user(name, cur, upd, &password_hash, mode, &ctx)
+                        .map(|(rec, w)| (rec, Some(w)))
+                })
+                .await?;
             if let Some(w) = w {
                 return Ok((w, written.map(|(_, t)| t)));
             }
@@ -1010,32 +1014,34 @@ impl Principals {
         upd: &RoleUpdate,
         mode: WriteMode,
     ) -> Result<(bool, Option<Ticket>), AuthError> {
-        let (written, created) = self.modify_role(name, |cur| {
-            let created = cur.is_none();
-            if !created && mode == WriteMode::Create {
-                return Err(AuthError::Conflict(format!(
-                    "Role \"{}\" already exists",
-                    show(name)
-                )));
-            }
-            let mut rec = cur.cloned().unwrap_or_else(|| RoleRecord {
-                name: name.to_string(),
-                ..Default::default()
-            });
-            if let Some(all) = &upd.all_channels {
-                let cur_set: BTreeSet<&String> = rec.admin_channels.keys().collect();
-                let sent: BTreeSet<&String> = all.iter().filter(|c| *c != PUBLIC_CHANNEL).collect();
-                if cur_set != sent {
-                    return Err(AuthError::BadRequest("all_channels is read-only".into()));
+        let (written, created) = self
+            .modify_role(name, |cur| {
+                let created = cur.is_none();
+                if !created && mode == WriteMode::Create {
+                    return Err(AuthError::Conflict(format!(
+                        "Role \"{}\" already exists",
+                        show(name)
+                    )));
                 }
-            }
-            if let Some(c) = &upd.admin_channels {
-                rec.admin_channels = regrant(&rec.admin_channels, c);
-            }
-            let changed = created || cur != Some(&rec);
-            Ok((changed.then_some(rec), created))
-        })
-        .await?;
+                let mut rec = cur.cloned().unwrap_or_else(|| RoleRecord {
+                    name: name.to_string(),
+                    ..Default::default()
+                });
+                if let Some(all) = &upd.all_channels {
+                    let cur_set: BTreeSet<&String> = rec.admin_channels.keys().collect();
+                    let sent: BTreeSet<&String> =
+                        all.iter().filter(|c| *c != PUBLIC_CHANNEL).collect();
+                    if cur_set != sent {
+                        return Err(AuthError::BadRequest("all_channels is read-only".into()));
+                    }
+                }
+                if let Some(c) = &upd.admin_channels {
+                    rec.admin_channels = regrant(&rec.admin_channels, c);
+                }
+                let changed = created || cur != Some(&rec);
+                Ok((changed.then_some(rec), created))
+            })
+            .await?;
         Ok((created, written.map(|(_, t)| t)))
     }
 
@@ -1053,7 +1059,10 @@ impl Principals {
                 show(name)
             )));
         }
-        let t = self.store.delete_principal(PrincipalKind::User, name).await?;
+        let t = self
+            .store
+            .delete_principal(PrincipalKind::User, name)
+            .await?;
         self.invalidate_cache();
         Ok(t)
     }
@@ -1066,24 +1075,28 @@ impl Principals {
                 show(name)
             )));
         }
-        let t = self.store.delete_principal(PrincipalKind::Role, name).await?;
+        let t = self
+            .store
+            .delete_principal(PrincipalKind::Role, name)
+            .await?;
         self.invalidate_cache();
         Ok(t)
     }
 
     /// Invalidates every session of a user (rotates its session uuid). False if no such user.
     pub async fn rotate_sessions(&self, name: &str) -> Result<bool, AuthError> {
-        let (w, ()) = self.modify_user(name, |cur| {
-            Ok((
-                cur.map(|c| {
-                    let mut c = c.clone();
-                    c.rotate_sessions();
-                    c
-                }),
-                (),
-            ))
-        })
-        .await?;
+        let (w, ()) = self
+            .modify_user(name, |cur| {
+                Ok((
+                    cur.map(|c| {
+                        let mut c = c.clone();
+                        c.rotate_sessions();
+                        c
+                    }),
+                    (),
+                ))
+            })
+            .await?;
         Ok(w.is_some())
     }
 }
@@ -1112,7 +1125,8 @@ mod tests {
             Some("$h".into()),
             WriteMode::Create,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         let mut calls = 0;
         let (written, ()) = p
             .modify_user("ann", |cur| {
@@ -1139,7 +1153,8 @@ mod tests {
                 rec.email = Some("ann@example.com".into());
                 Ok((Some(rec), ()))
             })
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(written.is_some());
         assert_eq!(
             calls, 2,
@@ -1249,7 +1264,8 @@ mod tests {
                 Some("$h".into()),
                 WriteMode::Create,
             )
-            .await.unwrap();
+            .await
+            .unwrap();
         }
         let d1 = grant_doc(&p, "d1", None, "u", &["a"]).await;
         assert_eq!(channel_names(&p, "u").await, ["!", "a"]);
@@ -1283,10 +1299,12 @@ mod tests {
             &RoleUpdate::from_json(json!({"admin_channels":["rc","rc2"]})).unwrap(),
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         let u = upd(json!({"password":"pw","admin_channels":["a","b"],"admin_roles":["r"]}));
         p.write_user("u", &u, Some("$h".into()), WriteMode::Create)
-            .await.unwrap();
+            .await
+            .unwrap();
         // drop channel b directly
         p.write_user(
             "u",
@@ -1294,7 +1312,8 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         let s_b = p.get_user("u").await.unwrap().unwrap().seq;
         // the role loses rc2
         p.write_role(
@@ -1302,9 +1321,13 @@ mod tests {
             &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         let s_rc2 = p.get_role("r").await.unwrap().unwrap().seq;
-        let ctx = p.effective(&p.get_user("u").await.unwrap().unwrap()).await.unwrap();
+        let ctx = p
+            .effective(&p.get_user("u").await.unwrap().unwrap())
+            .await
+            .unwrap();
         assert_eq!(ctx.revoked.get("b"), Some(&s_b));
         assert_eq!(ctx.revoked.get("rc2"), Some(&s_rc2));
         assert!(ctx.channels.contains_key("rc") && !ctx.revoked.contains_key("rc"));
@@ -1315,9 +1338,13 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         let s_role = p.get_user("u").await.unwrap().unwrap().seq;
-        let ctx = p.effective(&p.get_user("u").await.unwrap().unwrap()).await.unwrap();
+        let ctx = p
+            .effective(&p.get_user("u").await.unwrap().unwrap())
+            .await
+            .unwrap();
         assert_eq!(ctx.revoked.get("rc"), Some(&s_role));
         // granting b again clears its revocation
         p.write_user(
@@ -1326,8 +1353,12 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .await.unwrap();
-        let ctx = p.effective(&p.get_user("u").await.unwrap().unwrap()).await.unwrap();
+        .await
+        .unwrap();
+        let ctx = p
+            .effective(&p.get_user("u").await.unwrap().unwrap())
+            .await
+            .unwrap();
         assert!(!ctx.revoked.contains_key("b") && ctx.channels.contains_key("b"));
     }
 
@@ -1337,7 +1368,8 @@ mod tests {
         let u = upd(json!({"password":"pw1","admin_channels":["a","b"],"email":"x@y.z"}));
         let (w, t) = p
             .write_user("alice", &u, Some("$hash1".into()), WriteMode::Create)
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(w.created && w.changed && t.is_some());
         let rec = p.get_user("alice").await.unwrap().unwrap();
         let s1 = rec.seq;
@@ -1349,7 +1381,8 @@ mod tests {
         assert!(!format!("{rec:?}").contains("$hash1"));
         // POST again: 409
         assert!(matches!(
-            p.write_user("alice", &u, Some("$h".into()), WriteMode::Create).await,
+            p.write_user("alice", &u, Some("$h".into()), WriteMode::Create)
+                .await,
             Err(AuthError::Conflict(_))
         ));
         // partial update: channels kept, email unchanged, new channel gets the new seq
@@ -1360,7 +1393,8 @@ mod tests {
                 None,
                 WriteMode::Upsert,
             )
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(!w.created && w.changed && !w.sessions_invalidated);
         let rec2 = p.get_user("alice").await.unwrap().unwrap();
         assert!(rec2.seq > s1);
@@ -1377,7 +1411,8 @@ mod tests {
                 None,
                 WriteMode::Upsert,
             )
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(!w.changed && t.is_none());
         // [] clears
         p.write_user(
@@ -1386,10 +1421,12 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         assert!(p
             .get_user("alice")
-            .await.unwrap()
+            .await
+            .unwrap()
             .unwrap()
             .admin_channels
             .is_empty());
@@ -1401,7 +1438,8 @@ mod tests {
                 Some("$hash2".into()),
                 WriteMode::Upsert,
             )
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(w.sessions_invalidated);
         assert_ne!(
             p.get_user("alice").await.unwrap().unwrap().session_uuid,
@@ -1409,7 +1447,8 @@ mod tests {
         );
         // create without password
         assert!(matches!(
-            p.write_user("bob", &upd(json!({})), None, WriteMode::Upsert).await,
+            p.write_user("bob", &upd(json!({})), None, WriteMode::Upsert)
+                .await,
             Err(AuthError::BadRequest(_))
         ));
     }
@@ -1422,14 +1461,16 @@ mod tests {
             &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
             WriteMode::Create,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         p.write_user(
             "u",
             &upd(json!({"password":"pw1","admin_channels":["a"],"admin_roles":["r","ghost"]})),
             Some("$h".into()),
             WriteMode::Create,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         let rec = p.get_user("u").await.unwrap().unwrap();
         let ctx = p.effective(&rec).await.unwrap();
         assert_eq!(ctx.name.as_deref(), Some("u"));
@@ -1449,7 +1490,8 @@ mod tests {
         back.as_object_mut().unwrap().remove("name");
         let (w, _) = p
             .write_user("u", &upd(back), None, WriteMode::Upsert)
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(!w.changed);
         // changing read-only fields is refused
         for bad in [
@@ -1459,7 +1501,8 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    p.write_user("u", &upd(bad.clone()), None, WriteMode::Upsert).await,
+                    p.write_user("u", &upd(bad.clone()), None, WriteMode::Upsert)
+                        .await,
                     Err(AuthError::BadRequest(_))
                 ),
                 "{bad}"
@@ -1472,10 +1515,12 @@ mod tests {
             &RoleUpdate::from_json(json!({"admin_channels":["rc","rd"]})).unwrap(),
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         assert!(p
             .load("u")
-            .await.unwrap()
+            .await
+            .unwrap()
             .unwrap()
             .ctx
             .channels
@@ -1483,7 +1528,8 @@ mod tests {
         p.delete_role("r").await.unwrap();
         assert!(!p
             .load("u")
-            .await.unwrap()
+            .await
+            .unwrap()
             .unwrap()
             .ctx
             .channels
@@ -1501,7 +1547,8 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         assert!(p.get_user(GUEST).await.unwrap().unwrap().disabled);
         assert!(matches!(
             p.write_user(
@@ -1509,7 +1556,8 @@ mod tests {
                 &upd(json!({"disabled":false})),
                 None,
                 WriteMode::Create
-            ).await,
+            )
+            .await,
             Err(AuthError::Conflict(_))
         ));
         assert!(p
@@ -1519,14 +1567,16 @@ mod tests {
                 Some("$h".into()),
                 WriteMode::Upsert
             )
-            .await.is_err());
+            .await
+            .is_err());
         p.write_user(
             GUEST,
             &upd(json!({"disabled":false,"admin_channels":["g"]})),
             None,
             WriteMode::Upsert,
         )
-        .await.unwrap();
+        .await
+        .unwrap();
         assert!(p.user_names().await.unwrap().is_empty());
         let g = p.load(GUEST).await.unwrap().unwrap();
         assert_eq!(g.ctx.name, None);

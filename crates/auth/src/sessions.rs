@@ -176,7 +176,9 @@ impl Sessions {
         if self.get(id).await?.is_none() {
             return Ok(None);
         }
-        Ok(Some(self.store.delete_sessions(&[self.storage_key(id)]).await?))
+        Ok(Some(
+            self.store.delete_sessions(&[self.storage_key(id)]).await?,
+        ))
     }
 
     /// Consumes a one-time session: true for the first caller only.
@@ -202,7 +204,8 @@ impl Sessions {
         let _g = self.write.lock().await;
         let keys: Vec<String> = self
             .store
-            .list_sessions().await?
+            .list_sessions()
+            .await?
             .into_iter()
             .filter(|(_, v)| match serde_json::from_slice::<SessionRecord>(v) {
                 Ok(r) => dead(&r),
@@ -231,7 +234,8 @@ impl Sessions {
     /// an error naming its handle.
     pub(crate) async fn stored(&self) -> Result<Vec<(String, String, SessionRecord)>, AuthError> {
         self.store
-            .list_sessions().await?
+            .list_sessions()
+            .await?
             .into_iter()
             .map(|(k, v)| match serde_json::from_slice::<SessionRecord>(&v) {
                 Ok(r) => Ok((handle(&k), k, r)),
@@ -264,10 +268,15 @@ impl Sessions {
 
     /// Deletes the session of `username` with this handle; the ticket to wait for (None if
     /// there is no such session).
-    pub async fn delete_by_handle(&self, username: &str, h: &str) -> Result<Option<Ticket>, AuthError> {
+    pub async fn delete_by_handle(
+        &self,
+        username: &str,
+        h: &str,
+    ) -> Result<Option<Ticket>, AuthError> {
         let _g = self.write.lock().await;
         let Some((_, key, _)) = self
-            .stored().await?
+            .stored()
+            .await?
             .into_iter()
             .find(|(hh, _, r)| r.username == username && hh == h)
         else {
@@ -412,7 +421,8 @@ mod tests {
         let (_d, s, _) = sessions();
         let (id, mut rec, _) = s
             .create("u", "uuid", Duration::from_secs(60), false, now_ms())
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(s.delete(&id).await.unwrap());
         rec.expires_ms += 1000;
         assert!(!s.refresh(&id, &rec).await.unwrap());
@@ -424,7 +434,8 @@ mod tests {
         let (_d, s, db) = sessions();
         let (id, rec, _) = s
             .create("alice", "uuid", Duration::from_secs(60), false, 1_000)
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(is_session_id(&id), "{id}");
         assert_ne!(id, new_session_id());
         assert_eq!(rec.expires_ms, 61_000);
@@ -445,7 +456,8 @@ mod tests {
         let (_d, s, _db) = sessions();
         let (id, rec, _) = s
             .create("alice", "u", Duration::from_secs(100), false, 0)
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(!rec.expired(99_999));
         assert!(rec.expired(100_000));
         assert!(!rec.needs_refresh(10_000));
@@ -455,7 +467,8 @@ mod tests {
         assert!(s.take_one_time(&ot).await.unwrap());
         assert!(!s.take_one_time(&ot).await.unwrap(), "single use");
         s.create("bob", "u", Duration::from_secs(1), false, 0)
-            .await.unwrap();
+            .await
+            .unwrap();
         assert_eq!(s.delete_where(|r| r.expired(50_000)).await.unwrap(), 1);
         assert!(s.get(&id).await.unwrap().is_some());
         assert_eq!(s.delete_for_user("alice").await.unwrap(), 1);

@@ -291,7 +291,12 @@ impl Database {
 
     /// `include_docs`: each row's document rendered, the documents and bodies of
     /// [`READ_AHEAD`] rows read in one store call each.
-    async fn fill_docs(&self, caller: &Caller, opts: &ChangesOptions, rows: &mut [Row]) -> Result<()> {
+    async fn fill_docs(
+        &self,
+        caller: &Caller,
+        opts: &ChangesOptions,
+        rows: &mut [Row],
+    ) -> Result<()> {
         let get = GetOptions {
             conflicts: opts.conflicts,
             attachments: opts.attachments,
@@ -326,7 +331,8 @@ impl Database {
                     continue;
                 };
                 let mut d = self
-                    .render_in(caller, &row.id, &meta, &winner, &get, &mut ahead).await?
+                    .render_in(caller, &row.id, &meta, &winner, &get, &mut ahead)
+                    .await?
                     .map_or_else(|| b"null".to_vec(), |r| r.json);
                 if let Some(fields) = opts.selector.as_ref().and_then(|f| f.fields.as_ref()) {
                     d = crate::mango::project_text(&d, fields).map_err(|err| {
@@ -409,7 +415,10 @@ impl Database {
                 view.in_channels(&list, base)
             }
             Scope::All => view.since(base, false),
-        };
+        }
+        // a feed asking for a few rows reads a few entries first (more pages when rows are
+        // filtered out)
+        .first_page(limit);
         let mut last_seq = Since {
             seq: end.max(base),
             backfill: None,
@@ -421,9 +430,12 @@ impl Database {
                 break;
             }
             while let Some(g) = groups.next_if(|g| g.at < entry.seq) {
-                if let Some(stop) = self.group_rows(
-                    &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
-                ).await? {
+                if let Some(stop) = self
+                    .group_rows(
+                        &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
+                    )
+                    .await?
+                {
                     return Ok(RowBatch {
                         rows,
                         last_seq: stop,
@@ -441,7 +453,10 @@ impl Database {
             lost.sort();
             lost.dedup();
             let revoked = (!lost.is_empty() && !scope.sees(&entry.channels)).then_some(lost);
-            if let Some(row) = self.change_row(caller, &scope, opts, &entry, revoked).await? {
+            if let Some(row) = self
+                .change_row(caller, &scope, opts, &entry, revoked)
+                .await?
+            {
                 rows.push(row);
                 if rows.len() >= limit {
                     last_seq = Since {
@@ -453,9 +468,12 @@ impl Database {
             }
         }
         for g in groups {
-            if let Some(stop) = self.group_rows(
-                &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
-            ).await? {
+            if let Some(stop) = self
+                .group_rows(
+                    &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
+                )
+                .await?
+            {
                 return Ok(RowBatch {
                     rows,
                     last_seq: stop,
@@ -555,7 +573,8 @@ impl Database {
                     .filter(|c| g.channels.contains(c))
                     .cloned()
                     .collect();
-                self.change_row(caller, scope, opts, &entry, Some(lost)).await?
+                self.change_row(caller, scope, opts, &entry, Some(lost))
+                    .await?
             };
             if let Some(mut row) = row {
                 row.seq = Since {
@@ -634,7 +653,9 @@ impl Database {
             }));
         }
         let changes: Vec<RevRef> = if let Some(f) = &opts.selector {
-            let revs = self.selector_leaves(caller, e, &f.selector, opts.all_docs).await?;
+            let revs = self
+                .selector_leaves(caller, e, &f.selector, opts.all_docs)
+                .await?;
             if revs.is_empty() {
                 return Ok(None);
             }

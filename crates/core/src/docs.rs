@@ -626,13 +626,15 @@ impl Database {
     /// Loads a document's metadata; 404 `missing` when absent.
     pub async fn meta(&self, id: &str) -> Result<DocMeta> {
         self.store
-            .doc_meta(id).await?
+            .doc_meta(id)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))
     }
 
     /// `GET /{db}/{doc}`.
     pub async fn get_doc(&self, caller: &Caller, id: &str, opts: &GetOptions) -> Result<GetResult> {
-        self.get_doc_in(caller, id, opts, &mut ReadAhead::default()).await
+        self.get_doc_in(caller, id, opts, &mut ReadAhead::default())
+            .await
     }
 
     /// [`Database::get_doc`] with what a batch read ahead.
@@ -654,7 +656,8 @@ impl Database {
         }
         if let Some(open) = &opts.open_revs {
             let meta = ahead
-                .meta(&*self.store, id).await?
+                .meta(&*self.store, id)
+                .await?
                 .ok_or_else(|| Error::not_found("missing"))?;
             let revs: Vec<String> = match open {
                 OpenRevs::All => meta
@@ -692,7 +695,8 @@ impl Database {
             return Ok(GetResult::OpenRevs(rows));
         }
         let meta = ahead
-            .meta(&*self.store, id).await?
+            .meta(&*self.store, id)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         let rev = match &opts.rev {
             // `latest` (CouchDB): the leaf of the requested revision's branch
@@ -713,7 +717,8 @@ impl Database {
             }
         };
         let doc = self
-            .render_in(caller, id, &meta, &rev, opts, ahead).await?
+            .render_in(caller, id, &meta, &rev, opts, ahead)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         Ok(GetResult::Doc(doc.json))
     }
@@ -729,7 +734,8 @@ impl Database {
         rev: &str,
         opts: &GetOptions,
     ) -> Result<Option<Rendered>> {
-        self.render_in(caller, id, meta, rev, opts, &mut ReadAhead::default()).await
+        self.render_in(caller, id, meta, rev, opts, &mut ReadAhead::default())
+            .await
     }
 
     /// [`Database::render`] with the body taken from what a batch read ahead.
@@ -819,7 +825,8 @@ impl Database {
         }
         if !body.attachments.is_empty() {
             push_key(&mut out, "_attachments");
-            self.push_attachments(&mut out, meta, rev, &body, opts).await?;
+            self.push_attachments(&mut out, meta, rev, &body, opts)
+                .await?;
         }
         out.push(b'}');
         Ok(Some(Rendered {
@@ -879,7 +886,12 @@ impl Database {
     /// result per requested entry, in order, as JSON text. A malformed request (not an object,
     /// `docs` not an array, an entry without a string `id`, a malformed `rev` or `atts_since`)
     /// is a 400 as a whole; a revision that does not exist is an `{"error":{...}}` entry.
-    pub async fn bulk_get(&self, caller: &Caller, body: &Value, base: &GetOptions) -> Result<Vec<u8>> {
+    pub async fn bulk_get(
+        &self,
+        caller: &Caller,
+        body: &Value,
+        base: &GetOptions,
+    ) -> Result<Vec<u8>> {
         let docs = body
             .get("docs")
             .and_then(Value::as_array)
@@ -1148,7 +1160,8 @@ impl Database {
                         } else if let (true, Some(meta)) = (opts.include_docs, &meta) {
                             out.extend_from_slice(b",\"doc\":");
                             match self
-                                .render_in(caller, key, meta, &w.rev, &get_opts, &mut ahead).await?
+                                .render_in(caller, key, meta, &w.rev, &get_opts, &mut ahead)
+                                .await?
                             {
                                 Some(doc) => out.extend_from_slice(&doc.json),
                                 None => out.extend_from_slice(b"null"),
@@ -1189,7 +1202,10 @@ impl Database {
                     };
                     row(out, rows, &id, &w.rev, false);
                     out.extend_from_slice(b",\"doc\":");
-                    match self.render_in(caller, &id, &meta, &w.rev, &get_opts, &mut ahead).await? {
+                    match self
+                        .render_in(caller, &id, &meta, &w.rev, &get_opts, &mut ahead)
+                        .await?
+                    {
                         Some(doc) => out.extend_from_slice(&doc.json),
                         None => out.extend_from_slice(b"null"),
                     }
@@ -1198,7 +1214,10 @@ impl Database {
                 Ok(())
             };
             let start = opts.start.clone().unwrap_or_default();
-            let mut docs = self.store.docs_from(&start, opts.descending);
+            let mut docs = self
+                .store
+                .docs_from(&start, opts.descending)
+                .first_page(limit.saturating_add(opts.skip));
             while let Some(item) = docs.next().await {
                 let (id, meta) = item?;
                 if let Some(end) = &opts.end {
@@ -1276,15 +1295,16 @@ impl Database {
         }
         let body = self
             .store
-            .rev_body(id, &node.rev).await?
+            .rev_body(id, &node.rev)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         let att = body.attachment(name).cloned().ok_or_else(|| {
             Error::not_found(format!("missing attachment \"{}\"", crate::short(name)))
         })?;
-        let data = self
-            .store
-            .attachment(&att.digest).await?
-            .ok_or_else(|| Error::Internal(format!("attachment data {} missing", att.digest)))?;
+        let data =
+            self.store.attachment(&att.digest).await?.ok_or_else(|| {
+                Error::Internal(format!("attachment data {} missing", att.digest))
+            })?;
         Ok((att, data))
     }
 
@@ -1346,7 +1366,8 @@ impl Database {
         };
         let meta = self
             .store
-            .doc_meta(id).await?
+            .doc_meta(id)
+            .await?
             .ok_or_else(|| Error::not_found("Document specified is not found"))?;
         if !meta.tree.is_leaf(&r) {
             return Err(Error::Conflict("Document update conflict".into()));
@@ -1432,7 +1453,8 @@ impl Database {
         validate_local_id(id)?;
         let doc = self
             .store
-            .get_local(id).await?
+            .get_local(id)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         let mut out = Vec::with_capacity(doc.body.get().len() + id.len() + 40);
         out.push(b'{');
@@ -1456,7 +1478,10 @@ impl Database {
             self.delete_local(id, local.rev.as_deref()).await?;
             return Ok(LOCAL_DELETED_REV.to_string());
         }
-        let (rev, ticket) = self.store.put_local(id, local.rev.as_deref(), local.body).await?;
+        let (rev, ticket) = self
+            .store
+            .put_local(id, local.rev.as_deref(), local.body)
+            .await?;
         self.store.durable(ticket).await?;
         Ok(rev)
     }

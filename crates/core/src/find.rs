@@ -35,7 +35,12 @@ impl Database {
     /// stored body with `_id`, `_rev`, `_deleted: true` for a tombstone and attachment stubs.
     /// Reads the body (it counts in `docs_read`). `None` when the body is gone (a pruned
     /// revision); a tombstone stored without a body is `{_id, _rev, _deleted}`.
-    pub(crate) async fn mango_doc(&self, id: &str, rev: &str, deleted: bool) -> Result<Option<Value>> {
+    pub(crate) async fn mango_doc(
+        &self,
+        id: &str,
+        rev: &str,
+        deleted: bool,
+    ) -> Result<Option<Value>> {
         let stored = match self.store.rev_body(id, rev).await? {
             Some(b) => Some(b),
             None if deleted => None,
@@ -86,7 +91,8 @@ impl Database {
             // the caller's scope was checked against the winner's channels already
             if let Some(w) = e.leaves.first() {
                 if self
-                    .mango_doc(&e.id, &w.rev, w.deleted).await?
+                    .mango_doc(&e.id, &w.rev, w.deleted)
+                    .await?
                     .is_some_and(|d| selector.matches(&d))
                 {
                     out.push(w.rev.clone());
@@ -104,7 +110,8 @@ impl Database {
                 .is_some_and(|n| caller.can_read(&n.channels));
             if readable
                 && self
-                    .mango_doc(&e.id, &leaf.rev, leaf.deleted).await?
+                    .mango_doc(&e.id, &leaf.rev, leaf.deleted)
+                    .await?
                     .is_some_and(|d| selector.matches(&d))
             {
                 out.push(leaf.rev.clone());
@@ -503,7 +510,8 @@ impl Database {
                 }
                 let rev = w.rev.clone();
                 docs_examined += 1;
-                let Some((text, doc)) = self.find_doc(caller, &id, &meta, &rev, q.conflicts).await?
+                let Some((text, doc)) =
+                    self.find_doc(caller, &id, &meta, &rev, q.conflicts).await?
                 else {
                     continue;
                 };

@@ -20,7 +20,11 @@ pub(crate) struct ReadAhead {
 
 impl ReadAhead {
     /// Reads the metadata of `ids` not read yet, in one call.
-    pub(crate) async fn load_metas(&mut self, store: &dyn DatabaseStore, ids: &[&str]) -> Result<()> {
+    pub(crate) async fn load_metas(
+        &mut self,
+        store: &dyn DatabaseStore,
+        ids: &[&str],
+    ) -> Result<()> {
         let mut todo: Vec<&str> = ids
             .iter()
             .copied()
@@ -60,7 +64,11 @@ impl ReadAhead {
     }
 
     /// A document's metadata: as read ahead, or read now.
-    pub(crate) async fn meta(&self, store: &dyn DatabaseStore, id: &str) -> Result<Option<DocMeta>> {
+    pub(crate) async fn meta(
+        &self,
+        store: &dyn DatabaseStore,
+        id: &str,
+    ) -> Result<Option<DocMeta>> {
         match self.metas.get(id) {
             Some(m) => Ok(m.clone()),
             None => Ok(store.doc_meta(id).await?),

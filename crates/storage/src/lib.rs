@@ -1,4 +1,4 @@
-//! The embedded document store.
+//! Document storage: the boundary every backend implements, and the backends.
 //!
 //! - [`revtree`]: CouchDB revision trees (winner rule, grafting replicated history, pruning).
 //! - [`model`]: what callers write and read: edits, replicated revisions, attachments, changes.
@@ -10,10 +10,16 @@
 //!   atomically with `apply_batch` under a per-database write lock, made durable by a shared
 //!   group commit.
 //!
+//! - [`pg_store`]: the PostgreSQL backend, shared by any number of nodes.
+//!
 //! Callers use two traits: [`StoreServer`] (open, create, delete and list databases; server
 //! values) and [`DatabaseStore`] (one database), and ask domain questions ("rev tree of doc
-//! X", "changes since S"); nothing here knows HTTP or authentication. `tests/conformance.rs`
-//! is what every backend must pass.
+//! X", "changes since S"); nothing here knows HTTP or authentication. The boundary is async
+//! where a backend may wait on I/O: every read or write of data returns a [`BoxFuture`] (the
+//! embedded store's is already complete: sled answers at once, on the caller's thread), and
+//! long reads come in pages ([`DatabaseStore::docs_page`], the [`ChangesView`] pages, walked
+//! with [`Docs`] and [`Entries`]); in-memory accessors (`last_seq`, `subscribe`, …) are plain
+//! calls. `tests/conformance.rs` is what every backend must pass.
 
 pub mod combine;
 pub mod grant_log;
@@ -338,8 +344,11 @@ pub trait DatabaseStore: Send + Sync {
     /// Metadata (revision tree, sequence) of a document.
     fn doc_meta<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DocMeta>>>;
     /// The stored body of one revision (user fields plus `_attachments` metadata).
-    fn rev_body<'a>(&'a self, id: &'a str, rev: &'a str)
-        -> BoxFuture<'a, Result<Option<StoredBody>>>;
+    fn rev_body<'a>(
+        &'a self,
+        id: &'a str,
+        rev: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredBody>>>;
     /// [`DatabaseStore::doc_meta`] of several documents, in the order asked (`None`: no such
     /// document; an id asked twice is answered twice). What batch readers (`_bulk_get`,
     /// `_revs_diff`, `include_docs`) call: a networked backend answers in one round trip.
@@ -417,7 +426,8 @@ pub trait DatabaseStore: Send + Sync {
     /// Applies new channels and grants to documents' winning revisions ([`Restamp`]), in
     /// order, as one batch: each gets its new sequence, or `None` when `rev` no longer wins
     /// (or the document is gone) or nothing changed.
-    fn restamp_docs(&self, docs: Vec<Restamp>) -> BoxFuture<'_, Result<(Vec<Option<u64>>, Ticket)>>;
+    fn restamp_docs(&self, docs: Vec<Restamp>)
+        -> BoxFuture<'_, Result<(Vec<Option<u64>>, Ticket)>>;
 
     /// Makes every later change get a sequence above `seq` (no-op when the database is past
     /// it already). A database copied from another store starts after the source's last
@@ -428,8 +438,11 @@ pub trait DatabaseStore: Send + Sync {
     /// A setting stored with the database (e.g. the sync function set by the admin API).
     fn get_setting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
     /// Stores (`Some`) or removes (`None`) a setting.
-    fn put_setting<'a>(&'a self, key: &'a str, value: Option<&'a [u8]>)
-        -> BoxFuture<'a, Result<Ticket>>;
+    fn put_setting<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Ticket>>;
     /// A receiver that sees a new value whenever another node sharing this database changed
     /// its settings (so the database reloads what it derived from them, e.g. the sync
     /// function). `None` (the default): settings change only through this handle.
@@ -450,7 +463,11 @@ pub trait DatabaseStore: Send + Sync {
         rev: Option<&'a str>,
         body: Box<serde_json::value::RawValue>,
     ) -> BoxFuture<'a, Result<(String, Ticket)>>;
-    fn delete_local<'a>(&'a self, id: &'a str, rev: Option<&'a str>) -> BoxFuture<'a, Result<Ticket>>;
+    fn delete_local<'a>(
+        &'a self,
+        id: &'a str,
+        rev: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Ticket>>;
 
     // --- principals and sessions (opaque JSON to this layer) ---------------------------------
     fn get_principal<'a>(
@@ -478,8 +495,11 @@ pub trait DatabaseStore: Send + Sync {
         expected: Option<&'a [u8]>,
         build: BuildRecord<'a>,
     ) -> BoxFuture<'a, Result<Option<(u64, Ticket)>>>;
-    fn delete_principal<'a>(&'a self, kind: PrincipalKind, name: &'a str)
-        -> BoxFuture<'a, Result<Ticket>>;
+    fn delete_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Ticket>>;
     fn list_principals(&self, kind: PrincipalKind) -> BoxFuture<'_, Result<Vec<String>>>;
     fn get_session<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
     fn put_session<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<Ticket>>;

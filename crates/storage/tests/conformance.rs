@@ -12,8 +12,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use syncgate_storage::{
-    canonical_json, BoxFuture, Entries, AttachmentInput, ChangeEntry, ChangeNotify, DatabaseStore, DocWrite, PgOptions,
-    PgStore, PrincipalKind, Restamp, RevAccess, StorageError, Store, StoreServer, WriteOutcome,
+    canonical_json, AttachmentInput, BoxFuture, ChangeEntry, ChangeNotify, DatabaseStore, DocWrite,
+    Entries, PgOptions, PgStore, PrincipalKind, Restamp, RevAccess, StorageError, Store,
+    StoreServer, WriteOutcome,
 };
 
 #[path = "support/pg_cluster.rs"]
@@ -215,7 +216,10 @@ fn replicate(id: &str, history: &[&str], deleted: bool, chans: &[&str]) -> DocWr
 }
 
 /// Writes through the shared (combining) path and waits until durable, as handlers do.
-async fn write(db: &dyn DatabaseStore, w: Vec<DocWrite>) -> Vec<Result<WriteOutcome, StorageError>> {
+async fn write(
+    db: &dyn DatabaseStore,
+    w: Vec<DocWrite>,
+) -> Vec<Result<WriteOutcome, StorageError>> {
     let (r, t) = db.write_docs_shared(w).await.unwrap();
     db.durable(t).await.unwrap();
     r

@@ -41,7 +41,10 @@ fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
     }
 }
 
-async fn write(db: &dyn DatabaseStore, w: Vec<DocWrite>) -> Vec<Result<WriteOutcome, StorageError>> {
+async fn write(
+    db: &dyn DatabaseStore,
+    w: Vec<DocWrite>,
+) -> Vec<Result<WriteOutcome, StorageError>> {
     let (r, t) = db.write_docs_shared(w).await.unwrap();
     db.durable(t).await.unwrap();
     r
@@ -95,7 +98,8 @@ async fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
                 }
                 async {
                     let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
-                }.await;
+                }
+                .await;
             }
         })
     };
@@ -113,7 +117,8 @@ async fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
                             edit(&format!("n{w}-{i}"), None, json!({ "i": i })),
                             edit("shared", None, json!({ "w": w })),
                         ],
-                    ).await;
+                    )
+                    .await;
                     created.push(r[0].clone().unwrap());
                     if let Ok(o) = &r[1] {
                         created.push(o.clone());
@@ -173,14 +178,16 @@ async fn wakes_other_node(mode: ChangeNotify) {
     let mut rx = db_b.subscribe();
     let other_rx = other.subscribe();
     assert_eq!(*rx.borrow_and_update(), 0);
-    let first = write(&*da, vec![edit("x", None, json!({}))]).await
+    let first = write(&*da, vec![edit("x", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
     assert_eq!(wait_for(&mut rx, first.seq).await, first.seq);
     assert_eq!(db_b.last_seq(), first.seq);
     // later writes too (with LISTEN, only a notification can bring these)
     for i in 0..3 {
-        let w = write(&*da, vec![edit(&format!("y{i}"), None, json!({}))]).await
+        let w = write(&*da, vec![edit(&format!("y{i}"), None, json!({}))])
+            .await
             .remove(0)
             .unwrap();
         assert_eq!(wait_for(&mut rx, w.seq).await, w.seq);
@@ -197,7 +204,8 @@ async fn wakes_other_node(mode: ChangeNotify) {
         .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| {
             Ok(b"{}".to_vec())
         })
-        .await.unwrap();
+        .await
+        .unwrap();
     assert_eq!(wait_for(&mut rx, seq).await, seq);
     // another database of the same PostgreSQL database was not woken
     assert!(!other_rx.has_changed().unwrap());
@@ -238,7 +246,8 @@ async fn nodes_starting_together_create_the_schema_once() {
     for s in &stores {
         dbs.push(s.database("db").await.unwrap());
     }
-    let w = write(&*dbs[0], vec![edit("d", None, json!({}))]).await
+    let w = write(&*dbs[0], vec![edit("d", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
     assert!(dbs[5].doc_meta("d").await.unwrap().is_some());
@@ -264,13 +273,15 @@ async fn a_newer_schema_is_refused() {
             .batch_execute("INSERT INTO syncgate_schema_version (version) VALUES (99)")
             .await
             .unwrap();
-    }.await;
+    }
+    .await;
     let err = PgStore::open(&PgOptions {
         url,
         pool_size: 2,
         notify: ChangeNotify::Listen,
     })
-    .await.err()
+    .await
+    .err()
     .expect("a newer schema must be refused");
     assert!(err.to_string().contains("version 99, newer"), "{err}");
 }
@@ -288,7 +299,8 @@ async fn an_unreachable_server_is_unavailable_not_an_engine_failure() {
         pool_size: 2,
         notify: ChangeNotify::Listen,
     })
-    .await.err()
+    .await
+    .err()
     .expect("nothing listens there");
     assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
     assert!(!err.to_string().contains("secret"));
@@ -340,13 +352,17 @@ async fn settings_reach_other_node(mode: ChangeNotify) {
     let v0 = *rx.borrow_and_update();
     da.put_setting("sync_function", Some(b"one")).await.unwrap();
     let v1 = wait_for(&mut rx, v0 + 1).await;
-    assert_eq!(db_b.get_setting("sync_function").await.unwrap().unwrap(), b"one");
+    assert_eq!(
+        db_b.get_setting("sync_function").await.unwrap().unwrap(),
+        b"one"
+    );
     da.put_setting("sync_function", None).await.unwrap();
     wait_for(&mut rx, v1 + 1).await;
     assert_eq!(db_b.get_setting("sync_function").await.unwrap(), None);
     // a document write moves no settings version
     let before = *rx.borrow_and_update();
-    let w = write(&*da, vec![edit("d", None, json!({}))]).await
+    let w = write(&*da, vec![edit("d", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
     wait_for(&mut db_b.subscribe(), w.seq).await;
@@ -374,7 +390,8 @@ async fn a_version_1_schema_is_migrated() {
         write(
             &*a.database("db").await.unwrap(),
             vec![edit("kept", None, json!({}))],
-        ).await;
+        )
+        .await;
     }
     async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -389,7 +406,8 @@ async fn a_version_1_schema_is_migrated() {
             )
             .await
             .unwrap();
-    }.await;
+    }
+    .await;
     let a = node(&url, ChangeNotify::Listen).await;
     let db = a.database("db").await.unwrap();
     assert!(db.doc_meta("kept").await.unwrap().is_some());
@@ -426,15 +444,20 @@ async fn polling_nodes_send_no_notify_and_still_see_each_other() {
                 .await
                 .unwrap();
             client
-        }.await
+        }
+        .await
     };
     let poll = ChangeNotify::Poll(Duration::from_millis(50));
     let (a, b) = (node(&url, poll).await, node(&url, poll).await);
-    let (da, db_b) = (a.database("db").await.unwrap(), b.database("db").await.unwrap());
+    let (da, db_b) = (
+        a.database("db").await.unwrap(),
+        b.database("db").await.unwrap(),
+    );
     let mut rx = db_b.subscribe();
     let mut settings = db_b.settings_changes().unwrap();
     let v0 = *settings.borrow_and_update();
-    let w = write(&*da, vec![edit("x", None, json!({}))]).await
+    let w = write(&*da, vec![edit("x", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
     assert_eq!(wait_for(&mut rx, w.seq).await, w.seq);
@@ -442,7 +465,8 @@ async fn polling_nodes_send_no_notify_and_still_see_each_other() {
         .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| {
             Ok(b"{}".to_vec())
         })
-        .await.unwrap();
+        .await
+        .unwrap();
     assert_eq!(wait_for(&mut rx, seq).await, seq);
     da.put_setting("sync_function", Some(b"one")).await.unwrap();
     wait_for(&mut settings, v0 + 1).await;
@@ -451,7 +475,8 @@ async fn polling_nodes_send_no_notify_and_still_see_each_other() {
     // the same writes from a LISTEN node are heard (so silence above means none was sent)
     let l = node(&url, ChangeNotify::Listen).await;
     let dl = l.database("db").await.unwrap();
-    let w = write(&*dl, vec![edit("y", None, json!({}))]).await
+    let w = write(&*dl, vec![edit("y", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
     assert_eq!(wait_for(&mut rx, w.seq).await, w.seq);
@@ -464,7 +489,8 @@ async fn polling_nodes_send_no_notify_and_still_see_each_other() {
         })
         .await
         .expect("the LISTEN node's notifications never arrived")
-    }.await;
+    }
+    .await;
     let heard = heard.lock().unwrap().clone();
     assert_eq!(
         heard,
@@ -507,14 +533,20 @@ async fn tls_sslmode_and_sslrootcert() {
         ("127.0.0.1", String::new()),
     ] {
         // the store works over it: the listener (LISTEN connection) too
-        let a = opens(url(host, &params)).await.unwrap_or_else(|e| panic!("{params}: {e}"));
+        let a = opens(url(host, &params))
+            .await
+            .unwrap_or_else(|e| panic!("{params}: {e}"));
         let b = opens(url(host, &params)).await.unwrap();
-        let (da, db_b) = (a.database("db").await.unwrap(), b.database("db").await.unwrap());
+        let (da, db_b) = (
+            a.database("db").await.unwrap(),
+            b.database("db").await.unwrap(),
+        );
         let mut rx = db_b.subscribe();
         let w = write(
             &*da,
             vec![edit(&format!("{host}{params}"), None, json!({}))],
-        ).await
+        )
+        .await
         .remove(0)
         .unwrap();
         assert_eq!(wait_for(&mut rx, w.seq).await, w.seq, "{params}");
@@ -523,8 +555,13 @@ async fn tls_sslmode_and_sslrootcert() {
         format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
         format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
     ] {
-        let e = opens(url("127.0.0.1", &params)).await.err().unwrap().to_string();
-        let StorageError::Incompatible(_) = opens(url("127.0.0.1", &params)).await.err().unwrap() else {
+        let e = opens(url("127.0.0.1", &params))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        let StorageError::Incompatible(_) = opens(url("127.0.0.1", &params)).await.err().unwrap()
+        else {
             panic!("{params}: not a startup error: {e}");
         };
         assert!(
@@ -538,25 +575,32 @@ async fn tls_sslmode_and_sslrootcert() {
         "postgres://postgres@localhost:{port}/postgres?host={}",
         cluster.socket_dir().display()
     );
-    let s = opens(socket).await.unwrap_or_else(|e| panic!("over the socket: {e}"));
+    let s = opens(socket)
+        .await
+        .unwrap_or_else(|e| panic!("over the socket: {e}"));
     s.database("db").await.unwrap();
     // a missing CA file is named
     let e = opens(url(
         "127.0.0.1",
         "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
     ))
-    .await.err()
+    .await
+    .err()
     .unwrap()
     .to_string();
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     // the password is checked (SCRAM over TLS above)
     let e =
         opens(url("127.0.0.1", "sslmode=require").replace(pg_cluster::TLS_PASSWORD, "wrong-pw"))
-            .await.err()
+            .await
+            .err()
             .unwrap();
     assert!(e.to_string().contains("password"), "{e}");
     // the cluster refuses unencrypted connections: TLS really was used above
-    let e = opens(url("127.0.0.1", "sslmode=disable")).await.err().unwrap();
+    let e = opens(url("127.0.0.1", "sslmode=disable"))
+        .await
+        .err()
+        .unwrap();
     assert!(!matches!(e, StorageError::Incompatible(_)), "{e}");
     assert!(e.to_string().contains("no encryption"), "{e}");
 }
@@ -571,7 +615,10 @@ async fn compaction_pages_through_the_documents_while_another_node_writes() {
         node(&url, ChangeNotify::Listen).await,
         node(&url, ChangeNotify::Listen).await,
     );
-    let (da, db_b) = (a.database("db").await.unwrap(), b.database("db").await.unwrap());
+    let (da, db_b) = (
+        a.database("db").await.unwrap(),
+        b.database("db").await.unwrap(),
+    );
     // each revision with an attachment of its own: the first ones' go with their bodies
     let attach = |mut w: DocWrite, bytes: String| {
         if let DocWrite::Edit { attachments, .. } = &mut w {
@@ -596,7 +643,8 @@ async fn compaction_pages_through_the_documents_while_another_node_writes() {
                 )
             })
             .collect(),
-    ).await;
+    )
+    .await;
     let seconds: Vec<DocWrite> = firsts
         .iter()
         .enumerate()
@@ -628,18 +676,21 @@ async fn compaction_pages_through_the_documents_while_another_node_writes() {
         let digest = |t: String| syncgate_storage::attachment_digest(t.as_bytes());
         assert!(da
             .attachment(&digest(format!("old {i}")))
-            .await.unwrap()
+            .await
+            .unwrap()
             .is_none());
         assert!(da
             .attachment(&digest(format!("new {i}")))
-            .await.unwrap()
+            .await
+            .unwrap()
             .is_some());
     }
     for (i, w) in firsts.iter().enumerate().step_by(97) {
         let id = format!("d{i:04}");
         assert!(da
             .rev_body(&id, &w.as_ref().unwrap().rev)
-            .await.unwrap()
+            .await
+            .unwrap()
             .is_none());
         let meta = da.doc_meta(&id).await.unwrap().unwrap();
         for l in meta.tree.leaves() {
@@ -658,7 +709,8 @@ async fn a_write_aborted_by_a_deadlock_is_retried() {
     let url = pg_cluster::fresh_database();
     let a = node(&url, ChangeNotify::Listen).await;
     let db = a.database("db").await.unwrap();
-    let first = write(&*db, vec![edit("x", None, json!({"n": 1}))]).await
+    let first = write(&*db, vec![edit("x", None, json!({"n": 1}))])
+        .await
         .remove(0)
         .unwrap();
     let client = async {
@@ -675,11 +727,14 @@ async fn a_write_aborted_by_a_deadlock_is_retried() {
             .await
             .unwrap();
         client
-    }.await;
+    }
+    .await;
     let writer = {
         let db = db.clone();
         let parent = first.rev.clone();
-        tokio::spawn(async move { write(&*db, vec![edit("x", Some(&parent), json!({"n": 2}))]).await })
+        tokio::spawn(
+            async move { write(&*db, vec![edit("x", Some(&parent), json!({"n": 2}))]).await },
+        )
     };
     // wait until the writer waits for the row (a guard against hanging, not a speed check)
     async {
@@ -699,7 +754,8 @@ async fn a_write_aborted_by_a_deadlock_is_retried() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("the write never waited for the locked row");
-    }.await;
+    }
+    .await;
     // now the deadlock: PostgreSQL aborts the writer's transaction, this one gets the row
     async {
         client
@@ -710,7 +766,8 @@ async fn a_write_aborted_by_a_deadlock_is_retried() {
             .await
             .unwrap();
         client.batch_execute("COMMIT").await.unwrap();
-    }.await;
+    }
+    .await;
     let out = writer.await.unwrap().remove(0).unwrap();
     assert!(out.rev.starts_with("2-"), "{}", out.rev);
     let meta = db.doc_meta("x").await.unwrap().unwrap();

@@ -59,22 +59,24 @@ pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(
     } else {
         principals::validate_name(name).map_err(|e| rejected(format!("user name: {e}")))?;
     }
-    let (written, ()) = principals.modify_user(name, |cur| {
-        let mut rec = match cur {
-            Some(c) => c.clone(),
-            None if id.register => UserRecord::new(name),
-            None => {
-                return Err(rejected(
-                    "unknown user (this provider does not register new users)",
-                ))
-            }
-        };
-        rec.jwt_issuer = Some(id.issuer.clone());
-        rec.jwt_roles = regrant(&rec.jwt_roles, &id.roles);
-        rec.jwt_channels = regrant(&rec.jwt_channels, &id.channels);
-        rec.email = email_for(id, rec.email.as_ref());
-        Ok(((cur != Some(&rec)).then_some(rec), ()))
-    }).await?;
+    let (written, ()) = principals
+        .modify_user(name, |cur| {
+            let mut rec = match cur {
+                Some(c) => c.clone(),
+                None if id.register => UserRecord::new(name),
+                None => {
+                    return Err(rejected(
+                        "unknown user (this provider does not register new users)",
+                    ))
+                }
+            };
+            rec.jwt_issuer = Some(id.issuer.clone());
+            rec.jwt_roles = regrant(&rec.jwt_roles, &id.roles);
+            rec.jwt_channels = regrant(&rec.jwt_channels, &id.channels);
+            rec.email = email_for(id, rec.email.as_ref());
+            Ok(((cur != Some(&rec)).then_some(rec), ()))
+        })
+        .await?;
     if let Some((rec, ticket)) = written {
         tracing::debug!(user = %rec.name, provider = %id.provider, "user updated from token");
         principals.store().durable(ticket).await?;
@@ -101,17 +103,18 @@ pub async fn revoke_stale_grants(
         if jwt.is_some_and(|j| j.has_issuer(iss)) {
             continue;
         }
-        let (written, ()) = principals.modify_user(&name, |cur| {
-            let rec = cur.filter(|c| c.jwt_issuer.is_some()).map(|c| {
-                let mut c = c.clone();
-                c.jwt_issuer = None;
-                c.jwt_roles.clear();
-                c.jwt_channels.clear();
-                c
-            });
-            Ok((rec, ()))
-        })
-        .await?;
+        let (written, ()) = principals
+            .modify_user(&name, |cur| {
+                let rec = cur.filter(|c| c.jwt_issuer.is_some()).map(|c| {
+                    let mut c = c.clone();
+                    c.jwt_issuer = None;
+                    c.jwt_roles.clear();
+                    c.jwt_channels.clear();
+                    c
+                });
+                Ok((rec, ()))
+            })
+            .await?;
         if let Some((_, t)) = written {
             changed += 1;
             last_ticket = Some(t);

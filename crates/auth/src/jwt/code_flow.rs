@@ -95,7 +95,9 @@ impl LoginStore {
     pub async fn put(&self, state: &str, rec: &LoginRecord) -> Result<(), AuthError> {
         let bytes = serde_json::to_vec(rec)
             .map_err(|e| AuthError::Internal(format!("login transaction encoding: {e}")))?;
-        self.store.put_login(&self.storage_key(state), bytes).await?;
+        self.store
+            .put_login(&self.storage_key(state), bytes)
+            .await?;
         Ok(())
     }
 
@@ -115,7 +117,8 @@ impl LoginStore {
     pub async fn collect(&self, now_ms: u64) -> Result<usize, AuthError> {
         let dead: Vec<String> = self
             .store
-            .list_logins().await?
+            .list_logins()
+            .await?
             .into_iter()
             .filter(|(_, v)| {
                 serde_json::from_slice::<LoginRecord>(v).map_or(true, |r| r.expires_ms <= now_ms)
@@ -831,7 +834,8 @@ mod tests {
         assert_eq!(
             LoginStore::new(db.clone(), b"other".to_vec())
                 .take(&state)
-                .await.unwrap(),
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(s.take("another-state").await.unwrap(), None);
@@ -869,7 +873,9 @@ mod tests {
         assert_eq!(s.count().await.unwrap(), 1);
         assert!(s.take("new").await.unwrap().is_some());
         // a corrupt record met by take is an error naming it, never a default
-        db.put_login(&s.storage_key("bad"), b"[]".to_vec()).await.unwrap();
+        db.put_login(&s.storage_key("bad"), b"[]".to_vec())
+            .await
+            .unwrap();
         let e = s.take("bad").await.unwrap_err().to_string();
         assert!(e.contains("login transaction does not decode"), "{e}");
     }

@@ -230,7 +230,8 @@ impl Database {
                 let old = match base {
                     Some(n) => self
                         .store
-                        .rev_body(id, &n.rev).await?
+                        .rev_body(id, &n.rev)
+                        .await?
                         .map(|b| doc_text(id, None, n.deleted, &b.json)),
                     None => None,
                 };
@@ -397,7 +398,8 @@ impl Database {
         let old_doc = match parent {
             Some(p) => self
                 .store
-                .rev_body(id, &p.rev).await?
+                .rev_body(id, &p.rev)
+                .await?
                 .map(|b| doc_text(id, None, p.deleted, &b.json)),
             None => None,
         };

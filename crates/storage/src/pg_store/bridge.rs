@@ -86,7 +86,11 @@ pub(super) struct SpawnedConnect<T> {
 }
 
 type ConnectFuture<'a> = Pin<
-    Box<dyn Future<Output = std::result::Result<(Client, JoinHandle<()>), tokio_postgres::Error>> + Send + 'a>,
+    Box<
+        dyn Future<Output = std::result::Result<(Client, JoinHandle<()>), tokio_postgres::Error>>
+            + Send
+            + 'a,
+    >,
 >;
 
 impl<T> Connect for SpawnedConnect<T>

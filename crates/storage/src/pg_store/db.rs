@@ -221,8 +221,11 @@ impl PgDatabase {
 
 /// The result of a task running a transaction (a task that panicked returns none).
 async fn joined<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
-    task.await
-        .unwrap_or_else(|_| Err(StorageError::Engine("a PostgreSQL storage task failed".into())))
+    task.await.unwrap_or_else(|_| {
+        Err(StorageError::Engine(
+            "a PostgreSQL storage task failed".into(),
+        ))
+    })
 }
 
 /// A pooled connection inside a transaction opened by hand (`BEGIN`). If it is dropped before
@@ -276,10 +279,13 @@ impl DatabaseStore for PgDatabase {
 
     fn doc_meta<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DocMeta>>> {
         Box::pin(async move {
-            match self.bytes(
-                "SELECT meta FROM syncgate_docs WHERE db = $1 AND id = $2",
-                vec![p(id.as_bytes().to_vec())],
-            ).await? {
+            match self
+                .bytes(
+                    "SELECT meta FROM syncgate_docs WHERE db = $1 AND id = $2",
+                    vec![p(id.as_bytes().to_vec())],
+                )
+                .await?
+            {
                 Some(v) => {
                     self.docs_read.fetch_add(1, Ordering::Relaxed);
                     Ok(Some(decode("document", &v)?))
@@ -289,12 +295,19 @@ impl DatabaseStore for PgDatabase {
         })
     }
 
-    fn rev_body<'a>(&'a self, id: &'a str, rev: &'a str) -> BoxFuture<'a, Result<Option<StoredBody>>> {
+    fn rev_body<'a>(
+        &'a self,
+        id: &'a str,
+        rev: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredBody>>> {
         Box::pin(async move {
-            match self.bytes(
-                "SELECT body FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = $3",
-                vec![p(id.as_bytes().to_vec()), p(rev.as_bytes().to_vec())],
-            ).await? {
+            match self
+                .bytes(
+                    "SELECT body FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = $3",
+                    vec![p(id.as_bytes().to_vec()), p(rev.as_bytes().to_vec())],
+                )
+                .await?
+            {
                 Some(v) => {
                     self.docs_read.fetch_add(1, Ordering::Relaxed);
                     Ok(Some(decode_body(id, rev, &v)?))
@@ -306,16 +319,15 @@ impl DatabaseStore for PgDatabase {
 
     /// One statement (`id = ANY($2)`): see `views`.
     fn doc_metas<'a>(&'a self, ids: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<DocMeta>>>> {
-        Box::pin(async move {
-            self.metas_of(ids).await
-        })
+        Box::pin(async move { self.metas_of(ids).await })
     }
 
     /// One statement (a join with the asked pairs): see `views`.
-    fn rev_bodies<'a>(&'a self, revs: &'a [(&'a str, &'a str)]) -> BoxFuture<'a, Result<Vec<Option<StoredBody>>>> {
-        Box::pin(async move {
-            self.bodies_of(revs).await
-        })
+    fn rev_bodies<'a>(
+        &'a self,
+        revs: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<Option<StoredBody>>>> {
+        Box::pin(async move { self.bodies_of(revs).await })
     }
 
     fn write_docs(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
@@ -331,10 +343,12 @@ impl DatabaseStore for PgDatabase {
 
     fn doc_count(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
-            let rows = self.rows(
-                "SELECT doc_count FROM syncgate_counters WHERE db = $1",
-                vec![],
-            ).await?;
+            let rows = self
+                .rows(
+                    "SELECT doc_count FROM syncgate_counters WHERE db = $1",
+                    vec![],
+                )
+                .await?;
             Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
         })
     }
@@ -390,7 +404,11 @@ impl DatabaseStore for PgDatabase {
         self.live.notify.subscribe()
     }
 
-    fn doc_grants<'a>(&'a self, kind: PrincipalKind, name: &'a str) -> BoxFuture<'a, Result<Vec<(String, DocGrant)>>> {
+    fn doc_grants<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, DocGrant)>>> {
         Box::pin(async move {
             self.rows(
                 "SELECT doc, grant_entry FROM syncgate_grants WHERE db = $1 AND kind = $2 AND name = $3 \
@@ -412,7 +430,10 @@ impl DatabaseStore for PgDatabase {
         self.live.grants_version.load(Ordering::SeqCst)
     }
 
-    fn restamp_docs(&self, docs: Vec<Restamp>) -> BoxFuture<'_, Result<(Vec<Option<u64>>, Ticket)>> {
+    fn restamp_docs(
+        &self,
+        docs: Vec<Restamp>,
+    ) -> BoxFuture<'_, Result<(Vec<Option<u64>>, Ticket)>> {
         Box::pin(async move {
             let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
             let (pool, name, docs_read) =
@@ -437,20 +458,26 @@ impl DatabaseStore for PgDatabase {
             self.bytes(
                 "SELECT value FROM syncgate_settings WHERE db = $1 AND key = $2",
                 vec![p(key.as_bytes().to_vec())],
-            ).await
+            )
+            .await
         })
     }
 
     /// Moves the database's settings version in the same transaction and notifies it, so the
     /// other nodes reload the setting (see the module documentation).
-    fn put_setting<'a>(&'a self, key: &'a str, value: Option<&'a [u8]>) -> BoxFuture<'a, Result<Ticket>> {
+    fn put_setting<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Ticket>> {
         Box::pin(async move {
             let key = key.as_bytes().to_vec();
             let value = value.map(<[u8]>::to_vec);
             let notifies = self.live.notifies;
-            let version = self.with_client(move |mut c, db| async move {
-                let tx = c.transaction().await.map_err(pg_err)?;
-                match value {
+            let version = self
+                .with_client(move |mut c, db| async move {
+                    let tx = c.transaction().await.map_err(pg_err)?;
+                    match value {
                     Some(v) => {
                         tx.execute(
                             "INSERT INTO syncgate_settings (db, key, value) VALUES ($1, $2, $3) \
@@ -468,23 +495,24 @@ impl DatabaseStore for PgDatabase {
                     }
                 }
                 .map_err(pg_err)?;
-                let version: i64 = tx
-                    .query_one(
-                        "UPDATE syncgate_counters SET settings_version = settings_version + 1 \
+                    let version: i64 = tx
+                        .query_one(
+                            "UPDATE syncgate_counters SET settings_version = settings_version + 1 \
                          WHERE db = $1 RETURNING settings_version",
-                        &[&db],
-                    )
-                    .await
-                    .map_err(pg_err)?
-                    .get(0);
-                if notifies {
-                    tx.execute(NOTIFY, &[&CHANNEL, &format!("settings {version} {db}")])
+                            &[&db],
+                        )
                         .await
-                        .map_err(pg_err)?;
-                }
-                tx.commit().await.map_err(pg_err)?;
-                Ok(version as u64)
-            }).await?;
+                        .map_err(pg_err)?
+                        .get(0);
+                    if notifies {
+                        tx.execute(NOTIFY, &[&CHANNEL, &format!("settings {version} {db}")])
+                            .await
+                            .map_err(pg_err)?;
+                    }
+                    tx.commit().await.map_err(pg_err)?;
+                    Ok(version as u64)
+                })
+                .await?;
             self.live.settings_moved(version, false);
             Ok(Ticket(0))
         })
@@ -492,9 +520,7 @@ impl DatabaseStore for PgDatabase {
 
     /// One round trip (`SELECT`) on a pooled connection.
     fn health(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            self.exec("SELECT $1::text", vec![]).await
-        })
+        Box::pin(async move { self.exec("SELECT $1::text", vec![]).await })
     }
 
     fn settings_changes(&self) -> Option<watch::Receiver<u64>> {
@@ -506,16 +532,20 @@ impl DatabaseStore for PgDatabase {
             self.bytes(
                 "SELECT data FROM syncgate_attachments WHERE db = $1 AND digest = $2",
                 vec![p(digest.as_bytes().to_vec())],
-            ).await
+            )
+            .await
         })
     }
 
     fn get_local<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<LocalDoc>>> {
         Box::pin(async move {
-            match self.bytes(
-                "SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2",
-                vec![p(id.as_bytes().to_vec())],
-            ).await? {
+            match self
+                .bytes(
+                    "SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2",
+                    vec![p(id.as_bytes().to_vec())],
+                )
+                .await?
+            {
                 Some(v) => Ok(Some(decode("local document", &v)?)),
                 None => Ok(None),
             }
@@ -527,62 +557,73 @@ impl DatabaseStore for PgDatabase {
     /// bytes, which carry the revision; a first write loses on the primary key to a
     /// concurrent one): a concurrent writer makes this one a conflict, as the revision check
     /// would have. Replicators' checkpoints are written here, once per batch.
-    fn put_local<'a>(&'a self, id: &'a str, rev: Option<&'a str>, body: Box<serde_json::value::RawValue>) -> BoxFuture<'a, Result<(String, Ticket)>> {
+    fn put_local<'a>(
+        &'a self,
+        id: &'a str,
+        rev: Option<&'a str>,
+        body: Box<serde_json::value::RawValue>,
+    ) -> BoxFuture<'a, Result<(String, Ticket)>> {
         Box::pin(async move {
             let id = id.as_bytes().to_vec();
             let rev = rev.map(str::to_string);
-            let new_rev = self.with_client(move |c, db| async move {
-                let read = c
-                    .prepare_cached("SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2")
-                    .await
-                    .map_err(pg_err)?;
-                let stored: Option<Vec<u8>> = c
-                    .query_opt(&read, &[&db, &id])
-                    .await
-                    .map_err(pg_err)?
-                    .map(|r| r.get(0));
-                let current: Option<LocalDoc> = match &stored {
-                    Some(v) => Some(decode("local document", v)?),
-                    None => None,
-                };
-                let doc = LocalDoc {
-                    rev: next_local_rev(current.as_ref(), rev.as_deref())?,
-                    body,
-                };
-                let bytes = encode("local document", &doc)?;
-                let n = match &stored {
-                    Some(old) => {
-                        let st = c
-                            .prepare_cached(
-                                "UPDATE syncgate_local SET doc = $3 \
+            let new_rev = self
+                .with_client(move |c, db| async move {
+                    let read = c
+                        .prepare_cached("SELECT doc FROM syncgate_local WHERE db = $1 AND id = $2")
+                        .await
+                        .map_err(pg_err)?;
+                    let stored: Option<Vec<u8>> = c
+                        .query_opt(&read, &[&db, &id])
+                        .await
+                        .map_err(pg_err)?
+                        .map(|r| r.get(0));
+                    let current: Option<LocalDoc> = match &stored {
+                        Some(v) => Some(decode("local document", v)?),
+                        None => None,
+                    };
+                    let doc = LocalDoc {
+                        rev: next_local_rev(current.as_ref(), rev.as_deref())?,
+                        body,
+                    };
+                    let bytes = encode("local document", &doc)?;
+                    let n = match &stored {
+                        Some(old) => {
+                            let st = c
+                                .prepare_cached(
+                                    "UPDATE syncgate_local SET doc = $3 \
                                  WHERE db = $1 AND id = $2 AND doc = $4",
-                            )
-                            .await
-                            .map_err(pg_err)?;
-                        c.execute(&st, &[&db, &id, &bytes, old]).await
-                    }
-                    None => {
-                        let st = c
-                            .prepare_cached(
-                                "INSERT INTO syncgate_local (db, id, doc) VALUES ($1, $2, $3) \
+                                )
+                                .await
+                                .map_err(pg_err)?;
+                            c.execute(&st, &[&db, &id, &bytes, old]).await
+                        }
+                        None => {
+                            let st = c
+                                .prepare_cached(
+                                    "INSERT INTO syncgate_local (db, id, doc) VALUES ($1, $2, $3) \
                                  ON CONFLICT (db, id) DO NOTHING",
-                            )
-                            .await
-                            .map_err(pg_err)?;
-                        c.execute(&st, &[&db, &id, &bytes]).await
+                                )
+                                .await
+                                .map_err(pg_err)?;
+                            c.execute(&st, &[&db, &id, &bytes]).await
+                        }
                     }
-                }
-                .map_err(pg_err)?;
-                if n != 1 {
-                    return Err(StorageError::Conflict("Document update conflict".into()));
-                }
-                Ok(doc.rev)
-            }).await?;
+                    .map_err(pg_err)?;
+                    if n != 1 {
+                        return Err(StorageError::Conflict("Document update conflict".into()));
+                    }
+                    Ok(doc.rev)
+                })
+                .await?;
             Ok((new_rev, Ticket(0)))
         })
     }
 
-    fn delete_local<'a>(&'a self, id: &'a str, rev: Option<&'a str>) -> BoxFuture<'a, Result<Ticket>> {
+    fn delete_local<'a>(
+        &'a self,
+        id: &'a str,
+        rev: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Ticket>> {
         Box::pin(async move {
             let id = id.as_bytes().to_vec();
             let rev = rev.map(str::to_string);
@@ -607,17 +648,23 @@ impl DatabaseStore for PgDatabase {
                 .await
                 .map_err(pg_err)?;
                 tx.commit().await.map_err(pg_err)
-            }).await?;
+            })
+            .await?;
             Ok(Ticket(0))
         })
     }
 
-    fn get_principal<'a>(&'a self, kind: PrincipalKind, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+    fn get_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         Box::pin(async move {
             self.bytes(
                 "SELECT record FROM syncgate_principals WHERE db = $1 AND kind = $2 AND name = $3",
                 vec![p(kind_code(kind)), p(name.as_bytes().to_vec())],
-            ).await
+            )
+            .await
         })
     }
 
@@ -661,21 +708,38 @@ impl DatabaseStore for PgDatabase {
         })
     }
 
-    fn put_principal<'a>(&'a self, kind: PrincipalKind, name: &'a str, build: BuildRecord<'a>) -> BoxFuture<'a, Result<(u64, Ticket)>> {
+    fn put_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+        build: BuildRecord<'a>,
+    ) -> BoxFuture<'a, Result<(u64, Ticket)>> {
         Box::pin(async move {
             let seq = self.principal_tx(kind, name, None, Some(build)).await?;
             Ok((seq.unwrap_or_default(), Ticket(seq.unwrap_or_default())))
         })
     }
 
-    fn put_principal_if<'a>(&'a self, kind: PrincipalKind, name: &'a str, expected: Option<&'a [u8]>, build: BuildRecord<'a>) -> BoxFuture<'a, Result<Option<(u64, Ticket)>>> {
+    fn put_principal_if<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+        expected: Option<&'a [u8]>,
+        build: BuildRecord<'a>,
+    ) -> BoxFuture<'a, Result<Option<(u64, Ticket)>>> {
         Box::pin(async move {
-            let seq = self.principal_tx(kind, name, Some(expected), Some(build)).await?;
+            let seq = self
+                .principal_tx(kind, name, Some(expected), Some(build))
+                .await?;
             Ok(seq.map(|s| (s, Ticket(s))))
         })
     }
 
-    fn delete_principal<'a>(&'a self, kind: PrincipalKind, name: &'a str) -> BoxFuture<'a, Result<Ticket>> {
+    fn delete_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Ticket>> {
         Box::pin(async move {
             let seq = self.principal_tx(kind, name, None, None).await?;
             Ok(Ticket(seq.unwrap_or_default()))
@@ -687,7 +751,8 @@ impl DatabaseStore for PgDatabase {
             self.rows(
                 "SELECT name FROM syncgate_principals WHERE db = $1 AND kind = $2 ORDER BY name",
                 vec![p(kind_code(kind))],
-            ).await?
+            )
+            .await?
             .into_iter()
             .map(|r| utf8("principal name", r.get(0)))
             .collect()
@@ -699,7 +764,8 @@ impl DatabaseStore for PgDatabase {
             self.bytes(
                 "SELECT value FROM syncgate_sessions WHERE db = $1 AND key = $2",
                 vec![p(key.as_bytes().to_vec())],
-            ).await
+            )
+            .await
         })
     }
 
@@ -709,7 +775,8 @@ impl DatabaseStore for PgDatabase {
                 "INSERT INTO syncgate_sessions (db, key, value) VALUES ($1, $2, $3) \
                  ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
                 vec![p(key.as_bytes().to_vec()), p(value)],
-            ).await?;
+            )
+            .await?;
             Ok(Ticket(0))
         })
     }
@@ -720,7 +787,8 @@ impl DatabaseStore for PgDatabase {
             self.exec(
                 "DELETE FROM syncgate_sessions WHERE db = $1 AND key = ANY($2)",
                 vec![p(keys)],
-            ).await?;
+            )
+            .await?;
             Ok(Ticket(0))
         })
     }
@@ -730,7 +798,8 @@ impl DatabaseStore for PgDatabase {
             self.rows(
                 "SELECT key, value FROM syncgate_sessions WHERE db = $1 ORDER BY key",
                 vec![],
-            ).await?
+            )
+            .await?
             .into_iter()
             .map(|r| Ok((utf8("session key", r.get(0))?, r.get(1))))
             .collect()
@@ -743,7 +812,8 @@ impl DatabaseStore for PgDatabase {
                 "INSERT INTO syncgate_logins (db, key, value) VALUES ($1, $2, $3) \
                  ON CONFLICT (db, key) DO UPDATE SET value = EXCLUDED.value",
                 vec![p(key.as_bytes().to_vec()), p(value)],
-            ).await?;
+            )
+            .await?;
             Ok(Ticket(0))
         })
     }
@@ -754,7 +824,8 @@ impl DatabaseStore for PgDatabase {
             self.bytes(
                 "DELETE FROM syncgate_logins WHERE db = $1 AND key = $2 RETURNING value",
                 vec![p(key.as_bytes().to_vec())],
-            ).await
+            )
+            .await
         })
     }
 
@@ -763,7 +834,8 @@ impl DatabaseStore for PgDatabase {
             self.rows(
                 "SELECT key, value FROM syncgate_logins WHERE db = $1 ORDER BY key",
                 vec![],
-            ).await?
+            )
+            .await?
             .into_iter()
             .map(|r| Ok((utf8("login key", r.get(0))?, r.get(1))))
             .collect()
@@ -776,7 +848,8 @@ impl DatabaseStore for PgDatabase {
             self.exec(
                 "DELETE FROM syncgate_logins WHERE db = $1 AND key = ANY($2)",
                 vec![p(keys)],
-            ).await?;
+            )
+            .await?;
             Ok(Ticket(0))
         })
     }

@@ -35,8 +35,18 @@
 //! A write transaction takes two round trips while it holds the counter row: `BEGIN`, the lock
 //! and the read-ahead of the batch's documents are sent together, then the batch's writes (one
 //! statement per table and kind, rows from parallel arrays: the rules' operations coalesced
-//! per row), the counters, `NOTIFY` and `COMMIT`. A transaction PostgreSQL aborts as a
+//! per row), the counters, `NOTIFY` and `COMMIT`. The rules are synchronous: they read only
+//! what the transaction has read, and a batch that asks for a record not read yet (a parent's
+//! body for attachment stubs, an attachment's length, an access-index entry) is decided again
+//! once the transaction has read it (`write::PgBatch`). A transaction PostgreSQL aborts as a
 //! serialization failure or deadlock (40001, 40P01) is run again from the start, a few times.
+//!
+//! ## Async
+//!
+//! Every call awaits PostgreSQL on the caller's runtime (no thread hand-off); a write
+//! transaction runs in a task of its own, so a caller that goes away does not cut it short.
+//! The pool's connections, the listener and the poller run on the backend's own small runtime
+//! (`bridge`), so a store outlives the runtimes that call it.
 //! Batch readers (`_bulk_get`, `_revs_diff`, `include_docs`) read metadata and bodies with one
 //! statement per batch ([`DatabaseStore::doc_metas`], [`DatabaseStore::rev_bodies`]): one
 //! primary-key lookup per key, however the planner sees the tables. `_local` writes are a read
@@ -55,7 +65,7 @@
 //! ## Errors
 //!
 //! A connection that cannot be made or is lost, a pool wait that times out, and a call
-//! PostgreSQL does not answer within `bridge::CALL_TIMEOUT` (30 s) are
+//! PostgreSQL does not answer within `bridge::CALL_TIMEOUT` (30 s; compaction is exempt) are
 //! [`StorageError::Unavailable`] (503); anything else PostgreSQL refuses is
 //! [`StorageError::Engine`]. Connections use a TCP user timeout and keepalives, so a server
 //! that vanishes is noticed; the pool replaces closed connections, so a node recovers by
@@ -315,18 +325,16 @@ impl PgStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Engine(format!("PostgreSQL pool: {e}")))?;
-        timed(schema::migrate(&pool))
-            .await
-            .map_err(|e| match e {
-                // a certificate not trusted, a server without TLS: the URL is wrong, not the
-                // network (at startup: exit 2)
-                StorageError::Unavailable(m) if m.starts_with(TLS_FAILURE) => {
-                    StorageError::Incompatible(format!(
-                        "{m} (check sslmode and sslrootcert in the server URL)"
-                    ))
-                }
-                e => e,
-            })?;
+        timed(schema::migrate(&pool)).await.map_err(|e| match e {
+            // a certificate not trusted, a server without TLS: the URL is wrong, not the
+            // network (at startup: exit 2)
+            StorageError::Unavailable(m) if m.starts_with(TLS_FAILURE) => {
+                StorageError::Incompatible(format!(
+                    "{m} (check sslmode and sslrootcert in the server URL)"
+                ))
+            }
+            e => e,
+        })?;
         let live = Arc::new(LiveMap::default());
         let (stop, stopped) = watch::channel(());
         bridge.spawn(notify::watch_changes(
@@ -373,11 +381,7 @@ impl PgStore {
             self.notify == ChangeNotify::Listen,
         ));
         self.live.register(name, &live);
-        Ok(Arc::new(PgDatabase::new(
-            name,
-            self.pool.clone(),
-            live,
-        )))
+        Ok(Arc::new(PgDatabase::new(name, self.pool.clone(), live)))
     }
 }
 
@@ -458,26 +462,30 @@ impl StoreServer for PgStore {
 
 impl PgStore {
     /// Reads a server value, storing `fresh` first unless one is stored.
-    async fn server_value_read(&self, key: &str, fresh: Option<Vec<u8>>) -> Result<Option<Vec<u8>>> {
+    async fn server_value_read(
+        &self,
+        key: &str,
+        fresh: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
         timed(async move {
-                let c = self.pool.get().await.map_err(pool_err)?;
-                if let Some(v) = fresh {
-                    c.execute(
-                        "INSERT INTO syncgate_server_values (key, value) VALUES ($1, $2) \
+            let c = self.pool.get().await.map_err(pool_err)?;
+            if let Some(v) = fresh {
+                c.execute(
+                    "INSERT INTO syncgate_server_values (key, value) VALUES ($1, $2) \
                          ON CONFLICT (key) DO NOTHING",
-                        &[&key, &v],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                }
-                let row = c
-                    .query_opt(
-                        "SELECT value FROM syncgate_server_values WHERE key = $1",
-                        &[&key],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+                    &[&key, &v],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            let row = c
+                .query_opt(
+                    "SELECT value FROM syncgate_server_values WHERE key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
         })
         .await
     }

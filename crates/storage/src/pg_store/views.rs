@@ -157,11 +157,12 @@ impl PgDatabase {
                 .map(|(i, r)| (i.as_bytes().to_vec(), r.as_bytes().to_vec())),
         );
         let (ids, rs): (Vec<Vec<u8>>, Vec<Vec<u8>>) = pairs.into_iter().unzip();
-        let rows = self.planned_rows(
-            BODIES,
-            vec![(p(ids), Type::BYTEA_ARRAY), (p(rs), Type::BYTEA_ARRAY)],
-        )
-        .await?;
+        let rows = self
+            .planned_rows(
+                BODIES,
+                vec![(p(ids), Type::BYTEA_ARRAY), (p(rs), Type::BYTEA_ARRAY)],
+            )
+            .await?;
         let mut found: HashMap<(Vec<u8>, Vec<u8>), Vec<u8>> = HashMap::with_capacity(rows.len());
         for r in rows {
             found.insert((r.get(0), r.get(1)), r.get(2));

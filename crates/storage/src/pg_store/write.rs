@@ -535,7 +535,10 @@ pub(super) async fn write_tx<T>(
     loop {
         let mut tx = OpenTx(Some(pool.get().await.map_err(pool_err)?));
         let mut retry = false;
-        let out = attempt_tx(&mut tx, db, live, &ids, &keys, docs_read, &mut retry, &mut body).await;
+        let out = attempt_tx(
+            &mut tx, db, live, &ids, &keys, docs_read, &mut retry, &mut body,
+        )
+        .await;
         if out.is_err() {
             // nothing of the transaction stays; a connection that cannot even roll back is
             // closed rather than pooled (dropping `tx` without `rollback`)
@@ -655,8 +658,7 @@ async fn read_needs(
             )
             .await
             .map_err(|e| tx_err(e, retry))?;
-        let found: HashMap<Vec<u8>, i64> =
-            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        let found: HashMap<Vec<u8>, i64> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
         for d in needs.attachments {
             let len = found.get(d.as_bytes()).map(|l| *l as u64);
             reads.attachments.insert(d, len);

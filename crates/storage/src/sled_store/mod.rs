@@ -244,7 +244,11 @@ impl StoreServer for Store {
 }
 
 impl Store {
-    fn server_value_now(&self, key: &str, init: &mut (dyn FnMut() -> Vec<u8> + Send)) -> Result<Vec<u8>> {
+    fn server_value_now(
+        &self,
+        key: &str,
+        init: &mut (dyn FnMut() -> Vec<u8> + Send),
+    ) -> Result<Vec<u8>> {
         let meta = self.db.open_tree(META_TREE)?;
         if let Some(v) = meta.get(key)? {
             return Ok(v.to_vec());
@@ -618,7 +622,6 @@ impl SledOps for SledDatabase {
         self.tree.apply_batch(batch)?;
         Ok(self.commit.ticket())
     }
-
 }
 
 impl DatabaseStore for SledDatabase {
@@ -630,7 +633,11 @@ impl DatabaseStore for SledDatabase {
         ready(SledOps::doc_meta(self, id))
     }
 
-    fn rev_body<'a>(&'a self, id: &'a str, rev: &'a str) -> BoxFuture<'a, Result<Option<StoredBody>>> {
+    fn rev_body<'a>(
+        &'a self,
+        id: &'a str,
+        rev: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredBody>>> {
         ready(SledOps::rev_body(self, id, rev))
     }
 
@@ -642,7 +649,11 @@ impl DatabaseStore for SledDatabase {
         &'a self,
         revs: &'a [(&'a str, &'a str)],
     ) -> BoxFuture<'a, Result<Vec<Option<StoredBody>>>> {
-        ready(revs.iter().map(|(id, rev)| SledOps::rev_body(self, id, rev)).collect())
+        ready(
+            revs.iter()
+                .map(|(id, rev)| SledOps::rev_body(self, id, rev))
+                .collect(),
+        )
     }
 
     fn write_docs(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
@@ -706,7 +717,10 @@ impl DatabaseStore for SledDatabase {
         self.grants.since(since)
     }
 
-    fn restamp_docs(&self, docs: Vec<Restamp>) -> BoxFuture<'_, Result<(Vec<Option<u64>>, Ticket)>> {
+    fn restamp_docs(
+        &self,
+        docs: Vec<Restamp>,
+    ) -> BoxFuture<'_, Result<(Vec<Option<u64>>, Ticket)>> {
         ready(SledOps::restamp_docs(self, docs))
     }
 
@@ -718,7 +732,11 @@ impl DatabaseStore for SledDatabase {
         ready(SledOps::get_setting(self, key))
     }
 
-    fn put_setting<'a>(&'a self, key: &'a str, value: Option<&'a [u8]>) -> BoxFuture<'a, Result<Ticket>> {
+    fn put_setting<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Ticket>> {
         ready(SledOps::put_setting(self, key, value))
     }
 
@@ -739,7 +757,11 @@ impl DatabaseStore for SledDatabase {
         ready(SledOps::put_local(self, id, rev, body))
     }
 
-    fn delete_local<'a>(&'a self, id: &'a str, rev: Option<&'a str>) -> BoxFuture<'a, Result<Ticket>> {
+    fn delete_local<'a>(
+        &'a self,
+        id: &'a str,
+        rev: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Ticket>> {
         ready(SledOps::delete_local(self, id, rev))
     }
 
@@ -770,7 +792,11 @@ impl DatabaseStore for SledDatabase {
         ready(SledOps::put_principal_if(self, kind, name, expected, build))
     }
 
-    fn delete_principal<'a>(&'a self, kind: PrincipalKind, name: &'a str) -> BoxFuture<'a, Result<Ticket>> {
+    fn delete_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Ticket>> {
         ready(SledOps::delete_principal(self, kind, name))
     }
 

@@ -438,7 +438,13 @@ fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
     )
     .unwrap();
     assert_eq!(
-        ops(&db).doc_meta("doc").unwrap().unwrap().winner().unwrap().0,
+        ops(&db)
+            .doc_meta("doc")
+            .unwrap()
+            .unwrap()
+            .winner()
+            .unwrap()
+            .0,
         b.rev
     );
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
@@ -529,7 +535,10 @@ fn documents_in_the_first_format_are_read_updated_and_compacted() {
         ops(&db).rev_body("old", &a.rev).unwrap().unwrap().json,
         br#"{"v":1}"#
     );
-    let all: Vec<_> = ops(&db).docs_from("", false).map(|r| r.unwrap().0).collect();
+    let all: Vec<_> = ops(&db)
+        .docs_from("", false)
+        .map(|r| r.unwrap().0)
+        .collect();
     assert_eq!(all, vec!["old".to_string()]);
     // an update writes the second format; the old body stays under its key
     let b = one(&db, edit("old", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
