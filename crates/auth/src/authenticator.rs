@@ -387,7 +387,7 @@ impl Authenticator {
             return Err(session_error("Session Invalid"));
         };
         if rec.expired(now) {
-            let _ = self.sessions.delete(id);
+            let _ = self.sessions.delete(id).await;
             return Err(session_error("Session expired"));
         }
         let user = match self.principals.load(&rec.username).await? {
@@ -858,6 +858,31 @@ mod tests {
             Err(AuthError::TooManyRequests { .. })
         ));
         assert!(a.check_password("bob", "pw-bob", None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_expired_session_is_refused_and_deleted() {
+        let (_d, a) = auth();
+        a.put_user(
+            None,
+            json!({"name":"dan","password":"pw-dan"}),
+            WriteMode::Create,
+        )
+        .await
+        .unwrap();
+        let s = a
+            .create_session("dan", Some(Duration::from_millis(1)), false)
+            .await
+            .unwrap();
+        assert_eq!(a.sessions().count().await.unwrap(), 1);
+        // past its expiry (waiting for the clock, not measuring anything)
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let creds = Credentials {
+            session_cookie: Some(&s.id),
+            ..Default::default()
+        };
+        assert!(a.authenticate(&creds).await.is_err());
+        assert_eq!(a.sessions().count().await.unwrap(), 0, "deleted when used");
     }
 
     #[tokio::test]

@@ -80,6 +80,9 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// A boxed future, for the async parts of the object-safe store trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Records listed with their keys (databases and their configs, sessions, logins).
+pub type KeyedValues = Vec<(String, Vec<u8>)>;
+
 /// Marks a write; pass it to [`DatabaseStore::durable`] before acknowledging the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(pub u64);
@@ -114,7 +117,7 @@ pub trait StoreServer: Send + Sync {
     /// be used afterwards.
     fn delete_database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
     /// The databases created at run time, with their stored config, in name order.
-    fn list_databases(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>>;
+    fn list_databases(&self) -> BoxFuture<'_, Result<KeyedValues>>;
     /// A server-wide value kept in the store (e.g. the session-hashing key): the stored one,
     /// or `init()` stored durably on first use. Concurrent first uses (also from other nodes
     /// sharing the store) agree on one value.
@@ -504,7 +507,7 @@ pub trait DatabaseStore: Send + Sync {
     fn get_session<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
     fn put_session<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<Ticket>>;
     fn delete_sessions<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Ticket>>;
-    fn list_sessions(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>>;
+    fn list_sessions(&self) -> BoxFuture<'_, Result<KeyedValues>>;
 
     // --- OpenID Connect login transactions (opaque JSON to this layer) ------------------------
     /// Stores a pending login (the code flow's state, PKCE verifier, nonce) under a key the
@@ -514,7 +517,7 @@ pub trait DatabaseStore: Send + Sync {
     /// most one gets the record (a login transaction is single use).
     fn take_login<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
     /// Every pending login (for collecting expired ones).
-    fn list_logins(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>>;
+    fn list_logins(&self) -> BoxFuture<'_, Result<KeyedValues>>;
     fn delete_logins<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Ticket>>;
 
     // --- maintenance -------------------------------------------------------------------------

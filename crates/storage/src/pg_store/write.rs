@@ -709,8 +709,10 @@ async fn attempt_tx<T>(
     .await
     .map_err(|e| tx_err(e, retry))?;
     let last: i64 = lock.get(0);
-    let mut reads = Reads::default();
-    reads.metas = ids.iter().map(|i| (i.clone(), None)).collect();
+    let mut reads = Reads {
+        metas: ids.iter().map(|i| (i.clone(), None)).collect(),
+        ..Default::default()
+    };
     for r in read {
         let id = String::from_utf8(r.get::<_, Vec<u8>>(0))
             .map_err(|_| StorageError::Corrupt("document id is not UTF-8".into()))?;

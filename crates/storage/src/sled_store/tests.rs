@@ -27,7 +27,7 @@ fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
 
 /// Applies writes and waits until they are durable (visible to change views).
 fn durable_write(db: &SledDatabase, w: Vec<DocWrite>) -> Result<Vec<Result<WriteOutcome>>> {
-    let (r, ticket) = ops(&db).write_docs(w)?;
+    let (r, ticket) = ops(db).write_docs(w)?;
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
