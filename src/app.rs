@@ -69,7 +69,7 @@ impl Application {
         config: ServerConfig,
         tls: Option<TlsAcceptor>,
     ) -> Result<Application, StartupError> {
-        let server = Server::open(config).map_err(|e| StartupError {
+        let server = Server::open(config).await.map_err(|e| StartupError {
             exit_code: if matches!(e, Error::Incompatible(_)) {
                 2
             } else {
@@ -83,7 +83,10 @@ impl Application {
         // the admin port serves the same text at /_metrics (for the console)
         let admin_metrics: syncgate_admin_api::MetricsText = {
             let (server, http) = (server.clone(), http_metrics.clone());
-            Arc::new(move || crate::metrics::render(&server, &http))
+            Arc::new(move || {
+                let (server, http) = (server.clone(), http.clone());
+                Box::pin(async move { crate::metrics::render(&server, &http).await })
+            })
         };
         for (name, addr, filter) in [
             (
@@ -116,7 +119,7 @@ impl Application {
             println!("syncgate: {name} listener on {scheme}://{a}");
         }
         for db in server.databases() {
-            tracing::info!(db = %db.name(), docs = db.doc_count().unwrap_or(0), seq = db.last_seq(), "database online");
+            tracing::info!(db = %db.name(), docs = db.doc_count().await.unwrap_or(0), seq = db.last_seq(), "database online");
         }
         if let Ok(admin) = parse_addr(server.config.admin_interface()) {
             if !admin.ip().is_loopback() {

@@ -91,7 +91,7 @@ pub fn route_class(path: &str) -> &'static str {
 }
 
 /// Renders the current values. Metrics are read from the live counters at scrape time.
-pub fn render(server: &Server, http: &HttpMetrics) -> String {
+pub async fn render(server: &Server, http: &HttpMetrics) -> String {
     let mut reg = Registry::default();
     reg.register(
         "syncgate_http_requests",
@@ -117,8 +117,8 @@ pub fn render(server: &Server, http: &HttpMetrics) -> String {
             .get_or_create(&l)
             .inc_by(db.metrics().docs_written.load(Ordering::Relaxed));
         read.get_or_create(&l).inc_by(db.docs_read());
-        docs.get_or_create(&l)
-            .set(db.doc_count().unwrap_or(0) as i64);
+        let count = db.doc_count().await.unwrap_or(0);
+        docs.get_or_create(&l).set(count as i64);
         for why in syncgate_core::database::AuthFailure::ALL {
             let labels = vec![
                 ("db".to_string(), db.name().to_string()),
@@ -172,7 +172,7 @@ pub fn routes(server: Arc<Server>, http: HttpMetrics) -> BoxedFilter<(Reply,)> {
                     "/metrics" => bytes_reply(
                         200,
                         "text/plain; version=0.0.4; charset=utf-8",
-                        render(&server, &http).into_bytes(),
+                        render(&server, &http).await.into_bytes(),
                     ),
                     "/_ping" => ping(server).await,
                     _ => error_reply(&Error::not_found("unknown URL")),
@@ -185,9 +185,7 @@ pub fn routes(server: Arc<Server>, http: HttpMetrics) -> BoxedFilter<(Reply,)> {
 /// `GET /_ping`: `OK`, or 503 naming every database whose store cannot serve (PostgreSQL
 /// unreachable).
 async fn ping(server: Arc<Server>) -> Reply {
-    let down = tokio::task::spawn_blocking(move || server.unavailable_databases())
-        .await
-        .unwrap_or_else(|e| vec![("*".into(), format!("health check failed: {e}"))]);
+    let down = server.unavailable_databases().await;
     if down.is_empty() {
         return bytes_reply(200, "text/plain; charset=utf-8", b"OK".to_vec());
     }

@@ -31,7 +31,9 @@ use warp::Filter;
 
 /// Renders the server's Prometheus text (the binary owns the HTTP metrics, so it hands the
 /// admin port a way to render them).
-pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+pub type MetricsText = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + Sync,
+>;
 
 /// The admin port's filter.
 pub fn routes(server: Arc<Server>, metrics: MetricsText) -> BoxedFilter<(Reply,)> {
@@ -86,7 +88,7 @@ async fn dispatch(server: &Arc<Server>, metrics: &MetricsText, req: &Request) ->
         ("_ping", 1) => return Ok(routes::ping()),
         ("_all_dbs", 1) => {
             return match req.method {
-                Method::GET | Method::HEAD => all_dbs(server, req),
+                Method::GET | Method::HEAD => all_dbs(server, req).await,
                 _ => Err(Error::MethodNotAllowed(
                     "Only GET is allowed on /_all_dbs".into(),
                 )),
@@ -97,7 +99,7 @@ async fn dispatch(server: &Arc<Server>, metrics: &MetricsText, req: &Request) ->
                 Method::GET | Method::HEAD => Ok(bytes_reply(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    metrics().into_bytes(),
+                    metrics().await.into_bytes(),
                 )),
                 _ => Err(Error::MethodNotAllowed(
                     "Only GET is allowed on /_metrics".into(),
@@ -111,11 +113,11 @@ async fn dispatch(server: &Arc<Server>, metrics: &MetricsText, req: &Request) ->
     if rest.is_empty() {
         match req.method {
             Method::PUT => {
-                server.create_db(first)?;
+                server.create_db(first).await?;
                 return Ok(json_reply(201, &json!({"ok": true})));
             }
             Method::DELETE => {
-                server.delete_db(first)?;
+                server.delete_db(first).await?;
                 return Ok(json_reply(200, &json!({"ok": true})));
             }
             _ => {}
@@ -151,7 +153,7 @@ const BACKEND: &str = "embedded";
 
 /// `GET /_all_dbs`: the names; with `verbose=true` (as Sync Gateway), one object per database
 /// with its `GET /{db}/` info and `backend`.
-fn all_dbs(server: &Server, req: &Request) -> Result<Reply> {
+async fn all_dbs(server: &Server, req: &Request) -> Result<Reply> {
     if !req.q_bool("verbose")? {
         return Ok(json_reply(200, &json!(server.db_names())));
     }
@@ -159,7 +161,7 @@ fn all_dbs(server: &Server, req: &Request) -> Result<Reply> {
     dbs.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     for db in dbs {
-        let mut info = db.info()?;
+        let mut info = db.info().await?;
         info["backend"] = json!(BACKEND);
         out.push(info);
     }

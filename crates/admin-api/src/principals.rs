@@ -31,7 +31,7 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
     match rest {
         [] => match req.method {
             Method::GET | Method::HEAD => {
-                let names = auth.principals().user_names()?;
+                let names = auth.principals().user_names().await?;
                 let name_only = !matches!(req.q("name_only"), Some("false"));
                 let limit = req.q_u64("limit")?;
                 let include_access = req.q_bool("include_access")?;
@@ -48,10 +48,10 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
                     .iter()
                     .take(limit.map(|l| l as usize).unwrap_or(usize::MAX))
                 {
-                    if let Some(u) = auth.principals().get_user(n)? {
+                    if let Some(u) = auth.principals().get_user(n).await? {
                         if include_access {
                             // the same object as GET /{db}/_user/{name}
-                            out.push(auth.principals().user_json(&u)?);
+                            out.push(auth.principals().user_json(&u).await?);
                             continue;
                         }
                         out.push(json!({
@@ -73,9 +73,10 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             Method::GET | Method::HEAD => {
                 let u = auth
                     .principals()
-                    .get_user_or_guest(name)?
+                    .get_user_or_guest(name)
+                    .await?
                     .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
-                Ok(json_reply(200, &auth.principals().user_json(&u)?))
+                Ok(json_reply(200, &auth.principals().user_json(&u).await?))
             }
             Method::PUT => {
                 let (_, w) = auth
@@ -91,11 +92,11 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
         },
         [name, s] if s == "_session" => match req.method {
             Method::GET | Method::HEAD => {
-                let user = auth
-                    .principals()
-                    .get_user(name)?
-                    .ok_or_else(|| Error::not_found(format!("No such user \"{}\"", short(name))))?;
-                let mut list = auth.user_sessions(&user)?;
+                let user =
+                    auth.principals().get_user(name).await?.ok_or_else(|| {
+                        Error::not_found(format!("No such user \"{}\"", short(name)))
+                    })?;
+                let mut list = auth.user_sessions(&user).await?;
                 list.sort_by_key(|(_, r)| r.expires_ms);
                 let out: Vec<Value> = list
                     .iter()
@@ -104,7 +105,7 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
                 Ok(json_reply(200, &Value::Array(out)))
             }
             Method::DELETE => {
-                if auth.principals().get_user(name)?.is_none() {
+                if auth.principals().get_user(name).await?.is_none() {
                     return Err(Error::not_found(format!(
                         "No such user \"{}\"",
                         short(name)
@@ -127,7 +128,8 @@ pub async fn user_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
             }
             Method::DELETE => {
                 let owned = auth
-                    .live_session(id)?
+                    .live_session(id)
+                    .await?
                     .is_some_and(|(rec, _)| rec.username == *name);
                 if !owned || !auth.delete_session(id).await? {
                     return Err(Error::not_found(format!(
@@ -148,9 +150,10 @@ pub async fn role_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
     let auth = &db.auth();
     match rest {
         [] => match req.method {
-            Method::GET | Method::HEAD => {
-                Ok(json_reply(200, &json!(auth.principals().role_names()?)))
-            }
+            Method::GET | Method::HEAD => Ok(json_reply(
+                200,
+                &json!(auth.principals().role_names().await?),
+            )),
             Method::POST => {
                 auth.put_role(None, req.json()?, WriteMode::Create).await?;
                 Ok(ok(201))
@@ -159,10 +162,10 @@ pub async fn role_routes(db: &Database, req: &Request, rest: &[String]) -> Resul
         },
         [name] => match req.method {
             Method::GET | Method::HEAD => {
-                let r = auth
-                    .principals()
-                    .get_role(name)?
-                    .ok_or_else(|| Error::not_found(format!("No such role \"{}\"", short(name))))?;
+                let r =
+                    auth.principals().get_role(name).await?.ok_or_else(|| {
+                        Error::not_found(format!("No such role \"{}\"", short(name)))
+                    })?;
                 Ok(json_reply(200, &auth.principals().role_json(&r)))
             }
             Method::PUT => {
@@ -235,7 +238,8 @@ pub async fn session_routes(db: &Database, req: &Request, rest: &[String]) -> Re
         [id] => match req.method {
             Method::GET | Method::HEAD => {
                 let (_, user) = auth
-                    .live_session(id)?
+                    .live_session(id)
+                    .await?
                     .ok_or_else(|| Error::not_found("No such session"))?;
                 Ok(json_reply(200, &routes::session_info(Some(&user))))
             }

@@ -261,12 +261,12 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
     };
 
     if feed == Feed::Normal || opts.descending {
-        let batch = db.changes(&caller, &opts)?;
+        let batch = db.changes(&caller, &opts).await?;
         return Ok(no_store(batch_reply(batch)));
     }
     // a longpoll with changes ready answers at once
     if feed == Feed::Longpoll {
-        let batch = db.changes(&caller, &opts)?;
+        let batch = db.changes(&caller, &opts).await?;
         if !batch.rows.is_empty() || db.is_shutting_down() {
             return Ok(no_store(batch_reply(batch)));
         }
@@ -409,7 +409,7 @@ impl LiveFeed {
                         out.push_str("{\"results\":[\n");
                     }
                     if self.feed != Feed::Longpoll {
-                        out.push_str(&self.drain());
+                        out.push_str(&self.drain().await);
                         if self.phase == Phase::Done {
                             out.push_str(&self.end_bytes());
                         }
@@ -446,7 +446,7 @@ impl LiveFeed {
                         }
                         continue;
                     }
-                    let rows = self.drain();
+                    let rows = self.drain().await;
                     if rows.is_empty() {
                         continue; // a change this caller cannot see
                     }
@@ -464,7 +464,7 @@ impl LiveFeed {
     }
 
     /// Reads every available row, advancing `since`; marks the feed done when `limit` is met.
-    fn drain(&mut self) -> String {
+    async fn drain(&mut self) -> String {
         let mut opts = self.opts.clone();
         if let Some(l) = opts.limit {
             opts.limit = Some(l.saturating_sub(self.sent));
@@ -475,7 +475,7 @@ impl LiveFeed {
             opts.limit = Some(opts.limit.map_or(STREAM_PAGE, |l| l.min(STREAM_PAGE)));
         }
         // grants and revocations take effect in an open feed: re-read the user on every wake
-        match self.db.refresh_caller(&self.caller) {
+        match self.db.refresh_caller(&self.caller).await {
             Some(c) => self.caller = c,
             None => {
                 // deleted or disabled while the feed was open
@@ -483,7 +483,7 @@ impl LiveFeed {
                 return String::new();
             }
         }
-        let batch = match self.db.changes(&self.caller, &opts) {
+        let batch = match self.db.changes(&self.caller, &opts).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "changes feed failed");

@@ -61,7 +61,7 @@ pub async fn db_route(
     let first = rest.first().map(String::as_str);
     match first {
         None => match *m {
-            Method::GET | Method::HEAD => Ok(json_reply(200, &db.info()?)),
+            Method::GET | Method::HEAD => Ok(json_reply(200, &db.info().await?)),
             Method::POST => {
                 let o = db.post_doc(&caller, req.json_text()?).await?;
                 let r = written(201, &o);
@@ -70,7 +70,7 @@ pub async fn db_route(
             _ => Err(method_not_allowed(req)),
         },
         Some("_all_docs") => match *m {
-            Method::GET | Method::HEAD | Method::POST => all_docs(&db, &caller, req),
+            Method::GET | Method::HEAD | Method::POST => all_docs(&db, &caller, req).await,
             _ => Err(method_not_allowed(req)),
         },
         Some("_bulk_docs") if rest.len() == 1 => match *m {
@@ -88,13 +88,13 @@ pub async fn db_route(
                     latest: req.q_bool("latest")?,
                     ..Default::default()
                 };
-                let body = db.bulk_get(&caller, &req.json()?, &opts)?;
+                let body = db.bulk_get(&caller, &req.json()?, &opts).await?;
                 Ok(bytes_reply(200, "application/json", body))
             }
             _ => Err(method_not_allowed(req)),
         },
         Some("_revs_diff") if rest.len() == 1 => match *m {
-            Method::POST => Ok(json_reply(200, &db.revs_diff(&caller, &req.json()?)?)),
+            Method::POST => Ok(json_reply(200, &db.revs_diff(&caller, &req.json()?).await?)),
             _ => Err(method_not_allowed(req)),
         },
         Some("_changes") if rest.len() == 1 => match *m {
@@ -104,7 +104,11 @@ pub async fn db_route(
         Some("_find") if rest.len() == 1 => match *m {
             Method::POST => {
                 let q = FindRequest::parse(&req.json()?)?;
-                Ok(bytes_reply(200, "application/json", db.find(&caller, &q)?))
+                Ok(bytes_reply(
+                    200,
+                    "application/json",
+                    db.find(&caller, &q).await?,
+                ))
             }
             _ => Err(method_not_allowed(req)),
         },
@@ -156,7 +160,7 @@ async fn doc_or_attachment(
     match req.method {
         Method::GET | Method::HEAD => {
             let opts = get_options(req)?;
-            match db.get_doc(caller, id, &opts)? {
+            match db.get_doc(caller, id, &opts).await? {
                 GetResult::Doc(doc) => {
                     let rev = rendered_rev(&doc);
                     Ok(with_header(
@@ -304,9 +308,9 @@ pub fn get_options(req: &Request) -> Result<GetOptions> {
     })
 }
 
-fn all_docs(db: &Database, caller: &Caller, req: &Request) -> Result<Reply> {
+async fn all_docs(db: &Database, caller: &Caller, req: &Request) -> Result<Reply> {
     let opts = crate::all_docs::options(req)?;
-    let body = db.all_docs(caller, &opts)?;
+    let body = db.all_docs(caller, &opts).await?;
     Ok(bytes_reply(200, "application/json", body))
 }
 
@@ -320,7 +324,7 @@ async fn attachment(
     match req.method {
         Method::GET | Method::HEAD => {
             let rev = req.q("rev");
-            let (meta, data) = db.get_attachment(caller, id, name, rev)?;
+            let (meta, data) = db.get_attachment(caller, id, name, rev).await?;
             let r = bytes_reply(200, &meta.content_type, data);
             Ok(with_header(r, "etag", &format!("\"{}\"", meta.digest)))
         }
@@ -353,7 +357,11 @@ async fn attachment(
 
 async fn local(db: &Database, req: &Request, id: &str) -> Result<Reply> {
     match req.method {
-        Method::GET | Method::HEAD => Ok(bytes_reply(200, "application/json", db.get_local(id)?)),
+        Method::GET | Method::HEAD => Ok(bytes_reply(
+            200,
+            "application/json",
+            db.get_local(id).await?,
+        )),
         Method::PUT => {
             let rev = db.put_local(id, req.json_text()?).await?;
             Ok(json_reply(

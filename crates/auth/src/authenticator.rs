@@ -233,8 +233,8 @@ impl Authenticator {
     }
 
     /// GUEST's identity, when GUEST is enabled.
-    pub fn guest(&self) -> Option<UserCtx> {
-        match self.principals.load(GUEST) {
+    pub async fn guest(&self) -> Option<UserCtx> {
+        match self.principals.load(GUEST).await {
             Ok(Some(g)) if !g.record.disabled => Some(g.ctx.clone()),
             _ => None,
         }
@@ -250,6 +250,7 @@ impl Authenticator {
             return Ok(a);
         }
         self.guest_or(AuthError::unauthorized("Login required"))
+            .await
     }
 
     /// The pipeline for `/_session`: a bad, expired or revoked cookie is ignored; bad Basic or
@@ -261,11 +262,11 @@ impl Authenticator {
         if let Some(a) = self.identify(creds, true).await? {
             return Ok(Some(a));
         }
-        Ok(self.guest_or(invalid_login()).ok())
+        Ok(self.guest_or(invalid_login()).await.ok())
     }
 
-    fn guest_or(&self, err: AuthError) -> Result<Authenticated, AuthError> {
-        match self.guest() {
+    async fn guest_or(&self, err: AuthError) -> Result<Authenticated, AuthError> {
+        match self.guest().await {
             Some(user) => Ok(Authenticated {
                 user,
                 method: AuthMethod::Guest,
@@ -310,7 +311,7 @@ impl Authenticator {
             ));
         }
         if let Some(id) = creds.session_cookie {
-            match self.authenticate_cookie(id) {
+            match self.authenticate_cookie(id).await {
                 Ok(a) => return Ok(Some(a)),
                 Err(e) if !ignore_bad_cookie => return Err(e),
                 Err(_) => {}
@@ -327,7 +328,7 @@ impl Authenticator {
             ));
         };
         let name = b.authenticate(token, &self.principals).await?;
-        match self.principals.load(&name)? {
+        match self.principals.load(&name).await? {
             Some(u) if !u.record.disabled && !u.record.is_guest() => Ok(u),
             Some(u) if u.record.disabled => Err(session_error("Invalid login: user is disabled")),
             _ => Err(session_error("Invalid login: unknown user")),
@@ -345,7 +346,7 @@ impl Authenticator {
         if let Err(retry_after) = self.throttle.check(name, addr) {
             return Err(AuthError::TooManyRequests { retry_after });
         }
-        let user = self.principals.load(name)?;
+        let user = self.principals.load(name).await?;
         let ok = match &user {
             Some(u) if !u.record.disabled && !u.record.is_guest() => {
                 match &u.record.password_hash {
@@ -380,21 +381,21 @@ impl Authenticator {
     }
 
     /// Authenticates a session cookie, refreshing it when due.
-    fn authenticate_cookie(&self, id: &str) -> Result<Authenticated, AuthError> {
+    async fn authenticate_cookie(&self, id: &str) -> Result<Authenticated, AuthError> {
         let now = now_ms();
-        let Some(mut rec) = self.sessions.get(id)? else {
+        let Some(mut rec) = self.sessions.get(id).await? else {
             return Err(session_error("Session Invalid"));
         };
         if rec.expired(now) {
-            let _ = self.sessions.delete(id);
+            let _ = self.sessions.delete(id).await;
             return Err(session_error("Session expired"));
         }
-        let user = match self.principals.load(&rec.username)? {
+        let user = match self.principals.load(&rec.username).await? {
             Some(u) if u.record.session_uuid == rec.session_uuid && !u.record.disabled => u,
             _ => return Err(session_error("Session no longer valid for user")),
         };
         if rec.one_time {
-            if !self.sessions.take_one_time(id)? {
+            if !self.sessions.take_one_time(id).await? {
                 return Err(session_error("Session Invalid"));
             }
             return Ok(Authenticated {
@@ -406,7 +407,7 @@ impl Authenticator {
         let mut set_cookie = None;
         if rec.needs_refresh(now) {
             rec.expires_ms = now + rec.ttl_ms;
-            self.sessions.put(id, &rec)?;
+            self.sessions.put(id, &rec).await?;
             set_cookie = Some(self.settings.cookie.set_cookie(id, rec.expires()));
         }
         Ok(Authenticated {
@@ -431,7 +432,8 @@ impl Authenticator {
         }
         let user = self
             .principals
-            .get_user(name)?
+            .get_user(name)
+            .await?
             .ok_or_else(|| AuthError::NotFound(format!("No such user \"{}\"", show(name))))?;
         if user.disabled {
             return Err(AuthError::BadRequest("User is disabled".into()));
@@ -441,9 +443,10 @@ impl Authenticator {
         } else {
             ttl.unwrap_or(self.settings.session_ttl)
         };
-        let (id, record, ticket) =
-            self.sessions
-                .create(name, &user.session_uuid, ttl, one_time, now_ms())?;
+        let (id, record, ticket) = self
+            .sessions
+            .create(name, &user.session_uuid, ttl, one_time, now_ms())
+            .await?;
         self.durable(ticket).await?;
         let set_cookie =
             (!one_time).then(|| self.settings.cookie.set_cookie(&id, record.expires()));
@@ -456,14 +459,17 @@ impl Authenticator {
 
     /// A session that is live: exists, not expired, its user exists with the same session
     /// uuid and is enabled. Returns the user's identity.
-    pub fn live_session(&self, id: &str) -> Result<Option<(SessionRecord, UserCtx)>, AuthError> {
-        let Some(rec) = self.sessions.get(id)? else {
+    pub async fn live_session(
+        &self,
+        id: &str,
+    ) -> Result<Option<(SessionRecord, UserCtx)>, AuthError> {
+        let Some(rec) = self.sessions.get(id).await? else {
             return Ok(None);
         };
         if rec.expired(now_ms()) {
             return Ok(None);
         }
-        match self.principals.load(&rec.username)? {
+        match self.principals.load(&rec.username).await? {
             Some(u) if u.record.session_uuid == rec.session_uuid && !u.record.disabled => {
                 let ctx = u.ctx.clone();
                 Ok(Some((rec, ctx)))
@@ -474,14 +480,14 @@ impl Authenticator {
 
     /// Deletes one session; false if it did not exist.
     pub async fn delete_session(&self, id: &str) -> Result<bool, AuthError> {
-        match self.sessions.delete_durably(id)? {
+        match self.sessions.delete_durably(id).await? {
             Some(t) => self.durable(t).await.map(|_| true),
             None => Ok(false),
         }
     }
 
     /// A user's live sessions as (handle, record); none for a disabled user.
-    pub fn user_sessions(
+    pub async fn user_sessions(
         &self,
         user: &crate::principals::UserRecord,
     ) -> Result<Vec<(String, SessionRecord)>, AuthError> {
@@ -490,12 +496,13 @@ impl Authenticator {
         }
         self.sessions
             .live_for_user(&user.name, &user.session_uuid, now_ms())
+            .await
     }
 
     /// Revokes the session of `username` with this handle; false if there is none. Answers
     /// after the deletion is durable, as every other revocation.
     pub async fn revoke_session_handle(&self, username: &str, h: &str) -> Result<bool, AuthError> {
-        match self.sessions.delete_by_handle(username, h)? {
+        match self.sessions.delete_by_handle(username, h).await? {
             Some(t) => self.durable(t).await.map(|_| true),
             None => Ok(false),
         }
@@ -503,29 +510,42 @@ impl Authenticator {
 
     /// Revokes every session of a user (rotates its session uuid and deletes the records).
     pub async fn revoke_sessions(&self, name: &str) -> Result<(), AuthError> {
-        self.principals.rotate_sessions(name)?;
+        self.principals.rotate_sessions(name).await?;
         // the ticket also covers the rotation written just before
-        let (_, t) = self.sessions.delete_where_durably(|r| r.username == name)?;
+        let (_, t) = self
+            .sessions
+            .delete_where_durably(|r| r.username == name)
+            .await?;
         self.durable(t).await
     }
 
     /// Deletes expired sessions and sessions of users that are gone or were revoked.
-    pub fn collect_sessions(&self) -> Result<usize, AuthError> {
+    pub async fn collect_sessions(&self) -> Result<usize, AuthError> {
         let now = now_ms();
+        // the session uuid of every user holding a live session (None: the user is gone)
         let mut uuids: BTreeMap<String, Option<String>> = BTreeMap::new();
-        self.sessions.delete_where(|r| {
-            if r.expired(now) {
-                return true;
+        for (_, _, r) in self.sessions.stored().await? {
+            if r.expired(now) || uuids.contains_key(&r.username) {
+                continue;
             }
-            let uuid = uuids.entry(r.username.clone()).or_insert_with(|| {
-                self.principals
-                    .get_user(&r.username)
-                    .ok()
-                    .flatten()
-                    .map(|u| u.session_uuid)
-            });
-            uuid.as_deref() != Some(r.session_uuid.as_str())
-        })
+            let uuid = self
+                .principals
+                .get_user(&r.username)
+                .await
+                .ok()
+                .flatten()
+                .map(|u| u.session_uuid);
+            uuids.insert(r.username.clone(), uuid);
+        }
+        self.sessions
+            .delete_where(|r| {
+                r.expired(now)
+                    || uuids
+                        .get(&r.username)
+                        // a session created since the users were read stays
+                        .is_some_and(|u| u.as_deref() != Some(r.session_uuid.as_str()))
+            })
+            .await
     }
 
     // --- admin operations on principals --------------------------------------------------------
@@ -559,27 +579,27 @@ impl Authenticator {
             }
             _ => None,
         };
-        let (w, ticket) = self.principals.write_user(&name, &upd, hash, mode)?;
-        self.after_user_write(&name, &w)?;
+        let (w, ticket) = self.principals.write_user(&name, &upd, hash, mode).await?;
+        self.after_user_write(&name, &w).await?;
         if let Some(t) = ticket {
             self.durable(t).await?;
         }
         Ok((name, w))
     }
 
-    fn after_user_write(&self, name: &str, w: &UserWrite) -> Result<(), AuthError> {
+    async fn after_user_write(&self, name: &str, w: &UserWrite) -> Result<(), AuthError> {
         if w.sessions_invalidated {
             self.verified.forget(name);
-            self.sessions.delete_for_user(name)?;
+            self.sessions.delete_for_user(name).await?;
         }
         Ok(())
     }
 
     /// Admin `DELETE /_user/{name}`: the user and its sessions are gone.
     pub async fn delete_user(&self, name: &str) -> Result<(), AuthError> {
-        let t = self.principals.delete_user(name)?;
+        let t = self.principals.delete_user(name).await?;
         self.verified.forget(name);
-        self.sessions.delete_for_user(name)?;
+        self.sessions.delete_for_user(name).await?;
         self.durable(t).await
     }
 
@@ -602,7 +622,7 @@ impl Authenticator {
             (None, None) => return Err(AuthError::BadRequest("Missing name property".into())),
         };
         crate::principals::validate_name(&name)?;
-        let (created, ticket) = self.principals.write_role(&name, &upd, mode)?;
+        let (created, ticket) = self.principals.write_role(&name, &upd, mode).await?;
         if let Some(t) = ticket {
             self.durable(t).await?;
         }
@@ -610,28 +630,32 @@ impl Authenticator {
     }
 
     pub async fn delete_role(&self, name: &str) -> Result<(), AuthError> {
-        let t = self.principals.delete_role(name)?;
+        let t = self.principals.delete_role(name).await?;
         self.durable(t).await
     }
 
     /// Installs the config file's principals at startup: roles, then users, created only when
     /// missing (never overwritten); GUEST always set from the config. Runs before the
     /// listeners serve, so hashing here blocks nothing.
-    pub fn install_config(
+    pub async fn install_config(
         &self,
         roles: &BTreeMap<String, ConfigRole>,
         users: &BTreeMap<String, ConfigUser>,
         guest: &GuestConfig,
     ) -> Result<(), AuthError> {
         for (name, role) in roles {
-            if self.principals.get_role(name)?.is_some() {
+            if self.principals.get_role(name).await?.is_some() {
                 continue;
             }
             let upd = RoleUpdate {
                 admin_channels: Some(role.admin_channels.iter().cloned().collect()),
                 ..Default::default()
             };
-            match self.principals.write_role(name, &upd, WriteMode::Create) {
+            match self
+                .principals
+                .write_role(name, &upd, WriteMode::Create)
+                .await
+            {
                 // another node sharing the store installed it meanwhile
                 Err(AuthError::Conflict(_)) => {}
                 r => {
@@ -640,7 +664,7 @@ impl Authenticator {
             }
         }
         for (name, user) in users {
-            if name == GUEST || self.principals.get_user(name)?.is_some() {
+            if name == GUEST || self.principals.get_user(name).await?.is_some() {
                 continue;
             }
             let upd = user.to_update()?;
@@ -651,6 +675,7 @@ impl Authenticator {
             match self
                 .principals
                 .write_user(name, &upd, hash, WriteMode::Create)
+                .await
             {
                 // another node sharing the store installed it meanwhile
                 Err(AuthError::Conflict(_)) => {}
@@ -661,7 +686,7 @@ impl Authenticator {
         }
         // a database that never enabled GUEST keeps no GUEST record (and spends no sequence)
         let default_guest = guest.disabled && guest.admin_channels.is_empty();
-        if default_guest && self.principals.get_user(GUEST)?.is_none() {
+        if default_guest && self.principals.get_user(GUEST).await?.is_none() {
             return Ok(());
         }
         let upd = UserUpdate::from_json(serde_json::json!({
@@ -669,7 +694,8 @@ impl Authenticator {
             "admin_channels": guest.admin_channels,
         }))?;
         self.principals
-            .write_user(GUEST, &upd, None, WriteMode::Upsert)?;
+            .write_user(GUEST, &upd, None, WriteMode::Upsert)
+            .await?;
         Ok(())
     }
 
@@ -730,6 +756,7 @@ mod tests {
                 admin_channels: vec![],
             },
         )
+        .await
         .unwrap();
         assert_eq!(
             a.principals.store().last_seq(),
@@ -744,6 +771,7 @@ mod tests {
                 admin_channels: vec![],
             },
         )
+        .await
         .unwrap();
         a.put_user(
             None,
@@ -833,6 +861,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_expired_session_is_refused_and_deleted() {
+        let (_d, a) = auth();
+        a.put_user(
+            None,
+            json!({"name":"dan","password":"pw-dan"}),
+            WriteMode::Create,
+        )
+        .await
+        .unwrap();
+        let s = a
+            .create_session("dan", Some(Duration::from_millis(1)), false)
+            .await
+            .unwrap();
+        assert_eq!(a.sessions().count().await.unwrap(), 1);
+        // past its expiry (waiting for the clock, not measuring anything)
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let creds = Credentials {
+            session_cookie: Some(&s.id),
+            ..Default::default()
+        };
+        assert!(a.authenticate(&creds).await.is_err());
+        assert_eq!(a.sessions().count().await.unwrap(), 0, "deleted when used");
+    }
+
+    #[tokio::test]
     async fn sessions_and_revocation() {
         let (_d, a) = auth();
         a.put_user(
@@ -852,7 +905,7 @@ mod tests {
         let ok = a.authenticate(&creds).await.unwrap();
         assert_eq!(ok.method, AuthMethod::Cookie);
         assert!(ok.set_cookie.is_none(), "fresh session: no refresh");
-        assert!(a.live_session(&s.id).unwrap().is_some());
+        assert!(a.live_session(&s.id).await.unwrap().is_some());
         // revoke all
         a.revoke_sessions("carol").await.unwrap();
         assert!(a.authenticate(&creds).await.is_err());
@@ -869,7 +922,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(a.live_session(&s2.id).unwrap().is_none());
+        assert!(a.live_session(&s2.id).await.unwrap().is_none());
         // errors
         assert!(matches!(
             a.create_session("nobody", None, false).await,
@@ -909,12 +962,12 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(a.collect_sessions().unwrap() >= 1);
-        assert!(a.sessions.get(&s4.id).unwrap().is_none());
+        assert!(a.collect_sessions().await.unwrap() >= 1);
+        assert!(a.sessions.get(&s4.id).await.unwrap().is_none());
         // deleting the user deletes its sessions
         let s5 = a.create_session("carol", None, false).await.unwrap();
         a.delete_user("carol").await.unwrap();
-        assert!(a.sessions.get(&s5.id).unwrap().is_none());
+        assert!(a.sessions.get(&s5.id).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -930,9 +983,9 @@ mod tests {
             disabled: false,
             admin_channels: vec!["pub".into()],
         };
-        a.install_config(&roles, &users, &guest).unwrap();
+        a.install_config(&roles, &users, &guest).await.unwrap();
         assert!(a.check_password("dave", "pw-dave", None).await.is_ok());
-        assert!(a.guest().unwrap().channels.contains_key("pub"));
+        assert!(a.guest().await.unwrap().channels.contains_key("pub"));
         a.put_user(
             Some("dave"),
             json!({"admin_channels":["changed"]}),
@@ -943,11 +996,11 @@ mod tests {
         a.put_user(Some(GUEST), json!({"disabled":true}), WriteMode::Upsert)
             .await
             .unwrap();
-        assert!(a.guest().is_none());
-        a.install_config(&roles, &users, &guest).unwrap();
-        let d = a.principals.get_user("dave").unwrap().unwrap();
+        assert!(a.guest().await.is_none());
+        a.install_config(&roles, &users, &guest).await.unwrap();
+        let d = a.principals.get_user("dave").await.unwrap().unwrap();
         assert!(d.admin_channels.contains_key("changed"), "not overwritten");
-        assert!(a.guest().is_some(), "GUEST reset from config");
+        assert!(a.guest().await.is_some(), "GUEST reset from config");
         assert!(format!("{:?}", users["dave"]).contains("redacted"));
     }
 }

@@ -359,7 +359,7 @@ fn grant(out: &mut BTreeMap<String, u64>, ch: &str, seq: u64) {
 }
 
 /// What [`Principals::modify`] needs of a user or role record.
-trait Record: Clone + serde::Serialize + serde::de::DeserializeOwned {
+trait Record: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync {
     fn set_name(&mut self, name: &str);
     /// Keeps, in the revocation lists, what `self` no longer grants that `before` did.
     fn track_revocations(&mut self, before: &Self);
@@ -431,7 +431,7 @@ const MODIFY_ATTEMPTS: usize = 8;
 pub struct Principals {
     store: Arc<dyn DatabaseStore>,
     /// Serializes read-modify-write of principals (never held across an await).
-    write: Mutex<()>,
+    write: tokio::sync::Mutex<()>,
     /// Loaded users and the documents' grants they were computed from.
     cache: Mutex<Cache>,
 }
@@ -535,7 +535,7 @@ impl Principals {
     pub fn new(store: Arc<dyn DatabaseStore>) -> Principals {
         Principals {
             store,
-            write: Mutex::new(()),
+            write: tokio::sync::Mutex::new(()),
             cache: Mutex::new(Cache::default()),
         }
     }
@@ -550,24 +550,24 @@ impl Principals {
 
     // --- reading -----------------------------------------------------------------------------
 
-    pub fn get_user(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
-        self.get_record(PrincipalKind::User, name)
+    pub async fn get_user(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
+        self.get_record(PrincipalKind::User, name).await
     }
 
-    fn get_record<R: Record>(
+    async fn get_record<R: Record>(
         &self,
         kind: PrincipalKind,
         name: &str,
     ) -> Result<Option<R>, AuthError> {
-        match self.store.get_principal(kind, name)? {
+        match self.store.get_principal(kind, name).await? {
             Some(b) => decode_record(kind, name, &b).map(Some),
             None => Ok(None),
         }
     }
 
     /// A user as the admin API shows it: GUEST always exists (disabled until configured).
-    pub fn get_user_or_guest(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
-        match self.get_user(name)? {
+    pub async fn get_user_or_guest(&self, name: &str) -> Result<Option<UserRecord>, AuthError> {
+        match self.get_user(name).await? {
             None if name == GUEST => Ok(Some(UserRecord {
                 name: GUEST.to_string(),
                 disabled: true,
@@ -577,32 +577,32 @@ impl Principals {
         }
     }
 
-    pub fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
-        self.get_record(PrincipalKind::Role, name)
+    pub async fn get_role(&self, name: &str) -> Result<Option<RoleRecord>, AuthError> {
+        self.get_record(PrincipalKind::Role, name).await
     }
 
     /// User names, sorted, without GUEST.
-    pub fn user_names(&self) -> Result<Vec<String>, AuthError> {
-        let mut v = self.store.list_principals(PrincipalKind::User)?;
+    pub async fn user_names(&self) -> Result<Vec<String>, AuthError> {
+        let mut v = self.store.list_principals(PrincipalKind::User).await?;
         v.retain(|n| n != GUEST);
         v.sort();
         Ok(v)
     }
 
-    pub fn role_names(&self) -> Result<Vec<String>, AuthError> {
-        let mut v = self.store.list_principals(PrincipalKind::Role)?;
+    pub async fn role_names(&self) -> Result<Vec<String>, AuthError> {
+        let mut v = self.store.list_principals(PrincipalKind::Role).await?;
         v.sort();
         Ok(v)
     }
 
     /// The user's effective channels (with grant sequences) and roles.
-    pub fn effective(&self, user: &UserRecord) -> Result<UserCtx, AuthError> {
-        let grants = self.user_doc_grants(&user.name)?;
-        Ok(self.compute(user, &grants, false)?.0)
+    pub async fn effective(&self, user: &UserRecord) -> Result<UserCtx, AuthError> {
+        let grants = self.user_doc_grants(&user.name).await?;
+        Ok(self.compute(user, &grants, false).await?.0)
     }
 
     /// What documents grant a user, from the cache when it has them.
-    fn user_doc_grants(&self, name: &str) -> Result<Arc<DocGrants>, AuthError> {
+    async fn user_doc_grants(&self, name: &str) -> Result<Arc<DocGrants>, AuthError> {
         {
             let mut c = self.cache();
             c.catch_up(&*self.store);
@@ -611,34 +611,35 @@ impl Principals {
             }
         }
         Ok(Arc::new(
-            self.doc_grants(PrincipalKind::User, name)?
+            self.doc_grants(PrincipalKind::User, name)
+                .await?
                 .into_iter()
                 .collect(),
         ))
     }
 
     /// What documents grant a principal (the sync function's `access()`/`role()`).
-    fn doc_grants(
+    async fn doc_grants(
         &self,
         kind: PrincipalKind,
         name: &str,
     ) -> Result<Vec<(String, syncgate_storage::DocGrant)>, AuthError> {
-        Ok(self.store.doc_grants(kind, name)?)
+        Ok(self.store.doc_grants(kind, name).await?)
     }
 
     /// [`Principals::effective`], with where each channel comes from: `admin`, `token`,
     /// `role:NAME` or `doc:ID`.
-    pub fn effective_with_sources(
+    pub async fn effective_with_sources(
         &self,
         user: &UserRecord,
     ) -> Result<(UserCtx, BTreeMap<String, BTreeSet<String>>), AuthError> {
-        let grants = self.user_doc_grants(&user.name)?;
-        self.compute(user, &grants, true)
+        let grants = self.user_doc_grants(&user.name).await?;
+        self.compute(user, &grants, true).await
     }
 
     /// The effective identity of `user` given what documents grant it, with the sources of
     /// each channel when `with_sources`.
-    fn compute(
+    async fn compute(
         &self,
         user: &UserRecord,
         doc_grants: &DocGrants,
@@ -692,14 +693,14 @@ impl Principals {
             }
         }
         // a role's channels: its admin channels and what documents grant `role:NAME`
-        let role_channels = |r: &str| -> Result<(Grants, Grants), AuthError> {
+        let role_channels = async |r: &str| -> Result<(Grants, Grants), AuthError> {
             let mut chans = Grants::new();
             let mut gone = Grants::new();
-            if let Some(role) = self.get_role(r)? {
+            if let Some(role) = self.get_role(r).await? {
                 chans.extend(role.admin_channels.clone());
                 gone.extend(role.revoked_channels.clone());
             }
-            for (_, g) in self.doc_grants(PrincipalKind::Role, r)? {
+            for (_, g) in self.doc_grants(PrincipalKind::Role, r).await? {
                 for (c, s) in g.channels {
                     grant(&mut chans, &c, s);
                 }
@@ -711,7 +712,7 @@ impl Principals {
             Ok((chans, gone))
         };
         for (r, granted) in &held {
-            let (chans, gone) = role_channels(r)?;
+            let (chans, gone) = role_channels(r).await?;
             for (c, s) in &chans {
                 grant(&mut channels, c, (*s).max(*granted));
                 source(c, &|| format!("role:{r}"));
@@ -727,7 +728,7 @@ impl Principals {
             if held.contains_key(r) {
                 continue;
             }
-            let (chans, _) = role_channels(r)?;
+            let (chans, _) = role_channels(r).await?;
             for c in chans.keys() {
                 revoke(c, *lost);
             }
@@ -746,7 +747,7 @@ impl Principals {
     }
 
     /// The user with its effective identity, from the in-memory cache when possible.
-    pub fn load(&self, name: &str) -> Result<Option<Arc<LoadedUser>>, AuthError> {
+    pub async fn load(&self, name: &str) -> Result<Option<Arc<LoadedUser>>, AuthError> {
         let (version, epoch, cached_grants) = {
             let mut c = self.cache();
             c.catch_up(&*self.store);
@@ -755,18 +756,19 @@ impl Principals {
             }
             (c.version, c.epoch, c.grants.get(name).cloned())
         };
-        let Some(record) = self.get_user(name)? else {
+        let Some(record) = self.get_user(name).await? else {
             return Ok(None);
         };
         let grants = match cached_grants {
             Some(g) => g,
             None => Arc::new(
-                self.doc_grants(PrincipalKind::User, name)?
+                self.doc_grants(PrincipalKind::User, name)
+                    .await?
                     .into_iter()
                     .collect(),
             ),
         };
-        let ctx = self.compute(&record, &grants, false)?.0;
+        let ctx = self.compute(&record, &grants, false).await?.0;
         let loaded = Arc::new(LoadedUser { record, ctx });
         let mut c = self.cache();
         // kept only when nothing changed meanwhile (later changes are applied on the next
@@ -791,8 +793,8 @@ impl Principals {
     }
 
     /// The admin API's JSON for a user (never the password or its hash).
-    pub fn user_json(&self, user: &UserRecord) -> Result<Value, AuthError> {
-        let (ctx, sources) = self.effective_with_sources(user)?;
+    pub async fn user_json(&self, user: &UserRecord) -> Result<Value, AuthError> {
+        let (ctx, sources) = self.effective_with_sources(user).await?;
         let mut v = json!({
             "name": user.name,
             "admin_channels": keys(&user.admin_channels),
@@ -830,33 +832,33 @@ impl Principals {
     /// to store nothing. Returns the stored record and the ticket to wait for. The write is
     /// stored only if the record is still the one `f` saw (another node sharing the store may
     /// have changed it); otherwise `f` runs again on the new record, a few times at most.
-    pub fn modify_user<T>(
+    pub async fn modify_user<T>(
         &self,
         name: &str,
         f: impl FnMut(Option<&UserRecord>) -> Result<(Option<UserRecord>, T), AuthError>,
     ) -> Result<(Option<(UserRecord, Ticket)>, T), AuthError> {
-        self.modify(PrincipalKind::User, name, f)
+        self.modify(PrincipalKind::User, name, f).await
     }
 
     /// Read-modify-write of one role (see [`Principals::modify_user`]).
-    pub fn modify_role<T>(
+    pub async fn modify_role<T>(
         &self,
         name: &str,
         f: impl FnMut(Option<&RoleRecord>) -> Result<(Option<RoleRecord>, T), AuthError>,
     ) -> Result<(Option<(RoleRecord, Ticket)>, T), AuthError> {
-        self.modify(PrincipalKind::Role, name, f)
+        self.modify(PrincipalKind::Role, name, f).await
     }
 
     /// The read-modify-write of [`Principals::modify_user`] for either kind of record.
-    fn modify<R: Record, T>(
+    async fn modify<R: Record, T>(
         &self,
         kind: PrincipalKind,
         name: &str,
         mut f: impl FnMut(Option<&R>) -> Result<(Option<R>, T), AuthError>,
     ) -> Result<(Option<(R, Ticket)>, T), AuthError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.write.lock().await;
         for _ in 0..MODIFY_ATTEMPTS {
-            let bytes = self.store.get_principal(kind, name)?;
+            let bytes = self.store.get_principal(kind, name).await?;
             let current: Option<R> = match &bytes {
                 Some(b) => Some(decode_record(kind, name, b)?),
                 None => None,
@@ -870,15 +872,16 @@ impl Principals {
                 rec.track_revocations(cur);
             }
             let mut stored = None;
-            let written =
-                self.store
-                    .put_principal_if(kind, name, bytes.as_deref(), &mut |seq| {
-                        let mut r = rec.clone();
-                        r.stamp(seq);
-                        let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
-                        stored = Some(r);
-                        Ok(bytes)
-                    })?;
+            let written = self
+                .store
+                .put_principal_if(kind, name, bytes.as_deref(), &mut |seq| {
+                    let mut r = rec.clone();
+                    r.stamp(seq);
+                    let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
+                    stored = Some(r);
+                    Ok(bytes)
+                })
+                .await?;
             let Some((_, ticket)) = written else {
                 continue; // changed meanwhile: decide again on what is stored now
             };
@@ -897,7 +900,7 @@ impl Principals {
 
     /// Applies an admin-API user body. `password_hash` is the hash of `upd.password`, computed
     /// by the caller off the reactor. Returns what happened and the ticket to wait for.
-    pub fn write_user(
+    pub async fn write_user(
         &self,
         name: &str,
         upd: &UserUpdate,
@@ -913,7 +916,45 @@ impl Principals {
                 "GUEST has no password or email; only 'disabled', 'admin_channels' and 'admin_roles' can be set".into(),
             ));
         }
-        let (written, w) = self.modify_user(name, |cur| {
+        for _ in 0..MODIFY_ATTEMPTS {
+            // the read-only check needs the current record's effective channels, read from the
+            // store: before the read-modify-write, which decides again if the record changed
+            let seen = self.get_user(name).await?;
+            let ctx = self
+                .effective(seen.as_ref().unwrap_or(&UserRecord::default()))
+                .await?;
+            let (written, w) = self
+                .modify_user(name, |cur| {
+                    if cur != seen.as_ref() {
+                        return Ok((None, None)); // changed since it was read: check again
+                    }
+                    self.decide_user(name, cur, upd, &password_hash, mode, &ctx)
+                        .map(|(rec, w)| (rec, Some(w)))
+                })
+                .await?;
+            if let Some(w) = w {
+                return Ok((w, written.map(|(_, t)| t)));
+            }
+        }
+        Err(AuthError::Conflict(format!(
+            "User \"{}\" kept changing while this update was made; try again",
+            show(name)
+        )))
+    }
+
+    /// The record [`Principals::write_user`] stores, from the current one (`cur`, whose
+    /// effective identity is `ctx`), and what happened.
+    fn decide_user(
+        &self,
+        name: &str,
+        cur: Option<&UserRecord>,
+        upd: &UserUpdate,
+        password_hash: &Option<String>,
+        mode: WriteMode,
+        ctx: &UserCtx,
+    ) -> Result<(Option<UserRecord>, UserWrite), AuthError> {
+        let guest = name == GUEST;
+        {
             let mut w = UserWrite::default();
             let (mut rec, empty) = match cur {
                 Some(_) if mode == WriteMode::Create => {
@@ -938,7 +979,7 @@ impl Principals {
                 }
             };
             let before = cur.unwrap_or(&empty);
-            self.check_read_only(before, upd)?;
+            self.check_read_only(before, upd, ctx)?;
             if let Some(c) = &upd.admin_channels {
                 rec.admin_channels = regrant(&rec.admin_channels, c);
             }
@@ -964,16 +1005,19 @@ impl Principals {
             }
             w.changed = w.created || cur != Some(&rec);
             Ok((w.changed.then_some(rec), w))
-        })?;
-        Ok((w, written.map(|(_, t)| t)))
+        }
     }
 
     /// Read-only fields may be sent back unchanged (so a GET body can be PUT), never changed.
-    fn check_read_only(&self, cur: &UserRecord, upd: &UserUpdate) -> Result<(), AuthError> {
+    fn check_read_only(
+        &self,
+        cur: &UserRecord,
+        upd: &UserUpdate,
+        ctx: &UserCtx,
+    ) -> Result<(), AuthError> {
         let strip = |s: &BTreeSet<String>| -> BTreeSet<String> {
             s.iter().filter(|c| *c != PUBLIC_CHANNEL).cloned().collect()
         };
-        let ctx = self.effective(cur)?;
         if let Some(all) = &upd.all_channels {
             let current: BTreeSet<String> = ctx.channels.keys().cloned().collect();
             if strip(all) != strip(&current) {
@@ -1003,84 +1047,95 @@ impl Principals {
     }
 
     /// Applies an admin-API role body.
-    pub fn write_role(
+    pub async fn write_role(
         &self,
         name: &str,
         upd: &RoleUpdate,
         mode: WriteMode,
     ) -> Result<(bool, Option<Ticket>), AuthError> {
-        let (written, created) = self.modify_role(name, |cur| {
-            let created = cur.is_none();
-            if !created && mode == WriteMode::Create {
-                return Err(AuthError::Conflict(format!(
-                    "Role \"{}\" already exists",
-                    show(name)
-                )));
-            }
-            let mut rec = cur.cloned().unwrap_or_else(|| RoleRecord {
-                name: name.to_string(),
-                ..Default::default()
-            });
-            if let Some(all) = &upd.all_channels {
-                let cur_set: BTreeSet<&String> = rec.admin_channels.keys().collect();
-                let sent: BTreeSet<&String> = all.iter().filter(|c| *c != PUBLIC_CHANNEL).collect();
-                if cur_set != sent {
-                    return Err(AuthError::BadRequest("all_channels is read-only".into()));
+        let (written, created) = self
+            .modify_role(name, |cur| {
+                let created = cur.is_none();
+                if !created && mode == WriteMode::Create {
+                    return Err(AuthError::Conflict(format!(
+                        "Role \"{}\" already exists",
+                        show(name)
+                    )));
                 }
-            }
-            if let Some(c) = &upd.admin_channels {
-                rec.admin_channels = regrant(&rec.admin_channels, c);
-            }
-            let changed = created || cur != Some(&rec);
-            Ok((changed.then_some(rec), created))
-        })?;
+                let mut rec = cur.cloned().unwrap_or_else(|| RoleRecord {
+                    name: name.to_string(),
+                    ..Default::default()
+                });
+                if let Some(all) = &upd.all_channels {
+                    let cur_set: BTreeSet<&String> = rec.admin_channels.keys().collect();
+                    let sent: BTreeSet<&String> =
+                        all.iter().filter(|c| *c != PUBLIC_CHANNEL).collect();
+                    if cur_set != sent {
+                        return Err(AuthError::BadRequest("all_channels is read-only".into()));
+                    }
+                }
+                if let Some(c) = &upd.admin_channels {
+                    rec.admin_channels = regrant(&rec.admin_channels, c);
+                }
+                let changed = created || cur != Some(&rec);
+                Ok((changed.then_some(rec), created))
+            })
+            .await?;
         Ok((created, written.map(|(_, t)| t)))
     }
 
     /// Deletes a user (not GUEST). 404 if absent.
-    pub fn delete_user(&self, name: &str) -> Result<Ticket, AuthError> {
+    pub async fn delete_user(&self, name: &str) -> Result<Ticket, AuthError> {
         if name == GUEST {
             return Err(AuthError::MethodNotAllowed(
                 "The GUEST user cannot be deleted, only disabled with a PUT".into(),
             ));
         }
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get_user(name)?.is_none() {
+        let _guard = self.write.lock().await;
+        if self.get_user(name).await?.is_none() {
             return Err(AuthError::NotFound(format!(
                 "No such user \"{}\"",
                 show(name)
             )));
         }
-        let t = self.store.delete_principal(PrincipalKind::User, name)?;
+        let t = self
+            .store
+            .delete_principal(PrincipalKind::User, name)
+            .await?;
         self.invalidate_cache();
         Ok(t)
     }
 
-    pub fn delete_role(&self, name: &str) -> Result<Ticket, AuthError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get_role(name)?.is_none() {
+    pub async fn delete_role(&self, name: &str) -> Result<Ticket, AuthError> {
+        let _guard = self.write.lock().await;
+        if self.get_role(name).await?.is_none() {
             return Err(AuthError::NotFound(format!(
                 "No such role \"{}\"",
                 show(name)
             )));
         }
-        let t = self.store.delete_principal(PrincipalKind::Role, name)?;
+        let t = self
+            .store
+            .delete_principal(PrincipalKind::Role, name)
+            .await?;
         self.invalidate_cache();
         Ok(t)
     }
 
     /// Invalidates every session of a user (rotates its session uuid). False if no such user.
-    pub fn rotate_sessions(&self, name: &str) -> Result<bool, AuthError> {
-        let (w, ()) = self.modify_user(name, |cur| {
-            Ok((
-                cur.map(|c| {
-                    let mut c = c.clone();
-                    c.rotate_sessions();
-                    c
-                }),
-                (),
-            ))
-        })?;
+    pub async fn rotate_sessions(&self, name: &str) -> Result<bool, AuthError> {
+        let (w, ()) = self
+            .modify_user(name, |cur| {
+                Ok((
+                    cur.map(|c| {
+                        let mut c = c.clone();
+                        c.rotate_sessions();
+                        c
+                    }),
+                    (),
+                ))
+            })
+            .await?;
         Ok(w.is_some())
     }
 }
@@ -1100,8 +1155,8 @@ mod tests {
     /// Another writer (another node sharing the store) changes the user between the read and
     /// the write of a read-modify-write: the write does not overwrite it; the update is decided
     /// again on the new record, so both changes are kept.
-    #[test]
-    fn a_change_made_meanwhile_is_not_overwritten() {
+    #[tokio::test]
+    async fn a_change_made_meanwhile_is_not_overwritten() {
         let (_d, p) = principals();
         p.write_user(
             "ann",
@@ -1109,6 +1164,7 @@ mod tests {
             Some("$h".into()),
             WriteMode::Create,
         )
+        .await
         .unwrap();
         let mut calls = 0;
         let (written, ()) = p
@@ -1119,21 +1175,31 @@ mod tests {
                     let mut other = cur.unwrap().clone();
                     other.admin_channels.insert("b".into(), 0);
                     let bytes = serde_json::to_vec(&other).unwrap();
-                    p.store()
-                        .put_principal(PrincipalKind::User, "ann", &mut |_| Ok(bytes.clone()))
-                        .unwrap();
+                    // the embedded store's future is complete when returned
+                    let mut build = |_| Ok(bytes.clone());
+                    let write = p
+                        .store()
+                        .put_principal(PrincipalKind::User, "ann", &mut build);
+                    let std::task::Poll::Ready(r) = std::future::Future::poll(
+                        std::pin::pin!(write),
+                        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+                    ) else {
+                        panic!("sled answers at once");
+                    };
+                    r.unwrap();
                 }
                 let mut rec = cur.unwrap().clone();
                 rec.email = Some("ann@example.com".into());
                 Ok((Some(rec), ()))
             })
+            .await
             .unwrap();
         assert!(written.is_some());
         assert_eq!(
             calls, 2,
             "decided again on the record the other writer stored"
         );
-        let ann = p.get_user("ann").unwrap().unwrap();
+        let ann = p.get_user("ann").await.unwrap().unwrap();
         assert_eq!(ann.email.as_deref(), Some("ann@example.com"));
         assert!(
             ann.admin_channels.contains_key("b"),
@@ -1191,7 +1257,7 @@ mod tests {
     }
 
     /// Writes document `id` (child of `parent`) granting `user` the `channels`.
-    fn grant_doc(
+    async fn grant_doc(
         p: &Principals,
         id: &str,
         parent: Option<&str>,
@@ -1218,17 +1284,17 @@ mod tests {
             revs_limit: 1000,
             must_exist: false,
         };
-        let (mut r, _) = p.store().write_docs(vec![w]).unwrap();
+        let (mut r, _) = p.store().write_docs(vec![w]).await.unwrap();
         r.remove(0).unwrap().rev
     }
 
-    fn channel_names(p: &Principals, name: &str) -> Vec<String> {
-        let u = p.load(name).unwrap().unwrap();
+    async fn channel_names(p: &Principals, name: &str) -> Vec<String> {
+        let u = p.load(name).await.unwrap().unwrap();
         u.ctx.channels.keys().cloned().collect()
     }
 
-    #[test]
-    fn cached_identities_follow_document_grants_one_change_at_a_time() {
+    #[tokio::test]
+    async fn cached_identities_follow_document_grants_one_change_at_a_time() {
         let (_d, p) = principals();
         for n in ["u", "v"] {
             p.write_user(
@@ -1237,34 +1303,43 @@ mod tests {
                 Some("$h".into()),
                 WriteMode::Create,
             )
+            .await
             .unwrap();
         }
-        let d1 = grant_doc(&p, "d1", None, "u", &["a"]);
-        assert_eq!(channel_names(&p, "u"), ["!", "a"]);
-        let v_before = p.load("v").unwrap().unwrap();
-        grant_doc(&p, "d2", None, "u", &["b"]);
-        assert_eq!(channel_names(&p, "u"), ["!", "a", "b"]);
+        let d1 = grant_doc(&p, "d1", None, "u", &["a"]).await;
+        assert_eq!(channel_names(&p, "u").await, ["!", "a"]);
+        let v_before = p.load("v").await.unwrap().unwrap();
+        grant_doc(&p, "d2", None, "u", &["b"]).await;
+        assert_eq!(channel_names(&p, "u").await, ["!", "a", "b"]);
         // d1 no longer grants anything: a is revoked, b stays
-        grant_doc(&p, "d1", Some(&d1), "u", &[]);
-        let u = p.load("u").unwrap().unwrap();
+        grant_doc(&p, "d1", Some(&d1), "u", &[]).await;
+        let u = p.load("u").await.unwrap().unwrap();
         assert_eq!(u.ctx.channels.keys().collect::<Vec<_>>(), ["!", "b"]);
         assert!(u.ctx.revoked.contains_key("a"), "{:?}", u.ctx.revoked);
         // the other user's identity was not recomputed: the grants changed only u's
-        assert!(Arc::ptr_eq(&v_before, &p.load("v").unwrap().unwrap()));
+        assert!(Arc::ptr_eq(&v_before, &p.load("v").await.unwrap().unwrap()));
         // what the cache caught up to is what a fresh computation from the store gives
         let fresh = Principals::new(p.store().clone());
-        assert_eq!(fresh.load("u").unwrap().unwrap().ctx, u.ctx);
+        assert_eq!(fresh.load("u").await.unwrap().unwrap().ctx, u.ctx);
         // a grant to v reaches v
-        grant_doc(&p, "d3", None, "v", &["c"]);
-        assert_eq!(channel_names(&p, "v"), ["!", "c"]);
+        grant_doc(&p, "d3", None, "v", &["c"]).await;
+        assert_eq!(channel_names(&p, "v").await, ["!", "c"]);
         assert_eq!(
-            fresh.load("v").unwrap().unwrap().ctx,
-            p.load("v").unwrap().unwrap().ctx
+            fresh.load("v").await.unwrap().unwrap().ctx,
+            p.load("v").await.unwrap().unwrap().ctx
         );
     }
 
-    #[test]
-    fn a_new_channel_grant_is_added_to_the_cached_identity_in_place() {
+    async fn fresh(p: &Principals) -> Arc<LoadedUser> {
+        Principals::new(p.store().clone())
+            .load("u")
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_channel_grant_is_added_to_the_cached_identity_in_place() {
         let (_d, p) = principals();
         p.write_user(
             "u",
@@ -1272,6 +1347,7 @@ mod tests {
             Some("$h".into()),
             WriteMode::Create,
         )
+        .await
         .unwrap();
         // "gone" revoked by the admin: recorded as revoked until something grants it again
         p.write_user(
@@ -1280,22 +1356,18 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
-        let fresh = |p: &Principals| {
-            Principals::new(p.store().clone())
-                .load("u")
-                .unwrap()
-                .unwrap()
-        };
-        let before = p.load("u").unwrap().unwrap();
+        let before = p.load("u").await.unwrap().unwrap();
         assert!(before.ctx.revoked.contains_key("gone"));
         // grants of new documents (a channel held already, a revoked one, new ones): each step
         // is what a computation from scratch gives
-        let d1 = grant_doc(&p, "d1", None, "u", &["adm", "gone", "a"]);
-        assert_eq!(p.load("u").unwrap().unwrap().ctx, fresh(&p).ctx);
-        assert_eq!(channel_names(&p, "u"), ["!", "a", "adm", "gone"]);
+        let d1 = grant_doc(&p, "d1", None, "u", &["adm", "gone", "a"]).await;
+        assert_eq!(p.load("u").await.unwrap().unwrap().ctx, fresh(&p).await.ctx);
+        assert_eq!(channel_names(&p, "u").await, ["!", "a", "adm", "gone"]);
         assert!(!p
             .load("u")
+            .await
             .unwrap()
             .unwrap()
             .ctx
@@ -1303,18 +1375,18 @@ mod tests {
             .contains_key("gone"));
         // "adm" keeps the admin grant's earlier sequence
         assert_eq!(
-            p.load("u").unwrap().unwrap().ctx.channels["adm"],
+            p.load("u").await.unwrap().unwrap().ctx.channels["adm"],
             before.ctx.channels["adm"]
         );
-        let d2 = grant_doc(&p, "d2", None, "u", &["b"]);
-        assert_eq!(p.load("u").unwrap().unwrap().ctx, fresh(&p).ctx);
+        let d2 = grant_doc(&p, "d2", None, "u", &["b"]).await;
+        assert_eq!(p.load("u").await.unwrap().unwrap().ctx, fresh(&p).await.ctx);
         // a changed and a withdrawn grant are recomputed
-        let d1 = grant_doc(&p, "d1", Some(&d1), "u", &["a"]);
-        assert_eq!(p.load("u").unwrap().unwrap().ctx, fresh(&p).ctx);
-        grant_doc(&p, "d1", Some(&d1), "u", &[]);
-        let u = p.load("u").unwrap().unwrap();
-        assert_eq!(u.ctx, fresh(&p).ctx);
-        assert_eq!(channel_names(&p, "u"), ["!", "adm", "b"]);
+        let d1 = grant_doc(&p, "d1", Some(&d1), "u", &["a"]).await;
+        assert_eq!(p.load("u").await.unwrap().unwrap().ctx, fresh(&p).await.ctx);
+        grant_doc(&p, "d1", Some(&d1), "u", &[]).await;
+        let u = p.load("u").await.unwrap().unwrap();
+        assert_eq!(u.ctx, fresh(&p).await.ctx);
+        assert_eq!(channel_names(&p, "u").await, ["!", "adm", "b"]);
 
         // in place, not recomputed: the cached user record is kept as it was, even when the
         // stored record changed behind the cache's back (written here around `Principals`)
@@ -1323,25 +1395,28 @@ mod tests {
         let bytes = serde_json::to_vec(&rec).unwrap();
         p.store()
             .put_principal(PrincipalKind::User, "u", &mut |_| Ok(bytes.clone()))
+            .await
             .unwrap();
-        grant_doc(&p, "d3", None, "u", &["c"]);
-        assert_eq!(channel_names(&p, "u"), ["!", "adm", "b", "c"]);
+        grant_doc(&p, "d3", None, "u", &["c"]).await;
+        assert_eq!(channel_names(&p, "u").await, ["!", "adm", "b", "c"]);
         // a withdrawn grant recomputes: the stored record is read again
-        grant_doc(&p, "d2", Some(&d2), "u", &[]);
-        assert_eq!(channel_names(&p, "u"), ["!", "adm", "c", "sneaked"]);
+        grant_doc(&p, "d2", Some(&d2), "u", &[]).await;
+        assert_eq!(channel_names(&p, "u").await, ["!", "adm", "c", "sneaked"]);
     }
 
-    #[test]
-    fn revocations_are_recorded_with_their_sequence() {
+    #[tokio::test]
+    async fn revocations_are_recorded_with_their_sequence() {
         let (_d, p) = principals();
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc","rc2"]})).unwrap(),
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
         let u = upd(json!({"password":"pw","admin_channels":["a","b"],"admin_roles":["r"]}));
         p.write_user("u", &u, Some("$h".into()), WriteMode::Create)
+            .await
             .unwrap();
         // drop channel b directly
         p.write_user(
@@ -1350,17 +1425,22 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
-        let s_b = p.get_user("u").unwrap().unwrap().seq;
+        let s_b = p.get_user("u").await.unwrap().unwrap().seq;
         // the role loses rc2
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
-        let s_rc2 = p.get_role("r").unwrap().unwrap().seq;
-        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        let s_rc2 = p.get_role("r").await.unwrap().unwrap().seq;
+        let ctx = p
+            .effective(&p.get_user("u").await.unwrap().unwrap())
+            .await
+            .unwrap();
         assert_eq!(ctx.revoked.get("b"), Some(&s_b));
         assert_eq!(ctx.revoked.get("rc2"), Some(&s_rc2));
         assert!(ctx.channels.contains_key("rc") && !ctx.revoked.contains_key("rc"));
@@ -1371,9 +1451,13 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
-        let s_role = p.get_user("u").unwrap().unwrap().seq;
-        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        let s_role = p.get_user("u").await.unwrap().unwrap().seq;
+        let ctx = p
+            .effective(&p.get_user("u").await.unwrap().unwrap())
+            .await
+            .unwrap();
         assert_eq!(ctx.revoked.get("rc"), Some(&s_role));
         // granting b again clears its revocation
         p.write_user(
@@ -1382,20 +1466,25 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
-        let ctx = p.effective(&p.get_user("u").unwrap().unwrap()).unwrap();
+        let ctx = p
+            .effective(&p.get_user("u").await.unwrap().unwrap())
+            .await
+            .unwrap();
         assert!(!ctx.revoked.contains_key("b") && ctx.channels.contains_key("b"));
     }
 
-    #[test]
-    fn create_update_partial_and_grant_sequences() {
+    #[tokio::test]
+    async fn create_update_partial_and_grant_sequences() {
         let (_d, p) = principals();
         let u = upd(json!({"password":"pw1","admin_channels":["a","b"],"email":"x@y.z"}));
         let (w, t) = p
             .write_user("alice", &u, Some("$hash1".into()), WriteMode::Create)
+            .await
             .unwrap();
         assert!(w.created && w.changed && t.is_some());
-        let rec = p.get_user("alice").unwrap().unwrap();
+        let rec = p.get_user("alice").await.unwrap().unwrap();
         let s1 = rec.seq;
         assert!(s1 > 0);
         assert_eq!(
@@ -1405,7 +1494,8 @@ mod tests {
         assert!(!format!("{rec:?}").contains("$hash1"));
         // POST again: 409
         assert!(matches!(
-            p.write_user("alice", &u, Some("$h".into()), WriteMode::Create),
+            p.write_user("alice", &u, Some("$h".into()), WriteMode::Create)
+                .await,
             Err(AuthError::Conflict(_))
         ));
         // partial update: channels kept, email unchanged, new channel gets the new seq
@@ -1416,9 +1506,10 @@ mod tests {
                 None,
                 WriteMode::Upsert,
             )
+            .await
             .unwrap();
         assert!(!w.created && w.changed && !w.sessions_invalidated);
-        let rec2 = p.get_user("alice").unwrap().unwrap();
+        let rec2 = p.get_user("alice").await.unwrap().unwrap();
         assert!(rec2.seq > s1);
         assert_eq!(rec2.admin_channels["b"], s1);
         assert_eq!(rec2.admin_channels["c"], rec2.seq);
@@ -1433,6 +1524,7 @@ mod tests {
                 None,
                 WriteMode::Upsert,
             )
+            .await
             .unwrap();
         assert!(!w.changed && t.is_none());
         // [] clears
@@ -1442,9 +1534,11 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
         assert!(p
             .get_user("alice")
+            .await
             .unwrap()
             .unwrap()
             .admin_channels
@@ -1457,27 +1551,30 @@ mod tests {
                 Some("$hash2".into()),
                 WriteMode::Upsert,
             )
+            .await
             .unwrap();
         assert!(w.sessions_invalidated);
         assert_ne!(
-            p.get_user("alice").unwrap().unwrap().session_uuid,
+            p.get_user("alice").await.unwrap().unwrap().session_uuid,
             rec.session_uuid
         );
         // create without password
         assert!(matches!(
-            p.write_user("bob", &upd(json!({})), None, WriteMode::Upsert),
+            p.write_user("bob", &upd(json!({})), None, WriteMode::Upsert)
+                .await,
             Err(AuthError::BadRequest(_))
         ));
     }
 
-    #[test]
-    fn effective_channels_and_read_only_fields() {
+    #[tokio::test]
+    async fn effective_channels_and_read_only_fields() {
         let (_d, p) = principals();
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc"]})).unwrap(),
             WriteMode::Create,
         )
+        .await
         .unwrap();
         p.write_user(
             "u",
@@ -1485,9 +1582,10 @@ mod tests {
             Some("$h".into()),
             WriteMode::Create,
         )
+        .await
         .unwrap();
-        let rec = p.get_user("u").unwrap().unwrap();
-        let ctx = p.effective(&rec).unwrap();
+        let rec = p.get_user("u").await.unwrap().unwrap();
+        let ctx = p.effective(&rec).await.unwrap();
         assert_eq!(ctx.name.as_deref(), Some("u"));
         assert_eq!(ctx.channels.keys().collect::<Vec<_>>(), ["!", "a", "rc"]);
         assert_eq!(
@@ -1496,7 +1594,7 @@ mod tests {
         );
         // the role channel is visible from when the role was granted (later than the role's own grant)
         assert_eq!(ctx.channels["rc"], rec.admin_roles["r"]);
-        let body = p.user_json(&rec).unwrap();
+        let body = p.user_json(&rec).await.unwrap();
         assert_eq!(body["all_channels"], json!(["!", "a", "rc"]));
         assert!(body.get("password").is_none());
         assert!(!body.to_string().contains("$h"));
@@ -1505,6 +1603,7 @@ mod tests {
         back.as_object_mut().unwrap().remove("name");
         let (w, _) = p
             .write_user("u", &upd(back), None, WriteMode::Upsert)
+            .await
             .unwrap();
         assert!(!w.changed);
         // changing read-only fields is refused
@@ -1515,30 +1614,34 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    p.write_user("u", &upd(bad.clone()), None, WriteMode::Upsert),
+                    p.write_user("u", &upd(bad.clone()), None, WriteMode::Upsert)
+                        .await,
                     Err(AuthError::BadRequest(_))
                 ),
                 "{bad}"
             );
         }
         // the cache sees role changes
-        assert_eq!(p.load("u").unwrap().unwrap().ctx.channels.len(), 3);
+        assert_eq!(p.load("u").await.unwrap().unwrap().ctx.channels.len(), 3);
         p.write_role(
             "r",
             &RoleUpdate::from_json(json!({"admin_channels":["rc","rd"]})).unwrap(),
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
         assert!(p
             .load("u")
+            .await
             .unwrap()
             .unwrap()
             .ctx
             .channels
             .contains_key("rd"));
-        p.delete_role("r").unwrap();
+        p.delete_role("r").await.unwrap();
         assert!(!p
             .load("u")
+            .await
             .unwrap()
             .unwrap()
             .ctx
@@ -1546,26 +1649,28 @@ mod tests {
             .contains_key("rc"));
     }
 
-    #[test]
-    fn guest_rules() {
+    #[tokio::test]
+    async fn guest_rules() {
         let (_d, p) = principals();
         // absent GUEST: shown disabled; a first PUT of channels alone keeps it disabled
-        assert!(p.get_user_or_guest(GUEST).unwrap().unwrap().disabled);
+        assert!(p.get_user_or_guest(GUEST).await.unwrap().unwrap().disabled);
         p.write_user(
             GUEST,
             &upd(json!({"admin_channels":["c"]})),
             None,
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
-        assert!(p.get_user(GUEST).unwrap().unwrap().disabled);
+        assert!(p.get_user(GUEST).await.unwrap().unwrap().disabled);
         assert!(matches!(
             p.write_user(
                 GUEST,
                 &upd(json!({"disabled":false})),
                 None,
                 WriteMode::Create
-            ),
+            )
+            .await,
             Err(AuthError::Conflict(_))
         ));
         assert!(p
@@ -1575,6 +1680,7 @@ mod tests {
                 Some("$h".into()),
                 WriteMode::Upsert
             )
+            .await
             .is_err());
         p.write_user(
             GUEST,
@@ -1582,13 +1688,14 @@ mod tests {
             None,
             WriteMode::Upsert,
         )
+        .await
         .unwrap();
-        assert!(p.user_names().unwrap().is_empty());
-        let g = p.load(GUEST).unwrap().unwrap();
+        assert!(p.user_names().await.unwrap().is_empty());
+        let g = p.load(GUEST).await.unwrap().unwrap();
         assert_eq!(g.ctx.name, None);
         assert!(g.ctx.channels.contains_key("g"));
         assert!(matches!(
-            p.delete_user(GUEST),
+            p.delete_user(GUEST).await,
             Err(AuthError::MethodNotAllowed(_))
         ));
     }

@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use syncgate_storage::{DatabaseStore, Ticket};
 
 use crate::AuthError;
@@ -88,7 +88,7 @@ pub struct Sessions {
     /// Orders read-modify-writes of session records against deletions within the process: a
     /// one-time session is taken once, and a sliding refresh never writes back a session that
     /// a revocation deleted meanwhile.
-    write: Mutex<()>,
+    write: tokio::sync::Mutex<()>,
 }
 
 impl Sessions {
@@ -96,7 +96,7 @@ impl Sessions {
         Sessions {
             store,
             key,
-            write: Mutex::new(()),
+            write: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -110,7 +110,7 @@ impl Sessions {
     }
 
     /// Creates a session for `username` and returns its id.
-    pub fn create(
+    pub async fn create(
         &self,
         username: &str,
         session_uuid: &str,
@@ -127,16 +127,16 @@ impl Sessions {
             one_time,
         };
         let id = new_session_id();
-        let t = self.put(&id, &rec)?;
+        let t = self.put(&id, &rec).await?;
         Ok((id, rec, t))
     }
 
     /// The record of a session id (None for an unknown or malformed id).
-    pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, AuthError> {
+    pub async fn get(&self, id: &str) -> Result<Option<SessionRecord>, AuthError> {
         if !is_session_id(id) {
             return Ok(None);
         }
-        match self.store.get_session(&self.storage_key(id))? {
+        match self.store.get_session(&self.storage_key(id)).await? {
             Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
                 AuthError::Internal(format!("stored session record does not decode: {e}"))
             }),
@@ -144,65 +144,68 @@ impl Sessions {
         }
     }
 
-    pub fn put(&self, id: &str, rec: &SessionRecord) -> Result<Ticket, AuthError> {
+    pub async fn put(&self, id: &str, rec: &SessionRecord) -> Result<Ticket, AuthError> {
         let bytes = serde_json::to_vec(rec)
             .map_err(|e| AuthError::Internal(format!("session encoding: {e}")))?;
-        Ok(self.store.put_session(&self.storage_key(id), bytes)?)
+        Ok(self.store.put_session(&self.storage_key(id), bytes).await?)
     }
 
     /// Deletes a session; false if there was none.
-    pub fn delete(&self, id: &str) -> Result<bool, AuthError> {
-        Ok(self.delete_durably(id)?.is_some())
+    pub async fn delete(&self, id: &str) -> Result<bool, AuthError> {
+        Ok(self.delete_durably(id).await?.is_some())
     }
 
     /// Sliding refresh: stores the record with its new expiry unless the session was deleted
     /// since it was read (then nothing is written and the answer is false).
-    pub fn refresh(&self, id: &str, rec: &SessionRecord) -> Result<bool, AuthError> {
-        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get(id)?.is_none() {
+    pub async fn refresh(&self, id: &str, rec: &SessionRecord) -> Result<bool, AuthError> {
+        let _g = self.write.lock().await;
+        if self.get(id).await?.is_none() {
             return Ok(false);
         }
-        self.put(id, rec)?;
+        self.put(id, rec).await?;
         Ok(true)
     }
 
     /// Deletes one session; the ticket to wait for before acknowledging (None if absent).
-    pub fn delete_durably(&self, id: &str) -> Result<Option<Ticket>, AuthError> {
-        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.delete_locked(id)
+    pub async fn delete_durably(&self, id: &str) -> Result<Option<Ticket>, AuthError> {
+        let _g = self.write.lock().await;
+        self.delete_locked(id).await
     }
 
-    fn delete_locked(&self, id: &str) -> Result<Option<Ticket>, AuthError> {
-        if self.get(id)?.is_none() {
+    async fn delete_locked(&self, id: &str) -> Result<Option<Ticket>, AuthError> {
+        if self.get(id).await?.is_none() {
             return Ok(None);
         }
-        Ok(Some(self.store.delete_sessions(&[self.storage_key(id)])?))
+        Ok(Some(
+            self.store.delete_sessions(&[self.storage_key(id)]).await?,
+        ))
     }
 
     /// Consumes a one-time session: true for the first caller only.
-    pub fn take_one_time(&self, id: &str) -> Result<bool, AuthError> {
-        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(self.delete_locked(id)?.is_some())
+    pub async fn take_one_time(&self, id: &str) -> Result<bool, AuthError> {
+        let _g = self.write.lock().await;
+        Ok(self.delete_locked(id).await?.is_some())
     }
 
     /// Deletes every stored session for which `dead` is true; returns how many.
-    pub fn delete_where(
+    pub async fn delete_where(
         &self,
         dead: impl FnMut(&SessionRecord) -> bool,
     ) -> Result<usize, AuthError> {
-        Ok(self.delete_where_durably(dead)?.0)
+        Ok(self.delete_where_durably(dead).await?.0)
     }
 
     /// As [`Sessions::delete_where`], with a ticket that covers the deletion and every write
     /// applied before it (wait for it before acknowledging a revocation).
-    pub fn delete_where_durably(
+    pub async fn delete_where_durably(
         &self,
         mut dead: impl FnMut(&SessionRecord) -> bool,
     ) -> Result<(usize, Ticket), AuthError> {
-        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.write.lock().await;
         let keys: Vec<String> = self
             .store
-            .list_sessions()?
+            .list_sessions()
+            .await?
             .into_iter()
             .filter(|(_, v)| match serde_json::from_slice::<SessionRecord>(v) {
                 Ok(r) => dead(&r),
@@ -211,27 +214,28 @@ impl Sessions {
             .map(|(k, _)| k)
             .collect();
         if !keys.is_empty() {
-            let t = self.store.delete_sessions(&keys)?;
+            let t = self.store.delete_sessions(&keys).await?;
             return Ok((keys.len(), t));
         }
         // an empty batch still yields a ticket ordered after every earlier write
-        Ok((0, self.store.delete_sessions(&[])?))
+        Ok((0, self.store.delete_sessions(&[]).await?))
     }
 
     /// Deletes every session of a user.
-    pub fn delete_for_user(&self, username: &str) -> Result<usize, AuthError> {
-        self.delete_where(|r| r.username == username)
+    pub async fn delete_for_user(&self, username: &str) -> Result<usize, AuthError> {
+        self.delete_where(|r| r.username == username).await
     }
 
-    pub fn count(&self) -> Result<usize, AuthError> {
-        Ok(self.store.list_sessions()?.len())
+    pub async fn count(&self) -> Result<usize, AuthError> {
+        Ok(self.store.list_sessions().await?.len())
     }
 
     /// Every stored session as (handle, storage key, record). A record that does not decode is
     /// an error naming its handle.
-    fn stored(&self) -> Result<Vec<(String, String, SessionRecord)>, AuthError> {
+    pub(crate) async fn stored(&self) -> Result<Vec<(String, String, SessionRecord)>, AuthError> {
         self.store
-            .list_sessions()?
+            .list_sessions()
+            .await?
             .into_iter()
             .map(|(k, v)| match serde_json::from_slice::<SessionRecord>(&v) {
                 Ok(r) => Ok((handle(&k), k, r)),
@@ -245,14 +249,15 @@ impl Sessions {
 
     /// A user's sessions that would be accepted now (not expired, issued under the user's
     /// current session uuid), as (handle, record).
-    pub fn live_for_user(
+    pub async fn live_for_user(
         &self,
         username: &str,
         session_uuid: &str,
         now_ms: u64,
     ) -> Result<Vec<(String, SessionRecord)>, AuthError> {
         Ok(self
-            .stored()?
+            .stored()
+            .await?
             .into_iter()
             .filter(|(_, _, r)| {
                 r.username == username && !r.expired(now_ms) && r.session_uuid == session_uuid
@@ -263,16 +268,21 @@ impl Sessions {
 
     /// Deletes the session of `username` with this handle; the ticket to wait for (None if
     /// there is no such session).
-    pub fn delete_by_handle(&self, username: &str, h: &str) -> Result<Option<Ticket>, AuthError> {
-        let _g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn delete_by_handle(
+        &self,
+        username: &str,
+        h: &str,
+    ) -> Result<Option<Ticket>, AuthError> {
+        let _g = self.write.lock().await;
         let Some((_, key, _)) = self
-            .stored()?
+            .stored()
+            .await?
             .into_iter()
             .find(|(hh, _, r)| r.username == username && hh == h)
         else {
             return Ok(None);
         };
-        Ok(Some(self.store.delete_sessions(&[key])?))
+        Ok(Some(self.store.delete_sessions(&[key]).await?))
     }
 }
 
@@ -406,60 +416,64 @@ mod tests {
         (dir, Sessions::new(db.clone(), b"k".to_vec()), db)
     }
 
-    #[test]
-    fn a_refresh_never_brings_back_a_deleted_session() {
+    #[tokio::test]
+    async fn a_refresh_never_brings_back_a_deleted_session() {
         let (_d, s, _) = sessions();
         let (id, mut rec, _) = s
             .create("u", "uuid", Duration::from_secs(60), false, now_ms())
+            .await
             .unwrap();
-        assert!(s.delete(&id).unwrap());
+        assert!(s.delete(&id).await.unwrap());
         rec.expires_ms += 1000;
-        assert!(!s.refresh(&id, &rec).unwrap());
-        assert!(s.get(&id).unwrap().is_none());
+        assert!(!s.refresh(&id, &rec).await.unwrap());
+        assert!(s.get(&id).await.unwrap().is_none());
     }
 
-    #[test]
-    fn ids_are_40_hex_and_only_hashes_are_stored() {
+    #[tokio::test]
+    async fn ids_are_40_hex_and_only_hashes_are_stored() {
         let (_d, s, db) = sessions();
         let (id, rec, _) = s
             .create("alice", "uuid", Duration::from_secs(60), false, 1_000)
+            .await
             .unwrap();
         assert!(is_session_id(&id), "{id}");
         assert_ne!(id, new_session_id());
         assert_eq!(rec.expires_ms, 61_000);
-        let stored = db.list_sessions().unwrap();
+        let stored = db.list_sessions().await.unwrap();
         assert_eq!(stored.len(), 1);
         assert_ne!(stored[0].0, id);
         assert!(!String::from_utf8_lossy(&stored[0].1).contains(&id));
-        assert_eq!(s.get(&id).unwrap(), Some(rec));
+        assert_eq!(s.get(&id).await.unwrap(), Some(rec));
         // another key: the same id finds nothing
         let other = Sessions::new(db, b"other".to_vec());
-        assert_eq!(other.get(&id).unwrap(), None);
-        assert_eq!(s.get("not-an-id").unwrap(), None);
-        assert_eq!(s.get(&id.to_uppercase()).unwrap(), None);
+        assert_eq!(other.get(&id).await.unwrap(), None);
+        assert_eq!(s.get("not-an-id").await.unwrap(), None);
+        assert_eq!(s.get(&id.to_uppercase()).await.unwrap(), None);
     }
 
-    #[test]
-    fn expiry_refresh_one_time_and_collection() {
+    #[tokio::test]
+    async fn expiry_refresh_one_time_and_collection() {
         let (_d, s, _db) = sessions();
         let (id, rec, _) = s
             .create("alice", "u", Duration::from_secs(100), false, 0)
+            .await
             .unwrap();
         assert!(!rec.expired(99_999));
         assert!(rec.expired(100_000));
         assert!(!rec.needs_refresh(10_000));
         assert!(rec.needs_refresh(10_001));
-        let (ot, otr, _) = s.create("bob", "u", ONE_TIME_TTL, true, 0).unwrap();
+        let (ot, otr, _) = s.create("bob", "u", ONE_TIME_TTL, true, 0).await.unwrap();
         assert!(!otr.needs_refresh(200_000));
-        assert!(s.take_one_time(&ot).unwrap());
-        assert!(!s.take_one_time(&ot).unwrap(), "single use");
+        assert!(s.take_one_time(&ot).await.unwrap());
+        assert!(!s.take_one_time(&ot).await.unwrap(), "single use");
         s.create("bob", "u", Duration::from_secs(1), false, 0)
+            .await
             .unwrap();
-        assert_eq!(s.delete_where(|r| r.expired(50_000)).unwrap(), 1);
-        assert!(s.get(&id).unwrap().is_some());
-        assert_eq!(s.delete_for_user("alice").unwrap(), 1);
-        assert_eq!(s.count().unwrap(), 0);
-        assert!(!s.delete(&id).unwrap());
+        assert_eq!(s.delete_where(|r| r.expired(50_000)).await.unwrap(), 1);
+        assert!(s.get(&id).await.unwrap().is_some());
+        assert_eq!(s.delete_for_user("alice").await.unwrap(), 1);
+        assert_eq!(s.count().await.unwrap(), 0);
+        assert!(!s.delete(&id).await.unwrap());
     }
 
     #[test]

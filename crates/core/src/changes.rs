@@ -275,10 +275,10 @@ impl Database {
     ///
     /// The batch reads one [`ChangesView`]: each document appears once, at the sequence it had
     /// at `end`, even while concurrent updates become durable.
-    pub fn changes(&self, caller: &Caller, opts: &ChangesOptions) -> Result<ChangesBatch> {
-        let RowBatch { mut rows, last_seq } = self.change_rows(caller, opts)?;
+    pub async fn changes(&self, caller: &Caller, opts: &ChangesOptions) -> Result<ChangesBatch> {
+        let RowBatch { mut rows, last_seq } = self.change_rows(caller, opts).await?;
         if opts.include_docs {
-            self.fill_docs(caller, opts, &mut rows)?;
+            self.fill_docs(caller, opts, &mut rows).await?;
         }
         Ok(ChangesBatch {
             rows: rows
@@ -291,7 +291,12 @@ impl Database {
 
     /// `include_docs`: each row's document rendered, the documents and bodies of
     /// [`READ_AHEAD`] rows read in one store call each.
-    fn fill_docs(&self, caller: &Caller, opts: &ChangesOptions, rows: &mut [Row]) -> Result<()> {
+    async fn fill_docs(
+        &self,
+        caller: &Caller,
+        opts: &ChangesOptions,
+        rows: &mut [Row],
+    ) -> Result<()> {
         let get = GetOptions {
             conflicts: opts.conflicts,
             attachments: opts.attachments,
@@ -307,7 +312,7 @@ impl Database {
             if ids.is_empty() {
                 continue;
             }
-            ahead.load_metas(&*self.store, &ids)?;
+            ahead.load_metas(&*self.store, &ids).await?;
             let revs: Vec<(&str, &str)> = chunk
                 .iter()
                 .filter_map(|r| {
@@ -317,16 +322,17 @@ impl Database {
                         .then_some((r.id.as_str(), rev))
                 })
                 .collect();
-            ahead.load_bodies(&*self.store, &revs)?;
+            ahead.load_bodies(&*self.store, &revs).await?;
             for row in chunk.iter_mut() {
                 let Some(winner) = row.render.take() else {
                     continue;
                 };
-                let Some(meta) = ahead.meta(&*self.store, &row.id)? else {
+                let Some(meta) = ahead.meta(&*self.store, &row.id).await? else {
                     continue;
                 };
                 let mut d = self
-                    .render_in(caller, &row.id, &meta, &winner, &get, &mut ahead)?
+                    .render_in(caller, &row.id, &meta, &winner, &get, &mut ahead)
+                    .await?
                     .map_or_else(|| b"null".to_vec(), |r| r.json);
                 if let Some(fields) = opts.selector.as_ref().and_then(|f| f.fields.as_ref()) {
                     d = crate::mango::project_text(&d, fields).map_err(|err| {
@@ -340,14 +346,15 @@ impl Database {
     }
 
     /// The rows of [`Database::changes`], documents not yet rendered.
-    fn change_rows(&self, caller: &Caller, opts: &ChangesOptions) -> Result<RowBatch> {
+    async fn change_rows(&self, caller: &Caller, opts: &ChangesOptions) -> Result<RowBatch> {
         let view = self.store.changes_view();
         let end = view.seq();
         let limit = opts.limit.unwrap_or(usize::MAX);
         let mut rows = Vec::new();
         let scope = Scope::of(caller, opts.channels.as_ref());
         if opts.descending {
-            for entry in view.since(0, true) {
+            let mut entries = view.since(0, true);
+            while let Some(entry) = entries.next().await {
                 let entry = entry?;
                 if entry.seq > end {
                     continue;
@@ -355,7 +362,7 @@ impl Database {
                 if rows.len() >= limit {
                     break;
                 }
-                if let Some(row) = self.change_row(caller, &scope, opts, &entry, None)? {
+                if let Some(row) = self.change_row(caller, &scope, opts, &entry, None).await? {
                     rows.push(row);
                 }
             }
@@ -408,20 +415,27 @@ impl Database {
                 view.in_channels(&list, base)
             }
             Scope::All => view.since(base, false),
-        };
+        }
+        // a feed asking for a few rows reads a few entries first (more pages when rows are
+        // filtered out)
+        .first_page(limit);
         let mut last_seq = Since {
             seq: end.max(base),
             backfill: None,
         };
-        for entry in entries {
+        let mut entries = entries;
+        while let Some(entry) = entries.next().await {
             let entry = entry?;
             if entry.seq > end || rows.len() >= limit {
                 break;
             }
             while let Some(g) = groups.next_if(|g| g.at < entry.seq) {
-                if let Some(stop) = self.group_rows(
-                    &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
-                )? {
+                if let Some(stop) = self
+                    .group_rows(
+                        &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
+                    )
+                    .await?
+                {
                     return Ok(RowBatch {
                         rows,
                         last_seq: stop,
@@ -439,7 +453,10 @@ impl Database {
             lost.sort();
             lost.dedup();
             let revoked = (!lost.is_empty() && !scope.sees(&entry.channels)).then_some(lost);
-            if let Some(row) = self.change_row(caller, &scope, opts, &entry, revoked)? {
+            if let Some(row) = self
+                .change_row(caller, &scope, opts, &entry, revoked)
+                .await?
+            {
                 rows.push(row);
                 if rows.len() >= limit {
                     last_seq = Since {
@@ -451,9 +468,12 @@ impl Database {
             }
         }
         for g in groups {
-            if let Some(stop) = self.group_rows(
-                &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
-            )? {
+            if let Some(stop) = self
+                .group_rows(
+                    &*view, caller, &scope, opts, &g, base, resume, limit, &mut rows,
+                )
+                .await?
+            {
                 return Ok(RowBatch {
                     rows,
                     last_seq: stop,
@@ -507,7 +527,7 @@ impl Database {
     /// Appends a group's rows (documents up to `base`; after S when resuming at `G:S`). Returns where to resume
     /// when `limit` is reached inside the group.
     #[allow(clippy::too_many_arguments)]
-    fn group_rows(
+    async fn group_rows(
         &self,
         view: &dyn ChangesView,
         caller: &Caller,
@@ -532,7 +552,8 @@ impl Database {
             .unwrap_or_default();
         // resuming inside this group: entries up to S were delivered
         let from = resume.filter(|(at, _)| *at == g.at).map_or(0, |(_, s)| s);
-        for entry in view.in_channels(&g.channels, from) {
+        let mut entries = view.in_channels(&g.channels, from);
+        while let Some(entry) = entries.next().await {
             let entry = entry?;
             if entry.seq > base {
                 break;
@@ -542,7 +563,7 @@ impl Database {
                 continue; // not in the channel now, or the client already had it
             }
             let row = if g.grant {
-                self.change_row(caller, scope, opts, &entry, None)?
+                self.change_row(caller, scope, opts, &entry, None).await?
             } else if scope.sees(&entry.channels) || opts.active_only {
                 None // still readable through another channel
             } else {
@@ -552,7 +573,8 @@ impl Database {
                     .filter(|c| g.channels.contains(c))
                     .cloned()
                     .collect();
-                self.change_row(caller, scope, opts, &entry, Some(lost))?
+                self.change_row(caller, scope, opts, &entry, Some(lost))
+                    .await?
             };
             if let Some(mut row) = row {
                 row.seq = Since {
@@ -573,7 +595,7 @@ impl Database {
 
     /// One row, or `None` when the caller should not see it. `revoked` forces a removal row for
     /// those channels (a revocation).
-    fn change_row(
+    async fn change_row(
         &self,
         caller: &Caller,
         scope: &Scope,
@@ -631,7 +653,9 @@ impl Database {
             }));
         }
         let changes: Vec<RevRef> = if let Some(f) = &opts.selector {
-            let revs = self.selector_leaves(caller, e, &f.selector, opts.all_docs)?;
+            let revs = self
+                .selector_leaves(caller, e, &f.selector, opts.all_docs)
+                .await?;
             if revs.is_empty() {
                 return Ok(None);
             }
@@ -661,12 +685,12 @@ impl Database {
     /// The caller as it is now: a user's grants and revocations re-read from the store (cached
     /// until a principal changes). `None` when the user was deleted or disabled, or GUEST was
     /// turned off.
-    pub fn refresh_caller(&self, caller: &Caller) -> Option<Caller> {
+    pub async fn refresh_caller(&self, caller: &Caller) -> Option<Caller> {
         match caller {
             Caller::Admin => Some(Caller::Admin),
             Caller::User(u) => match &u.name {
-                None => self.auth.guest().map(Caller::User),
-                Some(name) => match self.auth.principals().load(name) {
+                None => self.auth.guest().await.map(Caller::User),
+                Some(name) => match self.auth.principals().load(name).await {
                     Ok(Some(l)) if !l.record.disabled => Some(Caller::User(l.ctx.clone())),
                     Ok(_) => None,
                     Err(e) => {

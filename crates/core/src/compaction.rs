@@ -265,7 +265,7 @@ impl Policy {
 
 /// Starts the policy for `server` (no task without a runtime, or when disabled). It ends when
 /// the server shuts down or is dropped.
-pub(crate) fn spawn(server: &Arc<Server>) {
+pub(crate) async fn spawn(server: &Arc<Server>) {
     let config = server.config.auto_compact.clone().unwrap_or_default();
     if !config.enabled {
         return;
@@ -278,7 +278,7 @@ pub(crate) fn spawn(server: &Arc<Server>) {
     let mut policy = Policy::new(config.clone(), server.store_size());
     // before the listeners start: nothing written yet (`docs_written` is 0)
     for db in server.databases() {
-        let docs = db.store.doc_count().unwrap_or(u64::MAX);
+        let docs = db.store.doc_count().await.unwrap_or(u64::MAX);
         policy.seed(&db.name, db.store.last_seq(), docs, Instant::now());
     }
     rt.spawn(async move {
@@ -294,20 +294,19 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                 break;
             }
             let Some(server) = weak.upgrade() else { break };
-            let seen: Vec<Seen> = server
-                .databases()
-                .iter()
-                .map(|db| Seen {
+            let mut seen: Vec<Seen> = Vec::new();
+            for db in server.databases() {
+                seen.push(Seen {
                     name: db.name.clone(),
                     seq: db.store.last_seq(),
                     written: db.metrics.docs_written.load(Ordering::Relaxed),
                     // unreadable: the updates trigger waits (the others still apply)
-                    doc_count: db.store.doc_count().unwrap_or_else(|e| {
+                    doc_count: db.store.doc_count().await.unwrap_or_else(|e| {
                         tracing::warn!(db = %db.name, "automatic compaction: no document count: {e}");
                         u64::MAX
                     }),
-                })
-                .collect();
+                });
+            }
             let due = policy.due(Instant::now(), &seen, server.store_size());
             let mut compacted = false;
             for (name, trigger) in due {
@@ -318,7 +317,7 @@ pub(crate) fn spawn(server: &Arc<Server>) {
                 let Some(db) = server.db(&name) else { continue };
                 let seq = db.store.last_seq();
                 let written = db.metrics.docs_written.load(Ordering::Relaxed);
-                let docs = db.store.doc_count().unwrap_or(u64::MAX);
+                let docs = db.store.doc_count().await.unwrap_or(u64::MAX);
                 let before = server.store_size();
                 let started = Instant::now();
                 match db.compact_quietly().await {

@@ -132,8 +132,8 @@ impl Database {
     }
 
     /// Live documents, for metrics and the startup line.
-    pub fn doc_count(&self) -> Result<u64> {
-        Ok(self.store.doc_count()?)
+    pub async fn doc_count(&self) -> Result<u64> {
+        Ok(self.store.doc_count().await?)
     }
 
     /// Document trees, bodies and change entries read from the store (the `docs_read` metric).
@@ -147,11 +147,11 @@ impl Database {
     }
 
     /// `GET /{db}/`.
-    pub fn info(&self) -> Result<Value> {
+    pub async fn info(&self) -> Result<Value> {
         let seq = self.store.last_seq();
         Ok(json!({
             "db_name": self.name,
-            "doc_count": self.store.doc_count()?,
+            "doc_count": self.store.doc_count().await?,
             "update_seq": seq,
             "committed_update_seq": seq,
             "instance_start_time": self.start_time.to_string(),
@@ -188,14 +188,14 @@ pub struct Server {
 impl Server {
     /// Opens the embedded store in the configured data directory and every configured or
     /// previously created database.
-    pub fn open(config: ServerConfig) -> Result<Arc<Server>> {
+    pub async fn open(config: ServerConfig) -> Result<Arc<Server>> {
         if let Some(mut options) = DbConfig::default().postgres(config.server.as_deref()) {
             options.pool_size = 4;
-            let store = PgStore::open(&options).map_err(|e| match e {
+            let store = PgStore::open(&options).await.map_err(|e| match e {
                 StorageError::Incompatible(m) => Error::Incompatible(format!("server: {m}")),
                 e => Error::Internal(format!("cannot open the PostgreSQL store (server): {e}")),
             })?;
-            return Server::with_store(config, Arc::new(store));
+            return Server::with_store(config, Arc::new(store)).await;
         }
         let options = SledOptions {
             cache_bytes: config.cache_mb() << 20,
@@ -206,13 +206,16 @@ impl Server {
                 config.data_dir().display()
             ))
         })?;
-        Server::with_store(config, Arc::new(store))
+        Server::with_store(config, Arc::new(store)).await
     }
 
     /// Opens every configured or previously created database in `store`.
-    pub fn with_store(config: ServerConfig, store: Arc<dyn StoreServer>) -> Result<Arc<Server>> {
+    pub async fn with_store(
+        config: ServerConfig,
+        store: Arc<dyn StoreServer>,
+    ) -> Result<Arc<Server>> {
         let (shutdown_tx, _) = watch::channel(false);
-        let session_key = session_key(store.as_ref())?;
+        let session_key = session_key(store.as_ref()).await?;
         let server = Arc::new(Server {
             config,
             store,
@@ -221,29 +224,33 @@ impl Server {
             dbs: RwLock::new(BTreeMap::new()),
             shutdown_tx,
         });
-        for (name, cfg) in server.store.list_databases()? {
+        for (name, cfg) in server.store.list_databases().await? {
             let cfg: DbConfig = serde_json::from_slice(&cfg).map_err(|e| {
                 Error::Internal(format!(
                     "the stored config of database \"{name}\" does not parse: {e}"
                 ))
             })?;
-            server.open_db(&name, cfg)?;
+            server.open_db(&name, cfg).await?;
         }
         for (name, cfg) in server.config.databases.clone() {
-            server.open_db(&name, cfg)?;
+            server.open_db(&name, cfg).await?;
         }
-        crate::compaction::spawn(&server);
+        crate::compaction::spawn(&server).await;
         Ok(server)
     }
 
     /// The store a database lives in and the session key it hashes with (kept in that store,
     /// so every node serving the database agrees on it).
-    fn store_for(&self, name: &str, config: &DbConfig) -> Result<(Arc<dyn StoreServer>, Vec<u8>)> {
+    async fn store_for(
+        &self,
+        name: &str,
+        config: &DbConfig,
+    ) -> Result<(Arc<dyn StoreServer>, Vec<u8>)> {
         let Some(options) = config.postgres(self.config.server.as_deref()) else {
             return Ok((self.store.clone(), self.session_key.clone()));
         };
         let store: Arc<dyn StoreServer> =
-            Arc::new(PgStore::open(&options).map_err(|e| match e {
+            Arc::new(PgStore::open(&options).await.map_err(|e| match e {
                 StorageError::Incompatible(m) => {
                     Error::Incompatible(format!("database \"{name}\": {m}"))
                 }
@@ -251,7 +258,7 @@ impl Server {
                     "database \"{name}\": cannot open its PostgreSQL store: {e}"
                 )),
             })?);
-        let key = session_key(store.as_ref())?;
+        let key = session_key(store.as_ref()).await?;
         self.db_stores
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -259,9 +266,9 @@ impl Server {
         Ok((store, key))
     }
 
-    fn open_db(&self, name: &str, config: DbConfig) -> Result<Arc<Database>> {
-        let (server_store, session_key) = self.store_for(name, &config)?;
-        let store: Arc<dyn DatabaseStore> = server_store.open_database(name)?;
+    async fn open_db(&self, name: &str, config: DbConfig) -> Result<Arc<Database>> {
+        let (server_store, session_key) = self.store_for(name, &config).await?;
+        let store: Arc<dyn DatabaseStore> = server_store.open_database(name).await?;
         let cors_configured = match &config.cors {
             Some(c) => !c.origin.is_empty(),
             None => self
@@ -277,7 +284,7 @@ impl Server {
         let jwt = JwtAuth::new(config.oidc.as_ref(), config.local_jwt.as_ref())
             .map_err(|e| Error::Internal(format!("database \"{name}\": JWT providers: {e}")))?
             .map(Arc::new);
-        revoke_stale_grants(auth.principals(), jwt.as_deref())?;
+        revoke_stale_grants(auth.principals(), jwt.as_deref()).await?;
         let code_flow = CodeFlow::new(
             name,
             config.oidc.as_ref(),
@@ -289,6 +296,7 @@ impl Server {
             auth.set_bearer(jwt);
         }
         auth.install_config(&config.roles, &config.users, &config.guest_config())
+            .await
             .map_err(|e| {
                 Error::Internal(format!(
                     "database \"{name}\": cannot install the config's users and roles: {e}"
@@ -298,7 +306,8 @@ impl Server {
             .sync_source()
             .map_err(|e| Error::Internal(format!("database \"{name}\": sync: {e}")))?;
         let source =
-            crate::sync_fn::admin::effective_source(name, store.as_ref(), config_sync.clone())?;
+            crate::sync_fn::admin::effective_source(name, store.as_ref(), config_sync.clone())
+                .await?;
         let sync = match source {
             Some(src) => Some(Arc::new(
                 SyncFunction::new(&src, config.javascript_timeout_ms()).map_err(|e| {
@@ -389,17 +398,15 @@ impl Server {
     }
 
     /// The databases whose store cannot serve now, with why (`/_ping` on the metrics port).
-    /// Blocking: one round trip per database on a networked store.
-    pub fn unavailable_databases(&self) -> Vec<(String, String)> {
-        self.databases()
-            .iter()
-            .filter_map(|db| {
-                db.store
-                    .health()
-                    .err()
-                    .map(|e| (db.name.clone(), e.to_string()))
-            })
-            .collect()
+    /// One round trip per database on a networked store.
+    pub async fn unavailable_databases(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for db in self.databases() {
+            if let Err(e) = db.store.health().await {
+                out.push((db.name.clone(), e.to_string()));
+            }
+        }
+        out
     }
 
     pub fn databases(&self) -> Vec<Arc<Database>> {
@@ -412,7 +419,7 @@ impl Server {
     }
 
     /// Admin `PUT /{db}/`: creates a database with default settings.
-    pub fn create_db(&self, name: &str) -> Result<Arc<Database>> {
+    pub async fn create_db(&self, name: &str) -> Result<Arc<Database>> {
         validate_db_name(name).map_err(|e| Error::BadRequest(e.0))?;
         if self.db(name).is_some() {
             return Err(Error::PreconditionFailed(format!(
@@ -425,12 +432,12 @@ impl Server {
                 "cannot encode the config of database \"{name}\": {e}"
             ))
         })?;
-        self.store.create_database(name, &bytes)?;
-        self.open_db(name, cfg)
+        self.store.create_database(name, &bytes).await?;
+        self.open_db(name, cfg).await
     }
 
     /// Admin `DELETE /{db}/`: removes a database and its data.
-    pub fn delete_db(&self, name: &str) -> Result<()> {
+    pub async fn delete_db(&self, name: &str) -> Result<()> {
         let removed = self
             .dbs
             .write()
@@ -445,10 +452,10 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
         if let Some(own) = own {
-            own.delete_database(name)?;
+            own.delete_database(name).await?;
         }
         // the registry entry (and the data, for a database in the server's store)
-        self.store.delete_database(name)?;
+        self.store.delete_database(name).await?;
         Ok(())
     }
 
@@ -476,12 +483,14 @@ impl Server {
 }
 
 /// The server's secret for hashing session ids, generated by the first node to need it.
-fn session_key(store: &dyn StoreServer) -> Result<Vec<u8>> {
-    Ok(store.server_value("session_key", &mut || {
-        let mut k = vec![0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut k);
-        k
-    })?)
+async fn session_key(store: &dyn StoreServer) -> Result<Vec<u8>> {
+    Ok(store
+        .server_value("session_key", &mut || {
+            let mut k = vec![0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut k);
+            k
+        })
+        .await?)
 }
 
 /// Collects expired and revoked sessions every [`SESSION_GC_INTERVAL`] until the server shuts
@@ -530,20 +539,20 @@ fn spawn_session_gc(db: &Arc<Database>) {
             }
             let Some(db) = weak.upgrade() else { break };
             let name = db.name.clone();
-            match tokio::task::spawn_blocking(move || {
-                if let Some(flow) = &db.code_flow {
-                    if let Err(e) = flow.logins().collect(syncgate_auth::sessions::now_ms()) {
-                        tracing::warn!(db = %db.name, "login transaction collection failed: {e}");
-                    }
+            if let Some(flow) = &db.code_flow {
+                if let Err(e) = flow
+                    .logins()
+                    .collect(syncgate_auth::sessions::now_ms())
+                    .await
+                {
+                    tracing::warn!(db = %db.name, "login transaction collection failed: {e}");
                 }
-                db.auth.collect_sessions()
-            })
-            .await
-            {
-                Ok(Ok(n)) if n > 0 => {
+            }
+            match db.auth.collect_sessions().await {
+                Ok(n) if n > 0 => {
                     tracing::debug!(db = %name, removed = n, "sessions collected")
                 }
-                Ok(Err(e)) => tracing::warn!(db = %name, "session collection failed: {e}"),
+                Err(e) => tracing::warn!(db = %name, "session collection failed: {e}"),
                 _ => {}
             }
         }
@@ -563,11 +572,7 @@ impl Database {
     /// automatic, [`crate::compaction`]) to finish first.
     pub(crate) async fn compact_quietly(&self) -> Result<syncgate_storage::CompactStats> {
         let _one = self.compacting.lock().await;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.compact())
-            .await
-            .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))?
-            .map_err(Error::from)
+        Ok(self.store.compact().await?)
     }
 
     pub(crate) fn note_written(&self, n: usize) {

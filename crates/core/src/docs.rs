@@ -496,7 +496,7 @@ impl Database {
         if let Some(r) = &rev {
             parse_rev(r)?;
         }
-        let meta = self.store.doc_meta(id)?;
+        let meta = self.store.doc_meta(id).await?;
         if meta.is_none() {
             return Err(Error::not_found("missing"));
         }
@@ -624,19 +624,21 @@ impl Database {
     }
 
     /// Loads a document's metadata; 404 `missing` when absent.
-    pub fn meta(&self, id: &str) -> Result<DocMeta> {
+    pub async fn meta(&self, id: &str) -> Result<DocMeta> {
         self.store
-            .doc_meta(id)?
+            .doc_meta(id)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))
     }
 
     /// `GET /{db}/{doc}`.
-    pub fn get_doc(&self, caller: &Caller, id: &str, opts: &GetOptions) -> Result<GetResult> {
+    pub async fn get_doc(&self, caller: &Caller, id: &str, opts: &GetOptions) -> Result<GetResult> {
         self.get_doc_in(caller, id, opts, &mut ReadAhead::default())
+            .await
     }
 
     /// [`Database::get_doc`] with what a batch read ahead.
-    fn get_doc_in(
+    async fn get_doc_in(
         &self,
         caller: &Caller,
         id: &str,
@@ -654,7 +656,8 @@ impl Database {
         }
         if let Some(open) = &opts.open_revs {
             let meta = ahead
-                .meta(&*self.store, id)?
+                .meta(&*self.store, id)
+                .await?
                 .ok_or_else(|| Error::not_found("missing"))?;
             let revs: Vec<String> = match open {
                 OpenRevs::All => meta
@@ -684,7 +687,7 @@ impl Database {
             };
             let mut rows = Vec::with_capacity(revs.len());
             for r in revs {
-                match self.render_in(caller, id, &meta, &r, opts, ahead)? {
+                match self.render_in(caller, id, &meta, &r, opts, ahead).await? {
                     Some(doc) => rows.push(OpenRev::Ok(doc)),
                     None => rows.push(OpenRev::Missing(r)),
                 }
@@ -692,7 +695,8 @@ impl Database {
             return Ok(GetResult::OpenRevs(rows));
         }
         let meta = ahead
-            .meta(&*self.store, id)?
+            .meta(&*self.store, id)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         let rev = match &opts.rev {
             // `latest` (CouchDB): the leaf of the requested revision's branch
@@ -713,7 +717,8 @@ impl Database {
             }
         };
         let doc = self
-            .render_in(caller, id, &meta, &rev, opts, ahead)?
+            .render_in(caller, id, &meta, &rev, opts, ahead)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         Ok(GetResult::Doc(doc.json))
     }
@@ -721,7 +726,7 @@ impl Database {
     /// Renders one revision as CouchDB JSON text; `None` when the tree or the store lacks it.
     /// A revision the caller may not read renders as a `_removed` stub (how replicators learn
     /// of channel removals).
-    pub fn render(
+    pub async fn render(
         &self,
         caller: &Caller,
         id: &str,
@@ -730,10 +735,11 @@ impl Database {
         opts: &GetOptions,
     ) -> Result<Option<Rendered>> {
         self.render_in(caller, id, meta, rev, opts, &mut ReadAhead::default())
+            .await
     }
 
     /// [`Database::render`] with the body taken from what a batch read ahead.
-    pub(crate) fn render_in(
+    pub(crate) async fn render_in(
         &self,
         caller: &Caller,
         id: &str,
@@ -765,7 +771,7 @@ impl Database {
         if !node.has_body {
             return Ok(None);
         }
-        let Some(body) = ahead.body(&*self.store, id, rev)? else {
+        let Some(body) = ahead.body(&*self.store, id, rev).await? else {
             return Ok(None);
         };
         if node.deleted {
@@ -819,7 +825,8 @@ impl Database {
         }
         if !body.attachments.is_empty() {
             push_key(&mut out, "_attachments");
-            self.push_attachments(&mut out, meta, rev, &body, opts)?;
+            self.push_attachments(&mut out, meta, rev, &body, opts)
+                .await?;
         }
         out.push(b'}');
         Ok(Some(Rendered {
@@ -829,7 +836,7 @@ impl Database {
     }
 
     /// `_attachments` as CouchDB writes it: stubs, or the data inline when asked for.
-    fn push_attachments(
+    async fn push_attachments(
         &self,
         out: &mut Vec<u8>,
         meta: &DocMeta,
@@ -861,7 +868,7 @@ impl Database {
             push_str(out, &m.digest);
             out.extend_from_slice(format!(",\"length\":{}", m.length).as_bytes());
             if include {
-                let data = self.store.attachment(&m.digest)?.ok_or_else(|| {
+                let data = self.store.attachment(&m.digest).await?.ok_or_else(|| {
                     Error::Internal(format!("attachment data {} missing", m.digest))
                 })?;
                 out.extend_from_slice(b",\"data\":\"");
@@ -879,7 +886,12 @@ impl Database {
     /// result per requested entry, in order, as JSON text. A malformed request (not an object,
     /// `docs` not an array, an entry without a string `id`, a malformed `rev` or `atts_since`)
     /// is a 400 as a whole; a revision that does not exist is an `{"error":{...}}` entry.
-    pub fn bulk_get(&self, caller: &Caller, body: &Value, base: &GetOptions) -> Result<Vec<u8>> {
+    pub async fn bulk_get(
+        &self,
+        caller: &Caller,
+        body: &Value,
+        base: &GetOptions,
+    ) -> Result<Vec<u8>> {
         let docs = body
             .get("docs")
             .and_then(Value::as_array)
@@ -926,7 +938,7 @@ impl Database {
         // the batch's documents, then the revisions it will render, each in one read
         let mut ahead = ReadAhead::default();
         let ids: Vec<&str> = requests.iter().map(|(id, _, _)| id.as_str()).collect();
-        ahead.load_metas(&*self.store, &ids)?;
+        ahead.load_metas(&*self.store, &ids).await?;
         let wanted: Vec<(&str, String)> = requests
             .iter()
             .filter_map(|(id, rev, opts)| {
@@ -945,7 +957,7 @@ impl Database {
             .flatten()
             .collect();
         let pairs: Vec<(&str, &str)> = wanted.iter().map(|(i, r)| (*i, r.as_str())).collect();
-        ahead.load_bodies(&*self.store, &pairs)?;
+        ahead.load_bodies(&*self.store, &pairs).await?;
         let error_entry = |out: &mut Vec<u8>, id: &str, rev: &str, error: &str, reason: &str| {
             out.extend_from_slice(b"{\"error\":{\"id\":");
             push_str(out, id);
@@ -967,7 +979,7 @@ impl Database {
             push_str(&mut out, id);
             out.extend_from_slice(b",\"docs\":[");
             let outcome = self.get_doc_in(caller, id, opts, &mut ahead);
-            match outcome {
+            match outcome.await {
                 Ok(GetResult::OpenRevs(rows)) => {
                     for (i, row) in rows.into_iter().enumerate() {
                         if i > 0 {
@@ -1011,7 +1023,7 @@ impl Database {
     }
 
     /// `POST /{db}/_revs_diff`.
-    pub fn revs_diff(&self, caller: &Caller, body: &Value) -> Result<Value> {
+    pub async fn revs_diff(&self, caller: &Caller, body: &Value) -> Result<Value> {
         let Value::Object(req) = body else {
             return Err(Error::bad(
                 "_revs_diff expects an object of {docid: [revs]}",
@@ -1025,7 +1037,7 @@ impl Database {
             .map(String::as_str)
             .collect();
         let mut ahead = ReadAhead::default();
-        ahead.load_metas(&*self.store, &ids)?;
+        ahead.load_metas(&*self.store, &ids).await?;
         for (id, revs) in req {
             let Some(revs) = revs.as_array() else {
                 return Err(Error::bad(format!(
@@ -1073,10 +1085,10 @@ impl Database {
     /// `GET|POST /{db}/_all_docs` as JSON text, in CouchDB's member order. Each row is written
     /// into the body as soon as it is built, so a response over many documents never holds
     /// them as `Value` trees.
-    pub fn all_docs(&self, caller: &Caller, opts: &AllDocsOptions) -> Result<Vec<u8>> {
+    pub async fn all_docs(&self, caller: &Caller, opts: &AllDocsOptions) -> Result<Vec<u8>> {
         let mut out = format!(
             "{{\"total_rows\":{},\"offset\":{},\"rows\":[",
-            self.store.doc_count()?,
+            self.store.doc_count().await?,
             opts.skip
         )
         .into_bytes();
@@ -1114,7 +1126,7 @@ impl Database {
                 .take(limit)
                 .map(String::as_str)
                 .collect();
-            ahead.load_metas(&*self.store, &asked)?;
+            ahead.load_metas(&*self.store, &asked).await?;
             if opts.include_docs {
                 let winners: Vec<(&str, String)> = asked
                     .iter()
@@ -1126,7 +1138,7 @@ impl Database {
                     .collect();
                 let pairs: Vec<(&str, &str)> =
                     winners.iter().map(|(k, r)| (*k, r.as_str())).collect();
-                ahead.load_bodies(&*self.store, &pairs)?;
+                ahead.load_bodies(&*self.store, &pairs).await?;
             }
             for key in keys {
                 if rows >= limit {
@@ -1136,7 +1148,7 @@ impl Database {
                     skipped += 1;
                     continue;
                 }
-                let meta = ahead.meta(&*self.store, key)?;
+                let meta = ahead.meta(&*self.store, key).await?;
                 let winner = meta.as_ref().and_then(|m| m.tree.winner());
                 match winner {
                     Some(w) if caller.can_read(&w.channels) => {
@@ -1148,7 +1160,8 @@ impl Database {
                         } else if let (true, Some(meta)) = (opts.include_docs, &meta) {
                             out.extend_from_slice(b",\"doc\":");
                             match self
-                                .render_in(caller, key, meta, &w.rev, &get_opts, &mut ahead)?
+                                .render_in(caller, key, meta, &w.rev, &get_opts, &mut ahead)
+                                .await?
                             {
                                 Some(doc) => out.extend_from_slice(&doc.json),
                                 None => out.extend_from_slice(b"null"),
@@ -1174,22 +1187,25 @@ impl Database {
         } else {
             // include_docs: rows wait in chunks, whose winners' bodies are read in one call
             let mut pending: Vec<(String, DocMeta)> = Vec::new();
-            let mut flush = |out: &mut Vec<u8>,
-                             rows: &mut usize,
-                             pending: &mut Vec<(String, DocMeta)>|
-             -> Result<()> {
+            let mut flush = async |out: &mut Vec<u8>,
+                                   rows: &mut usize,
+                                   pending: &mut Vec<(String, DocMeta)>|
+                   -> Result<()> {
                 let revs: Vec<(&str, &str)> = pending
                     .iter()
                     .filter_map(|(id, m)| Some((id.as_str(), m.tree.winner()?.rev.as_str())))
                     .collect();
-                ahead.load_bodies(&*self.store, &revs)?;
+                ahead.load_bodies(&*self.store, &revs).await?;
                 for (id, meta) in pending.drain(..) {
                     let Some(w) = meta.tree.winner() else {
                         continue;
                     };
                     row(out, rows, &id, &w.rev, false);
                     out.extend_from_slice(b",\"doc\":");
-                    match self.render_in(caller, &id, &meta, &w.rev, &get_opts, &mut ahead)? {
+                    match self
+                        .render_in(caller, &id, &meta, &w.rev, &get_opts, &mut ahead)
+                        .await?
+                    {
                         Some(doc) => out.extend_from_slice(&doc.json),
                         None => out.extend_from_slice(b"null"),
                     }
@@ -1198,7 +1214,11 @@ impl Database {
                 Ok(())
             };
             let start = opts.start.clone().unwrap_or_default();
-            for item in self.store.docs_from(&start, opts.descending) {
+            let mut docs = self
+                .store
+                .docs_from(&start, opts.descending)
+                .first_page(limit.saturating_add(opts.skip));
+            while let Some(item) = docs.next().await {
                 let (id, meta) = item?;
                 if let Some(end) = &opts.end {
                     let past = if opts.descending {
@@ -1232,14 +1252,14 @@ impl Database {
                 if opts.include_docs {
                     pending.push((id, meta));
                     if pending.len() >= READ_AHEAD {
-                        flush(&mut out, &mut rows, &mut pending)?;
+                        flush(&mut out, &mut rows, &mut pending).await?;
                     }
                     continue;
                 }
                 row(&mut out, &mut rows, &id, &w.rev, false);
                 out.push(b'}');
             }
-            flush(&mut out, &mut rows, &mut pending)?;
+            flush(&mut out, &mut rows, &mut pending).await?;
         }
         out.push(b']');
         if opts.update_seq {
@@ -1252,7 +1272,7 @@ impl Database {
     // --- attachments ----------------------------------------------------------------------------
 
     /// `GET /{db}/{doc}/{att}`: metadata and bytes.
-    pub fn get_attachment(
+    pub async fn get_attachment(
         &self,
         caller: &Caller,
         id: &str,
@@ -1260,7 +1280,7 @@ impl Database {
         rev: Option<&str>,
     ) -> Result<(AttachmentMeta, Vec<u8>)> {
         validate_doc_id(id)?;
-        let meta = self.meta(id)?;
+        let meta = self.meta(id).await?;
         let node = match rev {
             Some(r) => {
                 parse_rev(r)?;
@@ -1275,15 +1295,16 @@ impl Database {
         }
         let body = self
             .store
-            .rev_body(id, &node.rev)?
+            .rev_body(id, &node.rev)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         let att = body.attachment(name).cloned().ok_or_else(|| {
             Error::not_found(format!("missing attachment \"{}\"", crate::short(name)))
         })?;
-        let data = self
-            .store
-            .attachment(&att.digest)?
-            .ok_or_else(|| Error::Internal(format!("attachment data {} missing", att.digest)))?;
+        let data =
+            self.store.attachment(&att.digest).await?.ok_or_else(|| {
+                Error::Internal(format!("attachment data {} missing", att.digest))
+            })?;
         Ok((att, data))
     }
 
@@ -1299,7 +1320,7 @@ impl Database {
     ) -> Result<WriteOutcome> {
         validate_doc_id(id)?;
         parse_attachment_name(name)?;
-        let (body, mut atts) = self.current_for_attachment_edit(id, rev.as_deref())?;
+        let (body, mut atts) = self.current_for_attachment_edit(id, rev.as_deref()).await?;
         atts.retain(|(n, _)| n != name);
         atts.push((
             name.to_string(),
@@ -1345,12 +1366,13 @@ impl Database {
         };
         let meta = self
             .store
-            .doc_meta(id)?
+            .doc_meta(id)
+            .await?
             .ok_or_else(|| Error::not_found("Document specified is not found"))?;
         if !meta.tree.is_leaf(&r) {
             return Err(Error::Conflict("Document update conflict".into()));
         }
-        let (body, mut atts) = self.current_for_attachment_edit(id, Some(&r))?;
+        let (body, mut atts) = self.current_for_attachment_edit(id, Some(&r)).await?;
         let before = atts.len();
         atts.retain(|(n, _)| n != name);
         if atts.len() == before {
@@ -1381,12 +1403,12 @@ impl Database {
 
     /// The body's JSON text (without `_attachments`) and attachment stubs of the revision
     /// being edited.
-    fn current_for_attachment_edit(
+    async fn current_for_attachment_edit(
         &self,
         id: &str,
         rev: Option<&str>,
     ) -> Result<(Vec<u8>, Attachments)> {
-        let meta = self.store.doc_meta(id)?;
+        let meta = self.store.doc_meta(id).await?;
         let (meta, rev) = match (meta, rev) {
             (None, None) => return Ok((b"{}".to_vec(), Vec::new())),
             (None, Some(_)) => return Err(Error::Conflict("Document update conflict".into())),
@@ -1404,7 +1426,7 @@ impl Database {
         if !meta.tree.is_leaf(&rev) {
             return Err(Error::Conflict("Document update conflict".into()));
         }
-        let body = self.store.rev_body(id, &rev)?.ok_or_else(|| {
+        let body = self.store.rev_body(id, &rev).await?.ok_or_else(|| {
             Error::Conflict("The revision being edited has no body (it was compacted)".into())
         })?;
         let atts = body
@@ -1427,11 +1449,12 @@ impl Database {
     // --- local documents ------------------------------------------------------------------------
 
     /// A `_local` doc as JSON text: `_id`, `_rev`, then its members as the client sent them.
-    pub fn get_local(&self, id: &str) -> Result<Vec<u8>> {
+    pub async fn get_local(&self, id: &str) -> Result<Vec<u8>> {
         validate_local_id(id)?;
         let doc = self
             .store
-            .get_local(id)?
+            .get_local(id)
+            .await?
             .ok_or_else(|| Error::not_found("missing"))?;
         let mut out = Vec::with_capacity(doc.body.get().len() + id.len() + 40);
         out.push(b'{');
@@ -1455,7 +1478,10 @@ impl Database {
             self.delete_local(id, local.rev.as_deref()).await?;
             return Ok(LOCAL_DELETED_REV.to_string());
         }
-        let (rev, ticket) = self.store.put_local(id, local.rev.as_deref(), local.body)?;
+        let (rev, ticket) = self
+            .store
+            .put_local(id, local.rev.as_deref(), local.body)
+            .await?;
         self.store.durable(ticket).await?;
         Ok(rev)
     }
@@ -1463,7 +1489,7 @@ impl Database {
     /// Deletes a `_local` doc: `rev` must be its current one (409 otherwise); missing → 404.
     pub async fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<()> {
         validate_local_id(id)?;
-        let ticket = self.store.delete_local(id, rev)?;
+        let ticket = self.store.delete_local(id, rev).await?;
         self.store.durable(ticket).await?;
         Ok(())
     }

@@ -35,8 +35,13 @@ impl Database {
     /// stored body with `_id`, `_rev`, `_deleted: true` for a tombstone and attachment stubs.
     /// Reads the body (it counts in `docs_read`). `None` when the body is gone (a pruned
     /// revision); a tombstone stored without a body is `{_id, _rev, _deleted}`.
-    pub(crate) fn mango_doc(&self, id: &str, rev: &str, deleted: bool) -> Result<Option<Value>> {
-        let stored = match self.store.rev_body(id, rev)? {
+    pub(crate) async fn mango_doc(
+        &self,
+        id: &str,
+        rev: &str,
+        deleted: bool,
+    ) -> Result<Option<Value>> {
+        let stored = match self.store.rev_body(id, rev).await? {
             Some(b) => Some(b),
             None if deleted => None,
             None => return Ok(None),
@@ -74,7 +79,7 @@ impl Database {
     /// The leaves of a change that pass a `_selector` filter (CouchDB's `couch_changes`):
     /// the winner alone, or with `style=all_docs` every leaf the caller may read, each matched
     /// against its own body. Empty when none passes: the change is left out of the feed.
-    pub(crate) fn selector_leaves(
+    pub(crate) async fn selector_leaves(
         &self,
         caller: &Caller,
         e: &ChangeEntry,
@@ -86,7 +91,8 @@ impl Database {
             // the caller's scope was checked against the winner's channels already
             if let Some(w) = e.leaves.first() {
                 if self
-                    .mango_doc(&e.id, &w.rev, w.deleted)?
+                    .mango_doc(&e.id, &w.rev, w.deleted)
+                    .await?
                     .is_some_and(|d| selector.matches(&d))
                 {
                     out.push(w.rev.clone());
@@ -94,7 +100,7 @@ impl Database {
             }
             return Ok(out);
         }
-        let Some(meta) = self.store.doc_meta(&e.id)? else {
+        let Some(meta) = self.store.doc_meta(&e.id).await? else {
             return Ok(out);
         };
         for leaf in &e.leaves {
@@ -104,7 +110,8 @@ impl Database {
                 .is_some_and(|n| caller.can_read(&n.channels));
             if readable
                 && self
-                    .mango_doc(&e.id, &leaf.rev, leaf.deleted)?
+                    .mango_doc(&e.id, &leaf.rev, leaf.deleted)
+                    .await?
                     .is_some_and(|d| selector.matches(&d))
             {
                 out.push(leaf.rev.clone());
@@ -417,7 +424,7 @@ impl Database {
     /// One document as `_find` returns it (and matches it): the winning revision rendered as
     /// `GET /{db}/{id}` does, `_conflicts` when asked, as JSON text and as the `Value` the
     /// selector reads. The one place `_find` renders a body.
-    fn find_doc(
+    async fn find_doc(
         &self,
         caller: &Caller,
         id: &str,
@@ -429,7 +436,7 @@ impl Database {
             conflicts,
             ..Default::default()
         };
-        let Some(r) = self.render(caller, id, meta, rev, &opts)? else {
+        let Some(r) = self.render(caller, id, meta, rev, &opts).await? else {
             return Ok(None);
         };
         let value = serde_json::from_slice(&r.json)
@@ -440,7 +447,7 @@ impl Database {
     /// The ids `_find` may return for a user limited to some channels, in id order, read
     /// through the channel index (documents outside those channels are never read). `None`
     /// for the admin and users with `*`: they walk every document.
-    fn visible_ids(&self, caller: &Caller) -> Result<Option<Vec<String>>> {
+    async fn visible_ids(&self, caller: &Caller) -> Result<Option<Vec<String>>> {
         let Some(user) = caller
             .user()
             .filter(|u| !u.channels.contains_key(ALL_CHANNELS))
@@ -454,7 +461,8 @@ impl Database {
         let mut ids = BTreeSet::new();
         // one consistent view: each document once, at the sequence it has in the view
         let view = self.store.changes_view();
-        for entry in view.in_channels(&channels, 0) {
+        let mut entries = view.in_channels(&channels, 0);
+        while let Some(entry) = entries.next().await {
             let entry = entry?;
             if !entry.deleted() && entry.channels.iter().any(|c| channels.contains(c)) {
                 ids.insert(entry.id);
@@ -468,33 +476,27 @@ impl Database {
     /// outside the caller's channels; matches each body against the selector. Returns the
     /// response as JSON text: `{"docs","bookmark","execution_stats"?,"warning"}`; documents
     /// keep their text (number digits, member order), also when projected.
-    pub fn find(&self, caller: &Caller, q: &FindRequest) -> Result<Vec<u8>> {
+    pub async fn find(&self, caller: &Caller, q: &FindRequest) -> Result<Vec<u8>> {
         let started = Instant::now();
         let start = q.after.as_ref().map(|(id, _)| id.as_str()).unwrap_or("");
         // candidates in result order, from `start` (inclusive)
-        let candidates: Box<dyn Iterator<Item = syncgate_storage::Result<(String, DocMeta)>> + '_> =
-            match self.visible_ids(caller)? {
-                None => self.store.docs_from(start, q.descending),
-                Some(mut ids) => {
-                    if q.descending {
-                        ids.reverse();
-                        ids.retain(|id| start.is_empty() || id.as_str() <= start);
-                    } else {
-                        ids.retain(|id| id.as_str() >= start);
-                    }
-                    Box::new(ids.into_iter().filter_map(|id| {
-                        self.store
-                            .doc_meta(&id)
-                            .map(|m| m.map(|m| (id, m)))
-                            .transpose()
-                    }))
+        let mut candidates = match self.visible_ids(caller).await? {
+            None => Candidates::All(self.store.docs_from(start, q.descending)),
+            Some(mut ids) => {
+                if q.descending {
+                    ids.reverse();
+                    ids.retain(|id| start.is_empty() || id.as_str() <= start);
+                } else {
+                    ids.retain(|id| id.as_str() >= start);
                 }
-            };
+                Candidates::Ids(ids.into_iter())
+            }
+        };
         let mut docs: Vec<Vec<u8>> = Vec::new();
         let mut last_id: Option<String> = None;
         let (mut keys_examined, mut docs_examined, mut skipped) = (0u64, 0u64, 0usize);
         if q.limit > 0 {
-            for item in candidates {
+            while let Some(item) = candidates.next(&*self.store).await {
                 let (id, meta) = item.map_err(Error::from)?;
                 keys_examined += 1;
                 if q.after.as_ref().is_some_and(|(a, _)| *a == id) || id.starts_with("_design/") {
@@ -508,7 +510,8 @@ impl Database {
                 }
                 let rev = w.rev.clone();
                 docs_examined += 1;
-                let Some((text, doc)) = self.find_doc(caller, &id, &meta, &rev, q.conflicts)?
+                let Some((text, doc)) =
+                    self.find_doc(caller, &id, &meta, &rev, q.conflicts).await?
                 else {
                     continue;
                 };
@@ -562,5 +565,33 @@ impl Database {
         push_str(&mut out, &q.warning());
         out.push(b'}');
         Ok(out)
+    }
+}
+
+/// The documents `_find` walks: every document in id order, or the ones listed (read one by
+/// one; those gone since are skipped).
+enum Candidates<'a> {
+    All(syncgate_storage::Docs<'a>),
+    Ids(std::vec::IntoIter<String>),
+}
+
+impl Candidates<'_> {
+    async fn next(
+        &mut self,
+        store: &dyn syncgate_storage::DatabaseStore,
+    ) -> Option<syncgate_storage::Result<(String, DocMeta)>> {
+        match self {
+            Candidates::All(docs) => docs.next().await,
+            Candidates::Ids(ids) => {
+                for id in ids.by_ref() {
+                    match store.doc_meta(&id).await {
+                        Ok(Some(m)) => return Some(Ok((id, m))),
+                        Ok(None) => continue,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                None
+            }
+        }
     }
 }

@@ -53,7 +53,9 @@ pub async fn migrate(
     };
     let source: Arc<dyn StoreServer> = match db_config.postgres(config.server.as_deref()) {
         Some(options) => Arc::new(
-            PgStore::open(&options).map_err(|e| open_error("the source PostgreSQL store", e))?,
+            PgStore::open(&options)
+                .await
+                .map_err(|e| open_error("the source PostgreSQL store", e))?,
         ),
         None => Arc::new(Store::open(&config.data_dir()).map_err(|e| {
             Error::Internal(format!(
@@ -67,13 +69,16 @@ pub async fn migrate(
         pool_size: 4,
         notify: ChangeNotify::Listen,
     })
+    .await
     .map_err(|e| open_error("the target PostgreSQL store", e))?;
     // the target takes the source's session key unless it has one already
-    let key = source.server_value("session_key", &mut new_key)?;
-    let target_key = target.server_value("session_key", &mut || key.clone())?;
+    let key = source.server_value("session_key", &mut new_key).await?;
+    let target_key = target
+        .server_value("session_key", &mut || key.clone())
+        .await?;
     let sessions_dropped = target_key != key;
-    let src = source.open_database(name)?;
-    let dst = target.open_database(name)?;
+    let src = source.open_database(name).await?;
+    let dst = target.open_database(name).await?;
     let settings = [crate::sync_fn::admin::SETTING];
     let copied = copy_database(&*src, &*dst, !sessions_dropped, &settings, progress)
         .await

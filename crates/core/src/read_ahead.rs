@@ -20,7 +20,11 @@ pub(crate) struct ReadAhead {
 
 impl ReadAhead {
     /// Reads the metadata of `ids` not read yet, in one call.
-    pub(crate) fn load_metas(&mut self, store: &dyn DatabaseStore, ids: &[&str]) -> Result<()> {
+    pub(crate) async fn load_metas(
+        &mut self,
+        store: &dyn DatabaseStore,
+        ids: &[&str],
+    ) -> Result<()> {
         let mut todo: Vec<&str> = ids
             .iter()
             .copied()
@@ -31,14 +35,14 @@ impl ReadAhead {
         if todo.is_empty() {
             return Ok(());
         }
-        for (id, meta) in todo.iter().zip(store.doc_metas(&todo)?) {
+        for (id, meta) in todo.iter().zip(store.doc_metas(&todo).await?) {
             self.metas.insert(id.to_string(), meta);
         }
         Ok(())
     }
 
     /// Reads the bodies of `revs` (document id, revision) not read yet, in one call.
-    pub(crate) fn load_bodies(
+    pub(crate) async fn load_bodies(
         &mut self,
         store: &dyn DatabaseStore,
         revs: &[(&str, &str)],
@@ -53,17 +57,21 @@ impl ReadAhead {
         if todo.is_empty() {
             return Ok(());
         }
-        for ((id, rev), body) in todo.iter().zip(store.rev_bodies(&todo)?) {
+        for ((id, rev), body) in todo.iter().zip(store.rev_bodies(&todo).await?) {
             self.bodies.insert((id.to_string(), rev.to_string()), body);
         }
         Ok(())
     }
 
     /// A document's metadata: as read ahead, or read now.
-    pub(crate) fn meta(&self, store: &dyn DatabaseStore, id: &str) -> Result<Option<DocMeta>> {
+    pub(crate) async fn meta(
+        &self,
+        store: &dyn DatabaseStore,
+        id: &str,
+    ) -> Result<Option<DocMeta>> {
         match self.metas.get(id) {
             Some(m) => Ok(m.clone()),
-            None => Ok(store.doc_meta(id)?),
+            None => Ok(store.doc_meta(id).await?),
         }
     }
 
@@ -73,7 +81,7 @@ impl ReadAhead {
     }
 
     /// A revision's body: as read ahead (taken: each is rendered once), or read now.
-    pub(crate) fn body(
+    pub(crate) async fn body(
         &mut self,
         store: &dyn DatabaseStore,
         id: &str,
@@ -81,7 +89,7 @@ impl ReadAhead {
     ) -> Result<Option<StoredBody>> {
         match self.bodies.remove(&(id.to_string(), rev.to_string())) {
             Some(b) => Ok(b),
-            None => Ok(store.rev_body(id, rev)?),
+            None => Ok(store.rev_body(id, rev).await?),
         }
     }
 }

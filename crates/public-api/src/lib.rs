@@ -309,7 +309,12 @@ async fn session(
                     },
                     e => e.into(),
                 })?;
-            let user = db.auth().principals().load(&name)?.map(|u| u.ctx.clone());
+            let user = db
+                .auth()
+                .principals()
+                .load(&name)
+                .await?
+                .map(|u| u.ctx.clone());
             let mut body = routes::session_info(user.as_ref());
             if one_time {
                 body["one_time_session_id"] = json!(s.id);

@@ -51,9 +51,13 @@ pub struct WriteCombiner {
 impl WriteCombiner {
     /// Applies `writes` with the writes of every other caller queued meanwhile: `apply` gets the
     /// write sets in arrival order (this caller's first) and must apply them as one batch.
-    pub async fn write<F>(&self, writes: Vec<DocWrite>, apply: F) -> WriteResult
+    /// `apply` should not be cancellable halfway (the sled backend's is synchronous; the
+    /// PostgreSQL one runs its transaction in a task of its own): a leader dropped while its
+    /// batch is applied leaves the queued writers without their results.
+    pub async fn write<F, Fut>(&self, writes: Vec<DocWrite>, apply: F) -> WriteResult
     where
-        F: FnOnce(Vec<Vec<DocWrite>>) -> BatchResult,
+        F: FnOnce(Vec<Vec<DocWrite>>) -> Fut,
+        Fut: std::future::Future<Output = BatchResult>,
     {
         let mut mine = writes;
         let rx = {
@@ -79,7 +83,7 @@ impl WriteCombiner {
                 }
             }
         }
-        // leading: from here to the end nothing awaits, so this cannot be cancelled halfway
+        // leading: the lead passes on when this is done (or dropped)
         let _lead = LeadGuard(self);
         let others: Vec<Queued> = {
             let mut q = self.lock();
@@ -101,7 +105,7 @@ impl WriteCombiner {
             sets.push(o.writes);
             senders.push(o.tx);
         }
-        match apply(sets) {
+        match apply(sets).await {
             Ok((mut results, ticket)) => {
                 let theirs = results.split_off(1);
                 for (tx, r) in senders.into_iter().zip(theirs) {

@@ -40,20 +40,22 @@ pub async fn copy_database(
     settings: &[&str],
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<CopyStats> {
-    if dst.last_seq() > 0 || dst.doc_count()? > 0 {
+    if dst.last_seq() > 0 || dst.doc_count().await? > 0 {
         return Err(StorageError::Conflict(format!(
             "the target database \"{}\" is not empty: copy into a new, empty one",
             dst.name()
         )));
     }
     let mut stats = CopyStats::default();
-    let mut last = dst.raise_seq(src.last_seq())?;
+    let mut last = dst.raise_seq(src.last_seq()).await?;
     for kind in [PrincipalKind::Role, PrincipalKind::User] {
-        for name in src.list_principals(kind)? {
-            let Some(record) = src.get_principal(kind, &name)? else {
+        for name in src.list_principals(kind).await? {
+            let Some(record) = src.get_principal(kind, &name).await? else {
                 continue;
             };
-            let (_, t) = dst.put_principal(kind, &name, &mut |_| Ok(record.clone()))?;
+            let (_, t) = dst
+                .put_principal(kind, &name, &mut |_| Ok(record.clone()))
+                .await?;
             last = last.max(t);
             match kind {
                 PrincipalKind::User => stats.users += 1,
@@ -62,34 +64,37 @@ pub async fn copy_database(
         }
     }
     for (key, value) in if sessions {
-        src.list_sessions()?
+        src.list_sessions().await?
     } else {
         Vec::new()
     } {
-        last = last.max(dst.put_session(&key, value)?);
+        last = last.max(dst.put_session(&key, value).await?);
         stats.sessions += 1;
     }
     for key in settings {
-        if let Some(v) = src.get_setting(key)? {
-            last = last.max(dst.put_setting(key, Some(&v))?);
+        if let Some(v) = src.get_setting(key).await? {
+            last = last.max(dst.put_setting(key, Some(&v)).await?);
             stats.settings += 1;
         }
     }
     // documents in the source's sequence order, so the target's order of changes is the same
     let ids: Vec<String> = {
         let view = src.changes_view();
-        view.since(0, false)
-            .map(|e| e.map(|e| e.id))
-            .collect::<Result<_>>()?
+        let mut entries = view.since(0, false);
+        let mut ids = Vec::new();
+        while let Some(e) = entries.next().await {
+            ids.push(e?.id);
+        }
+        ids
     };
     let mut writes = Vec::new();
     for id in ids {
-        let Some(meta) = src.doc_meta(&id)? else {
+        let Some(meta) = src.doc_meta(&id).await? else {
             continue; // removed since the view was read
         };
         stats.documents += 1;
         for leaf in meta.tree.leaves() {
-            let body = src.rev_body(&id, &leaf.rev)?.ok_or_else(|| {
+            let body = src.rev_body(&id, &leaf.rev).await?.ok_or_else(|| {
                 StorageError::Corrupt(format!(
                     "document \"{}\" has no body for its leaf {}",
                     crate::revtree::truncate(&id, 100),
@@ -98,7 +103,7 @@ pub async fn copy_database(
             })?;
             let mut attachments = Vec::with_capacity(body.attachments.len());
             for (name, a) in body.attachments {
-                let data = src.attachment(&a.digest)?.ok_or_else(|| {
+                let data = src.attachment(&a.digest).await?.ok_or_else(|| {
                     StorageError::Corrupt(format!(
                         "attachment {} of document \"{}\" has no data ({})",
                         name,
@@ -129,20 +134,20 @@ pub async fn copy_database(
             stats.revisions += 1;
         }
         if writes.len() >= BATCH {
-            last = last.max(flush(dst, std::mem::take(&mut writes))?);
+            last = last.max(flush(dst, std::mem::take(&mut writes)).await?);
             progress(stats.documents);
         }
     }
     if !writes.is_empty() {
-        last = last.max(flush(dst, writes)?);
+        last = last.max(flush(dst, writes).await?);
         progress(stats.documents);
     }
     dst.durable(last).await?;
     Ok(stats)
 }
 
-fn flush(dst: &dyn DatabaseStore, writes: Vec<DocWrite>) -> Result<Ticket> {
-    let (results, ticket) = dst.write_docs(writes)?;
+async fn flush(dst: &dyn DatabaseStore, writes: Vec<DocWrite>) -> Result<Ticket> {
+    let (results, ticket) = dst.write_docs(writes).await?;
     for r in results {
         r?;
     }

@@ -16,20 +16,14 @@ use syncgate_storage::{
 #[path = "support/pg_cluster.rs"]
 mod pg_cluster;
 
-fn node(url: &str, notify: ChangeNotify) -> PgStore {
+async fn node(url: &str, notify: ChangeNotify) -> PgStore {
     PgStore::open(&PgOptions {
         url: url.to_string(),
         pool_size: 4,
         notify,
     })
+    .await
     .unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
@@ -47,47 +41,46 @@ fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
     }
 }
 
-fn write(db: &dyn DatabaseStore, w: Vec<DocWrite>) -> Vec<Result<WriteOutcome, StorageError>> {
-    rt().block_on(async {
-        let (r, t) = db.write_docs_shared(w).await.unwrap();
-        db.durable(t).await.unwrap();
-        r
-    })
+async fn write(
+    db: &dyn DatabaseStore,
+    w: Vec<DocWrite>,
+) -> Vec<Result<WriteOutcome, StorageError>> {
+    let (r, t) = db.write_docs_shared(w).await.unwrap();
+    db.durable(t).await.unwrap();
+    r
 }
 
 /// Waits until `rx` shows at least `seq` (a guard against hanging, not a speed check).
-fn wait_for(rx: &mut tokio::sync::watch::Receiver<u64>, seq: u64) -> u64 {
-    rt().block_on(async {
-        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|v| *v >= seq))
-            .await
-            .expect("no wake-up within 20 s")
-            .map(|v| *v)
-            .unwrap()
-    })
+async fn wait_for(rx: &mut tokio::sync::watch::Receiver<u64>, seq: u64) -> u64 {
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|v| *v >= seq))
+        .await
+        .expect("no wake-up within 20 s")
+        .map(|v| *v)
+        .unwrap()
 }
 
-#[test]
-fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
     const ROUNDS: usize = 30;
     let url = pg_cluster::fresh_database();
-    let a = node(&url, ChangeNotify::Listen);
-    let b = node(&url, ChangeNotify::Listen);
-    let da = a.database("db").unwrap();
-    let db_b = b.database("db").unwrap();
+    let a = node(&url, ChangeNotify::Listen).await;
+    let b = node(&url, ChangeNotify::Listen).await;
+    let da = a.database("db").await.unwrap();
+    let db_b = b.database("db").await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     // a continuous reader on node B: checkpoints at each view's sequence
     let reader = {
         let db = db_b.clone();
         let stop = stop.clone();
-        std::thread::spawn(move || {
-            let rt = rt();
+        tokio::spawn(async move {
             let mut rx = db.subscribe();
             let mut checkpoint = 0u64;
             let mut seen: Vec<(String, u64)> = Vec::new();
             loop {
                 let done = stop.load(Ordering::SeqCst);
                 let view = db.changes_view();
-                for e in view.since(checkpoint, false) {
+                let mut entries = view.since(checkpoint, false);
+                while let Some(e) = entries.next().await {
                     let e = e.unwrap();
                     assert!(
                         e.seq > checkpoint,
@@ -98,13 +91,15 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
                     seen.push((e.id, e.seq));
                 }
                 checkpoint = view.seq();
+                drop(entries);
                 drop(view);
                 if done {
                     return seen;
                 }
-                rt.block_on(async {
+                async {
                     let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
-                });
+                }
+                .await;
             }
         })
     };
@@ -113,7 +108,7 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
         .into_iter()
         .enumerate()
         .map(|(w, db)| {
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 let mut created = Vec::new();
                 for i in 0..ROUNDS {
                     let r = write(
@@ -122,7 +117,8 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
                             edit(&format!("n{w}-{i}"), None, json!({ "i": i })),
                             edit("shared", None, json!({ "w": w })),
                         ],
-                    );
+                    )
+                    .await;
                     created.push(r[0].clone().unwrap());
                     if let Ok(o) = &r[1] {
                         created.push(o.clone());
@@ -134,7 +130,7 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
         .collect();
     let mut created: Vec<WriteOutcome> = Vec::new();
     for w in writers {
-        created.extend(w.join().unwrap());
+        created.extend(w.await.unwrap());
     }
     let seqs: BTreeSet<u64> = created.iter().map(|o| o.seq).collect();
     assert_eq!(
@@ -150,9 +146,9 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
     let last = *seqs.iter().last().unwrap();
     assert_eq!(last, (4 * ROUNDS + 1) as u64, "no gaps");
     // node B learns of node A's last writes, then the reader finishes
-    wait_for(&mut db_b.subscribe(), last);
+    wait_for(&mut db_b.subscribe(), last).await;
     stop.store(true, Ordering::SeqCst);
-    let seen = reader.join().unwrap();
+    let seen = reader.await.unwrap();
     let by_id: HashMap<&str, Vec<u64>> = seen.iter().fold(HashMap::new(), |mut m, (id, s)| {
         m.entry(id.as_str()).or_default().push(*s);
         m
@@ -166,35 +162,41 @@ fn two_nodes_write_one_database_and_a_reader_never_sees_the_past() {
         );
     }
     assert_eq!(seen.last().map(|(_, s)| *s), Some(last));
-    assert_eq!(da.doc_count().unwrap(), (4 * ROUNDS + 1) as u64);
-    assert_eq!(db_b.doc_count().unwrap(), (4 * ROUNDS + 1) as u64);
+    assert_eq!(da.doc_count().await.unwrap(), (4 * ROUNDS + 1) as u64);
+    assert_eq!(db_b.doc_count().await.unwrap(), (4 * ROUNDS + 1) as u64);
 }
 
 /// A write through one store wakes a subscriber of another store (another node) on the same
 /// PostgreSQL database: by NOTIFY, or by polling.
-fn wakes_other_node(mode: ChangeNotify) {
+async fn wakes_other_node(mode: ChangeNotify) {
     let url = pg_cluster::fresh_database();
-    let a = node(&url, ChangeNotify::Listen);
-    let b = node(&url, mode);
-    let da = a.database("db").unwrap();
-    let db_b = b.database("db").unwrap();
-    let other = b.database("other").unwrap();
+    let a = node(&url, ChangeNotify::Listen).await;
+    let b = node(&url, mode).await;
+    let da = a.database("db").await.unwrap();
+    let db_b = b.database("db").await.unwrap();
+    let other = b.database("other").await.unwrap();
     let mut rx = db_b.subscribe();
     let other_rx = other.subscribe();
     assert_eq!(*rx.borrow_and_update(), 0);
     let first = write(&*da, vec![edit("x", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
-    assert_eq!(wait_for(&mut rx, first.seq), first.seq);
+    assert_eq!(wait_for(&mut rx, first.seq).await, first.seq);
     assert_eq!(db_b.last_seq(), first.seq);
     // later writes too (with LISTEN, only a notification can bring these)
     for i in 0..3 {
         let w = write(&*da, vec![edit(&format!("y{i}"), None, json!({}))])
+            .await
             .remove(0)
             .unwrap();
-        assert_eq!(wait_for(&mut rx, w.seq), w.seq);
+        assert_eq!(wait_for(&mut rx, w.seq).await, w.seq);
         let view = db_b.changes_view();
-        let ids: Vec<String> = view.since(0, false).map(|e| e.unwrap().id).collect();
+        let mut entries = view.since(0, false);
+        let mut ids: Vec<String> = Vec::new();
+        while let Some(e) = entries.next().await {
+            ids.push(e.unwrap().id);
+        }
         assert!(ids.contains(&format!("y{i}")));
     }
     // a principal write moves the sequence and wakes too
@@ -202,63 +204,67 @@ fn wakes_other_node(mode: ChangeNotify) {
         .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| {
             Ok(b"{}".to_vec())
         })
+        .await
         .unwrap();
-    assert_eq!(wait_for(&mut rx, seq), seq);
+    assert_eq!(wait_for(&mut rx, seq).await, seq);
     // another database of the same PostgreSQL database was not woken
     assert!(!other_rx.has_changed().unwrap());
     assert_eq!(other.last_seq(), 0);
 }
 
-#[test]
-fn notify_wakes_a_subscriber_on_another_node() {
-    wakes_other_node(ChangeNotify::Listen);
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notify_wakes_a_subscriber_on_another_node() {
+    wakes_other_node(ChangeNotify::Listen).await;
 }
 
-#[test]
-fn polling_wakes_a_subscriber_on_another_node() {
-    wakes_other_node(ChangeNotify::Poll(Duration::from_millis(50)));
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polling_wakes_a_subscriber_on_another_node() {
+    wakes_other_node(ChangeNotify::Poll(Duration::from_millis(50))).await;
 }
 
-#[test]
-fn nodes_starting_together_create_the_schema_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_starting_together_create_the_schema_once() {
     let url = pg_cluster::fresh_database();
     let opens: Vec<_> = (0..6)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 PgStore::open(&PgOptions {
                     url,
                     pool_size: 2,
                     notify: ChangeNotify::Listen,
                 })
+                .await
             })
         })
         .collect();
-    let stores: Vec<PgStore> = opens
-        .into_iter()
-        .map(|t| t.join().unwrap().unwrap())
-        .collect();
-    let dbs: Vec<_> = stores.iter().map(|s| s.database("db").unwrap()).collect();
+    let mut stores: Vec<PgStore> = Vec::new();
+    for t in opens {
+        stores.push(t.await.unwrap().unwrap());
+    }
+    let mut dbs = Vec::new();
+    for s in &stores {
+        dbs.push(s.database("db").await.unwrap());
+    }
     let w = write(&*dbs[0], vec![edit("d", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
-    assert!(dbs[5].doc_meta("d").unwrap().is_some());
+    assert!(dbs[5].doc_meta("d").await.unwrap().is_some());
     // server values: whichever node stores first, all agree
-    let values: Vec<Vec<u8>> = stores
-        .iter()
-        .enumerate()
-        .map(|(i, s)| s.server_value("key", &mut || vec![i as u8]).unwrap())
-        .collect();
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        values.push(s.server_value("key", &mut || vec![i as u8]).await.unwrap());
+    }
     assert!(values.iter().all(|v| *v == values[0]));
     assert_eq!(w.seq, 1);
 }
 
-#[test]
-fn a_newer_schema_is_refused() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_schema_is_refused() {
     let url = pg_cluster::fresh_database();
-    drop(node(&url, ChangeNotify::Listen));
-    let rt = rt();
-    rt.block_on(async {
+    drop(node(&url, ChangeNotify::Listen).await);
+    async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -267,19 +273,21 @@ fn a_newer_schema_is_refused() {
             .batch_execute("INSERT INTO syncgate_schema_version (version) VALUES (99)")
             .await
             .unwrap();
-    });
+    }
+    .await;
     let err = PgStore::open(&PgOptions {
         url,
         pool_size: 2,
         notify: ChangeNotify::Listen,
     })
+    .await
     .err()
     .expect("a newer schema must be refused");
     assert!(err.to_string().contains("version 99, newer"), "{err}");
 }
 
-#[test]
-fn an_unreachable_server_is_unavailable_not_an_engine_failure() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_server_is_unavailable_not_an_engine_failure() {
     // a loopback port nothing listens on
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -291,92 +299,110 @@ fn an_unreachable_server_is_unavailable_not_an_engine_failure() {
         pool_size: 2,
         notify: ChangeNotify::Listen,
     })
+    .await
     .err()
     .expect("nothing listens there");
     assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
     assert!(!err.to_string().contains("secret"));
 }
 
+/// A store serves callers on any runtime: the pool's connections run on the backend's own
+/// runtime, so a connection made for a caller on one runtime serves a caller on another one
+/// while the first sits idle (its tasks not polled) or is gone.
 #[test]
-fn writes_from_a_multi_thread_runtime_and_a_plain_thread() {
+fn a_store_serves_callers_on_runtimes_that_come_and_go() {
     let url = pg_cluster::fresh_database();
-    let store = node(&url, ChangeNotify::Listen);
-    let db = store.database("db").unwrap();
-    // synchronous calls from a worker of the caller's multi-thread runtime (as handlers do)
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let d = db.clone();
-    let seq = rt
-        .block_on(rt.spawn(async move {
-            let (r, t) = d.write_docs(vec![edit("mt", None, json!({}))]).unwrap();
-            d.durable(t).await.unwrap();
-            assert!(d.doc_meta("mt").unwrap().is_some());
-            r[0].as_ref().unwrap().seq
-        }))
-        .unwrap();
-    // and from a plain thread
-    let (r, _) = db.write_docs(vec![edit("plain", None, json!({}))]).unwrap();
-    assert_eq!(r[0].as_ref().unwrap().seq, seq + 1);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let store = first.block_on(node(&url, ChangeNotify::Listen));
+    let db = first.block_on(store.database("db")).unwrap();
+    let seq = first.block_on(async {
+        let r = write(&*db, vec![edit("a", None, json!({}))]).await;
+        r[0].as_ref().unwrap().seq
+    });
+    // `first` stays alive but idle: a connection whose task lived there would never answer
+    let second = runtime();
+    second.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let r = write(&*db, vec![edit("b", None, json!({}))]).await;
+            assert_eq!(r[0].as_ref().unwrap().seq, seq + 1);
+            assert!(db.doc_meta("a").await.unwrap().is_some());
+        })
+        .await
+        .expect("a call from another runtime hung (a guard, not a speed check)");
+    });
+    drop(first);
+    let third = runtime();
+    third.block_on(async {
+        assert!(db.doc_meta("b").await.unwrap().is_some());
+    });
 }
 
 /// A setting written on node A moves the settings watch of node B's handle (the signal to
 /// reload the sync function), and another database's watch stays still.
-fn settings_reach_other_node(mode: ChangeNotify) {
+async fn settings_reach_other_node(mode: ChangeNotify) {
     let url = pg_cluster::fresh_database();
-    let a = node(&url, ChangeNotify::Listen);
-    let b = node(&url, mode);
+    let a = node(&url, ChangeNotify::Listen).await;
+    let b = node(&url, mode).await;
     let (da, db_b, other) = (
-        a.database("db").unwrap(),
-        b.database("db").unwrap(),
-        b.database("other").unwrap(),
+        a.database("db").await.unwrap(),
+        b.database("db").await.unwrap(),
+        b.database("other").await.unwrap(),
     );
     let mut rx = db_b
         .settings_changes()
         .expect("PostgreSQL reports settings changes");
     let other_rx = other.settings_changes().unwrap();
     let v0 = *rx.borrow_and_update();
-    da.put_setting("sync_function", Some(b"one")).unwrap();
-    let v1 = wait_for(&mut rx, v0 + 1);
-    assert_eq!(db_b.get_setting("sync_function").unwrap().unwrap(), b"one");
-    da.put_setting("sync_function", None).unwrap();
-    wait_for(&mut rx, v1 + 1);
-    assert_eq!(db_b.get_setting("sync_function").unwrap(), None);
+    da.put_setting("sync_function", Some(b"one")).await.unwrap();
+    let v1 = wait_for(&mut rx, v0 + 1).await;
+    assert_eq!(
+        db_b.get_setting("sync_function").await.unwrap().unwrap(),
+        b"one"
+    );
+    da.put_setting("sync_function", None).await.unwrap();
+    wait_for(&mut rx, v1 + 1).await;
+    assert_eq!(db_b.get_setting("sync_function").await.unwrap(), None);
     // a document write moves no settings version
     let before = *rx.borrow_and_update();
     let w = write(&*da, vec![edit("d", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
-    wait_for(&mut db_b.subscribe(), w.seq);
+    wait_for(&mut db_b.subscribe(), w.seq).await;
     assert_eq!(*rx.borrow_and_update(), before);
     assert!(!other_rx.has_changed().unwrap());
 }
 
-#[test]
-fn notify_brings_settings_changes_to_another_node() {
-    settings_reach_other_node(ChangeNotify::Listen);
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notify_brings_settings_changes_to_another_node() {
+    settings_reach_other_node(ChangeNotify::Listen).await;
 }
 
-#[test]
-fn polling_brings_settings_changes_to_another_node() {
-    settings_reach_other_node(ChangeNotify::Poll(Duration::from_millis(50)));
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polling_brings_settings_changes_to_another_node() {
+    settings_reach_other_node(ChangeNotify::Poll(Duration::from_millis(50))).await;
 }
 
 /// A database made by a build of schema version 1 is migrated to version 2 at open, data
 /// kept.
-#[test]
-fn a_version_1_schema_is_migrated() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_1_schema_is_migrated() {
     let url = pg_cluster::fresh_database();
     {
-        let a = node(&url, ChangeNotify::Listen);
+        let a = node(&url, ChangeNotify::Listen).await;
         write(
-            &*a.database("db").unwrap(),
+            &*a.database("db").await.unwrap(),
             vec![edit("kept", None, json!({}))],
-        );
+        )
+        .await;
     }
-    rt().block_on(async {
+    async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -389,31 +415,27 @@ fn a_version_1_schema_is_migrated() {
             )
             .await
             .unwrap();
-    });
-    let a = node(&url, ChangeNotify::Listen);
-    let db = a.database("db").unwrap();
-    assert!(db.doc_meta("kept").unwrap().is_some());
-    db.put_setting("k", Some(b"v")).unwrap();
-    assert_eq!(db.get_setting("k").unwrap().unwrap(), b"v");
+    }
+    .await;
+    let a = node(&url, ChangeNotify::Listen).await;
+    let db = a.database("db").await.unwrap();
+    assert!(db.doc_meta("kept").await.unwrap().is_some());
+    db.put_setting("k", Some(b"v")).await.unwrap();
+    assert_eq!(db.get_setting("k").await.unwrap().unwrap(), b"v");
 }
 
 /// `change_notify: "poll"` sends no `NOTIFY` (engines without `pg_notify`, such as
 /// CockroachDB, would refuse every write): a `LISTEN`ing connection hears nothing of a poll
 /// node's document, principal and settings writes, which another poll node still sees; the
 /// same writes from a `LISTEN` node are heard (the listener works).
-#[test]
-fn polling_nodes_send_no_notify_and_still_see_each_other() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polling_nodes_send_no_notify_and_still_see_each_other() {
     let url = pg_cluster::fresh_database();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let _listener = {
         let heard = heard.clone();
         let url = url.clone();
-        rt.block_on(async move {
+        async move {
             use futures_util::StreamExt;
             let (client, mut conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
@@ -431,37 +453,44 @@ fn polling_nodes_send_no_notify_and_still_see_each_other() {
                 .await
                 .unwrap();
             client
-        })
+        }
+        .await
     };
     let poll = ChangeNotify::Poll(Duration::from_millis(50));
-    let (a, b) = (node(&url, poll), node(&url, poll));
-    let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+    let (a, b) = (node(&url, poll).await, node(&url, poll).await);
+    let (da, db_b) = (
+        a.database("db").await.unwrap(),
+        b.database("db").await.unwrap(),
+    );
     let mut rx = db_b.subscribe();
     let mut settings = db_b.settings_changes().unwrap();
     let v0 = *settings.borrow_and_update();
     let w = write(&*da, vec![edit("x", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
-    assert_eq!(wait_for(&mut rx, w.seq), w.seq);
+    assert_eq!(wait_for(&mut rx, w.seq).await, w.seq);
     let (seq, _) = da
         .put_principal(syncgate_storage::PrincipalKind::User, "u", &mut |_| {
             Ok(b"{}".to_vec())
         })
+        .await
         .unwrap();
-    assert_eq!(wait_for(&mut rx, seq), seq);
-    da.put_setting("sync_function", Some(b"one")).unwrap();
-    wait_for(&mut settings, v0 + 1);
-    da.raise_seq(seq + 10).unwrap();
-    assert_eq!(wait_for(&mut rx, seq + 10), seq + 10);
+    assert_eq!(wait_for(&mut rx, seq).await, seq);
+    da.put_setting("sync_function", Some(b"one")).await.unwrap();
+    wait_for(&mut settings, v0 + 1).await;
+    da.raise_seq(seq + 10).await.unwrap();
+    assert_eq!(wait_for(&mut rx, seq + 10).await, seq + 10);
     // the same writes from a LISTEN node are heard (so silence above means none was sent)
-    let l = node(&url, ChangeNotify::Listen);
-    let dl = l.database("db").unwrap();
+    let l = node(&url, ChangeNotify::Listen).await;
+    let dl = l.database("db").await.unwrap();
     let w = write(&*dl, vec![edit("y", None, json!({}))])
+        .await
         .remove(0)
         .unwrap();
-    assert_eq!(wait_for(&mut rx, w.seq), w.seq);
-    dl.put_setting("sync_function", None).unwrap();
-    rt.block_on(async {
+    assert_eq!(wait_for(&mut rx, w.seq).await, w.seq);
+    dl.put_setting("sync_function", None).await.unwrap();
+    async {
         tokio::time::timeout(Duration::from_secs(20), async {
             while heard.lock().unwrap().len() < 2 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -469,7 +498,8 @@ fn polling_nodes_send_no_notify_and_still_see_each_other() {
         })
         .await
         .expect("the LISTEN node's notifications never arrived")
-    });
+    }
+    .await;
     let heard = heard.lock().unwrap().clone();
     assert_eq!(
         heard,
@@ -483,8 +513,8 @@ fn polling_nodes_send_no_notify_and_still_see_each_other() {
 /// and `prefer`; `verify-full` with another CA is refused with a TLS error saying so (at
 /// startup: `Incompatible`, exit 2), never repeating the password; `disable` cannot connect.
 /// The cluster authenticates with SCRAM (over TLS).
-#[test]
-fn tls_sslmode_and_sslrootcert() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_sslmode_and_sslrootcert() {
     let (cluster, ca, other_ca) = pg_cluster::Dedicated::start_tls();
     let port = cluster
         .url()
@@ -495,12 +525,13 @@ fn tls_sslmode_and_sslrootcert() {
     let url = |host: &str, params: &str| {
         format!("postgres://postgres:hunter2@{host}:{port}/postgres?{params}")
     };
-    let opens = |u: String| {
+    let opens = async |u: String| {
         PgStore::open(&PgOptions {
             url: u,
             pool_size: 2,
             notify: ChangeNotify::Listen,
         })
+        .await
     };
     let ca = ca.display().to_string();
     for (host, params) in [
@@ -511,24 +542,35 @@ fn tls_sslmode_and_sslrootcert() {
         ("127.0.0.1", String::new()),
     ] {
         // the store works over it: the listener (LISTEN connection) too
-        let a = opens(url(host, &params)).unwrap_or_else(|e| panic!("{params}: {e}"));
-        let b = opens(url(host, &params)).unwrap();
-        let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+        let a = opens(url(host, &params))
+            .await
+            .unwrap_or_else(|e| panic!("{params}: {e}"));
+        let b = opens(url(host, &params)).await.unwrap();
+        let (da, db_b) = (
+            a.database("db").await.unwrap(),
+            b.database("db").await.unwrap(),
+        );
         let mut rx = db_b.subscribe();
         let w = write(
             &*da,
             vec![edit(&format!("{host}{params}"), None, json!({}))],
         )
+        .await
         .remove(0)
         .unwrap();
-        assert_eq!(wait_for(&mut rx, w.seq), w.seq, "{params}");
+        assert_eq!(wait_for(&mut rx, w.seq).await, w.seq, "{params}");
     }
     for params in [
         format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
         format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
     ] {
-        let e = opens(url("127.0.0.1", &params)).err().unwrap().to_string();
-        let StorageError::Incompatible(_) = opens(url("127.0.0.1", &params)).err().unwrap() else {
+        let e = opens(url("127.0.0.1", &params))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        let StorageError::Incompatible(_) = opens(url("127.0.0.1", &params)).await.err().unwrap()
+        else {
             panic!("{params}: not a startup error: {e}");
         };
         assert!(
@@ -542,13 +584,16 @@ fn tls_sslmode_and_sslrootcert() {
         "postgres://postgres@localhost:{port}/postgres?host={}",
         cluster.socket_dir().display()
     );
-    let s = opens(socket).unwrap_or_else(|e| panic!("over the socket: {e}"));
-    s.database("db").unwrap();
+    let s = opens(socket)
+        .await
+        .unwrap_or_else(|e| panic!("over the socket: {e}"));
+    s.database("db").await.unwrap();
     // a missing CA file is named
     let e = opens(url(
         "127.0.0.1",
         "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
     ))
+    .await
     .err()
     .unwrap()
     .to_string();
@@ -556,26 +601,33 @@ fn tls_sslmode_and_sslrootcert() {
     // the password is checked (SCRAM over TLS above)
     let e =
         opens(url("127.0.0.1", "sslmode=require").replace(pg_cluster::TLS_PASSWORD, "wrong-pw"))
+            .await
             .err()
             .unwrap();
     assert!(e.to_string().contains("password"), "{e}");
     // the cluster refuses unencrypted connections: TLS really was used above
-    let e = opens(url("127.0.0.1", "sslmode=disable")).err().unwrap();
+    let e = opens(url("127.0.0.1", "sslmode=disable"))
+        .await
+        .err()
+        .unwrap();
     assert!(!matches!(e, StorageError::Incompatible(_)), "{e}");
     assert!(e.to_string().contains("no encryption"), "{e}");
 }
 
 /// Compaction works through the database a page at a time (past the first page), while
 /// another node writes: every old body goes, every write lands, the leaves stay.
-#[test]
-fn compaction_pages_through_the_documents_while_another_node_writes() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_pages_through_the_documents_while_another_node_writes() {
     const DOCS: usize = 700;
     let url = pg_cluster::fresh_database();
     let (a, b) = (
-        node(&url, ChangeNotify::Listen),
-        node(&url, ChangeNotify::Listen),
+        node(&url, ChangeNotify::Listen).await,
+        node(&url, ChangeNotify::Listen).await,
     );
-    let (da, db_b) = (a.database("db").unwrap(), b.database("db").unwrap());
+    let (da, db_b) = (
+        a.database("db").await.unwrap(),
+        b.database("db").await.unwrap(),
+    );
     // each revision with an attachment of its own: the first ones' go with their bodies
     let attach = |mut w: DocWrite, bytes: String| {
         if let DocWrite::Edit { attachments, .. } = &mut w {
@@ -600,7 +652,8 @@ fn compaction_pages_through_the_documents_while_another_node_writes() {
                 )
             })
             .collect(),
-    );
+    )
+    .await;
     let seconds: Vec<DocWrite> = firsts
         .iter()
         .enumerate()
@@ -612,30 +665,32 @@ fn compaction_pages_through_the_documents_while_another_node_writes() {
             )
         })
         .collect();
-    write(&*da, seconds);
+    write(&*da, seconds).await;
     let writer = {
         let db = db_b.clone();
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
             for i in 0..50 {
-                let r = write(&*db, vec![edit(&format!("during{i}"), None, json!({}))]);
+                let r = write(&*db, vec![edit(&format!("during{i}"), None, json!({}))]).await;
                 r.into_iter().for_each(|r| {
                     r.unwrap();
                 });
             }
         })
     };
-    let stats = da.compact().unwrap();
-    writer.join().unwrap();
+    let stats = da.compact().await.unwrap();
+    writer.await.unwrap();
     assert_eq!(stats.bodies_removed, DOCS as u64);
     assert_eq!(stats.attachments_removed, DOCS as u64);
     for i in (0..DOCS).step_by(97) {
         let digest = |t: String| syncgate_storage::attachment_digest(t.as_bytes());
         assert!(da
             .attachment(&digest(format!("old {i}")))
+            .await
             .unwrap()
             .is_none());
         assert!(da
             .attachment(&digest(format!("new {i}")))
+            .await
             .unwrap()
             .is_some());
     }
@@ -643,32 +698,31 @@ fn compaction_pages_through_the_documents_while_another_node_writes() {
         let id = format!("d{i:04}");
         assert!(da
             .rev_body(&id, &w.as_ref().unwrap().rev)
+            .await
             .unwrap()
             .is_none());
-        let meta = da.doc_meta(&id).unwrap().unwrap();
-        assert!(meta
-            .tree
-            .leaves()
-            .iter()
-            .all(|l| da.rev_body(&id, &l.rev).unwrap().is_some()));
+        let meta = da.doc_meta(&id).await.unwrap().unwrap();
+        for l in meta.tree.leaves() {
+            assert!(da.rev_body(&id, &l.rev).await.unwrap().is_some());
+        }
     }
-    assert_eq!(db_b.doc_count().unwrap(), (DOCS + 50) as u64);
-    assert_eq!(da.compact().unwrap().bodies_removed, 0);
+    assert_eq!(db_b.doc_count().await.unwrap(), (DOCS + 50) as u64);
+    assert_eq!(da.compact().await.unwrap().bodies_removed, 0);
 }
 
 /// A write transaction PostgreSQL aborts to break a deadlock (SQLSTATE 40P01) is run again
 /// and succeeds: an outside transaction holds a document's row while the write (holding the
 /// counter row) waits for it, then asks for the counter row itself.
-#[test]
-fn a_write_aborted_by_a_deadlock_is_retried() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_aborted_by_a_deadlock_is_retried() {
     let url = pg_cluster::fresh_database();
-    let a = node(&url, ChangeNotify::Listen);
-    let db = a.database("db").unwrap();
+    let a = node(&url, ChangeNotify::Listen).await;
+    let db = a.database("db").await.unwrap();
     let first = write(&*db, vec![edit("x", None, json!({"n": 1}))])
+        .await
         .remove(0)
         .unwrap();
-    let rt = rt();
-    let client = rt.block_on(async {
+    let client = async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -682,14 +736,17 @@ fn a_write_aborted_by_a_deadlock_is_retried() {
             .await
             .unwrap();
         client
-    });
+    }
+    .await;
     let writer = {
         let db = db.clone();
         let parent = first.rev.clone();
-        std::thread::spawn(move || write(&*db, vec![edit("x", Some(&parent), json!({"n": 2}))]))
+        tokio::spawn(
+            async move { write(&*db, vec![edit("x", Some(&parent), json!({"n": 2}))]).await },
+        )
     };
     // wait until the writer waits for the row (a guard against hanging, not a speed check)
-    rt.block_on(async {
+    async {
         for _ in 0..1500 {
             let n: i64 = client
                 .query_one(
@@ -706,9 +763,10 @@ fn a_write_aborted_by_a_deadlock_is_retried() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("the write never waited for the locked row");
-    });
+    }
+    .await;
     // now the deadlock: PostgreSQL aborts the writer's transaction, this one gets the row
-    rt.block_on(async {
+    async {
         client
             .query_one(
                 "SELECT last_seq FROM syncgate_counters WHERE db = 'db' FOR UPDATE",
@@ -717,10 +775,11 @@ fn a_write_aborted_by_a_deadlock_is_retried() {
             .await
             .unwrap();
         client.batch_execute("COMMIT").await.unwrap();
-    });
-    let out = writer.join().unwrap().remove(0).unwrap();
+    }
+    .await;
+    let out = writer.await.unwrap().remove(0).unwrap();
     assert!(out.rev.starts_with("2-"), "{}", out.rev);
-    let meta = db.doc_meta("x").unwrap().unwrap();
+    let meta = db.doc_meta("x").await.unwrap().unwrap();
     assert_eq!(meta.winner(), Some((out.rev.as_str(), false)));
     assert_eq!(meta.seq, out.seq);
 }

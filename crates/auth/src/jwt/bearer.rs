@@ -48,7 +48,7 @@ pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(
     if name == GUEST {
         return Err(rejected("a token cannot act as GUEST"));
     }
-    if let Some(u) = principals.load(name)? {
+    if let Some(u) = principals.load(name).await? {
         if up_to_date(&u.record, id) {
             return Ok(());
         }
@@ -59,22 +59,24 @@ pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(
     } else {
         principals::validate_name(name).map_err(|e| rejected(format!("user name: {e}")))?;
     }
-    let (written, ()) = principals.modify_user(name, |cur| {
-        let mut rec = match cur {
-            Some(c) => c.clone(),
-            None if id.register => UserRecord::new(name),
-            None => {
-                return Err(rejected(
-                    "unknown user (this provider does not register new users)",
-                ))
-            }
-        };
-        rec.jwt_issuer = Some(id.issuer.clone());
-        rec.jwt_roles = regrant(&rec.jwt_roles, &id.roles);
-        rec.jwt_channels = regrant(&rec.jwt_channels, &id.channels);
-        rec.email = email_for(id, rec.email.as_ref());
-        Ok(((cur != Some(&rec)).then_some(rec), ()))
-    })?;
+    let (written, ()) = principals
+        .modify_user(name, |cur| {
+            let mut rec = match cur {
+                Some(c) => c.clone(),
+                None if id.register => UserRecord::new(name),
+                None => {
+                    return Err(rejected(
+                        "unknown user (this provider does not register new users)",
+                    ))
+                }
+            };
+            rec.jwt_issuer = Some(id.issuer.clone());
+            rec.jwt_roles = regrant(&rec.jwt_roles, &id.roles);
+            rec.jwt_channels = regrant(&rec.jwt_channels, &id.channels);
+            rec.email = email_for(id, rec.email.as_ref());
+            Ok(((cur != Some(&rec)).then_some(rec), ()))
+        })
+        .await?;
     if let Some((rec, ticket)) = written {
         tracing::debug!(user = %rec.name, provider = %id.provider, "user updated from token");
         principals.store().durable(ticket).await?;
@@ -85,14 +87,14 @@ pub(crate) async fn apply(id: &JwtIdentity, principals: &Principals) -> Result<(
 /// Clears `jwt_issuer`, `jwt_roles` and `jwt_channels` of users whose issuer is no longer a
 /// configured provider (SG checks this per request; providers only change with the config,
 /// so once at startup is the same). Returns how many users were changed.
-pub fn revoke_stale_grants(
+pub async fn revoke_stale_grants(
     principals: &Principals,
     jwt: Option<&JwtAuth>,
 ) -> Result<usize, AuthError> {
     let mut changed = 0;
     let mut last_ticket = None;
-    for name in principals.user_names()? {
-        let Some(u) = principals.get_user(&name)? else {
+    for name in principals.user_names().await? {
+        let Some(u) = principals.get_user(&name).await? else {
             continue;
         };
         let Some(iss) = &u.jwt_issuer else {
@@ -101,16 +103,18 @@ pub fn revoke_stale_grants(
         if jwt.is_some_and(|j| j.has_issuer(iss)) {
             continue;
         }
-        let (written, ()) = principals.modify_user(&name, |cur| {
-            let rec = cur.filter(|c| c.jwt_issuer.is_some()).map(|c| {
-                let mut c = c.clone();
-                c.jwt_issuer = None;
-                c.jwt_roles.clear();
-                c.jwt_channels.clear();
-                c
-            });
-            Ok((rec, ()))
-        })?;
+        let (written, ()) = principals
+            .modify_user(&name, |cur| {
+                let rec = cur.filter(|c| c.jwt_issuer.is_some()).map(|c| {
+                    let mut c = c.clone();
+                    c.jwt_issuer = None;
+                    c.jwt_roles.clear();
+                    c.jwt_channels.clear();
+                    c
+                });
+                Ok((rec, ()))
+            })
+            .await?;
         if let Some((_, t)) = written {
             changed += 1;
             last_ticket = Some(t);
@@ -182,10 +186,10 @@ mod tests {
         // unknown without register
         let e = apply(&ident("u1", false, &[]), &p).await.unwrap_err();
         assert!(e.to_string().contains("unknown user"), "{e}");
-        assert!(p.get_user("u1").unwrap().is_none());
+        assert!(p.get_user("u1").await.unwrap().is_none());
         // registered with the token's grants and no password
         apply(&ident("u1", true, &["r1"]), &p).await.unwrap();
-        let u = p.get_user("u1").unwrap().unwrap();
+        let u = p.get_user("u1").await.unwrap().unwrap();
         assert_eq!(u.jwt_issuer.as_deref(), Some("https://issuer.example"));
         assert!(u.jwt_roles.contains_key("r1") && u.jwt_channels.contains_key("c1"));
         assert_eq!(u.email.as_deref(), Some("a@b.example"));
@@ -193,10 +197,10 @@ mod tests {
         let seq = u.seq;
         // the same token again writes nothing
         apply(&ident("u1", true, &["r1"]), &p).await.unwrap();
-        assert_eq!(p.get_user("u1").unwrap().unwrap().seq, seq);
+        assert_eq!(p.get_user("u1").await.unwrap().unwrap().seq, seq);
         // new roles claim: updated, old JWT role gone; an existing user needs no register
         apply(&ident("u1", false, &["r2"]), &p).await.unwrap();
-        let u = p.get_user("u1").unwrap().unwrap();
+        let u = p.get_user("u1").await.unwrap().unwrap();
         assert!(u.seq > seq);
         assert_eq!(u.jwt_roles.keys().collect::<Vec<_>>(), ["r2"]);
         // never GUEST
@@ -207,10 +211,10 @@ mod tests {
                 "client_id": "", "algorithms": ["HS256"], "hmac_secret": "s"}}))
             .unwrap();
         let jwt = JwtAuth::new(None, Some(&local)).unwrap().unwrap();
-        assert_eq!(revoke_stale_grants(&p, Some(&jwt)).unwrap(), 0);
-        assert_eq!(revoke_stale_grants(&p, None).unwrap(), 1);
-        let u = p.get_user("u1").unwrap().unwrap();
+        assert_eq!(revoke_stale_grants(&p, Some(&jwt)).await.unwrap(), 0);
+        assert_eq!(revoke_stale_grants(&p, None).await.unwrap(), 1);
+        let u = p.get_user("u1").await.unwrap().unwrap();
         assert!(u.jwt_issuer.is_none() && u.jwt_roles.is_empty() && u.jwt_channels.is_empty());
-        assert_eq!(revoke_stale_grants(&p, None).unwrap(), 0);
+        assert_eq!(revoke_stale_grants(&p, None).await.unwrap(), 0);
     }
 }

@@ -92,16 +92,18 @@ impl LoginStore {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    pub fn put(&self, state: &str, rec: &LoginRecord) -> Result<(), AuthError> {
+    pub async fn put(&self, state: &str, rec: &LoginRecord) -> Result<(), AuthError> {
         let bytes = serde_json::to_vec(rec)
             .map_err(|e| AuthError::Internal(format!("login transaction encoding: {e}")))?;
-        self.store.put_login(&self.storage_key(state), bytes)?;
+        self.store
+            .put_login(&self.storage_key(state), bytes)
+            .await?;
         Ok(())
     }
 
     /// Removes and returns the transaction of a state (None: unknown or already used).
-    pub fn take(&self, state: &str) -> Result<Option<LoginRecord>, AuthError> {
-        match self.store.take_login(&self.storage_key(state))? {
+    pub async fn take(&self, state: &str) -> Result<Option<LoginRecord>, AuthError> {
+        match self.store.take_login(&self.storage_key(state)).await? {
             Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
                 AuthError::Internal(format!(
                     "stored OpenID Connect login transaction does not decode: {e}"
@@ -112,10 +114,11 @@ impl LoginStore {
     }
 
     /// Deletes expired (and undecodable) transactions; returns how many.
-    pub fn collect(&self, now_ms: u64) -> Result<usize, AuthError> {
+    pub async fn collect(&self, now_ms: u64) -> Result<usize, AuthError> {
         let dead: Vec<String> = self
             .store
-            .list_logins()?
+            .list_logins()
+            .await?
             .into_iter()
             .filter(|(_, v)| {
                 serde_json::from_slice::<LoginRecord>(v).map_or(true, |r| r.expires_ms <= now_ms)
@@ -123,13 +126,13 @@ impl LoginStore {
             .map(|(k, _)| k)
             .collect();
         if !dead.is_empty() {
-            self.store.delete_logins(&dead)?;
+            self.store.delete_logins(&dead).await?;
         }
         Ok(dead.len())
     }
 
-    pub fn count(&self) -> Result<usize, AuthError> {
-        Ok(self.store.list_logins()?.len())
+    pub async fn count(&self) -> Result<usize, AuthError> {
+        Ok(self.store.list_logins().await?.len())
     }
 }
 
@@ -542,7 +545,7 @@ impl CodeFlow {
             return_to,
             expires_ms: now_ms() + self.login_ttl.as_millis() as u64,
         };
-        self.logins.put(&state, &rec)?;
+        self.logins.put(&state, &rec).await?;
         Ok(LoginStart {
             authorization_url: url.to_string(),
             set_cookie: login_cookie(cookie, &binding, self.login_ttl.as_secs()),
@@ -578,7 +581,7 @@ impl CodeFlow {
         principals: &Principals,
     ) -> Result<Login, AuthError> {
         let rec = match q.state.as_deref().filter(|s| !s.is_empty()) {
-            Some(state) => self.logins.take(state)?,
+            Some(state) => self.logins.take(state).await?,
             None => None,
         };
         if let Some(err) = &q.error {
@@ -771,7 +774,7 @@ impl CodeFlow {
 /// Registers or updates the token's user as a Bearer token would, but refuses a disabled
 /// user before anything is written (SPEC §6: disabled users are refused on every path).
 async fn apply_login(id: &JwtIdentity, principals: &Principals) -> Result<(), AuthError> {
-    if let Some(u) = principals.load(&id.username)? {
+    if let Some(u) = principals.load(&id.username).await? {
         if u.record.disabled {
             return Err(refused("Invalid login: user is disabled"));
         }
@@ -814,14 +817,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn transactions_are_single_use_and_keyed_by_a_hash() {
+    #[tokio::test]
+    async fn transactions_are_single_use_and_keyed_by_a_hash() {
         let (_d, db) = store();
         let s = LoginStore::new(db.clone(), b"k".to_vec());
         let state = random_token(32);
         let r = rec(now_ms() + 1000);
-        s.put(&state, &r).unwrap();
-        let stored = db.list_logins().unwrap();
+        s.put(&state, &r).await.unwrap();
+        let stored = db.list_logins().await.unwrap();
         assert_eq!(stored.len(), 1);
         assert!(
             !stored[0].0.contains(&state),
@@ -831,45 +834,49 @@ mod tests {
         assert_eq!(
             LoginStore::new(db.clone(), b"other".to_vec())
                 .take(&state)
+                .await
                 .unwrap(),
             None
         );
-        assert_eq!(s.take("another-state").unwrap(), None);
-        assert_eq!(s.take(&state).unwrap(), Some(r));
-        assert_eq!(s.take(&state).unwrap(), None, "replay");
-        assert_eq!(s.count().unwrap(), 0);
+        assert_eq!(s.take("another-state").await.unwrap(), None);
+        assert_eq!(s.take(&state).await.unwrap(), Some(r));
+        assert_eq!(s.take(&state).await.unwrap(), None, "replay");
+        assert_eq!(s.count().await.unwrap(), 0);
     }
 
-    #[test]
-    fn concurrent_takes_get_one_record() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_takes_get_one_record() {
         let (_d, db) = store();
         let s = Arc::new(LoginStore::new(db, b"k".to_vec()));
-        s.put("st", &rec(now_ms() + 1000)).unwrap();
-        let hits: usize = (0..8)
+        s.put("st", &rec(now_ms() + 1000)).await.unwrap();
+        let takes: Vec<_> = (0..8)
             .map(|_| {
                 let s = s.clone();
-                std::thread::spawn(move || s.take("st").unwrap().is_some() as usize)
+                tokio::spawn(async move { s.take("st").await.unwrap().is_some() as usize })
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .sum();
+            .collect();
+        let mut hits = 0;
+        for t in takes {
+            hits += t.await.unwrap();
+        }
         assert_eq!(hits, 1);
     }
 
-    #[test]
-    fn expired_and_corrupt_transactions_are_collected() {
+    #[tokio::test]
+    async fn expired_and_corrupt_transactions_are_collected() {
         let (_d, db) = store();
         let s = LoginStore::new(db.clone(), b"k".to_vec());
-        s.put("old", &rec(1_000)).unwrap();
-        s.put("new", &rec(10_000)).unwrap();
-        db.put_login("junk", b"{".to_vec()).unwrap();
-        assert_eq!(s.collect(5_000).unwrap(), 2);
-        assert_eq!(s.count().unwrap(), 1);
-        assert!(s.take("new").unwrap().is_some());
+        s.put("old", &rec(1_000)).await.unwrap();
+        s.put("new", &rec(10_000)).await.unwrap();
+        db.put_login("junk", b"{".to_vec()).await.unwrap();
+        assert_eq!(s.collect(5_000).await.unwrap(), 2);
+        assert_eq!(s.count().await.unwrap(), 1);
+        assert!(s.take("new").await.unwrap().is_some());
         // a corrupt record met by take is an error naming it, never a default
-        db.put_login(&s.storage_key("bad"), b"[]".to_vec()).unwrap();
-        let e = s.take("bad").unwrap_err().to_string();
+        db.put_login(&s.storage_key("bad"), b"[]".to_vec())
+            .await
+            .unwrap();
+        let e = s.take("bad").await.unwrap_err().to_string();
         assert!(e.contains("login transaction does not decode"), "{e}");
     }
 
@@ -894,33 +901,34 @@ mod tests {
             Err(AuthError::BadRequest(m)) => m,
             other => panic!("expected a 400, got {other:?}"),
         };
-        let put =
-            |state: &str, expires_ms: u64| flow.logins().put(state, &rec(expires_ms)).unwrap();
+        let put = async |state: &str, expires_ms: u64| {
+            flow.logins().put(state, &rec(expires_ms)).await.unwrap()
+        };
         // unknown state
         let m = reason(flow.callback(&q("nope"), Some("cookie"), &principals).await);
         assert!(m.contains("State mismatch"), "{m}");
         // another browser's cookie: refused, and the transaction is used up
-        put("s1", now_ms() + 60_000);
+        put("s1", now_ms() + 60_000).await;
         let m = reason(flow.callback(&q("s1"), Some("other"), &principals).await);
         assert!(m.contains("did not start this login"), "{m}");
         let m = reason(flow.callback(&q("s1"), Some("cookie"), &principals).await);
         assert!(m.contains("already used"), "{m}");
         // no cookie at all
-        put("s2", now_ms() + 60_000);
+        put("s2", now_ms() + 60_000).await;
         let m = reason(flow.callback(&q("s2"), None, &principals).await);
         assert!(m.contains("cookies must be enabled"), "{m}");
         // expired
-        put("s3", now_ms() - 1);
+        put("s3", now_ms() - 1).await;
         let m = reason(flow.callback(&q("s3"), Some("cookie"), &principals).await);
         assert!(m.contains("expired"), "{m}");
         // another provider named on the callback (mix-up)
-        put("s4", now_ms() + 60_000);
+        put("s4", now_ms() + 60_000).await;
         let mut mixed = q("s4");
         mixed.provider = Some("other".into());
         let m = reason(flow.callback(&mixed, Some("cookie"), &principals).await);
         assert!(m.contains("Unable to identify provider"), "{m}");
         // a provider error uses up the transaction too, and is a 401 naming the error
-        put("s5", now_ms() + 60_000);
+        put("s5", now_ms() + 60_000).await;
         let mut denied = q("s5");
         denied.code = None;
         denied.error = Some("access_denied".into());
@@ -930,9 +938,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(flow.logins().count().unwrap(), 0);
+        assert_eq!(flow.logins().count().await.unwrap(), 0);
         // the right state and cookie get past the state checks to the provider (down here)
-        put("s6", now_ms() + 60_000);
+        put("s6", now_ms() + 60_000).await;
         match flow.callback(&q("s6"), Some("cookie"), &principals).await {
             Err(AuthError::BadGateway(m)) => assert!(m.contains("unavailable"), "{m}"),
             other => panic!("{other:?}"),

@@ -761,7 +761,12 @@ async fn couchdb_mode_user_gets_the_admin_role_channels() {
         who.user.channels
     );
     // registered as the sub, verbatim, with the role as a JWT role
-    let u = auth.principals().get_user("vault-owner").unwrap().unwrap();
+    let u = auth
+        .principals()
+        .get_user("vault-owner")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(u.jwt_issuer.as_deref(), Some("local_jwt:livesync"));
     assert!(u.jwt_roles.contains_key("_admin"));
     // an admin can create such a user too (SG needs a password on create; the token user
@@ -773,7 +778,12 @@ async fn couchdb_mode_user_gets_the_admin_role_channels() {
     )
     .await
     .unwrap();
-    assert!(auth.principals().get_role("_admin").unwrap().is_some());
+    assert!(auth
+        .principals()
+        .get_role("_admin")
+        .await
+        .unwrap()
+        .is_some());
     let c2 = json!({"exp": now + 300, "sub": "Vault User|2"});
     let header = format!("Bearer {}", sign(Alg::ES256, Some("kid-1"), &c2, b""));
     let who = auth

@@ -32,12 +32,12 @@ struct StoredSync {
 /// The function a database opens with: the config file's (`config_source`), unless the admin
 /// API stored one while the file had that same text (then the stored one). A stored one the
 /// file has since replaced is dropped.
-pub(crate) fn effective_source(
+pub(crate) async fn effective_source(
     db: &str,
     store: &dyn DatabaseStore,
     config_source: Option<String>,
 ) -> Result<Option<String>> {
-    let Some(bytes) = store.get_setting(SETTING)? else {
+    let Some(bytes) = store.get_setting(SETTING).await? else {
         return Ok(config_source);
     };
     let stored: StoredSync = serde_json::from_slice(&bytes).map_err(|e| {
@@ -53,7 +53,7 @@ pub(crate) fn effective_source(
         db = %db,
         "the config file's sync function changed since PUT _config/sync: the file's replaces the stored one"
     );
-    store.put_setting(SETTING, None)?;
+    store.put_setting(SETTING, None).await?;
     Ok(config_source)
 }
 
@@ -153,7 +153,7 @@ impl Database {
         };
         let bytes = serde_json::to_vec(&record)
             .map_err(|e| Error::Internal(format!("encoding the sync function: {e}")))?;
-        let ticket = self.store.put_setting(SETTING, Some(&bytes))?;
+        let ticket = self.store.put_setting(SETTING, Some(&bytes)).await?;
         self.store.durable(ticket).await?;
         *self.sync.write().unwrap_or_else(|e| e.into_inner()) = compiled;
         tracing::info!(db = %self.name, "sync function replaced through the admin API");
@@ -165,8 +165,9 @@ impl Database {
     pub(crate) async fn reload_sync_function(self: &Arc<Self>) -> Result<()> {
         let _one_at_a_time = self.sync_admin.lock().await;
         let db = self.clone();
+        let stored = db.store.get_setting(SETTING).await?;
         let compiled = tokio::task::spawn_blocking(move || -> Result<Option<_>> {
-            let source = match db.store.get_setting(SETTING)? {
+            let source = match stored {
                 Some(bytes) => {
                     let stored: StoredSync = serde_json::from_slice(&bytes).map_err(|e| {
                         Error::Corrupt(format!(
@@ -336,11 +337,7 @@ impl Database {
             if self.resync.stop.load(Ordering::SeqCst) || *self.shutdown.borrow() {
                 return Ok(false);
             }
-            let db = self.clone();
-            let start = after.clone();
-            let page = tokio::task::spawn_blocking(move || db.resync_page(start.as_deref()))
-                .await
-                .map_err(|e| Error::Internal(format!("_resync step failed: {e}")))??;
+            let page = self.resync_page(after.as_deref()).await?;
             let Some((last, _)) = page.last() else {
                 return Ok(true);
             };
@@ -377,11 +374,7 @@ impl Database {
             let changed = if stamps.is_empty() {
                 0
             } else {
-                let store = self.store.clone();
-                let (done, ticket) =
-                    tokio::task::spawn_blocking(move || store.restamp_docs(stamps))
-                        .await
-                        .map_err(|e| Error::Internal(format!("_resync step failed: {e}")))??;
+                let (done, ticket) = self.store.restamp_docs(stamps).await?;
                 self.store.durable(ticket).await?;
                 done.iter().filter(|s| s.is_some()).count() as u64
             };
@@ -394,9 +387,10 @@ impl Database {
 
     /// The next documents after `after` (all from the start when `None`), each with its
     /// winner's inputs (`None`: nothing to run, e.g. a body lost).
-    fn resync_page(&self, after: Option<&str>) -> Result<Vec<(String, Option<Winner>)>> {
+    async fn resync_page(&self, after: Option<&str>) -> Result<Vec<(String, Option<Winner>)>> {
         let mut rows: Vec<(String, DocMeta)> = Vec::with_capacity(RESYNC_PAGE);
-        for row in self.store.docs_from(after.unwrap_or(""), false) {
+        let mut docs = self.store.docs_from(after.unwrap_or(""), false);
+        while let Some(row) = docs.next().await {
             let (id, meta) = row?;
             if after == Some(id.as_str()) {
                 continue;
@@ -406,12 +400,12 @@ impl Database {
                 break;
             }
         }
-        rows.into_iter()
-            .map(|(id, meta)| {
-                let w = self.winner_inputs(&id, &meta)?;
-                Ok((id, w))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, meta) in rows {
+            let w = self.winner_inputs(&id, &meta).await?;
+            out.push((id, w));
+        }
+        Ok(out)
     }
 }
 

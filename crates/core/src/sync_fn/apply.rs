@@ -127,7 +127,7 @@ impl Database {
     /// `doc` and `oldDoc` of a write, and whether it makes another branch the winner; `None`
     /// for a replicated revision the store already has (a no-op); an error for an edit the
     /// store would refuse.
-    fn sync_inputs(&self, w: &DocWrite) -> Result<Option<(String, Option<String>, bool)>> {
+    async fn sync_inputs(&self, w: &DocWrite) -> Result<Option<(String, Option<String>, bool)>> {
         match w {
             DocWrite::Edit {
                 id,
@@ -139,7 +139,7 @@ impl Database {
                 must_exist,
                 ..
             } => {
-                let meta = self.store.doc_meta(id)?;
+                let meta = self.store.doc_meta(id).await?;
                 // the parent as the store will resolve it; what the store would refuse is
                 // refused here with the store's error, without a call
                 let conflict = || Err(Error::Conflict("Document update conflict".into()));
@@ -165,7 +165,7 @@ impl Database {
                     _ => false,
                 };
                 let parent_body = match &parent {
-                    Some(p) => self.store.rev_body(id, p)?,
+                    Some(p) => self.store.rev_body(id, p).await?,
                     None => None,
                 };
                 // the new revision id, computed as the store will (attachment digests by name)
@@ -212,7 +212,7 @@ impl Database {
                 let Some(rev) = history.first() else {
                     return Ok(None);
                 };
-                let meta = self.store.doc_meta(id)?;
+                let meta = self.store.doc_meta(id).await?;
                 let tree = meta.as_ref().map(|m| &m.tree);
                 if tree.is_some_and(|t| t.contains(rev)) {
                     return Ok(None);
@@ -230,7 +230,8 @@ impl Database {
                 let old = match base {
                     Some(n) => self
                         .store
-                        .rev_body(id, &n.rev)?
+                        .rev_body(id, &n.rev)
+                        .await?
                         .map(|b| doc_text(id, None, n.deleted, &b.json)),
                     None => None,
                 };
@@ -259,7 +260,7 @@ impl Database {
         let _deciding = f.gather.deciding();
         let mut pending = Vec::with_capacity(writes.len());
         for w in writes {
-            let (call, switch) = match self.sync_inputs(&w) {
+            let (call, switch) = match self.sync_inputs(&w).await {
                 Ok(Some((doc, old, switch))) => (
                     Ok(Some(f.submit(w.id().to_string(), doc, old, ctx.clone()))),
                     switch,
@@ -376,7 +377,7 @@ impl Database {
                 s.unwrap_or_else(|| Err(Error::Internal("a write got no result".into())))
             }));
             if !pending.is_empty() {
-                caller = self.refresh_caller(&caller).unwrap_or(caller);
+                caller = self.refresh_caller(&caller).await.unwrap_or(caller);
             }
         }
         Ok(results)
@@ -400,11 +401,11 @@ impl Database {
 
     /// The winning revision of a document with the function's inputs; `None` when the
     /// document or the winner's body is gone.
-    pub(crate) fn winner_inputs(&self, id: &str, meta: &DocMeta) -> Result<Option<Winner>> {
+    pub(crate) async fn winner_inputs(&self, id: &str, meta: &DocMeta) -> Result<Option<Winner>> {
         let Some(w) = meta.tree.winner() else {
             return Ok(None);
         };
-        let Some(body) = self.store.rev_body(id, &w.rev)? else {
+        let Some(body) = self.store.rev_body(id, &w.rev).await? else {
             return Ok(None);
         };
         let parent = w
@@ -415,7 +416,8 @@ impl Database {
         let old_doc = match parent {
             Some(p) => self
                 .store
-                .rev_body(id, &p.rev)?
+                .rev_body(id, &p.rev)
+                .await?
                 .map(|b| doc_text(id, None, p.deleted, &b.json)),
             None => None,
         };
@@ -435,8 +437,8 @@ impl Database {
     /// what the branch was written with — never an error for the caller, whose write is done.
     async fn settle_winner(&self, f: &SyncFunction, id: &str, written: &str) {
         let short = crate::short(id);
-        let winner = match self.store.doc_meta(id) {
-            Ok(Some(meta)) => self.winner_inputs(id, &meta),
+        let winner = match self.store.doc_meta(id).await {
+            Ok(Some(meta)) => self.winner_inputs(id, &meta).await,
             Ok(None) => Ok(None),
             Err(e) => Err(e.into()),
         };
@@ -458,7 +460,7 @@ impl Database {
         let Some(stamp) = w.restamp(id, decision) else {
             return;
         };
-        let done = match self.store.restamp_docs(vec![stamp]) {
+        let done = match self.store.restamp_docs(vec![stamp]).await {
             Ok((_, ticket)) => self.store.durable(ticket).await.map_err(Error::from),
             Err(e) => Err(e.into()),
         };

@@ -207,7 +207,7 @@ mod tests {
         let _slow = g.deciding();
         let (r, _) = g.write(&store, vec![new_doc("x")]).await.unwrap();
         assert_eq!(r[0].as_ref().unwrap().id, "x");
-        assert!(store.doc_meta("x").unwrap().is_some());
+        assert!(store.doc_meta("x").await.unwrap().is_some());
         // the lone writer with no other call running writes at once
         drop(_slow);
         let (r, _) = g.write(&store, vec![new_doc("y")]).await.unwrap();

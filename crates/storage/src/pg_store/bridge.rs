@@ -1,22 +1,27 @@
-//! The one place the synchronous storage traits meet the async PostgreSQL client.
+//! The backend's own runtime, and the time limit of a call.
 //!
-//! The backend owns a small multi-thread tokio runtime (shared by every [`super::PgStore`] of
-//! the process): it runs the pools' connections, the listener and the poller. A synchronous
-//! trait call hands its work to that runtime and blocks the calling thread until it is done:
-//! inside `tokio::task::block_in_place` when the caller is a worker of a multi-thread runtime
-//! (so that runtime keeps serving), plainly on any other thread. The caller's runtime is never
-//! entered from inside itself. When the trait becomes async, this module is what goes.
+//! The storage traits are async: a call awaits PostgreSQL on the caller's runtime (no thread
+//! hand-off). The backend keeps a small multi-thread tokio runtime of its own (shared by every
+//! [`super::PgStore`] of the process) for what must outlive any one caller: the listener, the
+//! poller, and every pooled connection's task — a connection is made on this runtime
+//! ([`SpawnedConnect`]), so one made for a request of a short-lived runtime (a test's) keeps
+//! serving the next caller.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
+use deadpool_postgres::Connect;
+use tokio::runtime::{Handle, Runtime};
+use tokio::task::JoinHandle;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Socket};
 
 use crate::{Result, StorageError};
 
 /// Longest a call waits for PostgreSQL before it is refused as unavailable (a server that
-/// stopped answering must not hang requests). Compaction is exempt ([`Bridge::run_untimed`]).
+/// stopped answering must not hang requests). Compaction is exempt.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
@@ -52,73 +57,68 @@ impl Bridge {
         self.handle.spawn(fut);
     }
 
-    /// Runs `fut` on the backend runtime and waits for its result, at most [`CALL_TIMEOUT`].
-    pub(super) fn run<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = Result<T>> + Send + 'static,
-    ) -> Result<T> {
-        self.run_untimed(async move {
-            tokio::time::timeout(CALL_TIMEOUT, fut)
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
+    /// How the pool makes connections: on the backend runtime.
+    pub(super) fn connector<T>(&self, tls: T) -> SpawnedConnect<T> {
+        SpawnedConnect {
+            tls,
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+/// `fut`, at most [`CALL_TIMEOUT`]: then [`StorageError::Unavailable`].
+pub(super) async fn timed<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StorageError::Unavailable(format!(
+                "PostgreSQL did not answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// Connects on the backend runtime, where the connection's task then runs (deadpool's own
+/// connector spawns it on the runtime of whoever asked the pool).
+pub(super) struct SpawnedConnect<T> {
+    tls: T,
+    handle: Handle,
+}
+
+type ConnectFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = std::result::Result<(Client, JoinHandle<()>), tokio_postgres::Error>>
+            + Send
+            + 'a,
+    >,
+>;
+
+impl<T> Connect for SpawnedConnect<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    fn connect(&self, pg_config: &tokio_postgres::Config) -> ConnectFuture<'_> {
+        let (tls, config) = (self.tls.clone(), pg_config.clone());
+        let task = self.handle.spawn(async move {
+            let (client, connection) = config.connect(tls).await?;
+            let conn_task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("PostgreSQL connection ended: {e}");
+                }
+            });
+            Ok((client, conn_task))
+        });
+        Box::pin(async move {
+            match task.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // the backend runtime never shuts down (a static): the pool's create timeout
+                // ends the wait
+                Err(_) => std::future::pending().await,
+            }
         })
     }
-
-    /// [`Bridge::run`] without the time limit (compaction).
-    pub(super) fn run_untimed<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = Result<T>> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        wait(rx, None)
-    }
-
-    /// Runs a synchronous step that drives several queries itself (`handle.block_on(…)` for
-    /// each) on a blocking thread of the backend runtime, and waits for its result: how a write
-    /// batch runs the backend-neutral rules (synchronous) inside one transaction. After
-    /// [`CALL_TIMEOUT`] the caller is told PostgreSQL is unavailable (the step may still
-    /// finish: like any lost answer, the outcome is then unknown to the client).
-    pub(super) fn run_sync<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Handle) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let handle = self.handle.clone();
-        self.handle.spawn_blocking(move || {
-            let _ = tx.send(f(&handle));
-        });
-        wait(rx, Some(CALL_TIMEOUT))
-    }
-}
-
-fn timed_out() -> StorageError {
-    StorageError::Unavailable(format!(
-        "PostgreSQL did not answer within {} s",
-        CALL_TIMEOUT.as_secs()
-    ))
-}
-
-/// Blocks the calling thread for the result (a task that panicked sends none).
-fn wait<T>(rx: std::sync::mpsc::Receiver<Result<T>>, limit: Option<Duration>) -> Result<T> {
-    use std::sync::mpsc::RecvTimeoutError;
-    let recv = move || match limit {
-        Some(limit) => rx.recv_timeout(limit).unwrap_or_else(|e| match e {
-            RecvTimeoutError::Timeout => Err(timed_out()),
-            RecvTimeoutError::Disconnected => Err(task_failed()),
-        }),
-        None => rx.recv().unwrap_or_else(|_| Err(task_failed())),
-    };
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(recv)
-        }
-        _ => recv(),
-    }
-}
-
-fn task_failed() -> StorageError {
-    StorageError::Engine("a PostgreSQL storage task failed".into())
 }

@@ -35,8 +35,18 @@
 //! A write transaction takes two round trips while it holds the counter row: `BEGIN`, the lock
 //! and the read-ahead of the batch's documents are sent together, then the batch's writes (one
 //! statement per table and kind, rows from parallel arrays: the rules' operations coalesced
-//! per row), the counters, `NOTIFY` and `COMMIT`. A transaction PostgreSQL aborts as a
+//! per row), the counters, `NOTIFY` and `COMMIT`. The rules are synchronous: they read only
+//! what the transaction has read, and a batch that asks for a record not read yet (a parent's
+//! body for attachment stubs, an attachment's length, an access-index entry) is decided again
+//! once the transaction has read it (`write::PgBatch`). A transaction PostgreSQL aborts as a
 //! serialization failure or deadlock (40001, 40P01) is run again from the start, a few times.
+//!
+//! ## Async
+//!
+//! Every call awaits PostgreSQL on the caller's runtime (no thread hand-off); a write
+//! transaction runs in a task of its own, so a caller that goes away does not cut it short.
+//! The pool's connections, the listener and the poller run on the backend's own small runtime
+//! (`bridge`), so a store outlives the runtimes that call it.
 //! Batch readers (`_bulk_get`, `_revs_diff`, `include_docs`) read metadata and bodies with one
 //! statement per batch ([`DatabaseStore::doc_metas`], [`DatabaseStore::rev_bodies`]): one
 //! primary-key lookup per key, however the planner sees the tables. `_local` writes are a read
@@ -55,7 +65,7 @@
 //! ## Errors
 //!
 //! A connection that cannot be made or is lost, a pool wait that times out, and a call
-//! PostgreSQL does not answer within `bridge::CALL_TIMEOUT` (30 s) are
+//! PostgreSQL does not answer within `bridge::CALL_TIMEOUT` (30 s; compaction is exempt) are
 //! [`StorageError::Unavailable`] (503); anything else PostgreSQL refuses is
 //! [`StorageError::Engine`]. Connections use a TCP user timeout and keepalives, so a server
 //! that vanishes is noticed; the pool replaces closed connections, so a node recovers by
@@ -87,8 +97,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::watch;
 
-use crate::{DatabaseStore, Result, StorageError, StoreServer};
-use bridge::Bridge;
+use crate::{BoxFuture, DatabaseStore, Result, StorageError, StoreServer};
+use bridge::{timed, Bridge};
 pub use db::PgDatabase;
 
 /// How a node learns of changes other nodes commit.
@@ -119,7 +129,6 @@ const CHANNEL: &str = "syncgate_changes";
 
 /// The PostgreSQL [`StoreServer`].
 pub struct PgStore {
-    bridge: Bridge,
     pool: Pool,
     live: Arc<LiveMap>,
     notify: ChangeNotify,
@@ -278,7 +287,7 @@ impl Live {
 
 impl PgStore {
     /// Connects, creates or migrates the schema and starts watching for changes.
-    pub fn open(options: &PgOptions) -> Result<PgStore> {
+    pub async fn open(options: &PgOptions) -> Result<PgStore> {
         let bridge = Bridge::new()?;
         let url = tls::split_url(&options.url)
             .map_err(|e| StorageError::BadRequest(format!("PostgreSQL URL: {e}")))?;
@@ -302,9 +311,9 @@ impl PgStore {
                 .keepalives_interval(Duration::from_secs(2))
                 .keepalives_retries(3);
         }
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             config.clone(),
-            tls.clone(),
+            bridge.connector(tls.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -316,19 +325,16 @@ impl PgStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Engine(format!("PostgreSQL pool: {e}")))?;
-        let p = pool.clone();
-        bridge
-            .run(async move { schema::migrate(&p).await })
-            .map_err(|e| match e {
-                // a certificate not trusted, a server without TLS: the URL is wrong, not the
-                // network (at startup: exit 2)
-                StorageError::Unavailable(m) if m.starts_with(TLS_FAILURE) => {
-                    StorageError::Incompatible(format!(
-                        "{m} (check sslmode and sslrootcert in the server URL)"
-                    ))
-                }
-                e => e,
-            })?;
+        timed(schema::migrate(&pool)).await.map_err(|e| match e {
+            // a certificate not trusted, a server without TLS: the URL is wrong, not the
+            // network (at startup: exit 2)
+            StorageError::Unavailable(m) if m.starts_with(TLS_FAILURE) => {
+                StorageError::Incompatible(format!(
+                    "{m} (check sslmode and sslrootcert in the server URL)"
+                ))
+            }
+            e => e,
+        })?;
         let live = Arc::new(LiveMap::default());
         let (stop, stopped) = watch::channel(());
         bridge.spawn(notify::watch_changes(
@@ -340,7 +346,6 @@ impl PgStore {
             stopped,
         ));
         Ok(PgStore {
-            bridge,
             pool,
             live,
             notify: options.notify,
@@ -349,11 +354,10 @@ impl PgStore {
     }
 
     /// Opens one database (see [`StoreServer::open_database`]).
-    pub fn database(&self, name: &str) -> Result<Arc<PgDatabase>> {
-        let pool = self.pool.clone();
+    pub async fn database(&self, name: &str) -> Result<Arc<PgDatabase>> {
         let db = name.to_string();
-        let last = self.bridge.run(async move {
-            let c = pool.get().await.map_err(pool_err)?;
+        let last = timed(async {
+            let c = self.pool.get().await.map_err(pool_err)?;
             c.execute(
                 "INSERT INTO syncgate_counters (db, last_seq, doc_count) VALUES ($1, 0, 0) \
                  ON CONFLICT (db) DO NOTHING",
@@ -369,32 +373,26 @@ impl PgStore {
                 .await
                 .map_err(pg_err)?;
             Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
-        })?;
+        })
+        .await?;
         let live = Arc::new(Live::new(
             last.0 as u64,
             last.1 as u64,
             self.notify == ChangeNotify::Listen,
         ));
         self.live.register(name, &live);
-        Ok(Arc::new(PgDatabase::new(
-            name,
-            self.bridge.clone(),
-            self.pool.clone(),
-            live,
-        )))
+        Ok(Arc::new(PgDatabase::new(name, self.pool.clone(), live)))
     }
 }
 
 impl StoreServer for PgStore {
-    fn open_database(&self, name: &str) -> Result<Arc<dyn DatabaseStore>> {
-        Ok(self.database(name)?)
+    fn open_database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<dyn DatabaseStore>>> {
+        Box::pin(async move { Ok(self.database(name).await? as Arc<dyn DatabaseStore>) })
     }
 
-    fn create_database(&self, name: &str, config: &[u8]) -> Result<()> {
-        let pool = self.pool.clone();
-        let (name, config) = (name.to_string(), config.to_vec());
-        self.bridge.run(async move {
-            let c = pool.get().await.map_err(pool_err)?;
+    fn create_database<'a>(&'a self, name: &'a str, config: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(timed(async move {
+            let c = self.pool.get().await.map_err(pool_err)?;
             c.execute(
                 "INSERT INTO syncgate_databases (name, config) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config",
@@ -403,14 +401,12 @@ impl StoreServer for PgStore {
             .await
             .map_err(pg_err)?;
             Ok(())
-        })
+        }))
     }
 
-    fn delete_database(&self, name: &str) -> Result<()> {
-        let pool = self.pool.clone();
-        let name = name.to_string();
-        self.bridge.run(async move {
-            let mut c = pool.get().await.map_err(pool_err)?;
+    fn delete_database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(timed(async move {
+            let mut c = self.pool.get().await.map_err(pool_err)?;
             let tx = c.transaction().await.map_err(pg_err)?;
             for table in schema::DB_TABLES {
                 tx.execute(&format!("DELETE FROM {table} WHERE db = $1"), &[&name])
@@ -421,13 +417,12 @@ impl StoreServer for PgStore {
                 .await
                 .map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)
-        })
+        }))
     }
 
-    fn list_databases(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let pool = self.pool.clone();
-        self.bridge.run(async move {
-            let c = pool.get().await.map_err(pool_err)?;
+    fn list_databases(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>> {
+        Box::pin(timed(async move {
+            let c = self.pool.get().await.map_err(pool_err)?;
             let rows = c
                 .query(
                     "SELECT name, config FROM syncgate_databases ORDER BY name COLLATE \"C\"",
@@ -436,40 +431,23 @@ impl StoreServer for PgStore {
                 .await
                 .map_err(pg_err)?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        })
+        }))
     }
 
     /// The first node to store a value wins (`ON CONFLICT DO NOTHING`); everyone reads it back.
-    fn server_value(&self, key: &str, init: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>> {
-        let read = |fresh: Option<Vec<u8>>| {
-            let pool = self.pool.clone();
-            let key = key.to_string();
-            self.bridge.run(async move {
-                let c = pool.get().await.map_err(pool_err)?;
-                if let Some(v) = fresh {
-                    c.execute(
-                        "INSERT INTO syncgate_server_values (key, value) VALUES ($1, $2) \
-                         ON CONFLICT (key) DO NOTHING",
-                        &[&key, &v],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                }
-                let row = c
-                    .query_opt(
-                        "SELECT value FROM syncgate_server_values WHERE key = $1",
-                        &[&key],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
-            })
-        };
-        if let Some(v) = read(None)? {
-            return Ok(v);
-        }
-        read(Some(init()))?
-            .ok_or_else(|| StorageError::Engine(format!("server value \"{key}\" not stored")))
+    fn server_value<'a>(
+        &'a self,
+        key: &'a str,
+        init: &'a mut (dyn FnMut() -> Vec<u8> + Send),
+    ) -> BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(async move {
+            if let Some(v) = self.server_value_read(key, None).await? {
+                return Ok(v);
+            }
+            self.server_value_read(key, Some(init()))
+                .await?
+                .ok_or_else(|| StorageError::Engine(format!("server value \"{key}\" not stored")))
+        })
     }
 
     /// Committed is durable: nothing to flush.
@@ -479,6 +457,37 @@ impl StoreServer for PgStore {
 
     fn size_on_disk(&self) -> u64 {
         0
+    }
+}
+
+impl PgStore {
+    /// Reads a server value, storing `fresh` first unless one is stored.
+    async fn server_value_read(
+        &self,
+        key: &str,
+        fresh: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
+        timed(async move {
+            let c = self.pool.get().await.map_err(pool_err)?;
+            if let Some(v) = fresh {
+                c.execute(
+                    "INSERT INTO syncgate_server_values (key, value) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO NOTHING",
+                    &[&key, &v],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            let row = c
+                .query_opt(
+                    "SELECT value FROM syncgate_server_values WHERE key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+        .await
     }
 }
 

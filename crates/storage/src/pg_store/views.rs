@@ -4,11 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
-use super::db::{PgDatabase, PAGE};
+use super::bridge::timed;
+use super::db::PgDatabase;
 use super::write::{p, Param};
 use super::{decode, decode_body, pg_err, pool_err};
 use crate::model::{ChangeEntry, DocMeta, StoredBody};
-use crate::{ChangesView, Result};
+use crate::{BoxFuture, ChangesView, Result};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
@@ -39,15 +40,17 @@ impl<'a> PgView<'a> {
     }
 
     /// One page of entries: `sql` with ($since, $view, $limit, $extra).
-    fn page(
+    async fn page(
         &self,
         sql: &'static str,
         since: u64,
-        extra: Option<super::write::Param>,
+        limit: usize,
+        extra: Option<Param>,
     ) -> Result<Vec<ChangeEntry>> {
-        let mut params = vec![p(since as i64), p(self.seq as i64), p(PAGE)];
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let mut params = vec![p(since as i64), p(self.seq as i64), p(limit)];
         params.extend(extra);
-        let rows = self.db.rows(sql, params)?;
+        let rows = self.db.rows(sql, params).await?;
         self.db
             .docs_read
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
@@ -67,113 +70,41 @@ impl Drop for PgView<'_> {
     }
 }
 
+/// Each page is one statement (its own snapshot); the visibility rule makes them agree.
 impl ChangesView for PgView<'_> {
     fn seq(&self) -> u64 {
         self.seq
     }
 
-    fn since(
-        &self,
-        since: u64,
-        descending: bool,
-    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
-        let mut more = true;
-        if descending {
-            let mut below = self.seq.saturating_add(1);
-            Box::new(Pages::new(move || {
-                if !more {
-                    return Ok(None);
-                }
-                let rows = self.page(SINCE_DESC, since, Some(p(below as i64)))?;
-                more = rows.len() as i64 == PAGE;
-                if let Some(last) = rows.last() {
-                    below = last.seq;
-                }
-                Ok(Some(rows))
-            }))
-        } else {
-            let mut after = since;
-            Box::new(Pages::new(move || {
-                if !more {
-                    return Ok(None);
-                }
-                let rows = self.page(SINCE_ASC, after, None)?;
-                more = rows.len() as i64 == PAGE;
-                if let Some(last) = rows.last() {
-                    after = last.seq;
-                }
-                Ok(Some(rows))
-            }))
-        }
+    fn since_page(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<ChangeEntry>>> {
+        Box::pin(self.page(SINCE_ASC, after, limit, None))
     }
 
-    fn in_channels(
+    fn since_page_desc(
         &self,
-        channels: &[String],
         since: u64,
-    ) -> Box<dyn Iterator<Item = Result<ChangeEntry>> + '_> {
+        below: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ChangeEntry>>> {
+        let below = below.min(i64::MAX as u64) as i64;
+        Box::pin(self.page(SINCE_DESC, since, limit, Some(p(below))))
+    }
+
+    fn channels_page<'a>(
+        &'a self,
+        channels: &'a [String],
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ChangeEntry>>> {
         let channels: Vec<Vec<u8>> = channels
             .iter()
             .filter(|c| !c.contains('\0'))
             .map(|c| c.as_bytes().to_vec())
             .collect();
-        let mut more = !channels.is_empty();
-        let mut after = since;
-        Box::new(Pages::new(move || {
-            if !more {
-                return Ok(None);
-            }
-            let rows = self.page(IN_CHANNELS, after, Some(p(channels.clone())))?;
-            more = rows.len() as i64 == PAGE;
-            if let Some(last) = rows.last() {
-                after = last.seq;
-            }
-            Ok(Some(rows))
-        }))
-    }
-}
-
-/// An iterator over pages fetched on demand: `fetch` returns the next page, or `None` when
-/// there is none.
-pub(super) struct Pages<T, F> {
-    fetch: F,
-    page: std::vec::IntoIter<T>,
-    done: bool,
-}
-
-impl<T, F: FnMut() -> Result<Option<Vec<T>>>> Pages<T, F> {
-    pub(super) fn new(fetch: F) -> Self {
-        Pages {
-            fetch,
-            page: Vec::new().into_iter(),
-            done: false,
+        if channels.is_empty() {
+            return crate::ready(Ok(Vec::new()));
         }
-    }
-}
-
-impl<T, F: FnMut() -> Result<Option<Vec<T>>>> Iterator for Pages<T, F> {
-    type Item = Result<T>;
-
-    fn next(&mut self) -> Option<Result<T>> {
-        loop {
-            if let Some(x) = self.page.next() {
-                return Some(Ok(x));
-            }
-            if self.done {
-                return None;
-            }
-            match (self.fetch)() {
-                Ok(Some(page)) if !page.is_empty() => self.page = page.into_iter(),
-                Ok(_) => {
-                    self.done = true;
-                    return None;
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
+        Box::pin(self.page(IN_CHANNELS, after, limit, Some(p(channels))))
     }
 }
 
@@ -188,7 +119,7 @@ pub(super) const METAS: &str = "SELECT k.id, d.meta FROM unnest($2::bytea[]) AS 
          WHERE db = $1 AND id = k.id LIMIT 1) d";
 /// The bodies of the (id, revision) pairs `$2`, `$3`: one primary-key lookup each (see
 /// [`METAS`]).
-const BODIES: &str =
+pub(super) const BODIES: &str =
     "SELECT k.id, k.rev, b.body FROM unnest($2::bytea[], $3::bytea[]) AS k(id, rev) \
      CROSS JOIN LATERAL (SELECT body FROM syncgate_bodies \
          WHERE db = $1 AND id = k.id AND rev = k.rev LIMIT 1) b";
@@ -197,12 +128,14 @@ const BODIES: &str =
 /// `_bulk_get`, `_revs_diff` and `include_docs` read through [`crate::DatabaseStore::doc_metas`]
 /// and [`crate::DatabaseStore::rev_bodies`]).
 impl PgDatabase {
-    pub(super) fn metas_of(&self, ids: &[&str]) -> Result<Vec<Option<DocMeta>>> {
+    pub(super) async fn metas_of(&self, ids: &[&str]) -> Result<Vec<Option<DocMeta>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<Vec<u8>> = unique(ids.iter().map(|i| i.as_bytes().to_vec()));
-        let rows = self.planned_rows(METAS, vec![(p(keys), Type::BYTEA_ARRAY)])?;
+        let rows = self
+            .planned_rows(METAS, vec![(p(keys), Type::BYTEA_ARRAY)])
+            .await?;
         let mut found: HashMap<Vec<u8>, DocMeta> = HashMap::with_capacity(rows.len());
         for r in &rows {
             found.insert(r.get::<_, Vec<u8>>(0), decode("document", r.get(1))?);
@@ -215,7 +148,7 @@ impl PgDatabase {
             .collect())
     }
 
-    pub(super) fn bodies_of(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
+    pub(super) async fn bodies_of(&self, revs: &[(&str, &str)]) -> Result<Vec<Option<StoredBody>>> {
         if revs.is_empty() {
             return Ok(Vec::new());
         }
@@ -224,10 +157,12 @@ impl PgDatabase {
                 .map(|(i, r)| (i.as_bytes().to_vec(), r.as_bytes().to_vec())),
         );
         let (ids, rs): (Vec<Vec<u8>>, Vec<Vec<u8>>) = pairs.into_iter().unzip();
-        let rows = self.planned_rows(
-            BODIES,
-            vec![(p(ids), Type::BYTEA_ARRAY), (p(rs), Type::BYTEA_ARRAY)],
-        )?;
+        let rows = self
+            .planned_rows(
+                BODIES,
+                vec![(p(ids), Type::BYTEA_ARRAY), (p(rs), Type::BYTEA_ARRAY)],
+            )
+            .await?;
         let mut found: HashMap<(Vec<u8>, Vec<u8>), Vec<u8>> = HashMap::with_capacity(rows.len());
         for r in rows {
             found.insert((r.get(0), r.get(1)), r.get(2));
@@ -250,12 +185,15 @@ impl PgDatabase {
     /// their types), so it is planned for these parameters and the tables' current size:
     /// a cached generic plan of a list lookup may be a sequential scan chosen while the
     /// tables were small (see `write::Stmt`). One round trip all the same.
-    fn planned_rows(&self, sql: &'static str, params: Vec<(Param, Type)>) -> Result<Vec<Row>> {
-        let pool = self.pool.clone();
-        let db = self.name.clone();
-        self.bridge.run(async move {
-            let c = pool.get().await.map_err(pool_err)?;
-            let mut typed: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&db, Type::TEXT)];
+    async fn planned_rows(
+        &self,
+        sql: &'static str,
+        params: Vec<(Param, Type)>,
+    ) -> Result<Vec<Row>> {
+        let db = &self.name;
+        timed(async {
+            let c = self.pool.get().await.map_err(pool_err)?;
+            let mut typed: Vec<(&(dyn ToSql + Sync), Type)> = vec![(db, Type::TEXT)];
             typed.extend(
                 params
                     .iter()
@@ -263,6 +201,7 @@ impl PgDatabase {
             );
             c.query_typed(sql, &typed).await.map_err(pg_err)
         })
+        .await
     }
 }
 

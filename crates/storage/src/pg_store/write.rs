@@ -1,8 +1,8 @@
 //! The write transaction: the rules' operations ([`crate::rules::BatchBackend`]) turned into
 //! statements, run in one PostgreSQL transaction that holds the database's counter row.
 
-use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +10,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Pool};
-use tokio::runtime::Handle;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::db::OpenTx;
 use super::{decode, decode_body, encode, encode_body, kind_code, pg_err, pool_err, CHANNEL};
 use crate::model::*;
 use crate::rules::{BatchBackend, BatchSummary, DocBatch};
@@ -279,85 +279,101 @@ impl Ops {
     }
 }
 
-/// A batch being filled by the rules inside an open transaction: reads see the state before
-/// the batch (operations are only collected), writes are coalesced per row.
-pub(super) struct PgBatch<'a> {
-    h: &'a Handle,
-    client: &'a Client,
-    db: &'a str,
-    /// Documents of the batch read ahead in one query (`None`: no such document).
+/// What the transaction has read for the rules: each key read once (`None`: no such row).
+#[derive(Default)]
+struct Reads {
     metas: HashMap<String, Option<DocMeta>>,
-    ops: Ops,
-    docs_read: &'a AtomicU64,
-    /// Set when a statement failed in a way worth retrying the transaction for.
-    retry: &'a Cell<bool>,
+    bodies: HashMap<(String, String), Option<StoredBody>>,
+    attachments: HashMap<String, Option<u64>>,
+    grants: HashMap<(PrincipalKind, String, String), Option<DocGrant>>,
 }
 
-impl PgBatch<'_> {
-    fn one(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>> {
-        self.h
-            .block_on(self.client.query_opt(sql, params))
-            .map_err(|e| tx_err(e, self.retry))
+/// Keys the rules asked for that [`Reads`] does not hold yet.
+#[derive(Default)]
+struct Needs {
+    metas: BTreeSet<String>,
+    bodies: BTreeSet<(String, String)>,
+    attachments: BTreeSet<String>,
+    grants: BTreeSet<(PrincipalKind, String, String)>,
+}
+
+impl Needs {
+    fn is_empty(&self) -> bool {
+        self.metas.is_empty()
+            && self.bodies.is_empty()
+            && self.attachments.is_empty()
+            && self.grants.is_empty()
     }
+}
+
+/// A batch being filled by the rules inside an open transaction: reads see the state before
+/// the batch (operations are only collected), writes are coalesced per row. The rules are
+/// synchronous and PostgreSQL is not: reads are answered from what the transaction has read
+/// ([`Reads`]); a key not read yet is noted ([`Needs`]) and answered as absent, and the pass is
+/// then thrown away: the transaction reads the noted keys (one statement per kind) and runs
+/// the rules again from the start (see [`write_tx`]). A batch of documents without
+/// attachments or grants needs one pass: its documents are read ahead with the lock.
+pub(super) struct PgBatch<'a> {
+    reads: &'a Reads,
+    needs: &'a RefCell<Needs>,
+    ops: Ops,
+    /// Records read in this pass (the `docs_read` metric counts the pass that commits).
+    read: &'a Cell<u64>,
 }
 
 impl BatchBackend for PgBatch<'_> {
     fn load_meta(&self, id: &str) -> Result<Option<DocMeta>> {
-        let meta = match self.metas.get(id) {
-            Some(m) => m.clone(),
-            None => match self.one(
-                "SELECT meta FROM syncgate_docs WHERE db = $1 AND id = $2",
-                &[&self.db, &id.as_bytes()],
-            )? {
-                Some(r) => Some(decode::<DocMeta>("document", r.get(0))?),
-                None => None,
-            },
-        };
-        if meta.is_some() {
-            self.docs_read.fetch_add(1, Ordering::Relaxed);
+        match self.reads.metas.get(id) {
+            Some(m) => {
+                if m.is_some() {
+                    self.read.set(self.read.get() + 1);
+                }
+                Ok(m.clone())
+            }
+            None => {
+                self.needs.borrow_mut().metas.insert(id.to_string());
+                Ok(None)
+            }
         }
-        Ok(meta)
     }
 
     fn load_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>> {
-        match self.one(
-            "SELECT body FROM syncgate_bodies WHERE db = $1 AND id = $2 AND rev = $3",
-            &[&self.db, &id.as_bytes(), &rev.as_bytes()],
-        )? {
-            Some(r) => {
-                self.docs_read.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(decode_body(id, rev, r.get(0))?))
+        let key = (id.to_string(), rev.to_string());
+        match self.reads.bodies.get(&key) {
+            Some(b) => {
+                if b.is_some() {
+                    self.read.set(self.read.get() + 1);
+                }
+                Ok(b.clone())
             }
-            None => Ok(None),
+            None => {
+                self.needs.borrow_mut().bodies.insert(key);
+                Ok(None)
+            }
         }
     }
 
     fn attachment_len(&self, digest: &str) -> Result<Option<u64>> {
-        Ok(self
-            .one(
-                "SELECT length(data)::bigint FROM syncgate_attachments WHERE db = $1 AND digest = $2",
-                &[&self.db, &digest.as_bytes()],
-            )?
-            .map(|r| r.get::<_, i64>(0) as u64))
+        match self.reads.attachments.get(digest) {
+            Some(len) => Ok(*len),
+            None => {
+                self.needs
+                    .borrow_mut()
+                    .attachments
+                    .insert(digest.to_string());
+                Ok(None)
+            }
+        }
     }
 
     fn load_grant(&self, kind: PrincipalKind, name: &str, doc: &str) -> Result<Option<DocGrant>> {
-        match self.one(
-            "SELECT grant_entry FROM syncgate_grants \
-             WHERE db = $1 AND kind = $2 AND name = $3 AND doc = $4",
-            &[
-                &self.db,
-                &kind_code(kind),
-                &name.as_bytes(),
-                &doc.as_bytes(),
-            ],
-        )? {
-            Some(r) => Ok(Some(decode("access index entry", r.get(0))?)),
-            None => Ok(None),
+        let key = (kind, name.to_string(), doc.to_string());
+        match self.reads.grants.get(&key) {
+            Some(g) => Ok(g.clone()),
+            None => {
+                self.needs.borrow_mut().grants.insert(key);
+                Ok(None)
+            }
         }
     }
 
@@ -484,25 +500,29 @@ pub(super) fn retryable_state(code: &str) -> bool {
 
 /// A PostgreSQL error of a write transaction; `retry` notes that it is worth running the
 /// transaction again.
-fn tx_err(e: tokio_postgres::Error, retry: &Cell<bool>) -> StorageError {
+fn tx_err(e: tokio_postgres::Error, retry: &mut bool) -> StorageError {
     if retryable(&e) {
-        retry.set(true);
+        *retry = true;
     }
     pg_err(e)
 }
+
+/// Most passes of the rules one transaction makes (each reads what the previous one missed;
+/// two or three in practice).
+const MAX_PASSES: usize = 16;
 
 /// Runs `body` on a [`DocBatch`] inside one transaction holding the database's counter row,
 /// then writes its operations, the counters and the notification, and commits. `ids`: the
 /// documents the batch will touch (read ahead in one query). A serialization failure or
 /// deadlock runs the whole transaction again (`body` too), at most [`WRITE_ATTEMPTS`] times
-/// with a short pause between. Run on a blocking thread of the backend runtime
-/// ([`super::bridge::Bridge::run_sync`]).
+/// with a short pause between. `body` may run more than once per transaction (see
+/// [`PgBatch`]): only the last pass's result is kept.
 ///
-/// Two round trips while the counter row is held: `BEGIN`, the lock and the read-ahead are
-/// sent together (PostgreSQL runs them in order, so the read-ahead sees every write committed
-/// before the lock was granted), then the batch's statements and `COMMIT`.
-pub(super) fn write_tx<T>(
-    h: &Handle,
+/// Two round trips while the counter row is held when the read-ahead has everything the
+/// rules ask for: `BEGIN`, the lock and the read-ahead are sent together (PostgreSQL runs them
+/// in order, so the read-ahead sees every write committed before the lock was granted), then
+/// the batch's statements and `COMMIT`.
+pub(super) async fn write_tx<T>(
     pool: &Pool,
     db: &str,
     live: &super::Live,
@@ -513,32 +533,21 @@ pub(super) fn write_tx<T>(
     let keys: Vec<Vec<u8>> = ids.iter().map(|i| i.as_bytes().to_vec()).collect();
     let mut attempt = 1;
     loop {
-        let client = h.block_on(pool.get()).map_err(pool_err)?;
-        let retry = Cell::new(false);
-        let mut committed = false;
+        let mut tx = OpenTx(Some(pool.get().await.map_err(pool_err)?));
+        let mut retry = false;
         let out = attempt_tx(
-            h,
-            &client,
-            db,
-            live,
-            &ids,
-            &keys,
-            docs_read,
-            &retry,
-            &mut committed,
-            &mut body,
-        );
-        if out.is_err() && !committed {
+            &mut tx, db, live, &ids, &keys, docs_read, &mut retry, &mut body,
+        )
+        .await;
+        if out.is_err() {
             // nothing of the transaction stays; a connection that cannot even roll back is
-            // closed rather than pooled
-            if h.block_on(client.batch_execute("ROLLBACK")).is_err() {
-                drop(deadpool_postgres::Object::take(client));
-            }
+            // closed rather than pooled (dropping `tx` without `rollback`)
+            let _ = tx.rollback().await;
         }
         match out {
-            Err(e) if retry.get() && attempt < WRITE_ATTEMPTS => {
+            Err(e) if retry && attempt < WRITE_ATTEMPTS => {
                 tracing::debug!(attempt, error = %e, "write transaction retried");
-                std::thread::sleep(Duration::from_millis(5 << attempt));
+                tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
                 attempt += 1;
             }
             other => return other,
@@ -546,56 +555,187 @@ pub(super) fn write_tx<T>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attempt_tx<T>(
-    h: &Handle,
+/// What one pass of the rules came to.
+enum Pass<T> {
+    /// Everything the rules asked for was read: the result and the operations.
+    Done(T, Ops, BatchSummary, u64),
+    /// Keys to read before the next pass.
+    Needs(Needs),
+    Failed(StorageError),
+}
+
+/// One synchronous pass of the rules over what the transaction has read.
+fn run_pass<T>(
+    reads: &Reads,
+    first_seq: u64,
+    body: &mut impl FnMut(&mut DocBatch<PgBatch<'_>>) -> Result<T>,
+) -> Pass<T> {
+    let needs = RefCell::new(Needs::default());
+    let read = Cell::new(0);
+    let batch = PgBatch {
+        reads,
+        needs: &needs,
+        ops: Ops::default(),
+        read: &read,
+    };
+    let mut st = DocBatch::new(batch, first_seq);
+    let out = body(&mut st).and_then(|out| st.finish().map(|(b, s)| (out, b.ops, s)));
+    let needs = needs.into_inner();
+    if !needs.is_empty() {
+        // decided on keys not read yet: read them and decide again
+        return Pass::Needs(needs);
+    }
+    match out {
+        Ok((out, ops, summary)) => Pass::Done(out, ops, summary, read.get()),
+        Err(e) => Pass::Failed(e),
+    }
+}
+
+/// Reads the keys a pass needed (inside the transaction, under the lock) into `reads`.
+async fn read_needs(
     client: &Client,
+    db: &str,
+    needs: Needs,
+    reads: &mut Reads,
+    retry: &mut bool,
+) -> Result<()> {
+    if !needs.metas.is_empty() {
+        let keys: Vec<Vec<u8>> = needs.metas.iter().map(|i| i.as_bytes().to_vec()).collect();
+        let rows = client
+            .query_typed(READ_METAS, &[(&db, Type::TEXT), (&keys, Type::BYTEA_ARRAY)])
+            .await
+            .map_err(|e| tx_err(e, retry))?;
+        let mut found: HashMap<Vec<u8>, Vec<u8>> =
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        for id in needs.metas {
+            let meta = match found.remove(id.as_bytes()) {
+                Some(bytes) => Some(decode::<DocMeta>("document", &bytes)?),
+                None => None,
+            };
+            reads.metas.insert(id, meta);
+        }
+    }
+    if !needs.bodies.is_empty() {
+        let (ids, revs): (Vec<Vec<u8>>, Vec<Vec<u8>>) = needs
+            .bodies
+            .iter()
+            .map(|(i, r)| (i.as_bytes().to_vec(), r.as_bytes().to_vec()))
+            .unzip();
+        let rows = client
+            .query_typed(
+                super::views::BODIES,
+                &[
+                    (&db, Type::TEXT),
+                    (&ids, Type::BYTEA_ARRAY),
+                    (&revs, Type::BYTEA_ARRAY),
+                ],
+            )
+            .await
+            .map_err(|e| tx_err(e, retry))?;
+        let mut found: HashMap<(Vec<u8>, Vec<u8>), Vec<u8>> = rows
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        for (id, rev) in needs.bodies {
+            let body = match found.remove(&(id.as_bytes().to_vec(), rev.as_bytes().to_vec())) {
+                Some(bytes) => Some(decode_body(&id, &rev, &bytes)?),
+                None => None,
+            };
+            reads.bodies.insert((id, rev), body);
+        }
+    }
+    if !needs.attachments.is_empty() {
+        let digests: Vec<Vec<u8>> = needs
+            .attachments
+            .iter()
+            .map(|d| d.as_bytes().to_vec())
+            .collect();
+        let rows = client
+            .query_typed(
+                "SELECT digest, length(data)::bigint FROM syncgate_attachments \
+                 WHERE db = $1 AND digest = ANY($2)",
+                &[(&db, Type::TEXT), (&digests, Type::BYTEA_ARRAY)],
+            )
+            .await
+            .map_err(|e| tx_err(e, retry))?;
+        let found: HashMap<Vec<u8>, i64> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        for d in needs.attachments {
+            let len = found.get(d.as_bytes()).map(|l| *l as u64);
+            reads.attachments.insert(d, len);
+        }
+    }
+    for (kind, name, doc) in needs.grants {
+        let row = client
+            .query_opt(
+                "SELECT grant_entry FROM syncgate_grants \
+                 WHERE db = $1 AND kind = $2 AND name = $3 AND doc = $4",
+                &[&db, &kind_code(kind), &name.as_bytes(), &doc.as_bytes()],
+            )
+            .await
+            .map_err(|e| tx_err(e, retry))?;
+        let grant = match row {
+            Some(r) => Some(decode("access index entry", r.get(0))?),
+            None => None,
+        };
+        reads.grants.insert((kind, name, doc), grant);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt_tx<T>(
+    tx: &mut OpenTx,
     db: &str,
     live: &super::Live,
     ids: &[String],
     keys: &[Vec<u8>],
     docs_read: &AtomicU64,
-    retry: &Cell<bool>,
-    committed: &mut bool,
+    retry: &mut bool,
     body: &mut impl FnMut(&mut DocBatch<PgBatch<'_>>) -> Result<T>,
 ) -> Result<(T, BatchSummary)> {
-    let err = |e| tx_err(e, retry);
-    let (lock, read) = h
-        .block_on(async {
-            let lock_st = client.prepare_cached(LOCK_COUNTER).await?;
-            // `join3` polls in argument order, so the three are sent in this order
-            let (begin, lock, read) = futures_util::future::join3(
-                client.batch_execute("BEGIN"),
-                client.query_one(&lock_st, &[&db]),
-                client.query_typed(READ_METAS, &[(&db, Type::TEXT), (&keys, Type::BYTEA_ARRAY)]),
-            )
-            .await;
-            begin?;
-            Ok::<_, tokio_postgres::Error>((lock?, read?))
-        })
-        .map_err(err)?;
+    let client = tx.client()?;
+    let (lock, read) = async {
+        let lock_st = client.prepare_cached(LOCK_COUNTER).await?;
+        // `join3` polls in argument order, so the three are sent in this order
+        let (begin, lock, read) = futures_util::future::join3(
+            client.batch_execute("BEGIN"),
+            client.query_one(&lock_st, &[&db]),
+            client.query_typed(READ_METAS, &[(&db, Type::TEXT), (&keys, Type::BYTEA_ARRAY)]),
+        )
+        .await;
+        begin?;
+        Ok::<_, tokio_postgres::Error>((lock?, read?))
+    }
+    .await
+    .map_err(|e| tx_err(e, retry))?;
     let last: i64 = lock.get(0);
-    let mut metas: HashMap<String, Option<DocMeta>> =
-        ids.iter().map(|i| (i.clone(), None)).collect();
+    let mut reads = Reads {
+        metas: ids.iter().map(|i| (i.clone(), None)).collect(),
+        ..Default::default()
+    };
     for r in read {
         let id = String::from_utf8(r.get::<_, Vec<u8>>(0))
             .map_err(|_| StorageError::Corrupt("document id is not UTF-8".into()))?;
         let meta: DocMeta = decode("document", r.get(1))?;
-        metas.insert(id, Some(meta));
+        reads.metas.insert(id, Some(meta));
     }
-    let batch = PgBatch {
-        h,
-        client,
-        db,
-        metas,
-        ops: Ops::default(),
-        docs_read,
-        retry,
+    let mut passes = 0;
+    let (out, ops, summary, read) = loop {
+        passes += 1;
+        let needs = match run_pass(&reads, last as u64 + 1, body) {
+            Pass::Done(out, ops, summary, read) => break (out, ops, summary, read),
+            Pass::Failed(e) => return Err(e),
+            Pass::Needs(_) if passes >= MAX_PASSES => {
+                return Err(StorageError::Engine(
+                    "a write batch kept asking for records it had not read".into(),
+                ))
+            }
+            Pass::Needs(needs) => needs,
+        };
+        read_needs(client, db, needs, &mut reads, retry).await?;
     };
-    let mut st = DocBatch::new(batch, last as u64 + 1);
-    let out = body(&mut st)?;
-    let (batch, summary) = st.finish()?;
-    let mut stmts = batch.ops.statements(db);
+    docs_read.fetch_add(read, Ordering::Relaxed);
+    let mut stmts = ops.statements(db);
     if summary.last_seq != last as u64 || summary.doc_delta != 0 {
         stmts.push(stmt(
             db,
@@ -614,14 +754,15 @@ fn attempt_tx<T>(
     }
     stmts.push(Stmt::new("COMMIT", Vec::new()));
     live.committing(summary.last_seq);
-    match h.block_on(pipeline_raw(client, &stmts)) {
+    match pipeline_raw(client, &stmts).await {
         Ok(()) => {
-            *committed = true;
+            // committed: the connection goes back to the pool
+            tx.release();
             Ok((out, summary))
         }
         Err(e) => {
             live.abandoned(summary.last_seq);
-            Err(err(e))
+            Err(tx_err(e, retry))
         }
     }
 }

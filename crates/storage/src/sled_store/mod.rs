@@ -99,7 +99,10 @@ use tokio::sync::watch;
 use crate::combine::{WriteCombiner, WriteResult};
 use crate::model::*;
 use crate::rules::{check_local_delete, next_local_rev};
-use crate::{BoxFuture, DatabaseStore, PrincipalKind, Result, StorageError, StoreServer, Ticket};
+use crate::{
+    ready, BoxFuture, BuildRecord, DatabaseStore, PrincipalKind, Result, StorageError, StoreServer,
+    Ticket,
+};
 use commit::GroupCommit;
 use keys::*;
 
@@ -168,7 +171,8 @@ impl Store {
         let tree = self.db.open_tree(format!("{DB_TREE_PREFIX}{name}"))?;
         let last_seq = read_u64(&tree, META_LAST_SEQ)?;
         let (tx, _) = watch::channel(last_seq);
-        Ok(Arc::new(SledDatabase {
+        Ok(Arc::new_cyclic(|me| SledDatabase {
+            me: me.clone(),
             name: name.to_string(),
             db: self.db.clone(),
             tree,
@@ -187,35 +191,64 @@ impl Store {
 }
 
 impl StoreServer for Store {
-    fn open_database(&self, name: &str) -> Result<Arc<dyn DatabaseStore>> {
-        Ok(self.database(name)?)
+    fn open_database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<dyn DatabaseStore>>> {
+        ready(self.database(name).map(|d| d as Arc<dyn DatabaseStore>))
     }
 
-    fn create_database(&self, name: &str, config: &[u8]) -> Result<()> {
-        self.registry.insert(name.as_bytes(), config)?;
-        self.db.flush()?;
-        Ok(())
+    fn create_database<'a>(&'a self, name: &'a str, config: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.registry.insert(name.as_bytes(), config)?;
+            self.db.flush()?;
+            Ok(())
+        })())
     }
 
-    fn delete_database(&self, name: &str) -> Result<()> {
-        self.db.drop_tree(format!("{DB_TREE_PREFIX}{name}"))?;
-        self.registry.remove(name.as_bytes())?;
-        self.db.flush()?;
-        Ok(())
+    fn delete_database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.db.drop_tree(format!("{DB_TREE_PREFIX}{name}"))?;
+            self.registry.remove(name.as_bytes())?;
+            self.db.flush()?;
+            Ok(())
+        })())
     }
 
-    fn list_databases(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        self.registry
-            .iter()
-            .map(|r| {
-                let (k, v) = r?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
-            })
-            .collect()
+    fn list_databases(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>> {
+        ready(
+            self.registry
+                .iter()
+                .map(|r| {
+                    let (k, v) = r?;
+                    Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+                })
+                .collect(),
+        )
     }
 
     /// Concurrent first uses agree on one value (compare-and-swap).
-    fn server_value(&self, key: &str, init: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>> {
+    fn server_value<'a>(
+        &'a self,
+        key: &'a str,
+        init: &'a mut (dyn FnMut() -> Vec<u8> + Send),
+    ) -> BoxFuture<'a, Result<Vec<u8>>> {
+        ready(self.server_value_now(key, init))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl Store {
+    fn server_value_now(
+        &self,
+        key: &str,
+        init: &mut (dyn FnMut() -> Vec<u8> + Send),
+    ) -> Result<Vec<u8>> {
         let meta = self.db.open_tree(META_TREE)?;
         if let Some(v) = meta.get(key)? {
             return Ok(v.to_vec());
@@ -229,19 +262,12 @@ impl StoreServer for Store {
             Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or(fresh)),
         }
     }
-
-    fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 /// One database in the sled store.
 pub struct SledDatabase {
+    /// This handle (what compaction moves to a blocking thread).
+    me: std::sync::Weak<SledDatabase>,
     name: String,
     db: sled::Db,
     tree: sled::Tree,
@@ -312,11 +338,59 @@ impl SledDatabase {
     }
 }
 
-impl DatabaseStore for SledDatabase {
-    fn name(&self) -> &str {
-        &self.name
-    }
+/// The embedded store's operations, synchronous: sled answers at once, so the
+/// [`DatabaseStore`] methods run these and return a completed future.
+pub(crate) trait SledOps {
+    fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>>;
+    fn rev_body(&self, id: &str, rev: &str) -> Result<Option<StoredBody>>;
+    fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)>;
+    fn doc_count(&self) -> Result<u64>;
+    fn docs_from(
+        &self,
+        start: &str,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<(String, DocMeta)>> + '_>;
+    fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>>;
+    fn get_local(&self, id: &str) -> Result<Option<LocalDoc>>;
+    fn put_local(
+        &self,
+        id: &str,
+        rev: Option<&str>,
+        body: Box<serde_json::value::RawValue>,
+    ) -> Result<(String, Ticket)>;
+    fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket>;
+    fn get_principal(&self, kind: PrincipalKind, name: &str) -> Result<Option<Vec<u8>>>;
+    fn put_principal(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<(u64, Ticket)>;
+    fn put_principal_if(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        expected: Option<&[u8]>,
+        build: &mut dyn FnMut(u64) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Option<(u64, Ticket)>>;
+    fn delete_principal(&self, kind: PrincipalKind, name: &str) -> Result<Ticket>;
+    fn restamp_docs(&self, docs: Vec<Restamp>) -> Result<(Vec<Option<u64>>, Ticket)>;
+    fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn raise_seq(&self, seq: u64) -> Result<Ticket>;
+    fn put_setting(&self, key: &str, value: Option<&[u8]>) -> Result<Ticket>;
+    fn doc_grants(&self, kind: PrincipalKind, name: &str) -> Result<Vec<(String, DocGrant)>>;
+    fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>>;
+    fn get_session(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn put_session(&self, key: &str, value: Vec<u8>) -> Result<Ticket>;
+    fn delete_sessions(&self, keys: &[String]) -> Result<Ticket>;
+    fn list_sessions(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    fn put_login(&self, key: &str, value: Vec<u8>) -> Result<Ticket>;
+    fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn list_logins(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    fn delete_logins(&self, keys: &[String]) -> Result<Ticket>;
+}
 
+impl SledOps for SledDatabase {
     fn doc_meta(&self, id: &str) -> Result<Option<DocMeta>> {
         self.load_meta(id)
     }
@@ -328,10 +402,6 @@ impl DatabaseStore for SledDatabase {
     fn write_docs(&self, writes: Vec<DocWrite>) -> Result<(Vec<Result<WriteOutcome>>, Ticket)> {
         let (mut results, ticket) = self.apply_writes(vec![writes])?;
         Ok((results.pop().unwrap_or_default(), ticket))
-    }
-
-    fn write_docs_shared(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
-        Box::pin(self.combiner.write(writes, |sets| self.apply_writes(sets)))
     }
 
     fn doc_count(&self) -> Result<u64> {
@@ -366,18 +436,6 @@ impl DatabaseStore for SledDatabase {
         }
     }
 
-    fn last_seq(&self) -> u64 {
-        self.durable_seq.load(Ordering::SeqCst)
-    }
-
-    fn changes_view(&self) -> Box<dyn crate::ChangesView + '_> {
-        Box::new(self.open_view())
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.notify.subscribe()
-    }
-
     fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.tree.get(prefixed(b'a', digest))?.map(|v| v.to_vec()))
     }
@@ -396,7 +454,7 @@ impl DatabaseStore for SledDatabase {
         body: Box<serde_json::value::RawValue>,
     ) -> Result<(String, Ticket)> {
         let _guard = self.lock();
-        let current = self.get_local(id)?;
+        let current = SledOps::get_local(self, id)?;
         let doc = LocalDoc {
             rev: next_local_rev(current.as_ref(), rev)?,
             body,
@@ -409,7 +467,7 @@ impl DatabaseStore for SledDatabase {
 
     fn delete_local(&self, id: &str, rev: Option<&str>) -> Result<Ticket> {
         let _guard = self.lock();
-        check_local_delete(self.get_local(id)?.as_ref(), rev)?;
+        check_local_delete(SledOps::get_local(self, id)?.as_ref(), rev)?;
         let mut batch = Batch::default();
         batch.remove(prefixed(b'l', id));
         self.finish(batch, self.assigned_seq(), 0)
@@ -510,14 +568,6 @@ impl DatabaseStore for SledDatabase {
             .collect()
     }
 
-    fn grants_version(&self) -> u64 {
-        self.grants.version()
-    }
-
-    fn grant_changes_since(&self, since: u64) -> Option<(u64, Vec<GrantChange>)> {
-        self.grants.since(since)
-    }
-
     fn list_principals(&self, kind: PrincipalKind) -> Result<Vec<String>> {
         self.scan(principal_prefix(kind))
             .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[1..]).into_owned()))
@@ -572,9 +622,229 @@ impl DatabaseStore for SledDatabase {
         self.tree.apply_batch(batch)?;
         Ok(self.commit.ticket())
     }
+}
 
-    fn compact(&self) -> Result<CompactStats> {
-        self.compact_now()
+impl DatabaseStore for SledDatabase {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn doc_meta<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DocMeta>>> {
+        ready(SledOps::doc_meta(self, id))
+    }
+
+    fn rev_body<'a>(
+        &'a self,
+        id: &'a str,
+        rev: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredBody>>> {
+        ready(SledOps::rev_body(self, id, rev))
+    }
+
+    fn doc_metas<'a>(&'a self, ids: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<DocMeta>>>> {
+        ready(ids.iter().map(|id| SledOps::doc_meta(self, id)).collect())
+    }
+
+    fn rev_bodies<'a>(
+        &'a self,
+        revs: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<Option<StoredBody>>>> {
+        ready(
+            revs.iter()
+                .map(|(id, rev)| SledOps::rev_body(self, id, rev))
+                .collect(),
+        )
+    }
+
+    fn write_docs(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
+        ready(SledOps::write_docs(self, writes))
+    }
+
+    fn write_docs_shared(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {
+        Box::pin(
+            self.combiner
+                .write(writes, |sets| std::future::ready(self.apply_writes(sets))),
+        )
+    }
+
+    fn doc_count(&self) -> BoxFuture<'_, Result<u64>> {
+        ready(SledOps::doc_count(self))
+    }
+
+    fn docs_page<'a>(
+        &'a self,
+        start: &'a str,
+        inclusive: bool,
+        descending: bool,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(String, DocMeta)>>> {
+        let skip = |r: &Result<(String, DocMeta)>| {
+            !inclusive && r.as_ref().is_ok_and(|(id, _)| id == start)
+        };
+        ready(
+            SledOps::docs_from(self, start, descending)
+                .skip_while(skip)
+                .take(limit)
+                .collect(),
+        )
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::SeqCst)
+    }
+
+    fn changes_view(&self) -> Box<dyn crate::ChangesView + '_> {
+        Box::new(self.open_view())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    fn doc_grants<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, DocGrant)>>> {
+        ready(SledOps::doc_grants(self, kind, name))
+    }
+
+    fn grants_version(&self) -> u64 {
+        self.grants.version()
+    }
+
+    fn grant_changes_since(&self, since: u64) -> Option<(u64, Vec<GrantChange>)> {
+        self.grants.since(since)
+    }
+
+    fn restamp_docs(
+        &self,
+        docs: Vec<Restamp>,
+    ) -> BoxFuture<'_, Result<(Vec<Option<u64>>, Ticket)>> {
+        ready(SledOps::restamp_docs(self, docs))
+    }
+
+    fn raise_seq(&self, seq: u64) -> BoxFuture<'_, Result<Ticket>> {
+        ready(SledOps::raise_seq(self, seq))
+    }
+
+    fn get_setting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        ready(SledOps::get_setting(self, key))
+    }
+
+    fn put_setting<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Ticket>> {
+        ready(SledOps::put_setting(self, key, value))
+    }
+
+    fn attachment<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        ready(SledOps::attachment(self, digest))
+    }
+
+    fn get_local<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<LocalDoc>>> {
+        ready(SledOps::get_local(self, id))
+    }
+
+    fn put_local<'a>(
+        &'a self,
+        id: &'a str,
+        rev: Option<&'a str>,
+        body: Box<serde_json::value::RawValue>,
+    ) -> BoxFuture<'a, Result<(String, Ticket)>> {
+        ready(SledOps::put_local(self, id, rev, body))
+    }
+
+    fn delete_local<'a>(
+        &'a self,
+        id: &'a str,
+        rev: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Ticket>> {
+        ready(SledOps::delete_local(self, id, rev))
+    }
+
+    fn get_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        ready(SledOps::get_principal(self, kind, name))
+    }
+
+    fn put_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+        build: BuildRecord<'a>,
+    ) -> BoxFuture<'a, Result<(u64, Ticket)>> {
+        ready(SledOps::put_principal(self, kind, name, build))
+    }
+
+    fn put_principal_if<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+        expected: Option<&'a [u8]>,
+        build: BuildRecord<'a>,
+    ) -> BoxFuture<'a, Result<Option<(u64, Ticket)>>> {
+        ready(SledOps::put_principal_if(self, kind, name, expected, build))
+    }
+
+    fn delete_principal<'a>(
+        &'a self,
+        kind: PrincipalKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Ticket>> {
+        ready(SledOps::delete_principal(self, kind, name))
+    }
+
+    fn list_principals(&self, kind: PrincipalKind) -> BoxFuture<'_, Result<Vec<String>>> {
+        ready(SledOps::list_principals(self, kind))
+    }
+
+    fn get_session<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        ready(SledOps::get_session(self, key))
+    }
+
+    fn put_session<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<Ticket>> {
+        ready(SledOps::put_session(self, key, value))
+    }
+
+    fn delete_sessions<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Ticket>> {
+        ready(SledOps::delete_sessions(self, keys))
+    }
+
+    fn list_sessions(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>> {
+        ready(SledOps::list_sessions(self))
+    }
+
+    fn put_login<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<Ticket>> {
+        ready(SledOps::put_login(self, key, value))
+    }
+
+    fn take_login<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        ready(SledOps::take_login(self, key))
+    }
+
+    fn list_logins(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>>> {
+        ready(SledOps::list_logins(self))
+    }
+
+    fn delete_logins<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Ticket>> {
+        ready(SledOps::delete_logins(self, keys))
+    }
+
+    /// On a blocking thread (it walks every document).
+    fn compact(&self) -> BoxFuture<'_, Result<CompactStats>> {
+        let me = self.me.upgrade();
+        Box::pin(async move {
+            let me = me.ok_or_else(|| StorageError::Engine("database closed".into()))?;
+            tokio::task::spawn_blocking(move || me.compact_now())
+                .await
+                .map_err(|e| StorageError::Engine(format!("compaction failed: {e}")))?
+        })
     }
 
     fn durable(&self, ticket: Ticket) -> BoxFuture<'_, Result<()>> {

@@ -3,7 +3,11 @@
 //! `tests/conformance.rs`.
 
 use super::*;
-use crate::ChangesView;
+
+/// The engine's synchronous operations (the trait's are futures).
+fn ops(db: &SledDatabase) -> &dyn SledOps {
+    db
+}
 use serde_json::Value;
 
 fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
@@ -23,7 +27,7 @@ fn edit(id: &str, parent: Option<&str>, body: Value) -> DocWrite {
 
 /// Applies writes and waits until they are durable (visible to change views).
 fn durable_write(db: &SledDatabase, w: Vec<DocWrite>) -> Result<Vec<Result<WriteOutcome>>> {
-    let (r, ticket) = db.write_docs(w)?;
+    let (r, ticket) = ops(db).write_docs(w)?;
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
@@ -36,7 +40,7 @@ fn one(db: &SledDatabase, w: DocWrite) -> Result<WriteOutcome> {
 }
 
 fn since(db: &SledDatabase, since: u64) -> Vec<ChangeEntry> {
-    let view = db.changes_view();
+    let view = db.open_view();
     let rows = view.since(since, false).map(|c| c.unwrap()).collect();
     rows
 }
@@ -93,7 +97,7 @@ fn queued_writers_share_one_batch_with_their_own_results() {
     }
     assert!(!db.combiner.state().0);
     assert_eq!(db.assigned_seq(), 6);
-    assert_eq!(db.doc_count().unwrap(), 6);
+    assert_eq!(ops(&db).doc_count().unwrap(), 6);
     // a writer that finds nobody leading applies its own batch at once
     let (r, t2) = rt
         .block_on(db.write_docs_shared(vec![edit("e", None, serde_json::json!({}))]))
@@ -108,7 +112,7 @@ fn feeds_see_a_sequence_only_once_it_is_durable() {
     let store = Store::open(dir.path()).unwrap();
     let db = store.database("db").unwrap();
     let mut rx = db.subscribe();
-    let (r, ticket) = db
+    let (r, ticket) = ops(&db)
         .write_docs(vec![edit("a", None, serde_json::json!({}))])
         .unwrap();
     assert_eq!(r[0].as_ref().unwrap().seq, 1);
@@ -116,7 +120,7 @@ fn feeds_see_a_sequence_only_once_it_is_durable() {
     assert_eq!(db.last_seq(), 0);
     assert!(!rx.has_changed().unwrap());
     // the next writer numbers after it all the same
-    let (r2, ticket2) = db
+    let (r2, ticket2) = ops(&db)
         .write_docs(vec![edit("b", None, serde_json::json!({}))])
         .unwrap();
     assert_eq!(r2[0].as_ref().unwrap().seq, 2);
@@ -159,11 +163,11 @@ fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
     one(&db, with("b", None)).unwrap();
     assert_eq!(db.last_seq(), 2);
     // applied, not durable
-    let (r, ticket) = db.write_docs(vec![with("a", Some(&a1.rev))]).unwrap();
+    let (r, ticket) = ops(&db).write_docs(vec![with("a", Some(&a1.rev))]).unwrap();
     let a2 = r.into_iter().next().unwrap().unwrap();
     assert_eq!(a2.seq, 3);
     type Rows = Vec<(String, u64)>;
-    let seqs = |v: &dyn ChangesView| -> (Rows, Rows) {
+    let seqs = |v: &views::View<'_>| -> (Rows, Rows) {
         let all = v
             .since(0, false)
             .map(|e| e.map(|e| (e.id, e.seq)).unwrap())
@@ -175,21 +179,21 @@ fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
         (all, ch)
     };
     let at_two = vec![("a".to_string(), 1), ("b".to_string(), 2)];
-    let old_view = db.changes_view();
-    assert_eq!(old_view.seq(), 2);
-    assert_eq!(seqs(&*old_view), (at_two.clone(), at_two.clone()));
+    let old_view = db.open_view();
+    assert_eq!(old_view.seq, 2);
+    assert_eq!(seqs(&old_view), (at_two.clone(), at_two.clone()));
     let desc: Vec<u64> = old_view.since(0, true).map(|e| e.unwrap().seq).collect();
     assert_eq!(desc, vec![2, 1]);
     rt.block_on(db.durable(ticket)).unwrap();
     let at_three = vec![("b".to_string(), 2), ("a".to_string(), 3)];
     {
-        let new_view = db.changes_view();
-        assert_eq!(new_view.seq(), 3);
-        assert_eq!(seqs(&*new_view), (at_three.clone(), at_three.clone()));
+        let new_view = db.open_view();
+        assert_eq!(new_view.seq, 3);
+        assert_eq!(seqs(&new_view), (at_three.clone(), at_three.clone()));
     }
     // a write while the old view is open must not collect what it shows
     one(&db, with("c", None)).unwrap();
-    assert_eq!(seqs(&*old_view), (at_two.clone(), at_two));
+    assert_eq!(seqs(&old_view), (at_two.clone(), at_two));
     assert_eq!(db.raw_changes(0, false).count(), 4, "a@1 kept for the view");
     drop(old_view);
     // the next write collects it: the entry, its channel key and its record
@@ -199,7 +203,7 @@ fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
     assert_eq!(db.scan(b'g').count(), 0);
     assert!(db.tree.get(channel_key("c", 1)).unwrap().is_none());
     // a document written twice in one batch: only its last entry, superseding the old one
-    let b1 = db.doc_meta("b").unwrap().unwrap();
+    let b1 = ops(&db).doc_meta("b").unwrap().unwrap();
     let b1_rev = b1.winner().unwrap().0.to_string();
     let r = durable_write(&db, vec![with("b", Some(&b1_rev)), with("e", None)]).unwrap();
     let b2 = r[0].as_ref().unwrap().rev.clone();
@@ -217,7 +221,7 @@ fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
         ]
     );
     // compaction collects whatever no view needs; a reopened store reads the same
-    db.compact().unwrap();
+    db.compact_now().unwrap();
     assert_eq!(db.scan(b'g').count(), 0);
     assert_eq!(db.raw_changes(0, false).count(), 5);
     drop(db);
@@ -274,12 +278,12 @@ fn concurrent_views_list_every_document_once() {
                     let writes = pick
                         .iter()
                         .map(|id| {
-                            let rev = db.doc_meta(id).unwrap().unwrap();
+                            let rev = ops(&db).doc_meta(id).unwrap().unwrap();
                             let rev = rev.winner().unwrap().0.to_string();
                             with(id, Some(rev), n)
                         })
                         .collect();
-                    let (r, t) = db.write_docs(writes).unwrap();
+                    let (r, t) = ops(&db).write_docs(writes).unwrap();
                     assert!(r.iter().all(|r| r.is_ok()));
                     rt.block_on(db.durable(t)).unwrap();
                     written.fetch_add(1, Ordering::SeqCst);
@@ -308,8 +312,8 @@ fn concurrent_views_list_every_document_once() {
                         && started.elapsed() < std::time::Duration::from_secs(60))
                 {
                     views += 1;
-                    let view = db.changes_view();
-                    let v = view.seq();
+                    let view = db.open_view();
+                    let v = view.seq;
                     check("asc", v, view.since(0, false).map(|e| e.unwrap()).collect());
                     check("desc", v, view.since(0, true).map(|e| e.unwrap()).collect());
                     let chans = ["x0".to_string(), "x1".to_string()];
@@ -332,7 +336,7 @@ fn concurrent_views_list_every_document_once() {
     }
     assert!(batches > 2, "writers ran alongside the readers");
     // with no view open, one more write leaves at most what it supersedes itself
-    let rev = db.doc_meta("d00").unwrap().unwrap();
+    let rev = ops(&db).doc_meta("d00").unwrap().unwrap();
     let rev = rev.winner().unwrap().0.to_string();
     one(&db, with("d00", Some(rev), 0)).unwrap();
     assert!(db.scan(b'g').count() <= 1);
@@ -344,7 +348,7 @@ fn a_corrupt_body_is_an_error_naming_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let db = store.database("db").unwrap();
-    let (mut r, _) = db
+    let (mut r, _) = ops(&db)
         .write_docs(vec![DocWrite::Edit {
             id: "doc-x".into(),
             parent: None,
@@ -360,22 +364,22 @@ fn a_corrupt_body_is_an_error_naming_the_document() {
         .unwrap();
     let rev = r.remove(0).unwrap().rev;
     // the body is inline in the document's record: corrupt it there
-    let meta = db.doc_meta("doc-x").unwrap().unwrap();
+    let meta = ops(&db).doc_meta("doc-x").unwrap().unwrap();
     let record = encode_doc("doc-x", &meta, Some((&rev, b"\x01\xff"))).unwrap();
     db.tree.insert(doc_key("doc-x"), record).unwrap();
-    let err = db.rev_body("doc-x", &rev).unwrap_err();
+    let err = ops(&db).rev_body("doc-x", &rev).unwrap_err();
     assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
     assert!(err.to_string().contains("doc-x"), "{err}");
     // and a body under its own key
     db.tree
         .insert(body_key("doc-x", "1-abc"), &b"\x01\xff"[..])
         .unwrap();
-    let err = db.rev_body("doc-x", "1-abc").unwrap_err();
+    let err = ops(&db).rev_body("doc-x", "1-abc").unwrap_err();
     assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
     assert!(err.to_string().contains("doc-x"), "{err}");
     for bad in [&b"not json"[..], b"\x01\x00\x00", b"\x02{}", b""] {
         db.tree.insert(doc_key("doc-x"), bad).unwrap();
-        let err = db.doc_meta("doc-x").unwrap_err();
+        let err = ops(&db).doc_meta("doc-x").unwrap_err();
         assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
         assert!(err.to_string().contains("doc-x"), "{err}");
     }
@@ -411,11 +415,11 @@ fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
     assert_eq!(body_keys(&db, "doc"), vec![a.rev.clone()]);
     assert_eq!(
-        db.rev_body("doc", &a.rev).unwrap().unwrap().json,
+        ops(&db).rev_body("doc", &a.rev).unwrap().unwrap().json,
         br#"{"v":1}"#
     );
     assert_eq!(
-        db.rev_body("doc", &b.rev).unwrap().unwrap().json,
+        ops(&db).rev_body("doc", &b.rev).unwrap().unwrap().json,
         br#"{"v":2}"#
     );
     // a losing conflict does not displace the winner
@@ -434,12 +438,18 @@ fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
     )
     .unwrap();
     assert_eq!(
-        db.doc_meta("doc").unwrap().unwrap().winner().unwrap().0,
+        ops(&db)
+            .doc_meta("doc")
+            .unwrap()
+            .unwrap()
+            .winner()
+            .unwrap()
+            .0,
         b.rev
     );
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
     assert_eq!(
-        db.rev_body("doc", &c.rev).unwrap().unwrap().json,
+        ops(&db).rev_body("doc", &c.rev).unwrap().unwrap().json,
         br#"{"v":3}"#
     );
     // two writes of one document in one batch
@@ -464,20 +474,20 @@ fn a_new_document_is_two_keys_and_its_winner_body_stays_inline() {
     assert_eq!(inline_rev(&db, "two"), Some(t2.clone()));
     assert_eq!(body_keys(&db, "two"), vec![t1.clone()]);
     // compaction drops the old bodies, not the inline winner
-    let stats = db.compact().unwrap();
+    let stats = db.compact_now().unwrap();
     assert_eq!(stats.bodies_removed, 2, "{stats:?}");
     assert!(body_keys(&db, "two").is_empty());
     assert_eq!(body_keys(&db, "doc"), vec![c.rev.clone()]);
     assert_eq!(inline_rev(&db, "doc"), Some(b.rev.clone()));
     assert_eq!(
-        db.rev_body("doc", &b.rev).unwrap().unwrap().json,
+        ops(&db).rev_body("doc", &b.rev).unwrap().unwrap().json,
         br#"{"v":2}"#
     );
     assert_eq!(
-        db.rev_body("two", &t2).unwrap().unwrap().json,
+        ops(&db).rev_body("two", &t2).unwrap().unwrap().json,
         br#"{"n":2}"#
     );
-    assert!(db.rev_body("two", &t1).unwrap().is_none());
+    assert!(ops(&db).rev_body("two", &t1).unwrap().is_none());
 }
 
 #[test]
@@ -501,7 +511,7 @@ fn pruning_drops_an_inline_body() {
         "{:?}",
         body_keys(&db, "doc")
     );
-    assert!(db.rev_body("doc", &a.rev).unwrap().is_none());
+    assert!(ops(&db).rev_body("doc", &a.rev).unwrap().is_none());
 }
 
 #[test]
@@ -511,8 +521,8 @@ fn documents_in_the_first_format_are_read_updated_and_compacted() {
     let db = store.database("db").unwrap();
     let a = one(&db, edit("old", None, serde_json::json!({"v": 1}))).unwrap();
     // rewrite it as the first format stored it: JSON metadata, the body under `b`
-    let meta = db.doc_meta("old").unwrap().unwrap();
-    let body = db.rev_body("old", &a.rev).unwrap().unwrap();
+    let meta = ops(&db).doc_meta("old").unwrap().unwrap();
+    let body = ops(&db).rev_body("old", &a.rev).unwrap().unwrap();
     db.tree
         .insert(doc_key("old"), serde_json::to_vec(&meta).unwrap())
         .unwrap();
@@ -520,25 +530,28 @@ fn documents_in_the_first_format_are_read_updated_and_compacted() {
         .insert(body_key("old", &a.rev), body.encode().unwrap())
         .unwrap();
     assert_eq!(inline_rev(&db, "old"), None);
-    assert_eq!(db.doc_meta("old").unwrap().unwrap().seq, meta.seq);
+    assert_eq!(ops(&db).doc_meta("old").unwrap().unwrap().seq, meta.seq);
     assert_eq!(
-        db.rev_body("old", &a.rev).unwrap().unwrap().json,
+        ops(&db).rev_body("old", &a.rev).unwrap().unwrap().json,
         br#"{"v":1}"#
     );
-    let all: Vec<_> = db.docs_from("", false).map(|r| r.unwrap().0).collect();
+    let all: Vec<_> = ops(&db)
+        .docs_from("", false)
+        .map(|r| r.unwrap().0)
+        .collect();
     assert_eq!(all, vec!["old".to_string()]);
     // an update writes the second format; the old body stays under its key
     let b = one(&db, edit("old", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
     assert_eq!(inline_rev(&db, "old"), Some(b.rev.clone()));
     assert_eq!(body_keys(&db, "old"), vec![a.rev.clone()]);
     assert_eq!(
-        db.rev_body("old", &a.rev).unwrap().unwrap().json,
+        ops(&db).rev_body("old", &a.rev).unwrap().unwrap().json,
         br#"{"v":1}"#
     );
-    assert_eq!(db.compact().unwrap().bodies_removed, 1);
+    assert_eq!(db.compact_now().unwrap().bodies_removed, 1);
     assert!(body_keys(&db, "old").is_empty());
     assert_eq!(
-        db.rev_body("old", &b.rev).unwrap().unwrap().json,
+        ops(&db).rev_body("old", &b.rev).unwrap().unwrap().json,
         br#"{"v":2}"#
     );
 }
@@ -634,7 +647,7 @@ fn a_revision_tree_in_binary_is_under_a_fifth_of_its_json() {
             .unwrap()
             .rev;
     }
-    let meta = db.doc_meta("doc").unwrap().unwrap();
+    let meta = ops(&db).doc_meta("doc").unwrap().unwrap();
     let mut bin = Vec::new();
     encode_meta(&mut bin, &meta).unwrap();
     let json = serde_json::to_vec(&meta).unwrap();

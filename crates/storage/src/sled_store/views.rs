@@ -8,7 +8,7 @@ use sled::Batch;
 use super::keys::*;
 use super::SledDatabase;
 use crate::model::ChangeEntry;
-use crate::{ChangesView, Result, StorageError};
+use crate::{ready, BoxFuture, ChangesView, Result, StorageError};
 
 impl SledDatabase {
     /// Opens a change view at the durable sequence. Reading `durable_seq` and registering the
@@ -130,7 +130,7 @@ impl SledDatabase {
 /// A change view: the sequence it is pinned at, released on drop.
 pub(super) struct View<'a> {
     db: &'a SledDatabase,
-    seq: u64,
+    pub(super) seq: u64,
 }
 
 impl Drop for View<'_> {
@@ -139,12 +139,10 @@ impl Drop for View<'_> {
     }
 }
 
-impl ChangesView for View<'_> {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    fn since(
+impl View<'_> {
+    /// Entries with sequence in (`since`, `seq`], ascending (or descending), as the view
+    /// shows them.
+    pub(super) fn since(
         &self,
         since: u64,
         descending: bool,
@@ -161,8 +159,60 @@ impl ChangesView for View<'_> {
             )
         }
     }
+}
 
-    fn in_channels(
+/// Pages are read at once (sled answers without waiting); each page is a new range read, and
+/// visibility is decided per entry, so pages agree (see the module documentation).
+impl ChangesView for View<'_> {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn since_page(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<ChangeEntry>>> {
+        ready(self.since(after, false).take(limit).collect())
+    }
+
+    fn since_page_desc(
+        &self,
+        since: u64,
+        below: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ChangeEntry>>> {
+        let view = self.seq;
+        let (from, to) = (seq_key(since.saturating_add(1)), seq_key(below));
+        if from >= to {
+            return ready(Ok(Vec::new()));
+        }
+        ready(
+            self.db
+                .tree
+                .range(from.to_vec()..to.to_vec())
+                .rev()
+                .map(|r| {
+                    let (k, v) = r?;
+                    self.db.docs_read.fetch_add(1, Ordering::Relaxed);
+                    decode_change(&k, &v)
+                })
+                .filter(move |e| e.as_ref().map_or(true, |e| e.visible_at(view)))
+                .take(limit)
+                .collect(),
+        )
+    }
+
+    fn channels_page<'a>(
+        &'a self,
+        channels: &'a [String],
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ChangeEntry>>> {
+        ready(self.in_channels(channels, after).take(limit).collect())
+    }
+}
+
+impl View<'_> {
+    /// Entries with sequence in (`since`, `seq`] in one of `channels`, ascending, as the view
+    /// shows them.
+    pub(super) fn in_channels(
         &self,
         channels: &[String],
         since: u64,

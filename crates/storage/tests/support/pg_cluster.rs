@@ -39,12 +39,21 @@ pub fn fresh_database() -> String {
         N.fetch_add(1, Ordering::SeqCst)
     );
     let url = server_url();
+    // on a thread of its own: callers may be inside a runtime (`#[tokio::test]`)
+    let (u, n) = (url.clone(), name.clone());
+    std::thread::spawn(move || create_database(&u, &n))
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    with_database(&url, &name)
+}
+
+fn create_database(url: &str, name: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL server: {e}"));
         let driver = tokio::spawn(conn);
@@ -55,7 +64,6 @@ pub fn fresh_database() -> String {
         drop(client);
         let _ = driver.await;
     });
-    with_database(&url, &name)
 }
 
 /// `url` with its database replaced by `db`.
