@@ -644,3 +644,137 @@ fn a_disconnected_replicated_branch_sees_the_current_document_as_old_doc() {
         "{v}"
     );
 }
+
+/// Requests whose function calls finish together are written as one store write: each still
+/// gets its own answer, and a document refused for one request is never stored for another.
+#[test]
+fn concurrent_writers_each_get_their_own_results() {
+    let s = start(PRIVATE);
+    let public = format!("{}/db", s.public);
+    let admin = format!("{}/db", s.admin);
+    for u in ["alice", "bob", "carol"] {
+        let (st, _) = put(&format!("{admin}/owned-{u}"), &json!({"owner": u}));
+        assert_eq!(st, 201);
+    }
+    let users = ["alice", "bob", "carol"];
+    let threads: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(k, &u)| {
+            let public = public.clone();
+            let admin = admin.clone();
+            let other = users[(k + 1) % 3];
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    // the user's own document
+                    let (st, b) = uput(u, &format!("{public}/{u}-{i}"), &json!({"owner": u}));
+                    assert_eq!(
+                        (st, b["id"].as_str()),
+                        (201, Some(format!("{u}-{i}").as_str()))
+                    );
+                    assert!(b["rev"].as_str().unwrap().starts_with("1-"));
+                    // a document owned by someone else: refused, nothing stored
+                    let (st, b) = uput(
+                        u,
+                        &format!("{public}/{u}-theft-{i}"),
+                        &json!({"owner": other}),
+                    );
+                    assert_eq!((st, b["error"].as_str()), (403, Some("forbidden")), "{b}");
+                    // a batch mixing both, and a throw in the middle
+                    let (st, rows) = upost(
+                        u,
+                        &format!("{public}/_bulk_docs"),
+                        &json!({"docs": [
+                            {"_id": format!("{u}-b{i}"), "owner": u},
+                            {"_id": format!("{u}-bt{i}"), "owner": other},
+                            {"_id": format!("{u}-bb{i}"), "owner": u, "boom": true},
+                            {"_id": format!("{u}-bc{i}"), "owner": u},
+                        ]}),
+                    );
+                    assert_eq!(st, 201);
+                    let rows = rows.as_array().unwrap().clone();
+                    assert_eq!(rows.len(), 4);
+                    assert_eq!(rows[0]["id"], format!("{u}-b{i}"));
+                    assert!(rows[0]["ok"].as_bool().unwrap(), "{rows:?}");
+                    assert_eq!(rows[1]["id"], format!("{u}-bt{i}"));
+                    assert_eq!(rows[1]["error"], "forbidden", "{rows:?}");
+                    assert_eq!(rows[2]["id"], format!("{u}-bb{i}"));
+                    assert!(rows[2]["error"].is_string(), "{rows:?}");
+                    assert_eq!(rows[3]["id"], format!("{u}-bc{i}"));
+                    assert!(rows[3]["ok"].as_bool().unwrap(), "{rows:?}");
+                    // an update of the user's own document and of another's
+                    let (_, d) = uget(u, &format!("{public}/owned-{u}"));
+                    let (st, _) = uput(
+                        u,
+                        &format!("{public}/owned-{u}"),
+                        &json!({"_rev": d["_rev"], "owner": u, "n": i}),
+                    );
+                    assert_eq!(st, 201);
+                    let (_, d) = get(&format!("{admin}/owned-{other}"));
+                    let (st, _) = uput(
+                        u,
+                        &format!("{public}/owned-{other}"),
+                        &json!({"_rev": d["_rev"], "owner": other, "stolen": true}),
+                    );
+                    assert!(st == 403 || st == 409, "{st}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for u in users {
+        for i in 0..25 {
+            assert_eq!(get(&format!("{admin}/{u}-{i}")).1["owner"], u);
+            assert_eq!(get(&format!("{admin}/{u}-b{i}")).1["owner"], u);
+            assert_eq!(get(&format!("{admin}/{u}-bc{i}")).1["owner"], u);
+            for refused in [
+                format!("{u}-theft-{i}"),
+                format!("{u}-bt{i}"),
+                format!("{u}-bb{i}"),
+            ] {
+                assert_eq!(get(&format!("{admin}/{refused}")).0, 404, "{refused}");
+            }
+        }
+        let (_, d) = get(&format!("{admin}/owned-{u}"));
+        assert_eq!(d["n"], 24);
+        assert!(d.get("stolen").is_none(), "{d}");
+        assert!(d["_rev"].as_str().unwrap().starts_with("26-"), "{d}");
+    }
+}
+
+/// A runaway call still running does not hold back other requests' writes: they are written
+/// while it runs (a request parked for gathering waits at most a moment, not for the calls
+/// of other requests to end).
+#[test]
+fn a_write_does_not_wait_for_a_runaway_call_of_another_request() {
+    let s = TestServer::start_with(|c| {
+        c["databases"]["db"]["users"] = users();
+        c["databases"]["db"]["sync"] = json!(PRIVATE);
+        c["databases"]["db"]["javascript_timeout_ms"] = json!(4000);
+    });
+    let admin = format!("{}/db", s.admin);
+    let looping = {
+        let url = format!("{admin}/loop");
+        std::thread::spawn(move || put(&url, &json!({"owner": "o", "loop": true})))
+    };
+    // let the runaway request reach its worker
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for i in 0..20 {
+        let (st, _) = put(&format!("{admin}/meanwhile{i}"), &json!({"owner": "o"}));
+        assert_eq!(st, 201);
+    }
+    let (st, _) = post(
+        &format!("{admin}/_bulk_docs"),
+        &json!({"docs": [{"_id": "bulk-meanwhile", "owner": "o"}]}),
+    );
+    assert_eq!(st, 201);
+    assert!(
+        !looping.is_finished(),
+        "the writes made while the runaway call ran were held until it ended"
+    );
+    let r = looping.join().unwrap();
+    assert_error(&r, 500, "internal_server_error");
+    assert_eq!(get(&format!("{admin}/meanwhile19")).0, 200);
+}
