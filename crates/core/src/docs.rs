@@ -145,11 +145,15 @@ struct Specials {
 }
 
 /// A document from a request: its special members, its own members as compact JSON text in the
-/// client's order, and a parsed view of those for the rules that look inside.
+/// client's order, and what the rules need from inside them (its channels, and the canonical
+/// JSON its revision id is computed from).
 struct ParsedDoc {
     sp: Specials,
     json: Vec<u8>,
-    view: Map<String, Value>,
+    channels: Vec<String>,
+    /// The canonical JSON of the own members plus `_deleted` for a tombstone (see
+    /// [`canonical`]); empty unless asked for (a replicated revision keeps its id).
+    canonical: Vec<u8>,
 }
 
 /// A 400 for a request body that is not the JSON it should be.
@@ -165,8 +169,24 @@ fn special<T: serde::de::DeserializeOwned>(raw: &RawValue, what: &str) -> Result
     serde_json::from_str(raw.get()).map_err(|_| Error::bad(what.to_string()))
 }
 
-/// Splits a document's JSON text into its special members and its own members.
-fn parse_doc(text: &[u8]) -> Result<ParsedDoc> {
+/// A member value whose text is already what [`canonical_json`] writes for it: a string
+/// without escapes (serde_json escapes only `"`, `\\` and control characters, none of which
+/// such a string can hold), `true`, `false` or `null`. Such a value needs no parsing.
+fn is_canonical_scalar(raw: &str) -> bool {
+    match raw.as_bytes() {
+        [b'"', inner @ .., b'"'] => !inner.contains(&b'\\'),
+        b"true" | b"false" | b"null" => true,
+        _ => false,
+    }
+}
+
+/// Splits a document's JSON text into its special members and its own members; with
+/// `want_canonical`, also writes the canonical JSON of its revision id.
+///
+/// Only values that are not already canonical text (numbers, objects, arrays, strings with
+/// escapes) are parsed into a `Value`, to check them and to write their canonical form; the
+/// result is byte for byte that of parsing the whole body into a map.
+fn parse_doc(text: &[u8], want_canonical: bool) -> Result<ParsedDoc> {
     let members = RawMembers::parse(text).map_err(|e| bad_json("Document body", &e))?;
     let mut sp = Specials {
         id: None,
@@ -175,8 +195,9 @@ fn parse_doc(text: &[u8]) -> Result<ParsedDoc> {
         revisions: None,
         attachments: Vec::new(),
     };
-    let mut view = Map::new();
-    let mut own = Vec::with_capacity(members.0.len());
+    // own members in the client's order, with their parsed value where one was needed
+    let mut own: Vec<(std::borrow::Cow<str>, &RawValue, Option<Value>)> =
+        Vec::with_capacity(members.0.len());
     for (k, v) in members.0 {
         match k.as_ref() {
             "_id" => sp.id = special::<Option<String>>(v, "_id must be a string")?,
@@ -201,22 +222,80 @@ fn parse_doc(text: &[u8]) -> Result<ParsedDoc> {
                 )))
             }
             name => {
-                let value = member_value(name, v)?;
-                if view.insert(name.to_string(), value).is_some() {
-                    // a repeated member: the last one wins, as when parsing into a map
-                    own.retain(|(o, _): &(std::borrow::Cow<str>, &RawValue)| o.as_ref() != name);
-                }
-                own.push((k.clone(), v));
+                // `channels` is read by the rules: always parsed
+                let value = if name != "channels" && is_canonical_scalar(v.get()) {
+                    None
+                } else {
+                    Some(member_value(name, v)?)
+                };
+                own.push((k, v, value));
             }
         }
     }
-    let json = object_text(&own, text.len());
-    if view.values().map(depth).max().unwrap_or(0) + 1 > MAX_DEPTH {
+    // a repeated member: the last one wins, as when parsing into a map
+    let mut order: Vec<usize> = (0..own.len()).collect();
+    order.sort_by(|&a, &b| own[a].0.cmp(&own[b].0).then(a.cmp(&b)));
+    let mut keep = vec![true; own.len()];
+    for w in order.windows(2) {
+        if own[w[0]].0 == own[w[1]].0 {
+            keep[w[0]] = false;
+        }
+    }
+    order.retain(|&i| keep[i]);
+    let mut depth_max = 0;
+    let mut channels = Vec::new();
+    for &i in &order {
+        if let Some(v) = &own[i].2 {
+            depth_max = depth_max.max(depth(v));
+            if own[i].0 == "channels" {
+                channels = channels_of_value(v);
+            }
+        }
+    }
+    if depth_max + 1 > MAX_DEPTH {
         return Err(Error::bad(format!(
             "Document is nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    Ok(ParsedDoc { sp, json, view })
+    let mut json = Vec::with_capacity(text.len());
+    json.push(b'{');
+    for (i, (k, v, _)) in own.iter().enumerate() {
+        if keep[i] {
+            push_key(&mut json, k);
+            push_compact(&mut json, v.get());
+        }
+    }
+    json.push(b'}');
+    let mut canonical = Vec::new();
+    if want_canonical {
+        canonical.reserve(json.len() + 20);
+        canonical.push(b'{');
+        let mut deleted_written = !sp.deleted;
+        for &i in &order {
+            let (k, raw, value) = &own[i];
+            if !deleted_written && k.as_ref() > "_deleted" {
+                push_key(&mut canonical, "_deleted");
+                canonical.extend_from_slice(b"true");
+                deleted_written = true;
+            }
+            push_key(&mut canonical, k);
+            match value {
+                Some(v) => canonical.extend_from_slice(&canonical_json(v)),
+                None => canonical.extend_from_slice(raw.get().as_bytes()),
+            }
+        }
+        if !deleted_written {
+            push_key(&mut canonical, "_deleted");
+            canonical.extend_from_slice(b"true");
+        }
+        canonical.push(b'}');
+    }
+    Ok(ParsedDoc {
+        sp,
+        json,
+        channels,
+        canonical,
+    })
 }
 
 /// A document member's value, parsed for the rules (400 naming the member if it cannot be).
@@ -319,7 +398,14 @@ fn parse_attachments(m: Map<String, Value>) -> Result<Vec<(String, AttachmentInp
 
 /// The channels a revision is routed to: its `channels` property (string or array of strings).
 pub fn channels_of(body: &Map<String, Value>) -> Vec<String> {
-    let mut out: Vec<String> = match body.get("channels") {
+    body.get("channels")
+        .map(channels_of_value)
+        .unwrap_or_default()
+}
+
+/// The channels named by a `channels` property's value (a string or an array of strings).
+fn channels_of_value(value: &Value) -> Vec<String> {
+    let mut out: Vec<String> = match Some(value) {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
             .iter()
@@ -366,7 +452,12 @@ impl Database {
         parent: Option<String>,
         new_edits: bool,
     ) -> Result<DocWrite> {
-        let ParsedDoc { sp, json, view } = doc;
+        let ParsedDoc {
+            sp,
+            json,
+            channels,
+            canonical,
+        } = doc;
         let id = match (id_hint, &sp.id) {
             (Some(path), Some(b)) if path != b => {
                 return Err(Error::bad(
@@ -383,7 +474,6 @@ impl Database {
             }
         };
         validate_doc_id(&id)?;
-        let channels = channels_of(&view);
         let revs_limit = self.config.revs_limit();
         if new_edits {
             let parent = match (parent, sp.rev) {
@@ -408,7 +498,7 @@ impl Database {
                 parent,
                 deleted: sp.deleted,
                 body: json,
-                canonical: canonical(view, sp.deleted),
+                canonical,
                 attachments,
                 channels,
                 access: Default::default(),
@@ -469,13 +559,13 @@ impl Database {
         rev: Option<String>,
         new_edits: bool,
     ) -> Result<WriteOutcome> {
-        let w = self.prepare(Some(id), parse_doc(body)?, rev, new_edits)?;
+        let w = self.prepare(Some(id), parse_doc(body, new_edits)?, rev, new_edits)?;
         self.write_one(caller, w).await
     }
 
     /// `POST /{db}/` with the document's JSON text.
     pub async fn post_doc(&self, caller: &Caller, body: &[u8]) -> Result<WriteOutcome> {
-        let doc = parse_doc(body)?;
+        let doc = parse_doc(body, true)?;
         if doc.sp.rev.is_some() {
             return Err(Error::bad(
                 "POST creates a new document: _rev is not allowed (use PUT)",
@@ -566,7 +656,7 @@ impl Database {
                 Error::BadRequest(m) => Error::BadRequest(format!("docs[{i}]: {m}")),
                 other => other,
             };
-            let doc = parse_doc(raw.get().as_bytes()).map_err(at)?;
+            let doc = parse_doc(raw.get().as_bytes(), new_edits).map_err(at)?;
             let id = doc.sp.id.clone();
             let in_doc = |e: Error| match e {
                 Error::BadRequest(m) => Error::BadRequest(format!(
@@ -1607,4 +1697,60 @@ fn push_revisions(out: &mut Vec<u8>, meta: &DocMeta, rev: &str) {
 fn error_row(id: Option<&str>, e: &Error) -> Value {
     let (status, name) = e.status();
     json!({"id": id, "error": name, "reason": e.to_string(), "status": status})
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    /// The canonical JSON as it was computed before: the whole body parsed into a map, the
+    /// special members dropped, `_deleted` added for a tombstone.
+    fn reference(text: &str) -> (Vec<u8>, Vec<String>) {
+        let mut m: Map<String, Value> = serde_json::from_str(text).unwrap();
+        m.retain(|k, _| !k.starts_with('_'));
+        let channels = channels_of(&m);
+        let deleted = text.contains("\"_deleted\":true");
+        (canonical(m, deleted), channels)
+    }
+
+    #[test]
+    fn canonical_text_is_that_of_the_parsed_map() {
+        for text in [
+            r#"{"_id":"a","type":"bench","n":1,"pad":"xxxx"}"#,
+            r#"{"b":"\u00e9\n\"q\"","a":"é","c":"\u0041","Z":null,"y":true,"x":false}"#,
+            r#"{"n":1.0,"m":1e2,"k":-0,"j":12345678901234567890,"i":0.1,"h":-5}"#,
+            r#"{ "nested" : { "z" : [1, 2.50, "s\\t"], "a" : {} }, "arr":[ ], "s":"a b" }"#,
+            r#"{"dup":1,"other":"o","dup":"last","dup":[3]}"#,
+            r#"{"channels":["b","a","b"],"channels":"c"}"#,
+            r#"{"channels":["x","","y"],"A":1,"_deleted":true,"a":2}"#,
+            r#"{"_deleted":true}"#,
+            r#"{"_deleted":true,"zz":"\/"}"#,
+            r#"{"Upper":"U","_deleted":true,"lower":"l","_id":"x"}"#,
+        ] {
+            let doc = parse_doc(text.as_bytes(), true).unwrap();
+            let (canon, channels) = reference(text);
+            assert_eq!(
+                String::from_utf8_lossy(&doc.canonical),
+                String::from_utf8_lossy(&canon),
+                "{text}"
+            );
+            assert_eq!(doc.channels, channels, "{text}");
+            assert!(parse_doc(text.as_bytes(), false)
+                .unwrap()
+                .canonical
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn repeated_members_keep_the_last_in_its_place() {
+        let doc = parse_doc(br#"{"a":1,"b":2,"a":3,"c":4,"b":5}"#, false).unwrap();
+        assert_eq!(doc.json, br#"{"a":3,"c":4,"b":5}"#);
+    }
+
+    #[test]
+    fn a_member_that_does_not_parse_is_refused_even_when_repeated() {
+        assert!(parse_doc(br#"{"n":1e400,"n":1}"#, true).is_err());
+        assert!(parse_doc(br#"{"n":1,"n":1e400}"#, false).is_err());
+    }
 }

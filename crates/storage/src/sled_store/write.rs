@@ -164,7 +164,7 @@ impl BatchBackend for SledBatch<'_> {
         }
         self.batch.insert(&seq_key(meta.seq), encode_change(entry));
         let winner = meta.tree.winner().map(|w| w.rev.as_str());
-        let (inline, moved) = self.doc_bodies(id, |b| {
+        let (record, moved) = self.doc_bodies(id, |b| {
             let mut pending = std::mem::take(&mut b.pending);
             let mut moved = Vec::new();
             let pick = pending
@@ -181,14 +181,13 @@ impl BatchBackend for SledBatch<'_> {
                 moved.extend(b.inline.replace(new));
             }
             moved.append(&mut pending);
-            (b.inline.clone(), moved)
+            let inline = b.inline.as_ref().map(|(r, b)| (r.as_str(), b.as_slice()));
+            (encode_doc(id, meta, inline), moved)
         })?;
         for (rev, bytes) in moved {
             self.batch.insert(body_key(id, &rev), bytes);
         }
-        let inline = inline.as_ref().map(|(r, b)| (r.as_str(), b.as_slice()));
-        self.batch
-            .insert(doc_key(id), encode_doc(id, meta, inline)?);
+        self.batch.insert(doc_key(id), record?);
         Ok(())
     }
 
