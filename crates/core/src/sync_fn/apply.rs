@@ -395,7 +395,12 @@ impl Database {
         }
         let (results, ticket) = f.gather.write(&self.store, writes).await?;
         self.store.durable(ticket).await?;
-        self.note_written(results.iter().filter(|r| r.as_ref().is_ok_and(|o| o.seq > 0)).count());
+        self.note_written(
+            results
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|o| o.seq > 0))
+                .count(),
+        );
         Ok(results)
     }
 

@@ -10,8 +10,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rquickjs::context::EvalOptions;
-use syncgate_auth::ChannelMap;
 use rquickjs::{Context, Ctx, Function, Persistent, Runtime, Value};
+use syncgate_auth::ChannelMap;
 
 const PRELUDE: &str = include_str!("prelude.js");
 /// Memory one runtime may allocate.

@@ -19,7 +19,6 @@ use std::time::Duration;
 use syncgate_storage::{DatabaseStore, DocWrite, StorageError, Ticket, WriteOutcome};
 use tokio::sync::oneshot;
 
-
 /// Most requests one gathered write takes.
 const MAX_GATHERED: usize = 16;
 /// Longest a parked request waits for the others before writing them itself.
@@ -179,14 +178,21 @@ mod tests {
         for (i, ids) in [vec!["a1", "a2"], vec!["b1"]].into_iter().enumerate() {
             let (g2, store) = (g.clone(), store.clone());
             parked_writes.push(tokio::spawn(async move {
-                g2.write(&store, ids.into_iter().map(new_doc).collect()).await
+                g2.write(&store, ids.into_iter().map(new_doc).collect())
+                    .await
             }));
             parked(&g, i + 1).await;
         }
         // a conflict ("a1" again) is that request's own error
         drop(other);
-        let (mine, ticket) = g.write(&store, vec![new_doc("a1"), new_doc("c1")]).await.unwrap();
-        assert!(matches!(mine[0], Err(StorageError::Conflict(_))), "{mine:?}");
+        let (mine, ticket) = g
+            .write(&store, vec![new_doc("a1"), new_doc("c1")])
+            .await
+            .unwrap();
+        assert!(
+            matches!(mine[0], Err(StorageError::Conflict(_))),
+            "{mine:?}"
+        );
         assert_eq!(mine[1].as_ref().unwrap().id, "c1");
         let mut ids = Vec::new();
         for h in parked_writes {
