@@ -45,6 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    memory::fix_mmap_threshold();
     let cli = Cli::parse();
     if let Some(Command::Migrate { db, to, config }) = cli.command {
         return migrate(&config, &db, &to);
