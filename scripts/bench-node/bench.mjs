@@ -282,12 +282,12 @@ async function bulkWrite(server, { doc = bulkDoc, headers = {} } = {}) {
   }).then((m) => ({ ...m, rate: DOCS / m.wall }));
 }
 
-async function changesRead(server, rounds = 3) {
+async function changesRead(server, rounds = 3, query = '') {
   const times = [];
   let cpu = 0;
   for (let i = 0; i < rounds; i++) {
     const m = await measured(server, async () => {
-      const r = await req('GET', `${server.base}/${DB}/_changes?since=0`);
+      const r = await req('GET', `${server.base}/${DB}/_changes?since=0${query}`);
       if (r.status !== 200 || r.body.results?.length !== DOCS) {
         throw new Error(`${server.name} _changes: ${r.status}, ${r.body.results?.length} rows`);
       }
@@ -560,6 +560,8 @@ function report(R) {
   }
   row(`changes feed read, ${f(DOCS)} rows`, S.changes.rate, P.changes.rate, 0, true, 'rows/s');
   row('  server CPU per read', S.changes.cpu, P.changes.cpu, 3, false, 's');
+  row(`changes feed read with \`include_docs=true\`, ${f(DOCS)} rows`, S.changesDocs.rate, P.changesDocs.rate, 0, true, 'rows/s');
+  row('  server CPU per read', S.changesDocs.cpu, P.changesDocs.cpu, 3, false, 's');
   row(`PouchDB pull ${f(DOCS)} docs: wall (client-bound)`, S.pull.wall, P.pull.wall, 1, false, 's', false);
   row('  server CPU (the figure to compare)', S.pull.cpu, P.pull.cpu, 2, false, 's');
   row(`PouchDB push ${f(DOCS)} docs: wall (client-bound)`, S.push.wall, P.push.wall, 1, false, 's', false);
@@ -679,6 +681,7 @@ async function main() {
   const wrkEnv = { BENCH_DB: DB, BENCH_DOCS: String(DOCS) };
   await each('bulk', bulkWrite);
   await each('changes', (s) => changesRead(s));
+  await each('changesDocs', (s) => changesRead(s, 3, '&include_docs=true'));
   await each('get', (s) => wrk(s, 'get.lua', { env: wrkEnv }));
   await each('pull', pull);
   await each('push', (s) => push(s, R[s.name].pull.local));

@@ -697,15 +697,26 @@ fn a_feed_larger_than_a_page_is_one_body_in_order() {
         &json!({"name": "half", "password": "pw-half-1", "admin_channels": ["c1"]}),
     );
     let odd: Vec<String> = all.iter().skip(1).step_by(2).cloned().collect();
-    let resp = client()
-        .get(format!("{}/db/_changes", s.public))
-        .basic_auth("half", Some("pw-half-1"))
-        .send()
-        .unwrap();
-    let v: Value = serde_json::from_str(&resp.text().unwrap()).unwrap();
-    let ids: Vec<String> = change_ids(&v)
-        .into_iter()
-        .filter(|id| id.starts_with('d'))
-        .collect();
-    assert_eq!(ids, odd);
+    for query in ["", "?include_docs=true"] {
+        let resp = client()
+            .get(format!("{}/db/_changes{query}", s.public))
+            .basic_auth("half", Some("pw-half-1"))
+            .send()
+            .unwrap();
+        let v: Value = serde_json::from_str(&resp.text().unwrap()).unwrap();
+        let rows: Vec<&Value> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["id"].as_str().unwrap().starts_with('d'))
+            .collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, odd, "{query}");
+        if !query.is_empty() {
+            // each page's documents rendered for its rows
+            assert!(rows
+                .iter()
+                .all(|r| r["doc"]["_id"] == r["id"] && r["doc"]["channels"] == json!(["c1"])));
+        }
+    }
 }

@@ -14,7 +14,7 @@ use futures_util::stream::{self, StreamExt};
 use http::HeaderValue;
 use serde_json::{json, Value};
 use syncgate_auth::Caller;
-use syncgate_core::changes::{ChangeRow, ChangesBatch, ChangesOptions, Since};
+use syncgate_core::changes::{ChangeRow, ChangesOptions, ChangesPages, Since};
 use syncgate_core::find::SelectorFilter;
 use syncgate_core::mango::{self, Selector};
 use syncgate_core::{Database, Error, Result};
@@ -261,14 +261,14 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
     };
 
     if feed == Feed::Normal || opts.descending {
-        let batch = db.changes(&caller, &opts).await?;
-        return Ok(no_store(batch_reply(batch)));
+        let pages = db.changes_paged(&caller, &opts).await?;
+        return Ok(no_store(paged_reply(pages).await?));
     }
     // a longpoll with changes ready answers at once
     if feed == Feed::Longpoll {
-        let batch = db.changes(&caller, &opts).await?;
-        if !batch.rows.is_empty() || db.is_shutting_down() {
-            return Ok(no_store(batch_reply(batch)));
+        let pages = db.changes_paged(&caller, &opts).await?;
+        if pages.remaining() > 0 || db.is_shutting_down() {
+            return Ok(no_store(paged_reply(pages).await?));
         }
     }
     let state = LiveFeed {
@@ -302,45 +302,71 @@ pub async fn changes(db: Arc<Database>, caller: Caller, req: &Request) -> Result
 }
 
 /// One batch as `{"results":[…],"last_seq":…}`: a small batch in one piece; a large one
-/// sent a page of rows at a time, each page's rows dropped once sent, so the rows (read from
-/// one consistent view) are never held twice, as rows and as the body.
-fn batch_reply(batch: ChangesBatch) -> Reply {
-    if batch.rows.len() <= STREAM_PAGE {
-        return bytes_reply(200, "application/json", batch.to_body());
+/// rendered and sent a page of rows at a time (with `include_docs`, a page's documents are read
+/// when the page is sent), so neither the rows nor the body are ever held whole. A page that
+/// fails after the first was sent ends the body where it is: the client sees an incomplete
+/// response, never a complete-looking one with rows missing.
+async fn paged_reply(mut pages: ChangesPages) -> Result<Reply> {
+    if pages.remaining() <= STREAM_PAGE {
+        return Ok(bytes_reply(
+            200,
+            "application/json",
+            pages.into_batch().await?.to_body(),
+        ));
     }
-    let mut end = b"],\"last_seq\":".to_vec();
-    // a Since always serializes
-    let _ = serde_json::to_writer(&mut end, &batch.last_seq);
-    end.push(b'}');
-    let mut rows = batch.rows.into_iter();
-    let mut first = true;
-    let pages = std::iter::from_fn(move || {
-        let page: Vec<ChangeRow> = rows.by_ref().take(STREAM_PAGE).collect();
-        if page.is_empty() {
-            return None;
+    // the first page before the status line: an error there is still an error response
+    let first = pages.next_page(STREAM_PAGE).await?.unwrap_or_default();
+    let mut head = b"{\"results\":[".to_vec();
+    push_rows(&mut head, &first, true);
+    enum Step {
+        Rows(Box<ChangesPages>),
+        End(Vec<u8>),
+        Done,
+    }
+    let rest = stream::unfold(Step::Rows(Box::new(pages)), |step| async move {
+        match step {
+            Step::Rows(mut pages) => match pages.next_page(STREAM_PAGE).await {
+                Ok(Some(rows)) => {
+                    let mut out =
+                        Vec::with_capacity(rows.iter().map(|r| r.json.len() + 1).sum::<usize>());
+                    push_rows(&mut out, &rows, false);
+                    Some((Bytes::from(out), Step::Rows(pages)))
+                }
+                Ok(None) => {
+                    let mut end = b"],\"last_seq\":".to_vec();
+                    // a Since always serializes
+                    let _ = serde_json::to_writer(&mut end, &pages.last_seq);
+                    end.push(b'}');
+                    Some((Bytes::new(), Step::End(end)))
+                }
+                Err(e) => {
+                    tracing::error!("changes feed cut short while sending: {e}");
+                    None
+                }
+            },
+            Step::End(end) => Some((Bytes::from(end), Step::Done)),
+            Step::Done => None,
         }
-        let mut out = Vec::with_capacity(page.iter().map(|r| r.json.len() + 1).sum::<usize>() + 16);
-        if first {
-            out.extend_from_slice(b"{\"results\":[");
-        }
-        for row in &page {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            out.extend_from_slice(row.json.as_bytes());
-        }
-        Some(Bytes::from(out))
     })
-    .chain(std::iter::once(Bytes::from(end)));
+    .filter(|b| std::future::ready(!b.is_empty()));
+    let body = stream::once(std::future::ready(Bytes::from(head))).chain(rest);
     let mut r = Reply::new(Bytes::new().into());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    r.extensions_mut()
-        .insert(StreamingBody::new(stream::iter(pages).boxed()));
-    r
+    r.extensions_mut().insert(StreamingBody::new(body.boxed()));
+    Ok(r)
+}
+
+/// Appends rows' JSON text, comma-separated (`first`: no comma before the first row).
+fn push_rows(out: &mut Vec<u8>, rows: &[ChangeRow], first: bool) {
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 || !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(row.json.as_bytes());
+    }
 }
 
 /// Feeds are never cached (SG sends the same header).

@@ -135,6 +135,49 @@ impl Serialize for Since {
     }
 }
 
+/// A feed's rows rendered on demand (see [`Database::changes_paged`]).
+pub struct ChangesPages {
+    db: Arc<Database>,
+    caller: Caller,
+    opts: ChangesOptions,
+    rows: std::vec::IntoIter<Row>,
+    /// Where the next batch starts.
+    pub last_seq: Since,
+}
+
+impl ChangesPages {
+    /// Rows not yet rendered.
+    pub fn remaining(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The next at most `n` rows, rendered; `None` once every row was.
+    pub async fn next_page(&mut self, n: usize) -> Result<Option<Vec<ChangeRow>>> {
+        let mut page: Vec<Row> = self.rows.by_ref().take(n.max(1)).collect();
+        if page.is_empty() {
+            return Ok(None);
+        }
+        if self.opts.include_docs {
+            self.db
+                .fill_docs(&self.caller, &self.opts, &mut page)
+                .await?;
+        }
+        page.into_iter()
+            .map(Row::into_change_row)
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    /// Every remaining row, rendered, as one batch.
+    pub async fn into_batch(mut self) -> Result<ChangesBatch> {
+        let rows = self.next_page(usize::MAX).await?.unwrap_or_default();
+        Ok(ChangesBatch {
+            rows,
+            last_seq: self.last_seq,
+        })
+    }
+}
+
 impl ChangesBatch {
     /// The body of a normal or longpoll response, `{"results":[…],"last_seq":…}` (CouchDB's
     /// member order), written straight from the serialized rows.
@@ -285,6 +328,26 @@ impl Database {
                 .into_iter()
                 .map(Row::into_change_row)
                 .collect::<Result<_>>()?,
+            last_seq,
+        })
+    }
+
+    /// The rows of [`Database::changes`] (same view, same rows), rendered a page at a time:
+    /// with `include_docs`, a page's documents are read and rendered when the page is asked
+    /// for, so a feed sent page by page never holds every document at once. A document deleted
+    /// or compacted away between the view and its page is `null` (as a row whose revision's
+    /// body is gone).
+    pub async fn changes_paged(
+        self: &Arc<Self>,
+        caller: &Caller,
+        opts: &ChangesOptions,
+    ) -> Result<ChangesPages> {
+        let RowBatch { rows, last_seq } = self.change_rows(caller, opts).await?;
+        Ok(ChangesPages {
+            db: self.clone(),
+            caller: caller.clone(),
+            opts: opts.clone(),
+            rows: rows.into_iter(),
             last_seq,
         })
     }
