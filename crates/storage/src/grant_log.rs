@@ -25,6 +25,8 @@ struct Inner {
     /// (version, what that version changed), oldest first.
     entries: VecDeque<(u64, Vec<GrantChange>)>,
     len: usize,
+    /// The highest store sequence recorded with [`GrantLog::record_at`].
+    last_seq: u64,
 }
 
 impl GrantLog {
@@ -52,6 +54,35 @@ impl GrantLog {
             g.entries.clear();
             g.len = 0;
         }
+    }
+
+    /// Records the changes of a batch committed at store sequence `seq`, for a backend whose
+    /// batches may finish committing out of order (several transactions in flight). Changes
+    /// must be applied in commit order: a batch recorded after one with a later sequence
+    /// (its changes might be older than what a cache already applied) is recorded as a
+    /// [`GrantLog::reset`] instead.
+    pub fn record_at(&self, seq: u64, changes: Vec<GrantChange>) {
+        {
+            let mut g = self.lock();
+            if seq > g.last_seq {
+                g.last_seq = seq;
+                drop(g);
+                self.record(changes);
+                return;
+            }
+        }
+        self.reset();
+    }
+
+    /// Moves the version on with changes this log does not know (made elsewhere): a cache
+    /// behind it starts over.
+    pub fn reset(&self) {
+        let mut g = self.lock();
+        g.version += 1;
+        let v = g.version;
+        self.current.store(v, Ordering::SeqCst);
+        g.entries.clear();
+        g.len = 0;
     }
 
     /// The changes after version `since` and the version they lead to, or `None` when some
@@ -116,5 +147,24 @@ mod tests {
         }
         assert_eq!(log.since(0), None, "the oldest changes are gone");
         assert_eq!(log.since(log.version() - 1).unwrap().1.len(), 1);
+    }
+
+    #[test]
+    fn out_of_order_and_unknown_changes_make_caches_start_over() {
+        let log = GrantLog::default();
+        log.record_at(5, vec![change("a")]);
+        log.record_at(9, vec![change("b")]);
+        assert_eq!(log.since(0).unwrap().1.len(), 2);
+        // a batch that committed before the last one recorded, recorded after it
+        log.record_at(7, vec![change("c")]);
+        assert_eq!(log.version(), 3);
+        assert_eq!(log.since(2), None);
+        assert_eq!(log.since(3), Some((3, vec![])));
+        log.record_at(10, vec![change("d")]);
+        assert_eq!(log.since(3).unwrap().1, vec![change("d")]);
+        // changes made elsewhere
+        log.reset();
+        assert_eq!(log.since(4), None);
+        assert_eq!(log.since(5), Some((5, vec![])));
     }
 }

@@ -788,9 +788,18 @@ conformance! {
         assert_eq!(grants[0].0, "g");
         assert_eq!(grants[0].1.channels, BTreeMap::from([("x".to_string(), g1.seq), ("y".to_string(), g1.seq)]));
         // the next winner drops y: x keeps its sequence, y is revoked at the new one
+        let v1 = db.grants_version();
         let g2 = one(db, granting(Some(&g1.rev), access("ann", &["x"]))).await.unwrap();
         let grants = db.doc_grants(PrincipalKind::User, "ann").await.unwrap();
         assert_eq!(grants[0].1.channels, BTreeMap::from([("x".to_string(), g1.seq)]));
+        // a cache of effective channels catches up from the changes, not from scratch: each
+        // write's changed entries, with their new state
+        let (v, changes) = db.grant_changes_since(v0).expect("this node's grant changes are kept");
+        assert_eq!(v, db.grants_version());
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| c.kind == PrincipalKind::User && c.name == "ann" && c.doc == "g"));
+        assert_eq!(changes[1].grant.as_ref(), Some(&grants[0].1));
+        assert_eq!(db.grant_changes_since(v1).unwrap().1, changes[1..]);
         assert_eq!(grants[0].1.revoked_channels, BTreeMap::from([("y".to_string(), g2.seq)]));
         assert!(db.doc_grants(PrincipalKind::Role, "ann").await.unwrap().is_empty());
         // a write without grants leaves the version alone

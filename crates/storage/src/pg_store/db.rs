@@ -117,13 +117,17 @@ impl PgDatabase {
             .await
         });
         let (results, summary) = timed(joined(task)).await?;
-        self.published(summary.last_seq, summary.grants_changed);
+        self.published(
+            summary.last_seq,
+            summary.grants_changed,
+            summary.grant_changes,
+        );
         Ok((results, Ticket(summary.last_seq)))
     }
 
     /// A committed write moved the sequence to `seq` (and maybe the access index).
-    fn published(&self, seq: u64, grants_changed: bool) {
-        self.live.committed(seq, grants_changed);
+    fn published(&self, seq: u64, grants_changed: bool, changes: Vec<GrantChange>) {
+        self.live.committed(seq, grants_changed.then_some(changes));
     }
 
     /// A principal write (`record`: `Some` to store, `None` to delete) under a new sequence;
@@ -138,7 +142,7 @@ impl PgDatabase {
     ) -> Result<Option<u64>> {
         let seq = timed(self.principal_tx_untimed(kind, name, expected, build)).await?;
         if let Some(seq) = seq {
-            self.published(seq, false);
+            self.published(seq, false, Vec::new());
         }
         Ok(seq)
     }
@@ -427,7 +431,11 @@ impl DatabaseStore for PgDatabase {
     }
 
     fn grants_version(&self) -> u64 {
-        self.live.grants_version.load(Ordering::SeqCst)
+        self.live.grants.version()
+    }
+
+    fn grant_changes_since(&self, since: u64) -> Option<(u64, Vec<GrantChange>)> {
+        self.live.grants.since(since)
     }
 
     fn restamp_docs(
@@ -448,7 +456,11 @@ impl DatabaseStore for PgDatabase {
                 .await
             });
             let (results, summary) = timed(joined(task)).await?;
-            self.published(summary.last_seq, summary.grants_changed);
+            self.published(
+                summary.last_seq,
+                summary.grants_changed,
+                summary.grant_changes,
+            );
             Ok((results, Ticket(summary.last_seq)))
         })
     }
@@ -702,7 +714,7 @@ impl DatabaseStore for PgDatabase {
             })
             .await?;
             if raised {
-                self.published(last, false);
+                self.published(last, false, Vec::new());
             }
             Ok(Ticket(last))
         })

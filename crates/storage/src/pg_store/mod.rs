@@ -71,9 +71,10 @@
 //! that vanishes is noticed; the pool replaces closed connections, so a node recovers by
 //! itself when PostgreSQL is back.
 //!
-//! Node-local caches: a handle bumps `grants_version` whenever it learns of a sequence another
-//! node (or handle) committed, so the principal caches above it reload users and grants
-//! changed elsewhere. A settings write (the sync function set through the admin API) moves
+//! Node-local caches: a handle records the access-index changes of its own commits in a
+//! [`crate::grant_log::GrantLog`] (the principal caches above catch up by applying them, as on
+//! the embedded store), and resets it whenever it learns of a sequence another node (or
+//! handle) committed, so those caches reload users and grants changed elsewhere. A settings write (the sync function set through the admin API) moves
 //! the database's `settings_version` in the counter row and notifies `settings <version>
 //! <db>`; the listener (or the poll, which reads the counters anyway) publishes it on the
 //! handle's settings watch ([`DatabaseStore::settings_changes`]), so the database above
@@ -97,7 +98,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::watch;
 
-use crate::{BoxFuture, DatabaseStore, Result, StorageError, StoreServer};
+use crate::{BoxFuture, DatabaseStore, GrantChange, Result, StorageError, StoreServer};
 use bridge::{timed, Bridge};
 pub use db::PgDatabase;
 
@@ -185,7 +186,9 @@ pub(super) struct Live {
     /// Last committed sequence this node knows of.
     last_seq: AtomicU64,
     notify: watch::Sender<u64>,
-    grants_version: AtomicU64,
+    /// The access index's recent changes made through this handle; a change learnt from
+    /// elsewhere resets it (its changes are not known here).
+    pub(super) grants: crate::grant_log::GrantLog,
     /// Last sequences of this handle's transactions being committed: a notification (or
     /// poll) that reports one of them before the writer publishes it is not another node's.
     own: Mutex<std::collections::BTreeSet<u64>>,
@@ -204,7 +207,7 @@ impl Live {
             notifies,
             last_seq: AtomicU64::new(seq),
             notify: watch::channel(seq).0,
-            grants_version: AtomicU64::new(0),
+            grants: Default::default(),
             own: Mutex::new(Default::default()),
             settings_version: AtomicU64::new(settings_version),
             settings: watch::channel(settings_version).0,
@@ -232,9 +235,9 @@ impl Live {
     /// The sequence is published by [`Live::publish`] when the writer calls `durable`, as on
     /// the embedded store: by then the caller has updated what it caches about the write (a
     /// user's identity after a principal write), so a feed woken by it reads the new state.
-    pub(super) fn committed(&self, _seq: u64, grants_changed: bool) {
-        if grants_changed {
-            self.grants_version.fetch_add(1, Ordering::SeqCst);
+    pub(super) fn committed(&self, seq: u64, grant_changes: Option<Vec<GrantChange>>) {
+        if let Some(changes) = grant_changes {
+            self.grants.record_at(seq, changes);
         }
     }
 
@@ -274,7 +277,7 @@ impl Live {
     fn advance(&self, seq: u64, remote: bool) {
         if self.last_seq.fetch_max(seq, Ordering::SeqCst) < seq {
             if remote {
-                self.grants_version.fetch_add(1, Ordering::SeqCst);
+                self.grants.reset();
             }
             self.notify.send_if_modified(|v| {
                 let changed = *v < seq;
