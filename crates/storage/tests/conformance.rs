@@ -577,6 +577,20 @@ conformance! {
         assert_eq!(since(db, 0, false).await.len(), 3);
         assert_eq!(db.doc_count().await.unwrap(), 3);
         assert_eq!(db.compact().await.unwrap().bodies_removed, 0);
+
+        // a database that holds no attachment data yet: old bodies go, and attachments stored
+        // after that compaction are kept by the next
+        let plain = s.server().open_database("plain").await.unwrap();
+        let plain = &*plain;
+        let p1 = one(plain, edit("p", None, json!({"v": 1}))).await.unwrap();
+        let p2 = one(plain, edit("p", Some(&p1.rev), json!({"v": 2}))).await.unwrap();
+        let stats = plain.compact().await.unwrap();
+        assert_eq!((stats.bodies_removed, stats.attachments_removed), (1, 0));
+        assert!(plain.rev_body("p", &p1.rev).await.unwrap().is_none());
+        assert!(plain.rev_body("p", &p2.rev).await.unwrap().is_some());
+        one(plain, with_attachment(edit("q", None, json!({})), "f", data(b"later"))).await.unwrap();
+        assert_eq!(plain.compact().await.unwrap().attachments_removed, 0);
+        assert!(plain.attachment(&syncgate_storage::attachment_digest(b"later")).await.unwrap().is_some());
     }
 
     local_documents(s) {

@@ -46,13 +46,27 @@ impl SledDatabase {
     pub(super) fn compact_now(&self) -> Result<CompactStats> {
         const STEP: usize = 256;
         let mut stats = CompactStats::default();
-        let scan_start = self.assigned_seq();
         let mut referenced: HashSet<String> = HashSet::new();
         let mut with_old_bodies: Vec<String> = Vec::new();
+        // a database without attachment data has nothing to collect there: its documents'
+        // bodies are not decoded for digests (a full scan of every body costs memory too).
+        // Both read under the lock: every batch up to `scan_start` is applied, so attachment
+        // data stored later belongs to a write after it (re-checked in step 3).
+        let (scan_start, any_attachments) = {
+            let _guard = self.lock();
+            (
+                self.assigned_seq(),
+                self.scan(b'a').next().transpose()?.is_some(),
+            )
+        };
         for row in self.scan(b'd') {
             let (k, v) = row?;
             let id = String::from_utf8_lossy(&k[1..]).into_owned();
-            let meta = self.leaf_digests(&id, &v, &mut referenced)?;
+            let meta = if any_attachments {
+                self.leaf_digests(&id, &v, &mut referenced)?
+            } else {
+                decode_doc(&id, &v)?
+            };
             if has_old_bodies(&meta) {
                 with_old_bodies.push(id);
             }
@@ -88,10 +102,14 @@ impl SledDatabase {
         }
         {
             let _guard = self.lock();
-            for entry in self.raw_changes(scan_start, false) {
-                let entry = entry?;
-                if let Some(v) = self.tree.get(doc_key(&entry.id))? {
-                    self.leaf_digests(&entry.id, &v, &mut referenced)?;
+            // attachment data stored since the scan began is not a candidate: only the
+            // candidates' digests need checking against what was written since
+            if !candidates.is_empty() {
+                for entry in self.raw_changes(scan_start, false) {
+                    let entry = entry?;
+                    if let Some(v) = self.tree.get(doc_key(&entry.id))? {
+                        self.leaf_digests(&entry.id, &v, &mut referenced)?;
+                    }
                 }
             }
             let mut batch = Batch::default();
