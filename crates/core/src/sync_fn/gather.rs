@@ -33,11 +33,22 @@ struct Parked {
 }
 
 /// One sync function's gathering point.
-#[derive(Default)]
 pub struct Gather {
     /// Requests whose calls are running.
     deciding: AtomicUsize,
     parked: Mutex<Vec<Parked>>,
+    /// [`PATIENCE`] (tests park requests for longer, to see them parked).
+    patience: Duration,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Gather {
+            deciding: AtomicUsize::new(0),
+            parked: Mutex::new(Vec::new()),
+            patience: PATIENCE,
+        }
+    }
 }
 
 /// Held while a request's calls run.
@@ -72,7 +83,7 @@ impl Gather {
             if !last && parked.len() < MAX_GATHERED {
                 None
             } else {
-                Some(std::mem::take(&mut *parked))
+                Some(take_waiting(&mut parked))
             }
         };
         tokio::pin!(rx);
@@ -86,12 +97,12 @@ impl Gather {
                 spawn_write(store.clone(), all);
                 rx.await.unwrap_or_else(|_| Err(gather_failed()))
             }
-            None => match tokio::time::timeout(PATIENCE, &mut rx).await {
+            None => match tokio::time::timeout(self.patience, &mut rx).await {
                 Ok(r) => r.unwrap_or_else(|_| Err(gather_failed())),
                 Err(_) => {
                     // nobody came: write what is parked (this request's writes included,
                     // unless another request took them and is writing them)
-                    let all = std::mem::take(&mut *self.parked());
+                    let all = take_waiting(&mut self.parked());
                     if !all.is_empty() {
                         spawn_write(store.clone(), all);
                     }
@@ -100,6 +111,14 @@ impl Gather {
             },
         }
     }
+}
+
+/// Takes the parked writes of requests still waiting for them: a request that went away
+/// while parked (its client disconnected) stores nothing, as if it had never reached the store.
+fn take_waiting(parked: &mut Vec<Parked>) -> Vec<Parked> {
+    let mut all = std::mem::take(parked);
+    all.retain(|p| !p.reply.is_closed());
+    all
 }
 
 fn gather_failed() -> StorageError {
@@ -161,6 +180,15 @@ mod tests {
         (dir, db)
     }
 
+    /// A gathering point whose parked requests wait for the others (not for a moment only), so
+    /// that a test sees them parked however slow the machine.
+    fn patient() -> Gather {
+        Gather {
+            patience: Duration::from_secs(3600),
+            ..Gather::default()
+        }
+    }
+
     /// Waits until `n` requests are parked.
     async fn parked(g: &Gather, n: usize) {
         while g.parked().len() < n {
@@ -171,7 +199,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_finishing_together_share_one_batch_and_get_their_own_results() {
         let (_d, store) = store();
-        let g = Arc::new(Gather::default());
+        let g = Arc::new(patient());
         // another request's calls are running: these two wait for it
         let other = g.deciding();
         let mut parked_writes = Vec::new();
@@ -202,6 +230,26 @@ mod tests {
             ids.push(r.into_iter().map(|o| o.unwrap().id).collect::<Vec<_>>());
         }
         assert_eq!(ids, [vec!["a1", "a2"], vec!["b1"]]);
+        assert!(g.parked().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_gone_while_parked_stores_nothing() {
+        let (_d, store) = store();
+        let g = Arc::new(patient());
+        let other = g.deciding();
+        let gone = {
+            let (g2, store) = (g.clone(), store.clone());
+            tokio::spawn(async move { g2.write(&store, vec![new_doc("gone")]).await })
+        };
+        parked(&g, 1).await;
+        gone.abort();
+        let _ = gone.await;
+        drop(other);
+        let (r, _) = g.write(&store, vec![new_doc("kept")]).await.unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].as_ref().unwrap().id, "kept");
+        assert!(store.doc_meta("gone").await.unwrap().is_none());
         assert!(g.parked().is_empty());
     }
 
