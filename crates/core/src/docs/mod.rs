@@ -194,7 +194,18 @@ impl Database {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let (results, ticket) = self.store.write_docs_shared(writes).await?;
+        let stored = self.store.write_docs_shared(writes).await?;
+        self.settle_stored(stored).await
+    }
+
+    /// What a store write answered, once durable: its results, counted as written.
+    pub(crate) async fn settle_stored(
+        &self,
+        (results, ticket): (
+            Vec<Result<WriteOutcome, StorageError>>,
+            syncgate_storage::Ticket,
+        ),
+    ) -> Result<Vec<Result<WriteOutcome, StorageError>>> {
         self.store.durable(ticket).await?;
         self.note_written(
             results
@@ -1083,24 +1094,33 @@ impl Database {
                 revpos: None,
             },
         ));
+        let w = self.attachment_edit(id, rev, body, atts, false)?;
+        self.write_one(caller, w).await
+    }
+
+    /// The new revision of an attachment `PUT`/`DELETE`: the current body with `atts`.
+    fn attachment_edit(
+        &self,
+        id: &str,
+        rev: Option<String>,
+        body: Vec<u8>,
+        atts: Attachments,
+        must_exist: bool,
+    ) -> Result<DocWrite> {
         let view = body_view(id, &body)?;
         let channels = channels_of(&view);
-        self.write_one(
-            caller,
-            DocWrite::Edit {
-                id: id.to_string(),
-                parent: rev,
-                deleted: false,
-                canonical: canonical(view, false),
-                body,
-                attachments: atts,
-                channels,
-                access: Default::default(),
-                revs_limit: self.config.revs_limit(),
-                must_exist: false,
-            },
-        )
-        .await
+        Ok(DocWrite::Edit {
+            id: id.to_string(),
+            parent: rev,
+            deleted: false,
+            canonical: canonical(view, false),
+            body,
+            attachments: atts,
+            channels,
+            access: Default::default(),
+            revs_limit: self.config.revs_limit(),
+            must_exist,
+        })
     }
 
     /// `DELETE /{db}/{doc}/{att}?rev=`.
@@ -1134,24 +1154,8 @@ impl Database {
                 crate::short(name)
             )));
         }
-        let view = body_view(id, &body)?;
-        let channels = channels_of(&view);
-        self.write_one(
-            caller,
-            DocWrite::Edit {
-                id: id.to_string(),
-                parent: rev,
-                deleted: false,
-                canonical: canonical(view, false),
-                body,
-                attachments: atts,
-                channels,
-                access: Default::default(),
-                revs_limit: self.config.revs_limit(),
-                must_exist: true,
-            },
-        )
-        .await
+        let w = self.attachment_edit(id, rev, body, atts, true)?;
+        self.write_one(caller, w).await
     }
 
     /// The body's JSON text (without `_attachments`) and attachment stubs of the revision

@@ -436,15 +436,8 @@ impl Database {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let (results, ticket) = f.gather.write(&self.store, writes).await?;
-        self.store.durable(ticket).await?;
-        self.note_written(
-            results
-                .iter()
-                .filter(|r| r.as_ref().is_ok_and(|o| o.seq > 0))
-                .count(),
-        );
-        Ok(results)
+        let stored = f.gather.write(&self.store, writes).await?;
+        self.settle_stored(stored).await
     }
 
     /// The winning revision of a document with the function's inputs; `None` when the
