@@ -3,16 +3,18 @@
 use std::convert::Infallible;
 
 use http::{HeaderValue, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use syncgate_core::Error;
 
 /// Every route answers with this.
 pub type Reply = warp::reply::Response;
 
-/// A JSON reply.
-pub fn json_reply(status: u16, body: &Value) -> Reply {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    bytes_reply(status, "application/json", bytes)
+/// A JSON reply of anything serializable (a `Value`, or a typed body that skips building one).
+pub fn json_reply<T: serde::Serialize + ?Sized>(status: u16, body: &T) -> Reply {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => bytes_reply(status, "application/json", bytes),
+        Err(e) => error_reply(&Error::Internal(format!("encoding a reply: {e}"))),
+    }
 }
 
 /// A reply with the given content type.

@@ -76,7 +76,7 @@ pub async fn db_route(
         Some("_bulk_docs") if rest.len() == 1 => match *m {
             Method::POST => Ok(json_reply(
                 201,
-                &Value::Array(db.bulk_docs(&caller, req.json_text()?).await?),
+                &db.bulk_docs(&caller, req.json_text()?).await?,
             )),
             _ => Err(method_not_allowed(req)),
         },

@@ -288,7 +288,7 @@ impl Database {
     }
 
     /// `POST /{db}/_bulk_docs` with the request's JSON text.
-    pub async fn bulk_docs(&self, caller: &Caller, body: &[u8]) -> Result<Vec<Value>> {
+    pub async fn bulk_docs(&self, caller: &Caller, body: &[u8]) -> Result<Vec<BulkRow>> {
         let req = RawMembers::parse(body).map_err(|e| bad_json("_bulk_docs body", &e))?;
         let mut new_edits = true;
         let mut docs: Option<Vec<&RawValue>> = None;
@@ -321,7 +321,7 @@ impl Database {
         // Every document is validated before anything is written (as CouchDB does): one
         // malformed document rejects the whole request, so a batch is never half-applied
         // because of bad input. Conflicts stay per-document results.
-        let mut results: Vec<Option<Value>> = vec![None; docs.len()];
+        let mut results: Vec<Option<BulkRow>> = vec![None; docs.len()];
         let mut writes = Vec::new();
         let mut positions = Vec::new();
         let mut locals = Vec::new();
@@ -354,7 +354,7 @@ impl Database {
                 let revisions = doc.sp.revisions.as_ref().filter(|v| !v.is_null());
                 if rev.is_some() || revisions.is_some() {
                     if let Err(e) = history_from(rev, revisions) {
-                        results[i] = Some(error_row(id.as_deref(), &e));
+                        results[i] = Some(BulkRow::error(id.as_deref(), &e));
                         continue;
                     }
                 }
@@ -371,20 +371,26 @@ impl Database {
             .zip(self.write_synced(caller, writes).await?)
         {
             results[pos] = Some(match r {
-                Ok(o) => json!({"ok": true, "id": o.id, "rev": o.rev}),
-                Err(e) => error_row(Some(&id), &e),
+                Ok(o) => BulkRow::Ok {
+                    ok: true,
+                    id: o.id,
+                    rev: o.rev,
+                },
+                Err(e) => BulkRow::error(Some(&id), &e),
             });
         }
         for (i, local, doc) in locals {
+            let id = format!("_local/{local}");
             results[i] = Some(match self.put_local(&local, doc).await {
-                Ok(rev) => json!({"ok": true, "id": format!("_local/{local}"), "rev": rev}),
-                Err(e) => error_row(Some(&format!("_local/{local}")), &e),
+                Ok(rev) => BulkRow::Ok { ok: true, id, rev },
+                Err(e) => BulkRow::error(Some(&id), &e),
             });
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or(Value::Null))
-            .collect())
+        debug_assert!(
+            results.iter().all(Option::is_some),
+            "every position has its row"
+        );
+        Ok(results.into_iter().flatten().collect())
     }
 
     /// Loads a document's metadata; 404 `missing` when absent.
@@ -1292,7 +1298,30 @@ fn push_revisions(out: &mut Vec<u8>, meta: &DocMeta, rev: &str) {
     out.push(b'}');
 }
 
-fn error_row(id: Option<&str>, e: &Error) -> Value {
-    let (status, name) = e.status();
-    json!({"id": id, "error": name, "reason": e.to_string(), "status": status})
+/// One row of a `_bulk_docs` answer, serialized as CouchDB writes it (without building a
+/// `Value` per document).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum BulkRow {
+    /// `{"ok":true,"id","rev"}`
+    Ok { ok: bool, id: String, rev: String },
+    /// `{"id","error","reason","status"}`
+    Error {
+        id: Option<String>,
+        error: &'static str,
+        reason: String,
+        status: u16,
+    },
+}
+
+impl BulkRow {
+    fn error(id: Option<&str>, e: &Error) -> BulkRow {
+        let (status, error) = e.status();
+        BulkRow::Error {
+            id: id.map(str::to_string),
+            error,
+            reason: e.to_string(),
+            status,
+        }
+    }
 }

@@ -231,6 +231,44 @@ fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
     assert_eq!(since(&db, 0).len(), 5);
 }
 
+/// Compaction collects superseded entries in steps (a single sled batch of tens of thousands
+/// of removals held every node it replaced until it ended): more than one step's worth, kept
+/// by an open view while they were superseded, all go.
+#[test]
+fn compaction_collects_superseded_entries_beyond_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    const N: usize = 5_000;
+    let ids: Vec<String> = (0..N).map(|i| format!("doc-{i:05}")).collect();
+    let created = durable_write(
+        &db,
+        ids.iter()
+            .map(|id| edit(id, None, serde_json::json!({"v": 1})))
+            .collect(),
+    )
+    .unwrap();
+    let view = db.open_view();
+    let updates = ids
+        .iter()
+        .zip(&created)
+        .map(|(id, r)| {
+            edit(
+                id,
+                Some(&r.as_ref().unwrap().rev),
+                serde_json::json!({"v": 2}),
+            )
+        })
+        .collect();
+    durable_write(&db, updates).unwrap();
+    assert_eq!(db.scan(b'g').count(), N, "kept for the open view");
+    drop(view);
+    db.compact_now().unwrap();
+    assert_eq!(db.scan(b'g').count(), 0);
+    assert_eq!(db.raw_changes(0, false).count(), N);
+    assert_eq!(since(&db, 0).len(), N);
+}
+
 /// Writers update documents (moving them between channels) while readers open views in a
 /// loop: every view lists every document exactly once, by sequence and through the
 /// channel index, ascending and descending, never above the view's sequence.
