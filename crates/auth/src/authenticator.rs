@@ -350,14 +350,7 @@ impl Authenticator {
         let ok = match &user {
             Some(u) if !u.record.disabled && !u.record.is_guest() => {
                 match &u.record.password_hash {
-                    Some(h) if self.verified.hit(name, h, password) => true,
-                    Some(h) => {
-                        let ok = password::verify_async(h.clone(), password.to_string()).await;
-                        if ok {
-                            self.verified.insert(name, h, password);
-                        }
-                        ok
-                    }
+                    Some(h) => self.verified.verify(name, h, password).await,
                     None => false,
                 }
             }

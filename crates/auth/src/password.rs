@@ -11,7 +11,8 @@
 //! can never match an old entry; entries are also dropped explicitly when a user changes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -166,9 +167,17 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// Bounded map user name → digest of the last verified password. Only successes are
 /// remembered; when full, the oldest entry goes.
+///
+/// [`VerifiedCache::verify`] also runs each distinct check once at a time: requests that bring
+/// the same user's same password while its Argon2 run is under way (a replicator's parallel
+/// connections, several clients starting together after a restart) wait for that run instead of
+/// each starting their own. Checks of different passwords never wait on each other.
 #[derive(Default)]
 pub struct VerifiedCache {
     inner: Mutex<CacheInner>,
+    /// Checks under way, by digest of (stored hash, password); the cell holds the outcome.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
+    runs: AtomicU64,
 }
 
 #[derive(Default)]
@@ -178,18 +187,60 @@ struct CacheInner {
 }
 
 impl VerifiedCache {
+    /// Whether `password` verifies against `user`'s stored hash `phc`: from the cache, else by
+    /// an Argon2 run on the blocking pool (shared with concurrent identical checks), whose
+    /// success is remembered.
+    pub async fn verify(&self, user: &str, phc: &str, password: &str) -> bool {
+        let d = digest(phc, password);
+        if self.hit_digest(user, &d) {
+            return true;
+        }
+        let cell = match self.in_flight.lock() {
+            Ok(mut m) => m.entry(d).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let ok = *cell
+            .get_or_init(|| {
+                self.runs.fetch_add(1, Ordering::Relaxed);
+                verify_async(phc.to_string(), password.to_string())
+            })
+            .await;
+        // remembered before the check stops being in flight, so a request arriving in between
+        // finds one or the other
+        if ok {
+            self.insert_digest(user, d);
+        }
+        if let Ok(mut m) = self.in_flight.lock() {
+            if m.get(&d).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                m.remove(&d);
+            }
+        }
+        ok
+    }
+
+    /// Argon2 verifications [`VerifiedCache::verify`] has started.
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
     /// Whether `password` is the last verified password of `user` whose stored hash is `phc`.
     pub fn hit(&self, user: &str, phc: &str, password: &str) -> bool {
-        let d = digest(phc, password);
+        self.hit_digest(user, &digest(phc, password))
+    }
+
+    fn hit_digest(&self, user: &str, d: &[u8; 32]) -> bool {
         self.inner
             .lock()
-            .map(|g| g.map.get(user).is_some_and(|c| ct_eq(c, &d)))
+            .map(|g| g.map.get(user).is_some_and(|c| ct_eq(c, d)))
             .unwrap_or(false)
     }
 
     /// Remembers a successful verification.
     pub fn insert(&self, user: &str, phc: &str, password: &str) {
-        let d = digest(phc, password);
+        self.insert_digest(user, digest(phc, password))
+    }
+
+    fn insert_digest(&self, user: &str, d: [u8; 32]) {
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
@@ -233,6 +284,36 @@ mod tests {
         iterations: 1,
         parallelism: 1,
     };
+
+    /// Concurrent checks of one user's same password share one Argon2 run; a different
+    /// password is its own check; a later check is a cache hit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_identical_checks_share_one_run() {
+        let params = HashParams {
+            memory_kib: 4096,
+            iterations: 2,
+            parallelism: 1,
+        };
+        let phc = hash(params, "s3cret").unwrap();
+        let cache = Arc::new(VerifiedCache::default());
+        let checks: Vec<_> = (0..8)
+            .map(|i| {
+                let (cache, phc) = (cache.clone(), phc.clone());
+                let pw = if i == 7 { "wrong" } else { "s3cret" };
+                tokio::spawn(async move { cache.verify("u", &phc, pw).await })
+            })
+            .collect();
+        let mut oks = Vec::new();
+        for c in checks {
+            oks.push(c.await.unwrap());
+        }
+        assert_eq!(oks, [true, true, true, true, true, true, true, false]);
+        assert_eq!(cache.runs(), 2, "one run per distinct password");
+        assert!(cache.verify("u", &phc, "s3cret").await);
+        assert_eq!(cache.runs(), 2, "then a cache hit");
+        assert!(!cache.verify("u", &phc, "wrong").await);
+        assert_eq!(cache.runs(), 3, "failures are not remembered");
+    }
 
     #[test]
     fn hash_and_verify() {
