@@ -248,10 +248,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// `<generation>-<32 lowercase hex>` with the generation as Rust prints it: (generation, digest).
 fn digest_rev(rev: &str) -> Option<(u64, [u8; 16])> {
     let (gen, hex) = rev.split_once('-')?;
-    let g: u64 = gen.parse().ok()?;
-    if g.to_string() != gen || hex.len() != 32 {
+    // only the form Rust prints (no sign, no leading zero), so decoding gives `rev` back
+    let canonical = !gen.is_empty()
+        && gen.bytes().all(|b| b.is_ascii_digit())
+        && (gen.len() == 1 || !gen.starts_with('0'));
+    if !canonical || hex.len() != 32 {
         return None;
     }
+    let g: u64 = gen.parse().ok()?;
     let mut d = [0u8; 16];
     for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
         let nib = |c: u8| match c {

@@ -632,6 +632,9 @@ fn document_metadata_round_trips_through_the_binary_encoding() {
     // a parent listed after its child
     nodes.push(node("9-00000000000000000000000000000000", Some("10-x")));
     nodes.push(node("10-x", None));
+    // a sign is not the printed form (kept as text); generation 0 is
+    nodes.push(node("+8-0123456789abcdef0123456789abcdef", None));
+    nodes.push(node("0-0123456789abcdef0123456789abcdef", None));
     let small = DocMeta {
         seq: 300,
         tree: RevTree {
