@@ -471,9 +471,18 @@ async function basicAuth(sg) {
   return { admin, basic };
 }
 
+/**
+ * The sled ceiling: the best of three runs. One run is mostly waiting on flushes, whose latency
+ * on this virtual disk moves a run between 74,000 and 120,000 docs/s; the best is what the
+ * machine can do, so the ratio against it is the strict one.
+ */
 function sledCeiling() {
-  const out = execFileSync(SLED_CEILING_BIN, [String(DOCS), String(BATCH)], { timeout: 300000, env: { ...process.env, TMPDIR: workdir } }).toString();
-  return JSON.parse(out.trim().split('\n').pop());
+  const runs = [];
+  for (let i = 0; i < 3; i++) {
+    const out = execFileSync(SLED_CEILING_BIN, [String(DOCS), String(BATCH)], { timeout: 300000, env: { ...process.env, TMPDIR: workdir } }).toString();
+    runs.push(JSON.parse(out.trim().split('\n').pop()));
+  }
+  return runs.reduce((a, b) => (b.docs_per_sec > a.docs_per_sec ? b : a));
 }
 
 // ---------------------------------------------------------------- sync function (SPEC §13)
