@@ -336,9 +336,14 @@ impl<B: BatchBackend> DocBatch<B> {
         gen: u64,
         inputs: Vec<(String, AttachmentInput)>,
     ) -> Result<Vec<(String, AttachmentMeta)>> {
+        // only stubs refer to the parent's attachments: an edit without any does not read the
+        // parent's body (every update did, under the write lock)
+        let stubs = inputs
+            .iter()
+            .any(|(_, i)| matches!(i, AttachmentInput::Stub { .. }));
         let parent_atts: Vec<(String, AttachmentMeta)> = match parent_rev {
-            Some(p) => self.body(id, p)?.map(|b| b.attachments).unwrap_or_default(),
-            None => Vec::new(),
+            Some(p) if stubs => self.body(id, p)?.map(|b| b.attachments).unwrap_or_default(),
+            _ => Vec::new(),
         };
         let mut out: Vec<(String, AttachmentMeta)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {

@@ -231,6 +231,19 @@ fn views_show_each_document_at_one_sequence_while_updates_become_durable() {
     assert_eq!(since(&db, 0).len(), 5);
 }
 
+/// An update that carries no attachment stubs reads the document's record once (its tree);
+/// the parent's body is read only to resolve stubs.
+#[test]
+fn an_update_without_stubs_does_not_read_the_parent_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let a = one(&db, edit("a", None, serde_json::json!({"v": 1}))).unwrap();
+    let before = db.docs_read.load(Ordering::Relaxed);
+    one(&db, edit("a", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
+    assert_eq!(db.docs_read.load(Ordering::Relaxed) - before, 1);
+}
+
 /// Compaction collects superseded entries in steps (a single sled batch of tens of thousands
 /// of removals held every node it replaced until it ended): more than one step's worth, kept
 /// by an open view while they were superseded, all go.
