@@ -31,17 +31,7 @@ pub fn bytes_reply(status: u16, content_type: &str, bytes: Vec<u8>) -> Reply {
 /// logged with detail and answered generically.
 pub fn error_reply(e: &Error) -> Reply {
     let (status, name) = e.status();
-    let reason = match e {
-        Error::Internal(detail) => {
-            tracing::error!(error = %detail, "internal error");
-            "The server hit an internal error; it has been logged".to_string()
-        }
-        Error::Corrupt(detail) => {
-            tracing::error!(record = %detail, "corrupt stored record");
-            e.to_string()
-        }
-        other => other.to_string(),
-    };
+    let reason = e.public_reason();
     let mut r = json_reply(status, &json!({"error": name, "reason": reason}));
     if let Error::TooManyRequests { retry_after, .. } = e {
         r.headers_mut()

@@ -53,6 +53,22 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The reason a client is shown: an internal error's detail is logged here and never sent;
+    /// a corrupt record is logged and named.
+    pub fn public_reason(&self) -> String {
+        match self {
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "The server hit an internal error; it has been logged".to_string()
+            }
+            Error::Corrupt(detail) => {
+                tracing::error!(record = %detail, "corrupt stored record");
+                self.to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// HTTP status and CouchDB error name.
     pub fn status(&self) -> (u16, &'static str) {
         match self {

@@ -1320,8 +1320,44 @@ impl BulkRow {
         BulkRow::Error {
             id: id.map(str::to_string),
             error,
-            reason: e.to_string(),
+            // a row of a 201 answer: an internal error's detail stays in the log
+            reason: e.public_reason(),
             status,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `_bulk_docs` row is part of a 201 answer: an internal error's detail (paths, engine
+    /// messages) stays in the log like in an error response; other reasons are shown.
+    #[test]
+    fn bulk_rows_keep_internal_details_out() {
+        let row = BulkRow::error(Some("d"), &Error::Internal("sled: /var/lib/x: I/O".into()));
+        let text = serde_json::to_string(&row).unwrap();
+        assert!(!text.contains("/var/lib"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!({"id": "d", "error": "internal_server_error", "reason": "The server hit an internal error; it has been logged", "status": 500})
+        );
+        let row = BulkRow::error(
+            Some("d"),
+            &Error::Conflict("Document update conflict".into()),
+        );
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            json!({"id": "d", "error": "conflict", "reason": "Document update conflict", "status": 409})
+        );
+        let ok = BulkRow::Ok {
+            ok: true,
+            id: "d".into(),
+            rev: "1-a".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"ok":true,"id":"d","rev":"1-a"}"#
+        );
     }
 }
