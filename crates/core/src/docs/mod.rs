@@ -386,11 +386,13 @@ impl Database {
                 Err(e) => BulkRow::error(Some(&id), &e),
             });
         }
-        debug_assert!(
-            results.iter().all(Option::is_some),
-            "every position has its row"
-        );
-        Ok(results.into_iter().flatten().collect())
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.ok_or_else(|| Error::Internal(format!("_bulk_docs: docs[{i}] got no result")))
+            })
+            .collect()
     }
 
     /// Loads a document's metadata; 404 `missing` when absent.
