@@ -375,7 +375,7 @@ impl Database {
             if ids.is_empty() {
                 continue;
             }
-            ahead.load_metas(&*self.store, &ids).await?;
+            ahead.load_metas_with_bodies(&*self.store, &ids).await?;
             let revs: Vec<(&str, &str)> = chunk
                 .iter()
                 .filter_map(|r| {

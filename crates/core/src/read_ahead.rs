@@ -1,8 +1,10 @@
 //! Documents and revision bodies read ahead for a batch request (`_bulk_get`, `_all_docs` and
 //! `_changes` with `include_docs`): one store call for the batch's metadata and one for its
 //! bodies ([`DatabaseStore::doc_metas`], [`DatabaseStore::rev_bodies`]) instead of one per
-//! document — on a networked store, two round trips instead of two hundred. Rendering takes
-//! what was read ahead and reads anything else (a revision the guess missed) on its own.
+//! document — on a networked store, two round trips instead of two hundred; on the embedded
+//! store the metadata read brings the winner's body along ([`ReadAhead::load_metas_with_bodies`]).
+//! Rendering takes what was read ahead and reads anything else (a revision the guess missed)
+//! on its own.
 
 use std::collections::HashMap;
 
@@ -36,6 +38,38 @@ impl ReadAhead {
             return Ok(());
         }
         for (id, meta) in todo.iter().zip(store.doc_metas(&todo).await?) {
+            self.metas.insert(id.to_string(), meta);
+        }
+        Ok(())
+    }
+
+    /// [`ReadAhead::load_metas`] for readers that render the documents: with each the body
+    /// the store keeps beside its metadata ([`DatabaseStore::doc_metas_with_bodies`]; the
+    /// embedded store's winner), so rendering the winner reads nothing more.
+    pub(crate) async fn load_metas_with_bodies(
+        &mut self,
+        store: &dyn DatabaseStore,
+        ids: &[&str],
+    ) -> Result<()> {
+        let mut todo: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.metas.contains_key(*id))
+            .collect();
+        todo.sort_unstable();
+        todo.dedup();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        for (id, read) in todo.iter().zip(store.doc_metas_with_bodies(&todo).await?) {
+            let meta = match read {
+                Some((meta, Some((rev, body)))) => {
+                    self.bodies.insert((id.to_string(), rev), Some(body));
+                    Some(meta)
+                }
+                Some((meta, None)) => Some(meta),
+                None => None,
+            };
             self.metas.insert(id.to_string(), meta);
         }
         Ok(())

@@ -336,6 +336,9 @@ impl<'s> dyn DatabaseStore + 's {
 /// A closure building a principal record from its sequence ([`DatabaseStore::put_principal`]).
 pub type BuildRecord<'a> = &'a mut (dyn FnMut(u64) -> std::result::Result<Vec<u8>, String> + Send);
 
+/// A document's metadata and the body stored with it, if any: (revision, body).
+pub type MetaWithBody = (DocMeta, Option<(String, StoredBody)>);
+
 /// One database's storage: the sled backend and PostgreSQL implement it. What reads or writes
 /// data returns a future (the embedded store's is already complete when returned; PostgreSQL
 /// awaits the server); in-memory accessors are plain calls.
@@ -362,6 +365,23 @@ pub trait DatabaseStore: Send + Sync {
         &'a self,
         revs: &'a [(&'a str, &'a str)],
     ) -> BoxFuture<'a, Result<Vec<Option<StoredBody>>>>;
+    /// [`DatabaseStore::doc_metas`] with, for each document, the body the backend keeps in the
+    /// same record as its metadata, if any (revision, body): the embedded store keeps one
+    /// (normally the winner's), so a reader that renders the winner reads the document once
+    /// instead of twice. The default reads the metadata only.
+    fn doc_metas_with_bodies<'a>(
+        &'a self,
+        ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<Option<MetaWithBody>>>> {
+        Box::pin(async move {
+            Ok(self
+                .doc_metas(ids)
+                .await?
+                .into_iter()
+                .map(|m| m.map(|m| (m, None)))
+                .collect())
+        })
+    }
     /// Applies document writes in order, atomically, under the database's write lock.
     /// Each write gets its own result; the ticket covers all successful ones.
     fn write_docs(

@@ -1102,6 +1102,21 @@ conformance! {
         assert_eq!(bodies[0].as_ref().unwrap().json, b"{}".to_vec());
         assert!(bodies[3].is_some(), "a tombstone's body is kept");
         assert!(db.rev_bodies(&[]).await.unwrap().is_empty());
+        // metadata with the body kept beside it: the same metadata, and a body (where the
+        // backend keeps one) that is that revision's stored body
+        let with = db.doc_metas_with_bodies(&ids).await.unwrap();
+        assert_eq!(with.len(), ids.len());
+        for ((id, w), m) in ids.iter().zip(&with).zip(&metas) {
+            assert_eq!(w.is_some(), m.is_some(), "{id}");
+            let (Some((w, body)), Some(m)) = (w, m) else { continue };
+            assert_eq!(serde_json::to_value(w).unwrap(), serde_json::to_value(m).unwrap(), "{id}");
+            if let Some((rev, body)) = body {
+                assert!(m.tree.contains(rev), "{id} {rev}");
+                let single = db.rev_body(id, rev).await.unwrap().unwrap();
+                assert_eq!(body.json, single.json, "{id} {rev}");
+            }
+        }
+        assert!(db.doc_metas_with_bodies(&[]).await.unwrap().is_empty());
     }
 
     one_batch_writing_a_document_twice(s) {

@@ -466,6 +466,8 @@ impl Database {
             }
             return Ok(GetResult::OpenRevs(rows));
         }
+        // the document and (on the embedded store) its winner's body in one read
+        ahead.load_metas_with_bodies(&*self.store, &[id]).await?;
         let meta = ahead
             .meta(&*self.store, id)
             .await?
@@ -710,7 +712,7 @@ impl Database {
         // the batch's documents, then the revisions it will render, each in one read
         let mut ahead = ReadAhead::default();
         let ids: Vec<&str> = requests.iter().map(|(id, _, _)| id.as_str()).collect();
-        ahead.load_metas(&*self.store, &ids).await?;
+        ahead.load_metas_with_bodies(&*self.store, &ids).await?;
         let wanted: Vec<(&str, String)> = requests
             .iter()
             .filter_map(|(id, rev, opts)| {
@@ -898,7 +900,11 @@ impl Database {
                 .take(limit)
                 .map(String::as_str)
                 .collect();
-            ahead.load_metas(&*self.store, &asked).await?;
+            if opts.include_docs {
+                ahead.load_metas_with_bodies(&*self.store, &asked).await?;
+            } else {
+                ahead.load_metas(&*self.store, &asked).await?;
+            }
             if opts.include_docs {
                 let winners: Vec<(&str, String)> = asked
                     .iter()

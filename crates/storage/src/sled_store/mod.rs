@@ -100,8 +100,8 @@ use crate::combine::{WriteCombiner, WriteResult};
 use crate::model::*;
 use crate::rules::{check_local_delete, next_local_rev};
 use crate::{
-    ready, BoxFuture, BuildRecord, DatabaseStore, PrincipalKind, Result, StorageError, StoreServer,
-    Ticket,
+    ready, BoxFuture, BuildRecord, DatabaseStore, MetaWithBody, PrincipalKind, Result,
+    StorageError, StoreServer, Ticket,
 };
 use commit::GroupCommit;
 use keys::*;
@@ -305,6 +305,20 @@ impl SledDatabase {
             }
             None => Ok(None),
         }
+    }
+
+    /// A document's metadata and its inline body (one read of its record).
+    fn load_meta_with_body(&self, id: &str) -> Result<Option<MetaWithBody>> {
+        let Some(v) = self.load_doc_record(id)? else {
+            return Ok(None);
+        };
+        self.docs_read.fetch_add(1, Ordering::Relaxed);
+        let meta = decode_doc(id, &v)?;
+        let body = match split_doc(id, &v)?.inline {
+            Some((rev, body)) => Some((rev.to_string(), decode_body(id, rev, body)?)),
+            None => None,
+        };
+        Ok(Some((meta, body)))
     }
 
     /// The stored `d` record of a document, undecoded.
@@ -654,6 +668,14 @@ impl DatabaseStore for SledDatabase {
                 .map(|(id, rev)| SledOps::rev_body(self, id, rev))
                 .collect(),
         )
+    }
+
+    /// One `d` record per document: its tree and its inline body.
+    fn doc_metas_with_bodies<'a>(
+        &'a self,
+        ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<Option<MetaWithBody>>>> {
+        ready(ids.iter().map(|id| self.load_meta_with_body(id)).collect())
     }
 
     fn write_docs(&self, writes: Vec<DocWrite>) -> BoxFuture<'_, WriteResult> {

@@ -244,6 +244,31 @@ fn an_update_without_stubs_does_not_read_the_parent_body() {
     assert_eq!(db.docs_read.load(Ordering::Relaxed) - before, 1);
 }
 
+/// A document's metadata comes with its winner's body (inline in the same record) in one
+/// read: what GET and `include_docs` render without a second read.
+#[test]
+fn metadata_comes_with_the_winners_body_in_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let db = store.database("db").unwrap();
+    let a = one(&db, edit("a", None, serde_json::json!({"v": 1}))).unwrap();
+    let a2 = one(&db, edit("a", Some(&a.rev), serde_json::json!({"v": 2}))).unwrap();
+    let before = db.docs_read.load(Ordering::Relaxed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let got = rt
+        .block_on(DatabaseStore::doc_metas_with_bodies(&*db, &["a", "none"]))
+        .unwrap();
+    assert_eq!(db.docs_read.load(Ordering::Relaxed) - before, 1);
+    let (meta, body) = got[0].as_ref().unwrap();
+    assert_eq!(meta.winner(), Some((a2.rev.as_str(), false)));
+    let (rev, body) = body.as_ref().unwrap();
+    assert_eq!(rev, &a2.rev);
+    assert_eq!(body.json, br#"{"v":2}"#.to_vec());
+    assert!(got[1].is_none());
+}
+
 /// Compaction collects superseded entries in steps (a single sled batch of tens of thousands
 /// of removals held every node it replaced until it ended): more than one step's worth, kept
 /// by an open view while they were superseded, all go.
