@@ -783,3 +783,34 @@ fn loopback_admin_port_refuses_foreign_host_names() {
     };
     assert_eq!(st, 200);
 }
+
+/// Every listener queues many connections before they are accepted: clients that arrive
+/// together (hundreds of replicators reconnecting after a restart) are not dropped to retry a
+/// second later, as with the default backlog of 128. The backlog of a listening socket is the
+/// `Send-Q` that `ss -lnt` shows (iproute2).
+#[test]
+fn listeners_queue_many_connections() {
+    let s = TestServer::start();
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("reading net.core.somaxconn")
+        .trim()
+        .parse()
+        .expect("somaxconn is a number");
+    for base in [&s.public, &s.admin, &s.metrics] {
+        let port = base.rsplit(':').next().unwrap();
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("running ss (Debian package iproute2)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let backlog: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no listener on {port} in `ss` output: {text:?}"));
+        assert!(
+            backlog >= somaxconn.min(1024),
+            "listener {base}: backlog {backlog} (somaxconn {somaxconn})"
+        );
+    }
+}
