@@ -224,6 +224,7 @@ impl VerifiedCache {
     }
 
     /// Whether `password` is the last verified password of `user` whose stored hash is `phc`.
+    #[cfg(test)]
     pub fn hit(&self, user: &str, phc: &str, password: &str) -> bool {
         self.hit_digest(user, &digest(phc, password))
     }
@@ -236,6 +237,7 @@ impl VerifiedCache {
     }
 
     /// Remembers a successful verification.
+    #[cfg(test)]
     pub fn insert(&self, user: &str, phc: &str, password: &str) {
         self.insert_digest(user, digest(phc, password))
     }

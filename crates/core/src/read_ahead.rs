@@ -27,20 +27,7 @@ impl ReadAhead {
         store: &dyn DatabaseStore,
         ids: &[&str],
     ) -> Result<()> {
-        let mut todo: Vec<&str> = ids
-            .iter()
-            .copied()
-            .filter(|id| !self.metas.contains_key(*id))
-            .collect();
-        todo.sort_unstable();
-        todo.dedup();
-        if todo.is_empty() {
-            return Ok(());
-        }
-        for (id, meta) in todo.iter().zip(store.doc_metas(&todo).await?) {
-            self.metas.insert(id.to_string(), meta);
-        }
-        Ok(())
+        self.load(store, ids, false).await
     }
 
     /// [`ReadAhead::load_metas`] for readers that render the documents: with each the body
@@ -51,6 +38,10 @@ impl ReadAhead {
         store: &dyn DatabaseStore,
         ids: &[&str],
     ) -> Result<()> {
+        self.load(store, ids, true).await
+    }
+
+    async fn load(&mut self, store: &dyn DatabaseStore, ids: &[&str], bodies: bool) -> Result<()> {
         let mut todo: Vec<&str> = ids
             .iter()
             .copied()
@@ -61,15 +52,19 @@ impl ReadAhead {
         if todo.is_empty() {
             return Ok(());
         }
-        for (id, read) in todo.iter().zip(store.doc_metas_with_bodies(&todo).await?) {
-            let meta = match read {
-                Some((meta, Some((rev, body)))) => {
+        let read = if bodies {
+            store.doc_metas_with_bodies(&todo).await?
+        } else {
+            let metas = store.doc_metas(&todo).await?;
+            metas.into_iter().map(|m| m.map(|m| (m, None))).collect()
+        };
+        for (id, read) in todo.iter().zip(read) {
+            let meta = read.map(|(meta, body)| {
+                if let Some((rev, body)) = body {
                     self.bodies.insert((id.to_string(), rev), Some(body));
-                    Some(meta)
                 }
-                Some((meta, None)) => Some(meta),
-                None => None,
-            };
+                meta
+            });
             self.metas.insert(id.to_string(), meta);
         }
         Ok(())

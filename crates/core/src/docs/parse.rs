@@ -245,26 +245,10 @@ pub(super) fn parse_attachments(m: Map<String, Value>) -> Result<Vec<(String, At
                 "Attachment \"{name}\" must be an object"
             )));
         };
-        let content_type = match a.get("content_type") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(Error::bad(format!(
-                    "content_type of attachment \"{name}\" must be a string"
-                )))
-            }
-        };
+        let content_type = optional_string(&a, "content_type", &name)?;
         let revpos = a.get("revpos").and_then(Value::as_u64);
         let input = if a.get("stub").and_then(Value::as_bool) == Some(true) {
-            let digest = match a.get("digest") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => {
-                    return Err(Error::bad(format!(
-                        "digest of attachment \"{name}\" must be a string"
-                    )))
-                }
-            };
+            let digest = optional_string(&a, "digest", &name)?;
             AttachmentInput::Stub {
                 digest,
                 revpos,
@@ -413,6 +397,21 @@ pub(super) fn validate_local_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// An attachment member that is a string or absent (`null` counts as absent).
+fn optional_string(
+    a: &serde_json::Map<String, Value>,
+    member: &str,
+    attachment: &str,
+) -> Result<Option<String>> {
+    match a.get(member) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Error::bad(format!(
+            "{member} of attachment \"{attachment}\" must be a string"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod parse_tests {
     use super::*;
@@ -460,6 +459,26 @@ mod parse_tests {
     fn repeated_members_keep_the_last_in_its_place() {
         let doc = parse_doc(br#"{"a":1,"b":2,"a":3,"c":4,"b":5}"#, false).unwrap();
         assert_eq!(doc.json, br#"{"a":3,"c":4,"b":5}"#);
+    }
+
+    /// `content_type` and a stub's `digest` are strings or absent: anything else is a 400
+    /// naming the member and the attachment; `null` counts as absent.
+    #[test]
+    fn attachment_strings_are_checked() {
+        let bad = |text: &str| match parse_doc(text.as_bytes(), false) {
+            Err(Error::BadRequest(m)) => m,
+            other => panic!("{text}: {:?}", other.map(|d| d.json)),
+        };
+        assert_eq!(
+            bad(r#"{"_attachments":{"a.txt":{"content_type":5,"data":"aGk="}}}"#),
+            r#"content_type of attachment "a.txt" must be a string"#
+        );
+        assert_eq!(
+            bad(r#"{"_attachments":{"a.txt":{"stub":true,"digest":["md5-x"]}}}"#),
+            r#"digest of attachment "a.txt" must be a string"#
+        );
+        let ok = r#"{"_attachments":{"a.txt":{"stub":true,"digest":null,"content_type":null}}}"#;
+        assert!(parse_doc(ok.as_bytes(), false).is_ok());
     }
 
     #[test]
